@@ -1,0 +1,504 @@
+//! The DAG model: what a parsed, validated DAG file means.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::id::{DagId, TaskId};
+use crate::timetable::{Schedule, Timetable};
+use crate::trigger_rule::TriggerRule;
+
+/// Defaults of the contract, in one place for the parser and the docs.
+pub mod defaults {
+    use crate::duration::Duration;
+    pub const MAX_ACTIVE_RUNS: u32 = 16;
+    pub const MAX_ACTIVE_TASKS: u32 = 16;
+    pub const RETRY_DELAY: Duration = Duration::from_secs(300);
+    pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(86_400);
+    pub const POOL: &str = "default";
+    pub const OWNER: &str = "updraft";
+}
+
+/// A validated DAG. Construct with [`Dag::new`], which checks the task graph, so a
+/// `Dag` never has a cycle or a dangling upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "DagSpec", into = "DagSpec")]
+pub struct Dag {
+    spec: DagSpec,
+    graph: Graph,
+}
+
+/// The data of a DAG, before its graph is checked; also its stored form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DagSpec {
+    pub dag_id: DagId,
+    /// The file it came from, relative to the DAGs folder, `/`-separated.
+    pub fileloc: String,
+    pub description: Option<String>,
+    pub owner: String,
+    pub tags: Vec<String>,
+    pub schedule: Schedule,
+    pub timezone: ZoneName,
+    pub start_date: Option<Timestamp>,
+    pub end_date: Option<Timestamp>,
+    pub catchup: bool,
+    pub max_active_runs: u32,
+    pub max_active_tasks: u32,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub env: BTreeMap<String, String>,
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub task_id: TaskId,
+    pub kind: TaskKind,
+    pub depends_on: Vec<TaskId>,
+    pub trigger_rule: TriggerRule,
+    pub retries: u32,
+    pub retry_delay: Duration,
+    pub retry_exponential_backoff: bool,
+    pub max_retry_delay: Duration,
+    pub timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub pool: String,
+    pub priority: i32,
+}
+
+/// What an attempt runs. Version 1 of the format has only `shell`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// A command for `/bin/sh -c`, rendered as a template first.
+    Shell { command: String },
+}
+
+impl TaskKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            TaskKind::Shell { .. } => "shell",
+        }
+    }
+}
+
+/// An IANA time zone with its name kept for display and storage.
+#[derive(Clone)]
+pub struct ZoneName {
+    name: String,
+    tz: TimeZone,
+}
+
+impl ZoneName {
+    pub fn utc() -> ZoneName {
+        ZoneName {
+            name: "UTC".to_string(),
+            tz: TimeZone::UTC,
+        }
+    }
+
+    pub fn get(name: &str) -> Result<ZoneName, jiff::Error> {
+        let tz = TimeZone::get(name)?;
+        Ok(ZoneName {
+            name: name.to_string(),
+            tz,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn tz(&self) -> &TimeZone {
+        &self.tz
+    }
+}
+
+impl PartialEq for ZoneName {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl fmt::Debug for ZoneName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ZoneName({:?})", self.name)
+    }
+}
+
+impl Serialize for ZoneName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.name.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ZoneName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        ZoneName::get(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a set of tasks is not a DAG. Indexes point into `DagSpec::tasks` and, for
+/// `UnknownUpstream`, into that task's `depends_on`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GraphError {
+    DuplicateTask {
+        task_idx: usize,
+    },
+    UnknownUpstream {
+        task_idx: usize,
+        upstream_idx: usize,
+    },
+    SelfDependency {
+        task_idx: usize,
+        upstream_idx: usize,
+    },
+    /// The tasks of the cycle, each upstream of the next and the last upstream of the
+    /// first, starting from the one earliest in the file.
+    Cycle {
+        task_idxs: Vec<usize>,
+    },
+}
+
+impl fmt::Display for GraphError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GraphError::DuplicateTask { .. } => f.write_str("duplicate task id"),
+            GraphError::UnknownUpstream { .. } => f.write_str("unknown upstream task"),
+            GraphError::SelfDependency { .. } => f.write_str("task depends on itself"),
+            GraphError::Cycle { .. } => f.write_str("cycle in task dependencies"),
+        }
+    }
+}
+
+/// Upstream/downstream indexes and a topological order, derived from `depends_on`.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub upstream: Vec<Vec<usize>>,
+    pub downstream: Vec<Vec<usize>>,
+    /// Every task after all its upstreams; ties keep file order.
+    pub topo_order: Vec<usize>,
+    index: HashMap<TaskId, usize>,
+}
+
+impl Graph {
+    /// Builds the graph, reporting every dangling or self reference and, if there
+    /// are none, the first cycle found.
+    pub fn build(tasks: &[Task]) -> Result<Graph, Vec<GraphError>> {
+        let mut errors = Vec::new();
+        let mut index = HashMap::with_capacity(tasks.len());
+        for (task_idx, task) in tasks.iter().enumerate() {
+            if index.insert(task.task_id.clone(), task_idx).is_some() {
+                errors.push(GraphError::DuplicateTask { task_idx });
+            }
+        }
+        let mut upstream = vec![Vec::new(); tasks.len()];
+        let mut downstream = vec![Vec::new(); tasks.len()];
+        for (task_idx, task) in tasks.iter().enumerate() {
+            for (upstream_idx, upstream_id) in task.depends_on.iter().enumerate() {
+                match index.get(upstream_id) {
+                    None => errors.push(GraphError::UnknownUpstream {
+                        task_idx,
+                        upstream_idx,
+                    }),
+                    Some(&up) if up == task_idx => errors.push(GraphError::SelfDependency {
+                        task_idx,
+                        upstream_idx,
+                    }),
+                    Some(&up) => {
+                        if !upstream[task_idx].contains(&up) {
+                            upstream[task_idx].push(up);
+                            downstream[up].push(task_idx);
+                        }
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        match topo_sort(&upstream, &downstream) {
+            Ok(topo_order) => Ok(Graph {
+                upstream,
+                downstream,
+                topo_order,
+                index,
+            }),
+            Err(cycle) => Err(vec![GraphError::Cycle { task_idxs: cycle }]),
+        }
+    }
+
+    pub fn task_idx(&self, task_id: &str) -> Option<usize> {
+        self.index.get(task_id).copied()
+    }
+
+    /// Tasks nothing depends on; their states decide the run's.
+    pub fn is_leaf(&self, task_idx: usize) -> bool {
+        self.downstream[task_idx].is_empty()
+    }
+}
+
+/// Kahn's algorithm, picking the lowest index first so the order is stable; on a
+/// cycle, returns one cycle's tasks in dependency order.
+fn topo_sort(upstream: &[Vec<usize>], downstream: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let n = upstream.len();
+    let mut missing: Vec<usize> = upstream.iter().map(Vec::len).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| missing[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse(task_idx)) = ready.pop() {
+        order.push(task_idx);
+        for &down in &downstream[task_idx] {
+            missing[down] -= 1;
+            if missing[down] == 0 {
+                ready.push(Reverse(down));
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk upstream from any unfinished task until a task repeats: that loop is a cycle.
+    let start = (0..n)
+        .find(|&i| missing[i] > 0)
+        .expect("some task is left when the sort stops early");
+    let mut path = vec![start];
+    let mut seen = vec![usize::MAX; n];
+    seen[start] = 0;
+    let mut current = start;
+    loop {
+        let next = *upstream[current]
+            .iter()
+            .find(|&&up| missing[up] > 0)
+            .expect("an unfinished task has an unfinished upstream");
+        if seen[next] != usize::MAX {
+            let mut cycle: Vec<usize> = path[seen[next]..].to_vec();
+            // `path` runs downstream -> upstream; report it in dependency order, starting
+            // from the task that appears first in the file.
+            cycle.reverse();
+            let first = cycle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, idx)| **idx)
+                .map(|(pos, _)| pos)
+                .unwrap_or(0);
+            cycle.rotate_left(first);
+            return Err(cycle);
+        }
+        seen[next] = path.len();
+        path.push(next);
+        current = next;
+    }
+}
+
+impl Dag {
+    pub fn new(spec: DagSpec) -> Result<Dag, Vec<GraphError>> {
+        let graph = Graph::build(&spec.tasks)?;
+        Ok(Dag { spec, graph })
+    }
+
+    pub fn spec(&self) -> &DagSpec {
+        &self.spec
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn dag_id(&self) -> &DagId {
+        &self.spec.dag_id
+    }
+
+    pub fn tasks(&self) -> &[Task] {
+        &self.spec.tasks
+    }
+
+    pub fn task(&self, task_id: &str) -> Option<&Task> {
+        self.graph
+            .task_idx(task_id)
+            .map(|idx| &self.spec.tasks[idx])
+    }
+
+    pub fn tz(&self) -> &TimeZone {
+        self.spec.timezone.tz()
+    }
+
+    pub fn timetable(&self) -> Timetable<'_> {
+        Timetable {
+            schedule: &self.spec.schedule,
+            tz: self.spec.timezone.tz(),
+            start_date: self.spec.start_date,
+            end_date: self.spec.end_date,
+        }
+    }
+
+    /// The canonical stored form; equal DAGs give equal bytes, which is what the
+    /// version hash is computed over.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.spec).expect("a DAG spec always serialises")
+    }
+
+    pub fn from_json(text: &str) -> Result<Dag, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+impl TryFrom<DagSpec> for Dag {
+    type Error = String;
+    fn try_from(spec: DagSpec) -> Result<Dag, String> {
+        Dag::new(spec).map_err(|errors| format!("stored DAG is not valid: {}", errors[0]))
+    }
+}
+
+impl From<Dag> for DagSpec {
+    fn from(dag: Dag) -> DagSpec {
+        dag.spec
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn task(task_id: &str, depends_on: &[&str]) -> Task {
+        Task {
+            task_id: TaskId::new(task_id).unwrap(),
+            kind: TaskKind::Shell {
+                command: "true".to_string(),
+            },
+            depends_on: depends_on
+                .iter()
+                .map(|id| TaskId::new(*id).unwrap())
+                .collect(),
+            trigger_rule: TriggerRule::AllSuccess,
+            retries: 0,
+            retry_delay: defaults::RETRY_DELAY,
+            retry_exponential_backoff: false,
+            max_retry_delay: defaults::MAX_RETRY_DELAY,
+            timeout: None,
+            env: BTreeMap::new(),
+            cwd: None,
+            pool: defaults::POOL.to_string(),
+            priority: 0,
+        }
+    }
+
+    pub fn spec(dag_id: &str, tasks: Vec<Task>) -> DagSpec {
+        DagSpec {
+            dag_id: DagId::new(dag_id).unwrap(),
+            fileloc: format!("{dag_id}.yaml"),
+            description: None,
+            owner: defaults::OWNER.to_string(),
+            tags: Vec::new(),
+            schedule: Schedule::None,
+            timezone: ZoneName::utc(),
+            start_date: None,
+            end_date: None,
+            catchup: false,
+            max_active_runs: defaults::MAX_ACTIVE_RUNS,
+            max_active_tasks: defaults::MAX_ACTIVE_TASKS,
+            params: serde_json::Map::new(),
+            env: BTreeMap::new(),
+            tasks,
+        }
+    }
+
+    fn check(tasks: Vec<Task>, expect: &str) {
+        let names: Vec<String> = tasks.iter().map(|t| t.task_id.to_string()).collect();
+        let actual = match Graph::build(&tasks) {
+            Ok(graph) => {
+                let order: Vec<&str> = graph
+                    .topo_order
+                    .iter()
+                    .map(|&i| names[i].as_str())
+                    .collect();
+                format!("order {}", order.join(" "))
+            }
+            Err(errors) => errors
+                .iter()
+                .map(|error| match error {
+                    GraphError::Cycle { task_idxs } => {
+                        let chain: Vec<&str> =
+                            task_idxs.iter().map(|&i| names[i].as_str()).collect();
+                        format!("cycle {}", chain.join(" -> "))
+                    }
+                    GraphError::UnknownUpstream {
+                        task_idx,
+                        upstream_idx,
+                    } => {
+                        format!("unknown {}[{upstream_idx}]", names[*task_idx])
+                    }
+                    GraphError::SelfDependency { task_idx, .. } => {
+                        format!("self {}", names[*task_idx])
+                    }
+                    GraphError::DuplicateTask { task_idx } => {
+                        format!("duplicate {}", names[*task_idx])
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        assert_eq!(actual, expect);
+    }
+
+    #[test]
+    fn graphs() {
+        check(
+            vec![task("a", &[]), task("b", &["a"]), task("c", &["b"])],
+            "order a b c",
+        );
+        check(
+            vec![task("c", &["b"]), task("b", &["a"]), task("a", &[])],
+            "order a b c",
+        );
+        check(
+            vec![
+                task("a", &[]),
+                task("b", &["a"]),
+                task("c", &["a"]),
+                task("d", &["b", "c"]),
+            ],
+            "order a b c d",
+        );
+        check(vec![task("a", &["b"]), task("b", &["a"])], "cycle a -> b");
+        check(
+            vec![
+                task("x", &[]),
+                task("load", &["check"]),
+                task("check", &["load", "x"]),
+            ],
+            "cycle load -> check",
+        );
+        check(
+            vec![task("a", &["c"]), task("b", &["a"]), task("c", &["b"])],
+            "cycle a -> b -> c",
+        );
+        check(
+            vec![task("a", &["nope"]), task("b", &["a", "gone"])],
+            "unknown a[0], unknown b[1]",
+        );
+        check(vec![task("a", &["a"])], "self a");
+        check(vec![task("a", &[]), task("b", &["a", "a"])], "order a b");
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut spec = spec("demo", vec![task("a", &[]), task("b", &["a"])]);
+        spec.schedule = Schedule::parse("@daily").unwrap();
+        spec.timezone = ZoneName::get("Europe/Berlin").unwrap();
+        spec.start_date = Some("2024-01-01T00:00:00Z".parse().unwrap());
+        let dag = Dag::new(spec).unwrap();
+        let json = dag.to_json();
+        let back = Dag::from_json(&json).unwrap();
+        assert_eq!(back.spec(), dag.spec());
+        assert_eq!(back.to_json(), json);
+        assert_eq!(back.graph().topo_order, vec![0, 1]);
+    }
+}

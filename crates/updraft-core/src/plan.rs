@@ -1,0 +1,536 @@
+//! `plan()`: the scheduler's whole decision, as a pure function from a snapshot of
+//! the store to a list of actions. The store applies them in one transaction, each as
+//! compare-and-set, so a plan made from a stale snapshot loses harmlessly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use crate::dag::Dag;
+use crate::id::{DagId, RunId, TaskId};
+use crate::reason::WaitReason;
+use crate::state::{RunState, TaskState};
+use crate::timetable::DataInterval;
+use crate::trigger_rule::{Decision, UpstreamCounts, evaluate};
+
+/// The content hash of a DAG definition; runs are pinned to one.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct DagVersion(pub String);
+
+impl std::fmt::Display for DagVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunType {
+    Scheduled,
+    Manual,
+    Backfill,
+    /// Made and executed by `dags test` in its own process; schedulers leave it alone.
+    Test,
+}
+
+impl RunType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunType::Scheduled => "scheduled",
+            RunType::Manual => "manual",
+            RunType::Backfill => "backfill",
+            RunType::Test => "test",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunType> {
+        [
+            RunType::Scheduled,
+            RunType::Manual,
+            RunType::Backfill,
+            RunType::Test,
+        ]
+        .into_iter()
+        .find(|run_type| run_type.as_str() == text)
+    }
+
+    /// Airflow's run id form: `scheduled__2024-01-01T00:00:00+00:00`.
+    pub fn run_id(self, logical_date: Timestamp) -> RunId {
+        let utc = crate::timetable::format_in_zone(logical_date, &jiff::tz::TimeZone::UTC);
+        RunId::new(format!("{}__{utc}", self.as_str())).expect("generated run ids are valid")
+    }
+}
+
+/// A limit and how much of it is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slots {
+    pub limit: u32,
+    pub occupied: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// DAGs with active runs in scope, and DAGs due for a scheduled run.
+    pub dags: Vec<DagEntry>,
+    /// Every queued or running run in scope.
+    pub runs: Vec<RunEntry>,
+    /// Pools by name; `None` when pools do not apply (`dags test`).
+    pub pools: Option<HashMap<String, Slots>>,
+    /// Runner capacity; `None` when unlimited.
+    pub parallelism: Option<Slots>,
+    /// `dags test` runs its run even when the DAG is paused.
+    pub ignore_pause: bool,
+    /// The earliest time a DAG not yet due will be; the scheduler sleeps until then.
+    pub next_dag_due: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DagEntry {
+    pub dag_id: DagId,
+    pub paused: bool,
+    /// The newest parsed version; `None` once its file is gone.
+    pub latest: Option<(DagVersion, Arc<Dag>)>,
+    /// Set when the DAG is due: the stored time was reached.
+    pub due: Option<DueDag>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DueDag {
+    /// The interval of the latest scheduled run created so far.
+    pub last_automated: Option<DataInterval>,
+    /// The stored due time that was reached.
+    pub next_due: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    pub run_pk: i64,
+    pub dag_id: DagId,
+    pub run_id: RunId,
+    pub state: RunState,
+    pub logical_date: Timestamp,
+    pub dag: Arc<Dag>,
+    pub task_instances: Vec<TaskInstanceEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskInstanceEntry {
+    pub ti_pk: i64,
+    pub task_id: TaskId,
+    pub state: TaskState,
+    pub try_number: u32,
+    pub retry_at: Option<Timestamp>,
+    /// The recorded wait reason, as stored (JSON), to write only changes.
+    pub wait_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    CreateRun {
+        dag_id: DagId,
+        version: DagVersion,
+        run_id: RunId,
+        interval: DataInterval,
+    },
+    /// Moves the DAG's schedule bookmark; `next_due` is when to look at it again.
+    SetDagSchedule {
+        dag_id: DagId,
+        last_automated: Option<DataInterval>,
+        next_due: Option<Timestamp>,
+    },
+    StartRun {
+        run_pk: i64,
+    },
+    FinishRun {
+        run_pk: i64,
+        state: RunState,
+    },
+    /// Also clears the wait reason.
+    SetTaskState {
+        ti_pk: i64,
+        from: TaskState,
+        to: TaskState,
+    },
+    SetWaitReason {
+        ti_pk: i64,
+        reason: Option<WaitReason>,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// When something becomes due by time alone (a retry, a schedule tick).
+    pub wake_at: Option<Timestamp>,
+    /// Whether tasks were queued, so a runner should look.
+    pub queued_any: bool,
+}
+
+/// Runs created per DAG per plan; more catch-up follows in the next loop.
+const MAX_RUNS_CREATED_PER_DAG: usize = 16;
+
+pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
+    let mut planner = Planner {
+        plan: Plan::default(),
+        now,
+    };
+    planner.plan.wake_at = snapshot.next_dag_due;
+    let dags: HashMap<&DagId, &DagEntry> =
+        snapshot.dags.iter().map(|dag| (&dag.dag_id, dag)).collect();
+    let mut active_runs: HashMap<&DagId, u32> = HashMap::new();
+    for run in &snapshot.runs {
+        *active_runs.entry(&run.dag_id).or_default() += 1;
+    }
+    for dag in &snapshot.dags {
+        if dag.due.is_some() && !dag.paused {
+            let active = active_runs.get(&dag.dag_id).copied().unwrap_or(0);
+            planner.create_runs(dag, active);
+        }
+    }
+    let paused =
+        |dag_id: &DagId| !snapshot.ignore_pause && dags.get(dag_id).is_some_and(|dag| dag.paused);
+    let max_active_runs =
+        |run: &RunEntry| match dags.get(&run.dag_id).and_then(|dag| dag.latest.as_ref()) {
+            Some((_, latest)) => latest.spec().max_active_runs,
+            None => run.dag.spec().max_active_runs,
+        };
+
+    // Start queued runs, oldest logical date first, up to each DAG's limit.
+    let mut running_runs: HashMap<&DagId, u32> = HashMap::new();
+    for run in snapshot
+        .runs
+        .iter()
+        .filter(|run| run.state == RunState::Running)
+    {
+        *running_runs.entry(&run.dag_id).or_default() += 1;
+    }
+    let mut queued_runs: Vec<&RunEntry> = snapshot
+        .runs
+        .iter()
+        .filter(|run| run.state == RunState::Queued)
+        .collect();
+    queued_runs.sort_by_key(|run| (run.logical_date, run.run_pk));
+    let mut started = Vec::new();
+    for run in queued_runs {
+        let limit = max_active_runs(run);
+        let running = running_runs.entry(&run.dag_id).or_default();
+        let reason = if paused(&run.dag_id) {
+            Some(WaitReason::DagPaused)
+        } else if *running >= limit && !snapshot.ignore_pause {
+            Some(WaitReason::MaxActiveRuns { limit })
+        } else {
+            None
+        };
+        match reason {
+            None => {
+                *running += 1;
+                planner
+                    .plan
+                    .actions
+                    .push(Action::StartRun { run_pk: run.run_pk });
+                started.push(run.run_pk);
+            }
+            Some(reason) => {
+                for ti in &run.task_instances {
+                    planner.set_reason(ti, Some(&reason));
+                }
+            }
+        }
+    }
+
+    // Settle task instances by trigger rules and retry times; gather the ready ones.
+    let mut ready: Vec<Ready> = Vec::new();
+    let mut run_slots: HashMap<i64, u32> = HashMap::new();
+    for run in &snapshot.runs {
+        if run.state != RunState::Running && !started.contains(&run.run_pk) {
+            continue;
+        }
+        if paused(&run.dag_id) {
+            for ti in &run.task_instances {
+                if !ti.state.holds_slot() && !ti.state.is_finished() {
+                    planner.set_reason(ti, Some(&WaitReason::DagPaused));
+                }
+            }
+            continue;
+        }
+        let occupied = run
+            .task_instances
+            .iter()
+            .filter(|ti| ti.state.holds_slot())
+            .count() as u32;
+        run_slots.insert(run.run_pk, occupied);
+        planner.settle_run(run, &mut ready);
+    }
+
+    // Queue by priority, then oldest run, then DAG order, within every limit.
+    ready.sort_by_key(|ready| {
+        (
+            std::cmp::Reverse(ready.priority),
+            ready.logical_date,
+            ready.run_pk,
+            ready.topo_pos,
+        )
+    });
+    let mut pools = snapshot.pools.clone();
+    let mut parallelism = snapshot.parallelism;
+    for candidate in ready {
+        let ti = candidate.ti;
+        let task = &candidate.dag.tasks()[candidate.task_idx];
+        let run_occupied = run_slots.entry(candidate.run_pk).or_default();
+        let max_active_tasks = candidate.dag.spec().max_active_tasks;
+        let pool = pools
+            .as_mut()
+            .map(|pools| (pools.get_mut(&task.pool), &task.pool));
+        let hold = if *run_occupied >= max_active_tasks {
+            Some(WaitReason::MaxActiveTasks {
+                limit: max_active_tasks,
+            })
+        } else if let Some((None, name)) = &pool {
+            Some(WaitReason::PoolMissing {
+                pool: (*name).clone(),
+            })
+        } else if let Some((Some(slots), name)) = &pool
+            && slots.occupied >= slots.limit
+        {
+            Some(WaitReason::PoolFull {
+                pool: (*name).clone(),
+                slots: slots.limit,
+            })
+        } else if let Some(slots) = parallelism
+            && slots.occupied >= slots.limit
+        {
+            Some(WaitReason::Parallelism { limit: slots.limit })
+        } else {
+            None
+        };
+        match hold {
+            Some(reason) => {
+                if candidate.from != TaskState::Scheduled {
+                    planner.set_state(ti.ti_pk, candidate.from, TaskState::Scheduled);
+                    planner.set_reason_always(ti.ti_pk, &reason);
+                } else {
+                    planner.set_reason(ti, Some(&reason));
+                }
+            }
+            None => {
+                *run_occupied += 1;
+                if let Some((Some(slots), _)) = pool {
+                    slots.occupied += 1;
+                }
+                if let Some(slots) = parallelism.as_mut() {
+                    slots.occupied += 1;
+                }
+                if candidate.from != TaskState::Scheduled {
+                    planner.set_state(ti.ti_pk, candidate.from, TaskState::Scheduled);
+                }
+                planner.set_state(ti.ti_pk, TaskState::Scheduled, TaskState::Queued);
+                planner.plan.queued_any = true;
+            }
+        }
+    }
+    planner.plan
+}
+
+struct Planner {
+    plan: Plan,
+    now: Timestamp,
+}
+
+/// A task instance whose trigger rule is met, waiting for a slot.
+struct Ready<'a> {
+    ti: &'a TaskInstanceEntry,
+    /// Its state in the snapshot: `scheduled` already, or about to become it.
+    from: TaskState,
+    dag: &'a Dag,
+    task_idx: usize,
+    topo_pos: usize,
+    run_pk: i64,
+    logical_date: Timestamp,
+    priority: i32,
+}
+
+impl Planner {
+    fn create_runs(&mut self, entry: &DagEntry, active_runs: u32) {
+        let Some((version, dag)) = &entry.latest else {
+            return;
+        };
+        let Some(due) = entry.due else { return };
+        let timetable = dag.timetable();
+        let spec = dag.spec();
+        let mut last = due.last_automated;
+        let mut active = active_runs;
+        let mut next_due = None;
+        for _ in 0..MAX_RUNS_CREATED_PER_DAG {
+            let Some(next) = timetable.next_interval_to_create(last, spec.catchup, self.now) else {
+                break;
+            };
+            if next.end > self.now {
+                next_due = Some(next.end);
+                break;
+            }
+            if active >= spec.max_active_runs {
+                // Stays due; a finishing run wakes the scheduler, so no timer is needed.
+                next_due = Some(if last == due.last_automated {
+                    due.next_due
+                } else {
+                    self.now
+                });
+                break;
+            }
+            let run_id = crate::plan::RunType::Scheduled.run_id(next.start);
+            self.plan.actions.push(Action::CreateRun {
+                dag_id: entry.dag_id.clone(),
+                version: version.clone(),
+                run_id,
+                interval: next,
+            });
+            active += 1;
+            last = Some(next);
+            next_due = Some(self.now); // more may be due; looked at again next loop
+        }
+        if next_due == Some(self.now) && active < spec.max_active_runs {
+            self.wake(self.now);
+        } else if let Some(at) = next_due
+            && at > self.now
+        {
+            self.wake(at);
+        }
+        if last != due.last_automated || next_due != Some(due.next_due) {
+            self.plan.actions.push(Action::SetDagSchedule {
+                dag_id: entry.dag_id.clone(),
+                last_automated: last,
+                next_due,
+            });
+        }
+    }
+
+    fn settle_run<'a>(&mut self, run: &'a RunEntry, ready: &mut Vec<Ready<'a>>) {
+        let dag = run.dag.as_ref();
+        let graph = dag.graph();
+        let mut slots: Vec<Option<&TaskInstanceEntry>> = vec![None; dag.tasks().len()];
+        for ti in &run.task_instances {
+            if let Some(idx) = graph.task_idx(ti.task_id.as_str()) {
+                slots[idx] = Some(ti);
+            }
+        }
+        // Decisions made in this pass feed the tasks after them, so a failure settles
+        // a whole chain of downstream tasks at once.
+        let mut states: Vec<TaskState> = slots
+            .iter()
+            .map(|ti| ti.map_or(TaskState::Removed, |ti| ti.state))
+            .collect();
+        for (topo_pos, &task_idx) in graph.topo_order.iter().enumerate() {
+            let Some(ti) = slots[task_idx] else { continue };
+            let task = &dag.tasks()[task_idx];
+            let candidate = |from| Ready {
+                ti,
+                from,
+                dag,
+                task_idx,
+                topo_pos,
+                run_pk: run.run_pk,
+                logical_date: run.logical_date,
+                priority: task.priority,
+            };
+            match ti.state {
+                TaskState::None => {
+                    let counts = UpstreamCounts::from_states(
+                        graph.upstream[task_idx].iter().map(|&up| states[up]),
+                    );
+                    match evaluate(task.trigger_rule, counts) {
+                        Decision::Run => {
+                            states[task_idx] = TaskState::Scheduled;
+                            ready.push(candidate(TaskState::None));
+                        }
+                        Decision::Skip => {
+                            states[task_idx] = TaskState::Skipped;
+                            self.set_state(ti.ti_pk, TaskState::None, TaskState::Skipped);
+                        }
+                        Decision::UpstreamFailed => {
+                            states[task_idx] = TaskState::UpstreamFailed;
+                            self.set_state(ti.ti_pk, TaskState::None, TaskState::UpstreamFailed);
+                        }
+                        Decision::Wait => {
+                            self.set_reason(
+                                ti,
+                                Some(&WaitReason::Upstream {
+                                    rule: task.trigger_rule,
+                                }),
+                            );
+                        }
+                    }
+                }
+                TaskState::UpForRetry => match ti.retry_at {
+                    Some(at) if at > self.now => {
+                        self.wake(at);
+                        self.set_reason(
+                            ti,
+                            Some(&WaitReason::RetryWait {
+                                until: at,
+                                next_try: ti.try_number + 1,
+                            }),
+                        );
+                    }
+                    _ => {
+                        states[task_idx] = TaskState::Scheduled;
+                        ready.push(candidate(TaskState::UpForRetry));
+                    }
+                },
+                TaskState::Scheduled => ready.push(candidate(TaskState::Scheduled)),
+                _ => {}
+            }
+        }
+        if states.iter().all(|state| state.is_finished()) {
+            let succeeded = graph
+                .topo_order
+                .iter()
+                .filter(|&&idx| graph.is_leaf(idx))
+                .all(|&idx| matches!(states[idx], TaskState::Success | TaskState::Skipped));
+            let state = if succeeded {
+                RunState::Success
+            } else {
+                RunState::Failed
+            };
+            self.plan.actions.push(Action::FinishRun {
+                run_pk: run.run_pk,
+                state,
+            });
+        }
+    }
+
+    fn set_state(&mut self, ti_pk: i64, from: TaskState, to: TaskState) {
+        self.plan
+            .actions
+            .push(Action::SetTaskState { ti_pk, from, to });
+    }
+
+    /// Records a reason when it differs from the stored one.
+    fn set_reason(&mut self, ti: &TaskInstanceEntry, reason: Option<&WaitReason>) {
+        let json = reason.map(WaitReason::to_json);
+        if json != ti.wait_reason {
+            self.plan.actions.push(Action::SetWaitReason {
+                ti_pk: ti.ti_pk,
+                reason: reason.cloned(),
+            });
+        }
+    }
+
+    /// For a task whose state changes in this plan (which clears its reason).
+    fn set_reason_always(&mut self, ti_pk: i64, reason: &WaitReason) {
+        self.plan.actions.push(Action::SetWaitReason {
+            ti_pk,
+            reason: Some(reason.clone()),
+        });
+    }
+
+    fn wake(&mut self, at: Timestamp) {
+        self.plan.wake_at = Some(self.plan.wake_at.map_or(at, |current| current.min(at)));
+    }
+}
+
+#[cfg(test)]
+mod tests;
