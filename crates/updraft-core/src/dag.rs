@@ -23,6 +23,25 @@ pub mod defaults {
     pub const OWNER: &str = "updraft";
 }
 
+/// The names every task template can use. The runner provides exactly these; the
+/// DAG-file validator rejects any other free name before a run ever starts.
+pub const TEMPLATE_NAMES: &[&str] = &[
+    "ds",
+    "ds_nodash",
+    "ts",
+    "ts_nodash",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+    "run_id",
+    "dag_id",
+    "task_id",
+    "try_number",
+    "params",
+    "dag_run",
+    "macros",
+];
+
 /// A validated DAG. Construct with [`Dag::new`], which checks the task graph, so a
 /// `Dag` never has a cycle or a dangling upstream.
 #[derive(Debug, Clone, Serialize, Deserialize)]

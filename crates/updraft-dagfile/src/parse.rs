@@ -1,0 +1,907 @@
+//! One DAG file's text to a validated [`Dag`], reporting every problem found with
+//! the span of the offending key or value.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+use updraft_core::dag::{GraphError, TEMPLATE_NAMES, ZoneName, defaults};
+use updraft_core::timetable::{Schedule, parse_date_in_zone};
+use updraft_core::trigger_rule::TriggerRule;
+use updraft_core::{Dag, DagId, DagSpec, Duration, Task, TaskId, TaskKind};
+
+use crate::suggest::did_you_mean;
+use crate::yaml::{self, Node, Span, Value};
+
+/// A problem in a file, located by a span of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanDiagnostic {
+    pub span: Span,
+    pub message: String,
+}
+
+/// The result of parsing one file: the DAG if it is valid, and every problem found.
+#[derive(Debug)]
+pub struct Parsed {
+    pub dag: Option<Dag>,
+    pub diagnostics: Vec<SpanDiagnostic>,
+    /// Where the `dag:` value is, to report a DAG id declared by two files.
+    pub dag_id_span: Option<Span>,
+}
+
+const TOP_FIELDS: &[&str] = &[
+    "dag",
+    "description",
+    "owner",
+    "tags",
+    "schedule",
+    "timezone",
+    "start_date",
+    "end_date",
+    "catchup",
+    "max_active_runs",
+    "max_active_tasks",
+    "params",
+    "env",
+    "defaults",
+    "tasks",
+];
+
+const TASK_FIELDS: &[&str] = &[
+    "depends_on",
+    "trigger_rule",
+    "retries",
+    "retry_delay",
+    "retry_exponential_backoff",
+    "max_retry_delay",
+    "timeout",
+    "env",
+    "cwd",
+    "pool",
+    "priority",
+];
+
+const TASK_TYPES: &[&str] = &["shell"];
+/// Task types of later versions of the format: named, so the error says "not yet"
+/// rather than "unknown field".
+const FUTURE_TASK_TYPES: &[&str] = &[
+    "python",
+    "http",
+    "sql",
+    "load",
+    "spark",
+    "kubernetes",
+    "copy",
+    "sync",
+    "sensor",
+    "container",
+];
+
+pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
+    let mut parser = FileParser {
+        diagnostics: Vec::new(),
+        templates: minijinja::Environment::new(),
+    };
+    let (dag, dag_id_span) = match yaml::parse(text) {
+        Ok(root) => parser.dag(&root, fileloc),
+        Err(error) => {
+            parser.error(error.span, error.message);
+            (None, None)
+        }
+    };
+    let dag = if parser.diagnostics.is_empty() {
+        dag
+    } else {
+        None
+    };
+    Parsed {
+        dag,
+        diagnostics: parser.diagnostics,
+        dag_id_span,
+    }
+}
+
+struct FileParser {
+    diagnostics: Vec<SpanDiagnostic>,
+    templates: minijinja::Environment<'static>,
+}
+
+/// Task fields as written in `defaults` or in a task; `None` means not written.
+#[derive(Default, Clone)]
+struct TaskFields<'a> {
+    depends_on: Option<Vec<(TaskId, Span)>>,
+    trigger_rule: Option<TriggerRule>,
+    retries: Option<u32>,
+    retry_delay: Option<Duration>,
+    retry_exponential_backoff: Option<bool>,
+    max_retry_delay: Option<Duration>,
+    timeout: Option<Duration>,
+    env: Option<BTreeMap<String, String>>,
+    cwd: Option<String>,
+    pool: Option<String>,
+    priority: Option<i32>,
+    kinds: Vec<(&'a str, &'a Node, &'a Node)>,
+}
+
+impl FileParser {
+    fn error(&mut self, span: Span, message: impl Into<String>) {
+        self.diagnostics.push(SpanDiagnostic {
+            span,
+            message: message.into(),
+        });
+    }
+
+    fn dag(&mut self, root: &Node, fileloc: &str) -> (Option<Dag>, Option<Span>) {
+        let Value::Map(entries) = &root.value else {
+            self.error(
+                root.span,
+                format!(
+                    "a DAG file must be a mapping with `dag` and `tasks` keys, found {}",
+                    root.kind()
+                ),
+            );
+            return (None, None);
+        };
+        let fields = self.fields(entries, TOP_FIELDS, &[]);
+        let get = |name: &str| fields.get(name).copied();
+
+        let dag_id = match get("dag") {
+            Some((_, value)) => self.id(value, "dag", "DAG id").map(DagId::new),
+            None => {
+                self.error(root.span, "missing required field `dag` (the DAG id)");
+                None
+            }
+        };
+        let dag_id_span = get("dag").map(|(_, value)| value.span);
+        let dag_id = dag_id.and_then(Result::ok);
+        let description = get("description").and_then(|(_, v)| self.text(v, "description"));
+        let owner = get("owner")
+            .and_then(|(_, v)| self.text(v, "owner"))
+            .unwrap_or_else(|| defaults::OWNER.to_string());
+        let tags = get("tags")
+            .map(|(_, v)| self.string_list(v, "tags"))
+            .unwrap_or_default();
+        let timezone = match get("timezone") {
+            Some((_, value)) => self.string(value, "timezone").and_then(|name| match ZoneName::get(name) {
+                Ok(zone) => Some(zone),
+                Err(_) => {
+                    self.error(value.span, format!("`timezone`: unknown time zone `{name}` (use an IANA name such as `Asia/Seoul`)"));
+                    None
+                }
+            }),
+            None => Some(ZoneName::utc()),
+        };
+        let zone_for_dates = timezone.clone().unwrap_or_else(ZoneName::utc);
+        let schedule = match get("schedule") {
+            Some((_, value)) if value.value == Value::Null => Some(Schedule::None),
+            Some((_, value)) => self.string(value, "schedule").and_then(|text| match Schedule::parse(text) {
+                Ok(schedule) => Some(schedule),
+                Err(error) => {
+                    let what = if text.trim_start().starts_with('@') {
+                        format!("`schedule`: unknown preset `{text}` (use @hourly, @daily, @weekly, @monthly, @yearly or @once)")
+                    } else {
+                        format!("`schedule`: invalid cron expression `{text}`: {error}")
+                    };
+                    self.error(value.span, what);
+                    None
+                }
+            }),
+            None => Some(Schedule::None),
+        };
+        let start_date =
+            get("start_date").and_then(|(_, v)| self.timestamp(v, "start_date", &zone_for_dates));
+        let end_date =
+            get("end_date").and_then(|(_, v)| self.timestamp(v, "end_date", &zone_for_dates));
+        if let (Some(start), Some(end), Some((_, end_node))) =
+            (start_date, end_date, get("end_date"))
+            && end < start
+        {
+            self.error(end_node.span, "`end_date` is before `start_date`");
+        }
+        if let (Some(schedule), Some((_, schedule_node))) = (&schedule, get("schedule"))
+            && *schedule != Schedule::None
+            && get("start_date").is_none()
+        {
+            self.error(
+                schedule_node.span,
+                "`schedule` needs a `start_date` (the first data interval starts at or after it)",
+            );
+        }
+        let catchup = get("catchup")
+            .and_then(|(_, v)| self.boolean(v, "catchup"))
+            .unwrap_or(false);
+        let max_active_runs = get("max_active_runs")
+            .and_then(|(_, v)| self.number(v, "max_active_runs", 1))
+            .unwrap_or(defaults::MAX_ACTIVE_RUNS);
+        let max_active_tasks = get("max_active_tasks")
+            .and_then(|(_, v)| self.number(v, "max_active_tasks", 1))
+            .unwrap_or(defaults::MAX_ACTIVE_TASKS);
+        let params = match get("params") {
+            Some((_, value)) => match &value.value {
+                Value::Map(entries) => {
+                    let mut params = serde_json::Map::new();
+                    for (key, value) in entries {
+                        match key.scalar_text() {
+                            Some(name) => {
+                                params.insert(name, value.to_json());
+                            }
+                            None => self.error(key.span, "`params`: keys must be names"),
+                        }
+                    }
+                    params
+                }
+                Value::Null => serde_json::Map::new(),
+                _ => {
+                    self.error(
+                        value.span,
+                        format!(
+                            "`params`: expected a mapping of names to values, found {}",
+                            value.kind()
+                        ),
+                    );
+                    serde_json::Map::new()
+                }
+            },
+            None => serde_json::Map::new(),
+        };
+        let env = get("env")
+            .map(|(_, v)| self.env(v, "env"))
+            .unwrap_or_default();
+        let defaults = match get("defaults") {
+            Some((_, value)) => match &value.value {
+                Value::Map(entries) => self.task_fields(entries, true),
+                Value::Null => TaskFields::default(),
+                _ => {
+                    self.error(
+                        value.span,
+                        format!(
+                            "`defaults`: expected a mapping of task fields, found {}",
+                            value.kind()
+                        ),
+                    );
+                    TaskFields::default()
+                }
+            },
+            None => TaskFields::default(),
+        };
+        let tasks = match get("tasks") {
+            Some((_, value)) => self.tasks(value, &defaults),
+            None => {
+                self.error(root.span, "missing required field `tasks`");
+                None
+            }
+        };
+
+        let (Some(dag_id), Some(schedule), Some(timezone), Some((tasks, task_nodes))) =
+            (dag_id, schedule, timezone, tasks)
+        else {
+            return (None, dag_id_span);
+        };
+        let spec = DagSpec {
+            dag_id,
+            fileloc: fileloc.to_string(),
+            description,
+            owner,
+            tags,
+            schedule,
+            timezone,
+            start_date,
+            end_date,
+            catchup,
+            max_active_runs,
+            max_active_tasks,
+            params,
+            env,
+            tasks,
+        };
+        match Dag::new(spec) {
+            Ok(dag) => (Some(dag), dag_id_span),
+            Err(errors) => {
+                self.graph_errors(&errors, &task_nodes);
+                (None, dag_id_span)
+            }
+        }
+    }
+
+    /// Collects a mapping's fields by name, reporting unknown ones. `extra` are names
+    /// accepted beyond `known` (task types).
+    fn fields<'a>(
+        &mut self,
+        entries: &'a [(Node, Node)],
+        known: &[&str],
+        extra: &[&str],
+    ) -> HashMap<&'a str, (&'a Node, &'a Node)> {
+        let mut fields = HashMap::new();
+        for (key, value) in entries {
+            let Some(name) = key.as_str() else {
+                self.error(
+                    key.span,
+                    format!("field names must be strings, found {}", key.kind()),
+                );
+                continue;
+            };
+            if known.contains(&name) || extra.contains(&name) {
+                fields.insert(name, (key, value));
+            } else {
+                let candidates = known.iter().chain(extra).copied();
+                let message = match did_you_mean(name, candidates) {
+                    Some(suggestion) => {
+                        format!("unknown field `{name}`, did you mean `{suggestion}`?")
+                    }
+                    None => format!("unknown field `{name}`"),
+                };
+                self.error(key.span, message);
+            }
+        }
+        fields
+    }
+
+    fn tasks(
+        &mut self,
+        node: &Node,
+        defaults: &TaskFields<'_>,
+    ) -> Option<(Vec<Task>, Vec<TaskNodes>)> {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.span,
+                format!(
+                    "`tasks`: expected a mapping of task ids to tasks, found {}",
+                    node.kind()
+                ),
+            );
+            return None;
+        };
+        if entries.is_empty() {
+            self.error(node.span, "`tasks` must contain at least one task");
+            return None;
+        }
+        let mut tasks = Vec::with_capacity(entries.len());
+        let mut nodes = Vec::with_capacity(entries.len());
+        let mut ok = true;
+        for (key, value) in entries {
+            let Some(task_id) = self
+                .id(key, "task", "task id")
+                .map(TaskId::new)
+                .and_then(Result::ok)
+            else {
+                ok = false;
+                continue;
+            };
+            let Value::Map(fields) = &value.value else {
+                self.error(
+                    value.span,
+                    format!(
+                        "task `{task_id}`: expected a mapping of task fields, found {}",
+                        value.kind()
+                    ),
+                );
+                ok = false;
+                continue;
+            };
+            let own = self.task_fields(fields, false);
+            match self.task(&task_id, key, own, defaults) {
+                Some((task, task_nodes)) => {
+                    tasks.push(task);
+                    nodes.push(task_nodes);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some((tasks, nodes))
+    }
+
+    fn task_fields<'a>(
+        &mut self,
+        entries: &'a [(Node, Node)],
+        in_defaults: bool,
+    ) -> TaskFields<'a> {
+        let all_types: Vec<&str> = TASK_TYPES
+            .iter()
+            .chain(FUTURE_TASK_TYPES)
+            .copied()
+            .collect();
+        let fields = self.fields(entries, TASK_FIELDS, &all_types);
+        let mut out = TaskFields::default();
+        // Report in file order.
+        let mut ordered: Vec<(&&str, &(&Node, &Node))> = fields.iter().collect();
+        ordered.sort_by_key(|(_, (key, _))| key.span.start);
+        for (name, (key, value)) in ordered {
+            let name = *name;
+            match name {
+                "depends_on" if in_defaults => {
+                    self.error(
+                        key.span,
+                        "`depends_on` cannot be a default; set it on each task",
+                    );
+                }
+                "depends_on" => out.depends_on = Some(self.depends_on(value)),
+                "trigger_rule" => {
+                    out.trigger_rule =
+                        self.string(value, "trigger_rule")
+                            .and_then(|text| match text.parse() {
+                                Ok(rule) => Some(rule),
+                                Err(()) => {
+                                    let names = TriggerRule::ALL.iter().map(|r| r.as_str());
+                                    let hint = match did_you_mean(text, names) {
+                                        Some(suggestion) => {
+                                            format!(", did you mean `{suggestion}`?")
+                                        }
+                                        None => String::new(),
+                                    };
+                                    self.error(
+                                        value.span,
+                                        format!("`trigger_rule`: unknown rule `{text}`{hint}"),
+                                    );
+                                    None
+                                }
+                            })
+                }
+                "retries" => out.retries = self.number(value, "retries", 0),
+                "retry_delay" => out.retry_delay = self.duration(value, "retry_delay"),
+                "retry_exponential_backoff" => {
+                    out.retry_exponential_backoff = self.boolean(value, "retry_exponential_backoff")
+                }
+                "max_retry_delay" => out.max_retry_delay = self.duration(value, "max_retry_delay"),
+                "timeout" => {
+                    out.timeout = self.duration(value, "timeout");
+                    if out.timeout == Some(Duration::ZERO) {
+                        self.error(value.span, "`timeout`: must be longer than 0s");
+                        out.timeout = None;
+                    }
+                }
+                "env" => out.env = Some(self.env(value, "env")),
+                "cwd" => {
+                    out.cwd = self.string(value, "cwd").map(str::to_string);
+                    if let Some(cwd) = &out.cwd {
+                        self.check_template(cwd, value.span, "cwd");
+                    }
+                }
+                "pool" => out.pool = self.non_empty(value, "pool"),
+                "priority" => out.priority = self.integer(value, "priority"),
+                kind if in_defaults => {
+                    self.error(
+                        key.span,
+                        format!("task type `{kind}` cannot be a default; set it on each task"),
+                    );
+                }
+                kind => out.kinds.push((kind, key, value)),
+            }
+        }
+        out
+    }
+
+    fn task(
+        &mut self,
+        task_id: &TaskId,
+        key: &Node,
+        own: TaskFields<'_>,
+        defaults: &TaskFields<'_>,
+    ) -> Option<(Task, TaskNodes)> {
+        let kind = match own.kinds.as_slice() {
+            [] => {
+                self.error(
+                    key.span,
+                    format!("task `{task_id}` has no task type; add `shell: <command>`"),
+                );
+                None
+            }
+            [(name, key_node, value)] => self.task_kind(name, key_node, value),
+            [_, (_, second, _), ..] => {
+                let names: Vec<String> = own
+                    .kinds
+                    .iter()
+                    .map(|(name, _, _)| format!("`{name}`"))
+                    .collect();
+                self.error(
+                    second.span,
+                    format!(
+                        "task `{task_id}` has more than one task type ({}); use exactly one",
+                        names.join(", ")
+                    ),
+                );
+                None
+            }
+        };
+        let env = own
+            .env
+            .clone()
+            .or_else(|| defaults.env.clone())
+            .unwrap_or_default();
+        let cwd = own.cwd.clone().or_else(|| defaults.cwd.clone());
+        let kind = kind?;
+        let depends_on = own.depends_on.unwrap_or_default();
+        let task = Task {
+            task_id: task_id.clone(),
+            kind,
+            depends_on: depends_on.iter().map(|(id, _)| id.clone()).collect(),
+            trigger_rule: own
+                .trigger_rule
+                .or(defaults.trigger_rule)
+                .unwrap_or_default(),
+            retries: own.retries.or(defaults.retries).unwrap_or(0),
+            retry_delay: own
+                .retry_delay
+                .or(defaults.retry_delay)
+                .unwrap_or(defaults::RETRY_DELAY),
+            retry_exponential_backoff: own
+                .retry_exponential_backoff
+                .or(defaults.retry_exponential_backoff)
+                .unwrap_or(false),
+            max_retry_delay: own
+                .max_retry_delay
+                .or(defaults.max_retry_delay)
+                .unwrap_or(defaults::MAX_RETRY_DELAY),
+            timeout: own.timeout.or(defaults.timeout),
+            env,
+            cwd,
+            pool: own
+                .pool
+                .or_else(|| defaults.pool.clone())
+                .unwrap_or_else(|| defaults::POOL.to_string()),
+            priority: own.priority.or(defaults.priority).unwrap_or(0),
+        };
+        let nodes = TaskNodes {
+            name: task_id.to_string(),
+            key_span: key.span,
+            depends_on: depends_on.iter().map(|(_, span)| *span).collect(),
+            depends_on_names: depends_on.iter().map(|(id, _)| id.to_string()).collect(),
+        };
+        Some((task, nodes))
+    }
+
+    fn task_kind(&mut self, name: &str, key: &Node, value: &Node) -> Option<TaskKind> {
+        match name {
+            "shell" => {
+                let command = self.non_empty(value, "shell")?;
+                self.check_template(&command, value.span, "shell");
+                Some(TaskKind::Shell { command })
+            }
+            other => {
+                self.error(key.span, format!("task type `{other}` is not available in this version; version 1 supports `shell`"));
+                None
+            }
+        }
+    }
+
+    /// Compiles a template to catch syntax errors and unknown names before any run.
+    fn check_template(&mut self, text: &str, span: Span, field: &str) {
+        if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
+            return;
+        }
+        match self.templates.template_from_str(text) {
+            Err(error) => self.error(
+                span,
+                format!("`{field}`: invalid template: {}", template_error(&error)),
+            ),
+            Ok(template) => {
+                let mut unknown: Vec<String> = template
+                    .undeclared_variables(false)
+                    .into_iter()
+                    .filter(|name| !TEMPLATE_NAMES.contains(&name.as_str()))
+                    .collect();
+                unknown.sort();
+                for name in unknown {
+                    let hint = match did_you_mean(&name, TEMPLATE_NAMES.iter().copied()) {
+                        Some(suggestion) => format!(", did you mean `{suggestion}`?"),
+                        None => String::new(),
+                    };
+                    self.error(
+                        span,
+                        format!("`{field}`: unknown template variable `{name}`{hint}"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn depends_on(&mut self, node: &Node) -> Vec<(TaskId, Span)> {
+        let items: Vec<&Node> = match &node.value {
+            Value::Seq(items) => items.iter().collect(),
+            Value::String(_) => vec![node],
+            Value::Null => Vec::new(),
+            _ => {
+                self.error(
+                    node.span,
+                    format!(
+                        "`depends_on`: expected a list of task ids, found {}",
+                        node.kind()
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for item in items {
+            if let Some(id) = self.id(item, "depends_on", "task id")
+                && let Ok(task_id) = TaskId::new(id)
+            {
+                out.push((task_id, item.span));
+            }
+        }
+        out
+    }
+
+    fn graph_errors(&mut self, errors: &[GraphError], nodes: &[TaskNodes]) {
+        // `nodes` is parallel to the task list passed to `Dag::new`.
+        for error in errors {
+            match error {
+                GraphError::DuplicateTask { task_idx } => {
+                    self.error(nodes[*task_idx].key_span, "duplicate task id")
+                }
+                GraphError::UnknownUpstream {
+                    task_idx,
+                    upstream_idx,
+                } => {
+                    let task = &nodes[*task_idx];
+                    let unknown = &task.depends_on_names[*upstream_idx];
+                    let hint = match did_you_mean(unknown, nodes.iter().map(|n| n.name.as_str())) {
+                        Some(suggestion) => format!(", did you mean `{suggestion}`?"),
+                        None => String::new(),
+                    };
+                    let message = format!(
+                        "unknown upstream task `{unknown}` in `depends_on` of `{}`{hint}",
+                        task.name
+                    );
+                    self.error(task.depends_on[*upstream_idx], message);
+                }
+                GraphError::SelfDependency {
+                    task_idx,
+                    upstream_idx,
+                } => {
+                    let span = nodes[*task_idx].depends_on[*upstream_idx];
+                    self.error(
+                        span,
+                        format!("task `{}` depends on itself", nodes[*task_idx].name),
+                    );
+                }
+                GraphError::Cycle { task_idxs } => {
+                    let mut chain: Vec<String> = task_idxs
+                        .iter()
+                        .map(|&idx| format!("`{}`", nodes[idx].name))
+                        .collect();
+                    chain.push(chain[0].clone());
+                    // Point at the first task's `depends_on` entry naming the last: the
+                    // edge that closes the loop.
+                    let first = task_idxs[0];
+                    let last_name = &nodes[*task_idxs.last().expect("a cycle has tasks")].name;
+                    let span = nodes[first]
+                        .depends_on_names
+                        .iter()
+                        .position(|name| name == last_name)
+                        .map_or(nodes[first].key_span, |pos| nodes[first].depends_on[pos]);
+                    self.error(
+                        span,
+                        format!("cycle in task dependencies: {}", chain.join(" -> ")),
+                    );
+                }
+            }
+        }
+    }
+
+    fn id<'a>(&mut self, node: &'a Node, field: &str, what: &str) -> Option<&'a str> {
+        let text = self.string(node, field)?;
+        match DagId::new(text) {
+            Ok(_) => Some(text),
+            Err(error) => {
+                self.error(node.span, format!("invalid {what} `{text}`: {error}"));
+                None
+            }
+        }
+    }
+
+    fn string<'a>(&mut self, node: &'a Node, field: &str) -> Option<&'a str> {
+        match &node.value {
+            Value::String(text) => Some(text),
+            _ => {
+                self.error(
+                    node.span,
+                    format!("`{field}`: expected a string, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn non_empty(&mut self, node: &Node, field: &str) -> Option<String> {
+        let text = self.string(node, field)?;
+        if text.trim().is_empty() {
+            self.error(node.span, format!("`{field}`: must not be empty"));
+            return None;
+        }
+        Some(text.to_string())
+    }
+
+    /// Free text: any scalar, as written.
+    fn text(&mut self, node: &Node, field: &str) -> Option<String> {
+        match node.scalar_text() {
+            Some(text) => Some(text),
+            None => {
+                self.error(
+                    node.span,
+                    format!("`{field}`: expected text, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, node: &Node, field: &str) -> Vec<String> {
+        match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .filter_map(|item| self.text(item, field))
+                .collect(),
+            Value::Null => Vec::new(),
+            _ => {
+                self.error(
+                    node.span,
+                    format!("`{field}`: expected a list, found {}", node.kind()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn env(&mut self, node: &Node, field: &str) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        match &node.value {
+            Value::Map(entries) => {
+                for (key, value) in entries {
+                    let Some(name) = key.scalar_text() else {
+                        self.error(key.span, format!("`{field}`: variable names must be text"));
+                        continue;
+                    };
+                    if name.is_empty() || name.contains('=') || name.contains('\0') {
+                        self.error(
+                            key.span,
+                            format!("`{field}`: invalid variable name `{name}`"),
+                        );
+                        continue;
+                    }
+                    match value.scalar_text() {
+                        Some(text) => {
+                            self.check_template(&text, value.span, field);
+                            env.insert(name, text);
+                        }
+                        None => self.error(
+                            value.span,
+                            format!(
+                                "`{field}`: value of `{name}` must be text, found {}",
+                                value.kind()
+                            ),
+                        ),
+                    }
+                }
+            }
+            Value::Null => {}
+            _ => self.error(
+                node.span,
+                format!(
+                    "`{field}`: expected a mapping of variable names to values, found {}",
+                    node.kind()
+                ),
+            ),
+        }
+        env
+    }
+
+    fn boolean(&mut self, node: &Node, field: &str) -> Option<bool> {
+        match &node.value {
+            Value::Bool(value) => Some(*value),
+            Value::String(text) => {
+                self.error(
+                    node.span,
+                    format!("`{field}`: expected `true` or `false`, found the string `{text}`"),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    node.span,
+                    format!(
+                        "`{field}`: expected `true` or `false`, found {}",
+                        node.kind()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, node: &Node, field: &str) -> Option<i32> {
+        match &node.value {
+            Value::Int(value) => match i32::try_from(*value) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    self.error(node.span, format!("`{field}`: `{value}` is out of range"));
+                    None
+                }
+            },
+            _ => {
+                self.error(
+                    node.span,
+                    format!("`{field}`: expected a whole number, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, node: &Node, field: &str, min: u32) -> Option<u32> {
+        match &node.value {
+            Value::Int(value) if *value >= i64::from(min) => match u32::try_from(*value) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    self.error(node.span, format!("`{field}`: `{value}` is out of range"));
+                    None
+                }
+            },
+            Value::Int(value) => {
+                self.error(
+                    node.span,
+                    format!("`{field}`: must be at least {min}, found `{value}`"),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    node.span,
+                    format!(
+                        "`{field}`: expected a whole number of at least {min}, found {}",
+                        node.kind()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, field: &str) -> Option<Duration> {
+        let text = match &node.value {
+            Value::Int(secs) if *secs >= 0 => secs.to_string(),
+            Value::String(text) => text.clone(),
+            _ => {
+                self.error(node.span, format!("`{field}`: expected a duration like `30s`, `5m`, `1h30m` or `2d`, found {}", node.kind()));
+                return None;
+            }
+        };
+        match Duration::parse(&text) {
+            Ok(duration) => Some(duration),
+            Err(error) => {
+                self.error(
+                    node.span,
+                    format!("`{field}`: invalid duration `{text}`: {error}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn timestamp(&mut self, node: &Node, field: &str, zone: &ZoneName) -> Option<Timestamp> {
+        let text = self.string(node, field)?;
+        match parse_date_in_zone(text, zone.tz()) {
+            Ok(at) => Some(at),
+            Err(error) => {
+                self.error(node.span, format!("`{field}`: {error}"));
+                None
+            }
+        }
+    }
+}
+
+/// Spans of a task's id and its `depends_on` entries, to place graph errors.
+struct TaskNodes {
+    name: String,
+    key_span: Span,
+    depends_on: Vec<Span>,
+    depends_on_names: Vec<String>,
+}
+
+fn template_error(error: &minijinja::Error) -> String {
+    let mut message = error
+        .detail()
+        .map_or_else(|| error.kind().to_string(), str::to_string);
+    if let Some(line) = error.line() {
+        message.push_str(&format!(" (template line {line})"));
+    }
+    message
+}
