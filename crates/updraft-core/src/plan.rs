@@ -128,10 +128,11 @@ pub struct TaskInstanceEntry {
     pub wait_reason: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Action {
+    /// A scheduled run; its task instances come from `dag`, the version it pins.
     CreateRun {
-        dag_id: DagId,
+        dag: Arc<Dag>,
         version: DagVersion,
         run_id: RunId,
         interval: DataInterval,
@@ -383,7 +384,7 @@ impl Planner {
             }
             let run_id = crate::plan::RunType::Scheduled.run_id(next.start);
             self.plan.actions.push(Action::CreateRun {
-                dag_id: entry.dag_id.clone(),
+                dag: dag.clone(),
                 version: version.clone(),
                 run_id,
                 interval: next,

@@ -1,0 +1,156 @@
+//! Updraft's metadata store: DAGs and their versions, runs, task instances and
+//! their attempts, the state-transition log, pools, and the processes that hold
+//! work.
+//!
+//! [`MetadataStore`] is the interface; [`sqlite::SqliteStore`] the embedded
+//! implementation. Every state change is compare-and-set on the expected state, so
+//! several schedulers and runners can share one store without running anything
+//! twice. The store never decides anything: decisions come from `updraft-core`.
+
+mod error;
+pub mod model;
+pub mod sqlite;
+mod time;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use updraft_core::RunState;
+use updraft_core::plan::Action;
+
+pub use error::{Result, StoreError};
+pub use model::*;
+
+/// The store's operations. Implementations must make every state change a
+/// compare-and-set and apply each call atomically.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Where the data lives, for messages (a file path, or a URL without password).
+    fn location(&self) -> String;
+
+    // Processes.
+    async fn register_process(&self, process: &NewProcess, now: Timestamp) -> Result<i64>;
+    /// Records a heartbeat; false when the process was declared dead meanwhile.
+    async fn heartbeat(&self, process_id: i64, now: Timestamp) -> Result<bool>;
+    async fn set_process_state(
+        &self,
+        process_id: i64,
+        from: ProcessState,
+        to: ProcessState,
+        now: Timestamp,
+    ) -> Result<bool>;
+    async fn processes(&self, state: Option<ProcessState>) -> Result<Vec<ProcessRow>>;
+
+    // DAGs.
+    async fn dag_index(&self) -> Result<Vec<DagIndexRow>>;
+    /// Records DAGs and their versions; a new or changed DAG is due for scheduling now.
+    async fn upsert_dags(&self, dags: &[DagUpsert], now: Timestamp) -> Result<()>;
+    async fn deactivate_dags(&self, dag_ids: &[String], now: Timestamp) -> Result<()>;
+    async fn replace_import_errors(&self, errors: &[ImportError], now: Timestamp) -> Result<()>;
+    async fn import_errors(&self) -> Result<Vec<ImportError>>;
+    async fn list_dags(&self) -> Result<Vec<DagRow>>;
+    async fn get_dag(&self, dag_id: &str) -> Result<Option<DagRow>>;
+    /// Returns false when the DAG is unknown.
+    async fn set_paused(&self, dag_id: &str, paused: bool, now: Timestamp) -> Result<bool>;
+    async fn dag_definition(&self, dag_id: &str, version: &str) -> Result<Option<String>>;
+
+    // Runs.
+    /// Creates a queued run and its task instances; `None` if the run id (or, for
+    /// scheduled and backfill runs, the logical date) is taken.
+    async fn create_run(&self, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>>;
+    /// Newest first.
+    async fn list_runs(
+        &self,
+        dag_id: &str,
+        state: Option<RunState>,
+        limit: u32,
+    ) -> Result<Vec<RunRow>>;
+    async fn get_run(&self, dag_id: &str, run_id: &str) -> Result<Option<RunRow>>;
+    async fn get_run_by_pk(&self, run_pk: i64) -> Result<Option<RunRow>>;
+    async fn task_instances(&self, run_pk: i64) -> Result<Vec<TaskInstanceRow>>;
+    async fn task_attempts(&self, ti_pk: i64) -> Result<Vec<AttemptRow>>;
+    async fn transitions(&self, run_pk: i64, ti_pk: Option<i64>) -> Result<Vec<TransitionRow>>;
+
+    // Scheduling.
+    async fn snapshot(&self, scope: Scope, now: Timestamp) -> Result<RawSnapshot>;
+    async fn apply(&self, actions: &[Action], actor: &str, now: Timestamp) -> Result<ApplyReport>;
+
+    // Running.
+    /// Moves up to `limit` queued task instances in scope to running for `process_id`,
+    /// highest priority first, starting a new try of each.
+    async fn claim(
+        &self,
+        scope: Scope,
+        process_id: i64,
+        hostname: &str,
+        limit: u32,
+        now: Timestamp,
+    ) -> Result<Vec<Claimed>>;
+    /// Records the OS process of a claimed attempt; false if the attempt was replaced.
+    async fn record_attempt_process(
+        &self,
+        ti_pk: i64,
+        try_number: u32,
+        pid: u32,
+        pid_start: Option<u64>,
+        log_path: &str,
+    ) -> Result<bool>;
+    /// Ends a running attempt; false (and no change) if it is no longer running under
+    /// this try number.
+    async fn finish_attempt(
+        &self,
+        ti_pk: i64,
+        try_number: u32,
+        end: &AttemptEnd,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool>;
+    async fn running_attempts(&self, process_id: i64) -> Result<Vec<RunningAttempt>>;
+    /// Fails the unfinished `dags test` runs of a dead process.
+    async fn fail_owned_runs(&self, process_id: i64, now: Timestamp) -> Result<u64>;
+
+    // Pools.
+    async fn pools(&self) -> Result<Vec<PoolRow>>;
+    async fn set_pool(&self, name: &str, slots: u32, description: &str) -> Result<()>;
+    async fn delete_pool(&self, name: &str) -> Result<bool>;
+
+    /// Something that wakes when another process commits a change.
+    async fn change_watcher(&self) -> Result<Box<dyn ChangeWatcher>>;
+}
+
+/// Resolves when the store changed (possibly spuriously); how it learns depends on
+/// the backend: SQLite's `data_version`, PostgreSQL's `LISTEN`.
+#[async_trait]
+pub trait ChangeWatcher: Send {
+    async fn changed(&mut self) -> Result<()>;
+}
+
+pub type Store = Arc<dyn MetadataStore>;
+
+/// Opens (and creates or upgrades) the store named by `url`. Relative SQLite paths
+/// are relative to `base`.
+pub async fn open(url: &str, base: &Path) -> Result<Store> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::PostgresUnavailable(redact(url)));
+    }
+    let store = sqlite::SqliteStore::open(url, base).await?;
+    Ok(Arc::new(store))
+}
+
+/// The URL without a password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

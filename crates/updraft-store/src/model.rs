@@ -1,0 +1,295 @@
+//! What the store reads and writes, in the domain's words.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use updraft_core::plan::{DagVersion, RunType};
+use updraft_core::{Dag, DataInterval, RunState, TaskState};
+
+/// Which runs a scheduler or runner works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every run except `dags test` runs, which their own process executes.
+    All,
+    /// One run only (`dags test`).
+    Run(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessKind {
+    Standalone,
+    Scheduler,
+    Worker,
+    /// `dags test` (and other CLI commands that execute tasks in-process).
+    Cli,
+}
+
+impl ProcessKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessKind::Standalone => "standalone",
+            ProcessKind::Scheduler => "scheduler",
+            ProcessKind::Worker => "worker",
+            ProcessKind::Cli => "cli",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ProcessKind> {
+        [
+            ProcessKind::Standalone,
+            ProcessKind::Scheduler,
+            ProcessKind::Worker,
+            ProcessKind::Cli,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+
+    /// Whether processes of this kind run the scheduling loop.
+    pub fn schedules(self) -> bool {
+        matches!(self, ProcessKind::Standalone | ProcessKind::Scheduler)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    Running,
+    Stopped,
+    /// Found dead by another process; its attempts were recovered.
+    Dead,
+}
+
+impl ProcessState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Running => "running",
+            ProcessState::Stopped => "stopped",
+            ProcessState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ProcessState> {
+        [
+            ProcessState::Running,
+            ProcessState::Stopped,
+            ProcessState::Dead,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProcess {
+    pub kind: ProcessKind,
+    pub hostname: String,
+    pub pid: u32,
+    pub pid_start: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessRow {
+    pub id: i64,
+    pub kind: ProcessKind,
+    pub hostname: String,
+    pub pid: u32,
+    pub pid_start: Option<u64>,
+    pub state: ProcessState,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+}
+
+/// A parsed DAG to record: its row and its version's definition.
+#[derive(Debug, Clone)]
+pub struct DagUpsert {
+    pub dag: Arc<Dag>,
+    pub version: DagVersion,
+    /// Paused state for a DAG seen for the first time.
+    pub paused_if_new: bool,
+}
+
+/// What the scheduler needs to know to keep the `dags` table in step with files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DagIndexRow {
+    pub dag_id: String,
+    pub latest_version: String,
+    pub fileloc: String,
+    pub is_active: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DagRow {
+    pub dag_id: String,
+    pub fileloc: String,
+    pub owner: String,
+    pub description: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub tags: Vec<String>,
+    pub is_paused: bool,
+    pub is_active: bool,
+    pub latest_version: String,
+    pub next_due: Option<Timestamp>,
+    pub last_automated: Option<DataInterval>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportError {
+    pub fileloc: String,
+    pub message: String,
+}
+
+/// A run to create, with a task instance (state `none`) per task of `dag`.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub dag: Arc<Dag>,
+    pub version: DagVersion,
+    pub run_id: updraft_core::RunId,
+    pub run_type: RunType,
+    pub logical_date: Timestamp,
+    pub interval: DataInterval,
+    pub conf: serde_json::Map<String, serde_json::Value>,
+    pub owner_process: Option<i64>,
+    /// `dags test` runs ignore retries unless asked: then `max_tries` is 0.
+    pub with_retries: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub run_pk: i64,
+    pub dag_id: String,
+    pub run_id: String,
+    pub run_type: RunType,
+    pub state: RunState,
+    pub version: DagVersion,
+    pub logical_date: Timestamp,
+    pub interval: DataInterval,
+    pub conf: serde_json::Map<String, serde_json::Value>,
+    pub owner_process: Option<i64>,
+    pub queued_at: Timestamp,
+    pub start_date: Option<Timestamp>,
+    pub end_date: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskInstanceRow {
+    pub ti_pk: i64,
+    pub run_pk: i64,
+    pub task_id: String,
+    pub state: TaskState,
+    pub try_number: u32,
+    pub max_tries: u32,
+    pub pool: String,
+    pub priority: i32,
+    pub queued_at: Option<Timestamp>,
+    pub start_date: Option<Timestamp>,
+    pub end_date: Option<Timestamp>,
+    pub retry_at: Option<Timestamp>,
+    pub process_id: Option<i64>,
+    pub hostname: Option<String>,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub wait_reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub ti_pk: i64,
+    pub try_number: u32,
+    pub state: TaskState,
+    pub hostname: Option<String>,
+    pub pid: Option<u32>,
+    pub start_date: Timestamp,
+    pub end_date: Option<Timestamp>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub log_path: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransitionRow {
+    pub at: Timestamp,
+    pub ti_pk: Option<i64>,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub actor: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolRow {
+    pub name: String,
+    pub slots: u32,
+    pub description: String,
+    /// Task instances queued or running in it now.
+    pub occupied: u32,
+}
+
+/// Everything `plan()` needs, as stored; the scheduler resolves versions to DAGs.
+#[derive(Debug, Clone, Default)]
+pub struct RawSnapshot {
+    /// DAGs with active runs in scope, and (scope `All`) DAGs whose `next_due` passed.
+    pub dags: Vec<DagRow>,
+    pub runs: Vec<RunRow>,
+    pub task_instances: Vec<TaskInstanceRow>,
+    pub pools: Vec<PoolRow>,
+    /// Task instances queued or running anywhere.
+    pub busy_slots: u32,
+    /// The earliest `next_due` still in the future.
+    pub next_dag_due: Option<Timestamp>,
+}
+
+/// What applying a plan did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub runs_created: usize,
+    pub tasks_queued: usize,
+    pub runs_finished: usize,
+    /// Actions whose expected state no longer held: another process acted first.
+    pub conflicts: usize,
+}
+
+/// An attempt a runner took: everything needed to run it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub ti_pk: i64,
+    pub run_pk: i64,
+    pub dag_id: String,
+    pub run_id: String,
+    pub run_type: RunType,
+    pub task_id: String,
+    pub try_number: u32,
+    pub max_tries: u32,
+    pub version: DagVersion,
+    pub logical_date: Timestamp,
+    pub interval: DataInterval,
+    pub conf: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How an attempt ended, as the store records it.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd {
+    /// `success`, `failed`, `skipped`, `up_for_retry`, or `scheduled` for an attempt
+    /// interrupted by a clean shutdown (it runs again without using up a retry).
+    pub state: TaskState,
+    pub retry_at: Option<Timestamp>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+/// A running attempt held by a process, for recovery after that process died.
+#[derive(Debug, Clone)]
+pub struct RunningAttempt {
+    pub ti_pk: i64,
+    pub run_pk: i64,
+    pub dag_id: String,
+    pub run_id: String,
+    pub run_type: RunType,
+    pub task_id: String,
+    pub try_number: u32,
+    pub max_tries: u32,
+    pub version: DagVersion,
+    pub pid: Option<u32>,
+    pub pid_start: Option<u64>,
+    pub log_path: Option<String>,
+}
