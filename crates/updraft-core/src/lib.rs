@@ -6,6 +6,7 @@
 //! what lets the scheduler be tested exhaustively and run in several processes at
 //! once against one store.
 
+pub mod clock;
 pub mod cron;
 pub mod dag;
 pub mod duration;

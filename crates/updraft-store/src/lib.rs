@@ -7,6 +7,7 @@
 //! several schedulers and runners can share one store without running anything
 //! twice. The store never decides anything: decisions come from `updraft-core`.
 
+mod definitions;
 mod error;
 pub mod model;
 pub mod sqlite;
@@ -20,6 +21,7 @@ use jiff::Timestamp;
 use updraft_core::RunState;
 use updraft_core::plan::Action;
 
+pub use definitions::DefinitionCache;
 pub use error::{Result, StoreError};
 pub use model::*;
 

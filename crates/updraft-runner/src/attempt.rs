@@ -1,0 +1,452 @@
+//! One attempt of one task: render the templates, start `/bin/sh -c` in its own
+//! process group, stream its output to the log, enforce the timeout, and report how
+//! it ended. Knows nothing about the store, so `tasks test` uses it directly.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use minijinja::Environment;
+use rustix::process::Signal;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, oneshot, watch};
+use updraft_core::retry::AttemptOutcome;
+use updraft_core::{Dag, Task, TaskKind};
+
+use crate::procfs;
+use crate::template::{self, Names, RunContext};
+
+/// Everything needed to run one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptSpec {
+    pub dag: Arc<Dag>,
+    pub task_id: String,
+    pub run: RunContext,
+    pub try_number: u32,
+    /// Attempts this task instance may use in all (retries + 1), for the log header.
+    pub tries_allowed: u32,
+    pub dags_folder: PathBuf,
+    pub log_path: Option<PathBuf>,
+    /// Set as `UPDRAFT_ATTEMPT` so a lost attempt can be found even without its pid.
+    pub attempt_token: Option<String>,
+    /// Between SIGTERM and SIGKILL when the attempt is stopped.
+    pub kill_grace: Duration,
+}
+
+/// Who the attempt is, for observers.
+#[derive(Debug, Clone)]
+pub struct AttemptLabel {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+}
+
+/// Sees an attempt's output as it happens (`dags test` prints it).
+pub trait AttemptObserver: Send + Sync {
+    fn started(&self, _attempt: &AttemptLabel) {}
+    fn line(&self, _attempt: &AttemptLabel, _line: &str) {}
+}
+
+/// An observer that sees nothing.
+pub struct Quiet;
+impl AttemptObserver for Quiet {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut(updraft_core::Duration),
+    /// Stopped because this process is shutting down.
+    Interrupted,
+    /// Never started: a template, working folder or log problem.
+    NotStarted(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub ending: Ending,
+    pub duration: Duration,
+}
+
+impl AttemptResult {
+    pub fn outcome(&self) -> AttemptOutcome {
+        match self.ending {
+            Ending::Exited(code) => AttemptOutcome::from_exit_code(code),
+            _ => AttemptOutcome::Failed,
+        }
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.ending {
+            Ending::Exited(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Why it ended, when not simply by its exit code.
+    pub fn reason(&self) -> Option<String> {
+        match &self.ending {
+            Ending::Exited(_) => None,
+            Ending::Signaled(signal) => Some(format!("killed by signal {signal}")),
+            Ending::TimedOut(limit) => Some(format!("timed out after {limit}")),
+            Ending::Interrupted => Some(
+                "interrupted: updraft was stopped; it runs again without using a retry".to_string(),
+            ),
+            Ending::NotStarted(why) => Some(why.clone()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.ending {
+            Ending::Exited(code) => format!("exit code {code}"),
+            _ => self.reason().unwrap_or_default(),
+        }
+    }
+}
+
+/// Longest line kept whole; longer output is split into lines of this size.
+const MAX_LINE: usize = 64 * 1024;
+
+pub async fn execute(
+    spec: &AttemptSpec,
+    templates: &Environment<'static>,
+    observer: Arc<dyn AttemptObserver>,
+    mut cancel: watch::Receiver<bool>,
+    spawned: oneshot::Sender<(u32, Option<u64>)>,
+) -> AttemptResult {
+    let started = Instant::now();
+    let label = AttemptLabel {
+        dag_id: spec.dag.dag_id().to_string(),
+        run_id: spec.run.run_id.clone(),
+        task_id: spec.task_id.clone(),
+        try_number: spec.try_number,
+    };
+    let mut log = match LogFile::open(spec.log_path.as_deref()).await {
+        Ok(log) => log,
+        Err(error) => return not_started(started, error),
+    };
+    observer.started(&label);
+    let Some(task) = spec.dag.task(&spec.task_id) else {
+        let why = format!(
+            "task `{}` is not in this version of DAG `{}`",
+            spec.task_id, label.dag_id
+        );
+        log.note(&why).await;
+        return not_started(started, why);
+    };
+    log.note(&format!(
+        "attempt {} of {} of `{}.{}` in run `{}` started",
+        spec.try_number, spec.tries_allowed, label.dag_id, label.task_id, label.run_id
+    ))
+    .await;
+    let prepared = match prepare(spec, task, templates) {
+        Ok(prepared) => prepared,
+        Err(why) => {
+            log.note(&why).await;
+            observer.line(&label, &why);
+            return not_started(started, why);
+        }
+    };
+    log.note(&format!("command: {}", prepared.command)).await;
+
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(&prepared.command)
+        .current_dir(&prepared.cwd)
+        .envs(prepared.env.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let why = format!("cannot start `/bin/sh`: {error}");
+            log.note(&why).await;
+            return not_started(started, why);
+        }
+    };
+    let pgid = child.id().expect("a just-spawned child has a pid");
+    let _ = spawned.send((pgid, procfs::start_time(pgid)));
+
+    let (lines_tx, mut lines_rx) = mpsc::channel::<String>(1024);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(read_lines(stdout, lines_tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(read_lines(stderr, lines_tx.clone()));
+    }
+    drop(lines_tx);
+    let writer_label = label.clone();
+    let writer_observer = observer.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(line) = lines_rx.recv().await {
+            writer_observer.line(&writer_label, &line);
+            log.write_line(&line, lines_rx.is_empty()).await;
+        }
+        log
+    });
+
+    let timeout = task.timeout;
+    let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit.to_std());
+    let wait = child.wait();
+    tokio::pin!(wait);
+    let ending = tokio::select! {
+        status = &mut wait => exit_ending(status),
+        () = sleep_until(deadline) => {
+            terminate(pgid, spec.kill_grace, &mut wait).await;
+            Ending::TimedOut(timeout.expect("a deadline comes from a timeout"))
+        }
+        () = cancelled(&mut cancel) => {
+            terminate(pgid, spec.kill_grace, &mut wait).await;
+            Ending::Interrupted
+        }
+    };
+    // The attempt is over when its shell is: anything it left in its group goes too,
+    // which also closes the pipes so the readers finish.
+    procfs::signal_group(pgid, Signal::KILL);
+    let mut log = match writer.await {
+        Ok(log) => log,
+        Err(_) => LogFile::closed(),
+    };
+    let result = AttemptResult {
+        ending,
+        duration: started.elapsed(),
+    };
+    log.note(&format!(
+        "attempt ended after {:.2}s: {}",
+        result.duration.as_secs_f64(),
+        result.describe()
+    ))
+    .await;
+    result
+}
+
+struct Prepared {
+    command: String,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn prepare(
+    spec: &AttemptSpec,
+    task: &Task,
+    templates: &Environment<'static>,
+) -> Result<Prepared, String> {
+    let dag = spec.dag.as_ref();
+    let names = Names::new(dag, &spec.run);
+    let context = template::context(dag, &spec.run, &names, &spec.task_id, spec.try_number);
+    let render = |field: &str, text: &str| {
+        template::render(templates, text, &context)
+            .map_err(|error| format!("cannot render `{field}`: {error}"))
+    };
+    let TaskKind::Shell { command } = &task.kind;
+    let command = render("shell", command)?;
+    let dag_folder = dag_folder(&spec.dags_folder, &dag.spec().fileloc);
+    let cwd = match &task.cwd {
+        Some(cwd) => dag_folder.join(render("cwd", cwd)?),
+        None => dag_folder,
+    };
+    if !cwd.is_dir() {
+        return Err(format!(
+            "cannot start: working folder `{}` does not exist",
+            cwd.display()
+        ));
+    }
+    let mut env = Vec::new();
+    for (name, value) in dag.spec().env.iter().chain(&task.env) {
+        env.push((name.clone(), render(&format!("env.{name}"), value)?));
+    }
+    env.extend([
+        ("UPDRAFT_DAG_ID".to_string(), dag.dag_id().to_string()),
+        ("UPDRAFT_TASK_ID".to_string(), spec.task_id.clone()),
+        ("UPDRAFT_RUN_ID".to_string(), spec.run.run_id.clone()),
+        (
+            "UPDRAFT_TRY_NUMBER".to_string(),
+            spec.try_number.to_string(),
+        ),
+        ("UPDRAFT_LOGICAL_DATE".to_string(), names.ts.clone()),
+        ("UPDRAFT_DS".to_string(), names.ds.clone()),
+        (
+            "UPDRAFT_DATA_INTERVAL_START".to_string(),
+            names.data_interval_start.clone(),
+        ),
+        (
+            "UPDRAFT_DATA_INTERVAL_END".to_string(),
+            names.data_interval_end.clone(),
+        ),
+    ]);
+    if let Some(token) = &spec.attempt_token {
+        env.push(("UPDRAFT_ATTEMPT".to_string(), token.clone()));
+    }
+    Ok(Prepared { command, cwd, env })
+}
+
+/// The folder holding a DAG's file: tasks run there unless they set `cwd`.
+pub fn dag_folder(dags_folder: &Path, fileloc: &str) -> PathBuf {
+    let file = dags_folder.join(fileloc);
+    file.parent()
+        .map_or_else(|| dags_folder.to_path_buf(), Path::to_path_buf)
+}
+
+fn not_started(started: Instant, why: String) -> AttemptResult {
+    AttemptResult {
+        ending: Ending::NotStarted(why),
+        duration: started.elapsed(),
+    }
+}
+
+fn exit_ending(status: std::io::Result<std::process::ExitStatus>) -> Ending {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => Ending::Exited(code),
+            (None, Some(signal)) => Ending::Signaled(signal),
+            (None, None) => Ending::NotStarted("exit status unknown".to_string()),
+        },
+        Err(error) => Ending::NotStarted(format!("cannot wait for the task process: {error}")),
+    }
+}
+
+/// SIGTERM to the whole group, then SIGKILL after the grace period.
+async fn terminate<F>(pgid: u32, grace: Duration, wait: &mut std::pin::Pin<&mut F>)
+where
+    F: std::future::Future<Output = std::io::Result<std::process::ExitStatus>>,
+{
+    procfs::signal_group(pgid, Signal::TERM);
+    if tokio::time::timeout(grace, wait.as_mut()).await.is_err() {
+        procfs::signal_group(pgid, Signal::KILL);
+        let _ = wait.as_mut().await;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|stop| *stop).await.is_err() {
+        // The sender is gone: nobody can cancel any more.
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn read_lines(stream: impl AsyncRead + Unpin, lines: mpsc::Sender<String>) {
+    let mut reader = BufReader::with_capacity(16 * 1024, stream);
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        let mut done = false;
+        // Read up to a newline or the line limit, whichever comes first.
+        loop {
+            let available = match reader.fill_buf().await {
+                Ok(available) => available,
+                Err(_) => {
+                    done = true;
+                    break;
+                }
+            };
+            if available.is_empty() {
+                done = true;
+                break;
+            }
+            let room = MAX_LINE - buffer.len();
+            let take = available.iter().take(room).position(|b| *b == b'\n');
+            match take {
+                Some(newline) => {
+                    buffer.extend_from_slice(&available[..newline]);
+                    reader.consume(newline + 1);
+                    break;
+                }
+                None => {
+                    let take = available.len().min(room);
+                    buffer.extend_from_slice(&available[..take]);
+                    reader.consume(take);
+                    if buffer.len() >= MAX_LINE {
+                        break;
+                    }
+                }
+            }
+        }
+        if !buffer.is_empty() || !done {
+            let line = String::from_utf8_lossy(&buffer)
+                .trim_end_matches('\r')
+                .to_string();
+            if lines.send(line).await.is_err() {
+                return;
+            }
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+/// The attempt's log file; without a path, lines go to observers only.
+struct LogFile {
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+}
+
+impl LogFile {
+    async fn open(path: Option<&Path>) -> Result<LogFile, String> {
+        let Some(path) = path else {
+            return Ok(LogFile::closed());
+        };
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|error| {
+                format!("cannot create log folder `{}`: {error}", parent.display())
+            })?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .map_err(|error| format!("cannot open log file `{}`: {error}", path.display()))?;
+        Ok(LogFile {
+            file: Some(tokio::io::BufWriter::new(file)),
+        })
+    }
+
+    fn closed() -> LogFile {
+        LogFile { file: None }
+    }
+
+    async fn write_line(&mut self, line: &str, flush: bool) {
+        if let Some(file) = &mut self.file {
+            // A full disk must not fail the task: the log is lost, not the work.
+            let _ = file.write_all(line.as_bytes()).await;
+            let _ = file.write_all(b"\n").await;
+            if flush {
+                let _ = file.flush().await;
+            }
+        }
+    }
+
+    /// A line of Updraft's own, marked so it stands apart from the task's output.
+    async fn note(&mut self, text: &str) {
+        let line = format!(
+            "[updraft {}] {text}",
+            Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        );
+        self.write_line(&line, true).await;
+    }
+}
+
+/// Appends a note to an attempt's log from outside the attempt (recovery).
+pub async fn append_note(path: &Path, text: &str) {
+    let mut log = match LogFile::open(Some(path)).await {
+        Ok(log) => log,
+        Err(_) => return,
+    };
+    log.note(text).await;
+}

@@ -1,0 +1,20 @@
+//! Runs task attempts: renders templates, starts each attempt as `/bin/sh -c` in
+//! its own process group, streams output to a log file per attempt, enforces
+//! timeouts (killing the whole group), records how each attempt ended, and
+//! recovers attempts whose runner died.
+//!
+//! The runner never decides what runs next: it claims what the scheduler queued
+//! and reports outcomes; retries are computed by `updraft-core`.
+
+pub mod attempt;
+pub mod procfs;
+pub mod recovery;
+pub mod runner;
+pub mod template;
+
+pub use attempt::{
+    AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, Quiet, execute,
+};
+pub use recovery::{Recovered, Recovery, heartbeat_loop};
+pub use runner::{Runner, RunnerConfig, attempt_token, error_chain, log_path};
+pub use template::RunContext;

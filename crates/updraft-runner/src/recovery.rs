@@ -1,0 +1,238 @@
+//! Finding attempts whose runner died (kill -9, a crash, a lost machine) and
+//! settling them: kill what is left of the attempt's process group, then count
+//! the attempt as failed so its retries apply. The order matters: the task instance
+//! only becomes runnable again after the old process group is confirmed gone, so a
+//! task never runs twice at the same time.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use updraft_core::TaskState;
+use updraft_core::clock::Clock;
+use updraft_core::retry::{AttemptOutcome, after_attempt};
+use updraft_store::{
+    AttemptEnd, DefinitionCache, ProcessRow, ProcessState, RunningAttempt, Store, StoreError,
+};
+
+use crate::attempt::append_note;
+use crate::procfs;
+use crate::runner::{attempt_token, log_path};
+
+pub struct Recovery {
+    pub store: Store,
+    /// This process: never declared dead by itself.
+    pub process_id: i64,
+    pub hostname: String,
+    pub definitions: Arc<DefinitionCache>,
+    pub logs_folder: PathBuf,
+    /// How long a process on another machine may go without a heartbeat.
+    pub heartbeat_timeout: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// One attempt settled by recovery.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub try_number: u32,
+    pub state: TaskState,
+}
+
+impl Recovery {
+    /// Looks for dead processes and settles their attempts. Safe to run from several
+    /// processes at once: declaring a process dead is compare-and-set, so one wins.
+    pub async fn run_once(&self) -> Result<Vec<Recovered>, StoreError> {
+        let now = self.clock.now();
+        let mut recovered = Vec::new();
+        for process in self.store.processes(Some(ProcessState::Running)).await? {
+            if process.id == self.process_id || !self.is_dead(&process, now) {
+                continue;
+            }
+            if !self
+                .store
+                .set_process_state(process.id, ProcessState::Running, ProcessState::Dead, now)
+                .await?
+            {
+                continue;
+            }
+            tracing::warn!(
+                process_id = process.id, hostname = %process.hostname, pid = process.pid, kind = process.kind.as_str(),
+                "a process died without stopping cleanly; recovering its attempts"
+            );
+            recovered.extend(self.settle(&process).await?);
+        }
+        // A process found dead earlier may have left attempts we could not settle yet.
+        for process in self.store.processes(Some(ProcessState::Dead)).await? {
+            if !self.store.running_attempts(process.id).await?.is_empty() {
+                recovered.extend(self.settle(&process).await?);
+            }
+        }
+        Ok(recovered)
+    }
+
+    fn is_dead(&self, process: &ProcessRow, now: Timestamp) -> bool {
+        if process.hostname == self.hostname {
+            return !procfs::is_alive(process.pid, process.pid_start);
+        }
+        let silent = now.duration_since(process.heartbeat_at);
+        silent > SignedDuration::try_from(self.heartbeat_timeout).unwrap_or(SignedDuration::MAX)
+    }
+
+    async fn settle(&self, process: &ProcessRow) -> Result<Vec<Recovered>, StoreError> {
+        let mut recovered = Vec::new();
+        for attempt in self.store.running_attempts(process.id).await? {
+            if process.hostname == self.hostname && !self.kill_leftovers(process, &attempt).await {
+                tracing::error!(
+                    dag_id = %attempt.dag_id, task_id = %attempt.task_id, pid = ?attempt.pid,
+                    "cannot confirm a lost attempt's processes are gone; leaving it for the next check"
+                );
+                continue;
+            }
+            let state = self.fail(process, &attempt).await?;
+            if let Some(state) = state {
+                recovered.push(Recovered {
+                    dag_id: attempt.dag_id.clone(),
+                    run_id: attempt.run_id.clone(),
+                    task_id: attempt.task_id.clone(),
+                    try_number: attempt.try_number,
+                    state,
+                });
+            }
+        }
+        self.store
+            .fail_owned_runs(process.id, self.clock.now())
+            .await?;
+        Ok(recovered)
+    }
+
+    /// Kills the attempt's process group (found by pid, or by its `UPDRAFT_ATTEMPT`
+    /// variable when the pid was never recorded) and waits until it is gone.
+    async fn kill_leftovers(&self, process: &ProcessRow, attempt: &RunningAttempt) -> bool {
+        let groups: Vec<(u32, Option<u64>)> = match attempt.pid {
+            Some(pid) => vec![(pid, attempt.pid_start)],
+            None => {
+                let token = attempt_token(process.id, attempt.ti_pk, attempt.try_number);
+                let mut groups: Vec<(u32, Option<u64>)> =
+                    procfs::find_by_env("UPDRAFT_ATTEMPT", &token)
+                        .into_iter()
+                        .filter_map(procfs::group_of)
+                        .map(|pgid| (pgid, None))
+                        .collect();
+                groups.sort_unstable();
+                groups.dedup();
+                groups
+            }
+        };
+        for (pgid, start) in groups {
+            if !procfs::kill_group_and_wait(pgid, start, Duration::from_secs(10)).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn fail(
+        &self,
+        process: &ProcessRow,
+        attempt: &RunningAttempt,
+    ) -> Result<Option<TaskState>, StoreError> {
+        let now = self.clock.now();
+        let task_state = match self
+            .definitions
+            .get(self.store.as_ref(), &attempt.dag_id, &attempt.version)
+            .await
+        {
+            Ok(dag) => match dag.task(&attempt.task_id) {
+                Some(task) => after_attempt(
+                    task,
+                    AttemptOutcome::Failed,
+                    attempt.try_number,
+                    attempt.max_tries,
+                    now,
+                ),
+                None => (TaskState::Failed, None),
+            },
+            Err(error) => {
+                tracing::error!(%error, "cannot load the definition of a lost attempt; failing it without retry");
+                (TaskState::Failed, None)
+            }
+        };
+        let (state, retry_at) = task_state;
+        let next = match retry_at {
+            Some(at) => format!("it will be retried at {at}"),
+            None => "no retries are left".to_string(),
+        };
+        let reason = format!(
+            "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it; \
+             its processes were killed and the attempt counts as failed; {next}",
+            process.kind.as_str(),
+            process.id,
+            process.hostname,
+            process.pid
+        );
+        let path = attempt
+            .log_path
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                log_path(
+                    &self.logs_folder,
+                    &attempt.dag_id,
+                    &attempt.run_id,
+                    &attempt.task_id,
+                    attempt.try_number,
+                )
+            });
+        append_note(&path, &reason).await;
+        let end = AttemptEnd {
+            state,
+            retry_at,
+            exit_code: None,
+            reason: Some(reason),
+        };
+        let done = self
+            .store
+            .finish_attempt(
+                attempt.ti_pk,
+                attempt.try_number,
+                &end,
+                &format!("recovery:{}", self.process_id),
+                now,
+            )
+            .await?;
+        Ok(done.then_some(state))
+    }
+}
+
+/// Records this process's heartbeat every `interval` until `shutdown`. Returns early
+/// with `false` if the store says this process was declared dead meanwhile, so the
+/// caller stops its attempts instead of racing their replacements.
+pub async fn heartbeat_loop(
+    store: Store,
+    process_id: i64,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return true,
+        }
+        match store.heartbeat(process_id, clock.now()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(
+                    process_id,
+                    "this process was declared dead by another; stopping its work"
+                );
+                return false;
+            }
+            Err(error) => tracing::warn!(%error, "cannot record heartbeat"),
+        }
+    }
+}

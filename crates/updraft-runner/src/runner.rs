@@ -1,0 +1,284 @@
+//! The runner loop: claim queued task instances up to the slot count, run each as
+//! an attempt, write how it ended, and wake the scheduler.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinSet;
+use updraft_core::TaskState;
+use updraft_core::clock::Clock;
+use updraft_core::retry::after_attempt;
+use updraft_store::{AttemptEnd, Claimed, DefinitionCache, Scope, Store};
+
+use crate::attempt::{AttemptObserver, AttemptSpec, Ending, execute};
+use crate::template::{self, RunContext};
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub slots: usize,
+    pub scope: Scope,
+    pub process_id: i64,
+    pub hostname: String,
+    pub dags_folder: PathBuf,
+    pub logs_folder: PathBuf,
+    pub kill_grace: Duration,
+}
+
+pub struct Runner {
+    store: Store,
+    config: RunnerConfig,
+    definitions: Arc<DefinitionCache>,
+    observer: Arc<dyn AttemptObserver>,
+    clock: Arc<dyn Clock>,
+    templates: minijinja::Environment<'static>,
+    /// Rung by the scheduler when it queued work.
+    wake: Arc<Notify>,
+    /// Rung when an attempt ended, so the scheduler moves its downstream at once.
+    scheduler: Arc<Notify>,
+}
+
+/// A safety net for work queued by other processes: the scheduler in this process
+/// rings `wake` when it queues, so this never delays work it created.
+const FALLBACK_CLAIM: Duration = Duration::from_secs(5);
+
+impl Runner {
+    pub fn new(
+        store: Store,
+        config: RunnerConfig,
+        definitions: Arc<DefinitionCache>,
+        observer: Arc<dyn AttemptObserver>,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+        scheduler: Arc<Notify>,
+    ) -> Runner {
+        Runner {
+            store,
+            config,
+            definitions,
+            observer,
+            clock,
+            templates: template::environment(),
+            wake,
+            scheduler,
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then stops every attempt in flight
+    /// (SIGTERM, then SIGKILL after the grace period) and records each as
+    /// interrupted, so it runs again later without using up a retry.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut running: JoinSet<()> = JoinSet::new();
+        let (cancel, cancelled) = watch::channel(false);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = self.config.slots.saturating_sub(running.len());
+            if free > 0 {
+                let now = self.clock.now();
+                let claimed = self
+                    .store
+                    .claim(
+                        self.config.scope,
+                        self.config.process_id,
+                        &self.config.hostname,
+                        free as u32,
+                        now,
+                    )
+                    .await;
+                match claimed {
+                    Ok(claimed) => {
+                        for attempt in claimed {
+                            running.spawn(self.clone().attempt(attempt, cancelled.clone()));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %error_chain(&error), "cannot claim queued tasks");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = shutdown.changed() => {}
+                () = tokio::time::sleep(FALLBACK_CLAIM) => {}
+            }
+        }
+        let _ = cancel.send(true);
+        while running.join_next().await.is_some() {}
+    }
+
+    async fn attempt(self: Arc<Self>, claimed: Claimed, cancel: watch::Receiver<bool>) {
+        let dag = match self
+            .definitions
+            .get(self.store.as_ref(), &claimed.dag_id, &claimed.version)
+            .await
+        {
+            Ok(dag) => dag,
+            Err(error) => {
+                let reason = format!("cannot load the DAG definition: {}", error_chain(&error));
+                self.finish(
+                    &claimed,
+                    AttemptEnd {
+                        state: TaskState::Failed,
+                        retry_at: None,
+                        exit_code: None,
+                        reason: Some(reason),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        let log_path = log_path(
+            &self.config.logs_folder,
+            &claimed.dag_id,
+            &claimed.run_id,
+            &claimed.task_id,
+            claimed.try_number,
+        );
+        let spec = AttemptSpec {
+            dag: dag.clone(),
+            task_id: claimed.task_id.clone(),
+            run: RunContext {
+                run_id: claimed.run_id.clone(),
+                run_type: claimed.run_type.as_str().to_string(),
+                logical_date: claimed.logical_date,
+                interval: claimed.interval,
+                conf: claimed.conf.clone(),
+            },
+            try_number: claimed.try_number,
+            tries_allowed: claimed.max_tries + 1,
+            dags_folder: self.config.dags_folder.clone(),
+            log_path: Some(log_path.clone()),
+            attempt_token: Some(attempt_token(
+                self.config.process_id,
+                claimed.ti_pk,
+                claimed.try_number,
+            )),
+            kill_grace: self.config.kill_grace,
+        };
+        let (spawned_tx, spawned_rx) = oneshot::channel();
+        let store = self.store.clone();
+        let (ti_pk, try_number) = (claimed.ti_pk, claimed.try_number);
+        let log_text = log_path.display().to_string();
+        let record = tokio::spawn(async move {
+            if let Ok((pid, pid_start)) = spawned_rx.await
+                && let Err(error) = store
+                    .record_attempt_process(ti_pk, try_number, pid, pid_start, &log_text)
+                    .await
+            {
+                tracing::warn!(error = %error_chain(&error), "cannot record the process of an attempt");
+            }
+        });
+        let result = execute(
+            &spec,
+            &self.templates,
+            self.observer.clone(),
+            cancel,
+            spawned_tx,
+        )
+        .await;
+        let _ = record.await;
+        let end = match (&result.ending, dag.task(&claimed.task_id)) {
+            (Ending::Interrupted, _) => AttemptEnd {
+                state: TaskState::Scheduled,
+                retry_at: None,
+                exit_code: None,
+                reason: result.reason(),
+            },
+            (_, Some(task)) => {
+                let (state, retry_at) = after_attempt(
+                    task,
+                    result.outcome(),
+                    claimed.try_number,
+                    claimed.max_tries,
+                    self.clock.now(),
+                );
+                AttemptEnd {
+                    state,
+                    retry_at,
+                    exit_code: result.exit_code(),
+                    reason: result.reason(),
+                }
+            }
+            // Retrying cannot help a task its pinned version does not have.
+            (_, None) => AttemptEnd {
+                state: TaskState::Failed,
+                retry_at: None,
+                exit_code: None,
+                reason: result.reason(),
+            },
+        };
+        self.finish(&claimed, end).await;
+    }
+
+    /// Records how an attempt ended. The store may be briefly unavailable (another
+    /// process holds the write lock); the outcome is retried, never dropped.
+    async fn finish(&self, claimed: &Claimed, end: AttemptEnd) {
+        let actor = format!("runner:{}", self.config.process_id);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self
+                .store
+                .finish_attempt(
+                    claimed.ti_pk,
+                    claimed.try_number,
+                    &end,
+                    &actor,
+                    self.clock.now(),
+                )
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::warn!(
+                        dag_id = %claimed.dag_id, run_id = %claimed.run_id, task_id = %claimed.task_id,
+                        try_number = claimed.try_number, "attempt was replaced before it finished; its result is dropped"
+                    );
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(error = %error_chain(&error), "cannot record the end of an attempt; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.scheduler.notify_one();
+    }
+}
+
+/// `<logs>/<dag_id>/<run_id>/<task_id>/<try_number>.log`, as the contract says.
+pub fn log_path(
+    logs_folder: &std::path::Path,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    try_number: u32,
+) -> PathBuf {
+    logs_folder
+        .join(dag_id)
+        .join(run_id)
+        .join(task_id)
+        .join(format!("{try_number}.log"))
+}
+
+/// The value of `UPDRAFT_ATTEMPT`, unique per attempt.
+pub fn attempt_token(process_id: i64, ti_pk: i64, try_number: u32) -> String {
+    format!("{process_id}:{ti_pk}:{try_number}")
+}
+
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,244 @@
+//! Task templates with Airflow's names. Undefined names are errors of the attempt
+//! (`SemiStrict`: printing or iterating an undefined fails, while `is defined` and
+//! `default` still work).
+
+use std::sync::Arc;
+
+use minijinja::value::{Object, Serde, Value};
+use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior};
+use updraft_core::timetable::format_in_zone;
+use updraft_core::{Dag, DataInterval};
+
+/// The run an attempt belongs to, as templates and `UPDRAFT_*` variables see it.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub run_id: String,
+    pub run_type: String,
+    pub logical_date: jiff::Timestamp,
+    pub interval: DataInterval,
+    pub conf: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Pre-rendered values shared by templates and environment variables.
+pub struct Names {
+    pub ds: String,
+    pub ds_nodash: String,
+    pub ts: String,
+    pub ts_nodash: String,
+    pub data_interval_start: String,
+    pub data_interval_end: String,
+}
+
+impl Names {
+    /// Dates are shown in the DAG's time zone: for a daily DAG in Asia/Seoul, `ds`
+    /// is the Seoul date of the interval, which is what its authors mean.
+    pub fn new(dag: &Dag, run: &RunContext) -> Names {
+        let tz = dag.tz();
+        let local = run.logical_date.to_zoned(tz.clone());
+        let ds = local.strftime("%Y-%m-%d").to_string();
+        Names {
+            ds_nodash: ds.replace('-', ""),
+            ds,
+            ts: format_in_zone(run.logical_date, tz),
+            ts_nodash: local.strftime("%Y%m%dT%H%M%S").to_string(),
+            data_interval_start: format_in_zone(run.interval.start, tz),
+            data_interval_end: format_in_zone(run.interval.end, tz),
+        }
+    }
+}
+
+pub fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    // Shell commands are not HTML.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env
+}
+
+/// The context of one attempt. `params` are the DAG's defaults overridden by the
+/// run's `conf`, as Airflow does.
+pub fn context(
+    dag: &Dag,
+    run: &RunContext,
+    names: &Names,
+    task_id: &str,
+    try_number: u32,
+) -> Value {
+    let mut params = dag.spec().params.clone();
+    for (key, value) in &run.conf {
+        params.insert(key.clone(), value.clone());
+    }
+    let dag_run = serde_json::json!({
+        "run_id": run.run_id,
+        "run_type": run.run_type,
+        "conf": run.conf,
+        "logical_date": names.ts,
+        "data_interval_start": names.data_interval_start,
+        "data_interval_end": names.data_interval_end,
+    });
+    minijinja::context! {
+        ds => &names.ds,
+        ds_nodash => &names.ds_nodash,
+        ts => &names.ts,
+        ts_nodash => &names.ts_nodash,
+        logical_date => &names.ts,
+        data_interval_start => &names.data_interval_start,
+        data_interval_end => &names.data_interval_end,
+        run_id => &run.run_id,
+        dag_id => dag.dag_id().as_str(),
+        task_id => task_id,
+        try_number => try_number,
+        params => Value::from(Serde(&params)),
+        dag_run => Value::from(Serde(&dag_run)),
+        macros => Value::from_object(Macros),
+    }
+}
+
+pub fn render(env: &Environment<'static>, text: &str, context: &Value) -> Result<String, String> {
+    if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
+        return Ok(text.to_string());
+    }
+    env.render_str(text, context)
+        .map_err(|error| describe(&error))
+}
+
+fn describe(error: &Error) -> String {
+    let mut message = match error.kind() {
+        ErrorKind::UndefinedError => "undefined value".to_string(),
+        kind => kind.to_string(),
+    };
+    if let Some(detail) = error.detail() {
+        message = format!("{message}: {detail}");
+    }
+    if let Some(line) = error.line() {
+        message.push_str(&format!(" (template line {line})"));
+    }
+    message
+}
+
+/// Airflow's most used date macros: `macros.ds_add(ds, 7)` and
+/// `macros.ds_format(ds, "%Y-%m-%d", "%d/%m/%Y")`.
+#[derive(Debug)]
+struct Macros;
+
+impl Object for Macros {
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &mut minijinja::State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        let bad = |message: String| Error::new(ErrorKind::InvalidOperation, message);
+        match method {
+            "ds_add" => {
+                let (ds, days): (String, i64) = minijinja::value::from_args(args)?;
+                let date: jiff::civil::Date = ds
+                    .parse()
+                    .map_err(|_| bad(format!("ds_add: `{ds}` is not a YYYY-MM-DD date")))?;
+                let shifted = date
+                    .checked_add(jiff::Span::new().days(days))
+                    .map_err(|error| bad(format!("ds_add: {error}")))?;
+                Ok(Value::from(shifted.to_string()))
+            }
+            "ds_format" => {
+                let (ds, input, output): (String, String, String) =
+                    minijinja::value::from_args(args)?;
+                let date = jiff::civil::Date::strptime(&input, &ds).map_err(|error| {
+                    bad(format!(
+                        "ds_format: `{ds}` does not match `{input}`: {error}"
+                    ))
+                })?;
+                Ok(Value::from(date.strftime(&output).to_string()))
+            }
+            other => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("macros has no `{other}`"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dag(yaml: &str) -> Dag {
+        updraft_dagfile::parse_dag(yaml, "t.yaml").dag.unwrap()
+    }
+
+    fn run() -> RunContext {
+        RunContext {
+            run_id: "scheduled__2024-01-01T21:00:00+00:00".to_string(),
+            run_type: "scheduled".to_string(),
+            logical_date: "2024-01-01T21:00:00Z".parse().unwrap(),
+            interval: DataInterval {
+                start: "2024-01-01T21:00:00Z".parse().unwrap(),
+                end: "2024-01-02T21:00:00Z".parse().unwrap(),
+            },
+            conf: serde_json::from_str(r#"{"market": "KOSDAQ"}"#).unwrap(),
+        }
+    }
+
+    fn check(template: &str, expect: &str) {
+        let dag = dag(
+            "dag: d\ntimezone: Asia/Seoul\nparams: {market: KOSPI, limit: 10}\ntasks:\n  t: {shell: 'true'}\n",
+        );
+        let run = run();
+        let names = Names::new(&dag, &run);
+        let ctx = context(&dag, &run, &names, "t", 2);
+        let actual = match render(&environment(), template, &ctx) {
+            Ok(text) => text,
+            Err(error) => format!("error: {error}"),
+        };
+        assert_eq!(actual, expect, "template {template:?}");
+    }
+
+    #[test]
+    fn names() {
+        // 21:00 UTC is 06:00 the next day in Seoul.
+        check("{{ ds }} {{ ds_nodash }}", "2024-01-02 20240102");
+        check(
+            "{{ ts }} {{ ts_nodash }}",
+            "2024-01-02T06:00:00+09:00 20240102T060000",
+        );
+        check("{{ logical_date }}", "2024-01-02T06:00:00+09:00");
+        check(
+            "{{ data_interval_start }}..{{ data_interval_end }}",
+            "2024-01-02T06:00:00+09:00..2024-01-03T06:00:00+09:00",
+        );
+        check(
+            "{{ dag_id }}.{{ task_id }} {{ run_id }} try {{ try_number }}",
+            "d.t scheduled__2024-01-01T21:00:00+00:00 try 2",
+        );
+        check("{{ params.market }} {{ params.limit }}", "KOSDAQ 10");
+        check(
+            "{{ dag_run.conf.market }} {{ dag_run.conf.mode | default('full') }}",
+            "KOSDAQ full",
+        );
+        check(
+            "{{ macros.ds_add(ds, -1) }} {{ macros.ds_format(ds, '%Y-%m-%d', '%d/%m/%Y') }}",
+            "2024-01-01 02/01/2024",
+        );
+        check("echo '<b>' & \"x\"", "echo '<b>' & \"x\"");
+        check(
+            "{% if params.nothing is defined %}yes{% else %}no{% endif %}",
+            "no",
+        );
+    }
+
+    #[test]
+    fn undefined_is_an_error() {
+        check(
+            "{{ nothing }}",
+            "error: undefined value: `nothing` is undefined (template line 1)",
+        );
+        check(
+            "{{ params.nothing }}",
+            "error: undefined value: `params.nothing` is undefined (template line 1)",
+        );
+        check(
+            "{{ macros.ds_add('x', 1) }}",
+            "error: invalid operation: ds_add: `x` is not a YYYY-MM-DD date (template line 1)",
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! Attempts as real subprocesses: exit codes, environment, templates, logs,
+//! timeouts that kill the whole process group, and interruption.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use updraft_core::DataInterval;
+use updraft_core::retry::AttemptOutcome;
+use updraft_runner::{
+    AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, RunContext, execute, procfs,
+};
+
+static NEXT_TOKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits until no process carries the attempt's token (killed processes take a
+/// moment to disappear).
+async fn assert_no_process_left(spec: &AttemptSpec) {
+    let token = spec.attempt_token.clone().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !procfs::find_by_env("UPDRAFT_ATTEMPT", &token).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a process of the attempt survived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[derive(Default)]
+struct Lines(Mutex<Vec<String>>);
+
+impl AttemptObserver for Lines {
+    fn line(&self, _attempt: &AttemptLabel, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+}
+
+fn spec(dir: &Path, task_yaml: &str) -> AttemptSpec {
+    let yaml = format!(
+        "dag: demo\ntimezone: Europe/Berlin\nparams: {{who: world}}\nenv: {{LEVEL: dag}}\ntasks:\n  t:\n{task_yaml}"
+    );
+    let parsed = updraft_dagfile::parse_dag(&yaml, "sub/demo.yaml");
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    std::fs::create_dir_all(dir.join("dags/sub")).unwrap();
+    AttemptSpec {
+        dag: Arc::new(parsed.dag.unwrap()),
+        task_id: "t".to_string(),
+        run: RunContext {
+            run_id: "manual__x".to_string(),
+            run_type: "manual".to_string(),
+            logical_date: "2024-03-01T00:00:00Z".parse().unwrap(),
+            interval: DataInterval {
+                start: "2024-03-01T00:00:00Z".parse().unwrap(),
+                end: "2024-03-02T00:00:00Z".parse().unwrap(),
+            },
+            conf: serde_json::Map::new(),
+        },
+        try_number: 1,
+        tries_allowed: 1,
+        dags_folder: dir.join("dags"),
+        log_path: Some(dir.join("logs/1.log")),
+        attempt_token: Some(format!(
+            "test-{}",
+            NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )),
+        kill_grace: Duration::from_millis(500),
+    }
+}
+
+async fn run(spec: &AttemptSpec) -> (AttemptResult, Vec<String>, String) {
+    let lines = Arc::new(Lines::default());
+    let (_cancel, cancelled) = watch::channel(false);
+    let (spawned, _pid) = oneshot::channel();
+    let result = execute(
+        spec,
+        &updraft_runner::template::environment(),
+        lines.clone(),
+        cancelled,
+        spawned,
+    )
+    .await;
+    let log = std::fs::read_to_string(spec.log_path.as_ref().unwrap()).unwrap_or_default();
+    let lines = lines.0.lock().unwrap().clone();
+    (result, lines, log)
+}
+
+#[tokio::test]
+async fn exit_codes_decide_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    for (command, outcome, code) in [
+        ("exit 0", AttemptOutcome::Success, 0),
+        ("exit 99", AttemptOutcome::Skipped, 99),
+        ("exit 3", AttemptOutcome::Failed, 3),
+    ] {
+        let (result, _, _) = run(&spec(dir.path(), &format!("    shell: {command}\n"))).await;
+        assert_eq!(
+            (result.outcome(), result.exit_code()),
+            (outcome, Some(code)),
+            "{command}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn environment_templates_and_working_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = "    shell: echo \"{{ ds }} {{ params.who }} $LEVEL $OWN $UPDRAFT_DAG_ID $UPDRAFT_TASK_ID $UPDRAFT_RUN_ID $UPDRAFT_TRY_NUMBER $UPDRAFT_DS $UPDRAFT_LOGICAL_DATE $UPDRAFT_DATA_INTERVAL_START $UPDRAFT_DATA_INTERVAL_END\"; pwd; echo oops >&2\n    env: {OWN: '{{ ds_nodash }}', LEVEL: task}\n";
+    let spec = spec(dir.path(), task);
+    let (result, lines, log) = run(&spec).await;
+    assert_eq!(result.ending, Ending::Exited(0));
+    let cwd = std::fs::canonicalize(dir.path().join("dags/sub")).unwrap();
+    assert_eq!(
+        lines[0],
+        "2024-03-01 world task 20240301 demo t manual__x 1 2024-03-01 2024-03-01T01:00:00+01:00 2024-03-01T01:00:00+01:00 2024-03-02T01:00:00+01:00"
+    );
+    assert_eq!(std::fs::canonicalize(&lines[1]).unwrap(), cwd);
+    assert_eq!(lines[2], "oops");
+    assert!(
+        log.contains("] attempt 1 of 1 of `demo.t` in run `manual__x` started"),
+        "{log}"
+    );
+    assert!(log.contains("\noops\n"), "{log}");
+    assert!(log.contains("attempt ended after"), "{log}");
+}
+
+#[tokio::test]
+async fn template_errors_fail_the_attempt_without_running_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let (result, _, log) = run(&spec(
+        dir.path(),
+        &format!(
+            "    shell: touch {} {{{{ params.missing }}}}\n",
+            marker.display()
+        ),
+    ))
+    .await;
+    assert_eq!(result.outcome(), AttemptOutcome::Failed);
+    assert_eq!(
+        result.reason().unwrap(),
+        "cannot render `shell`: undefined value: `params.missing` is undefined (template line 1)"
+    );
+    assert!(!marker.exists());
+    assert!(log.contains("cannot render `shell`"), "{log}");
+
+    let (result, _, _) = run(&spec(dir.path(), "    shell: 'true'\n    cwd: nowhere\n")).await;
+    assert!(
+        result
+            .reason()
+            .unwrap()
+            .starts_with("cannot start: working folder"),
+        "{:?}",
+        result.reason()
+    );
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    // A background grandchild that ignores the shell's exit must die too.
+    let spec = spec(
+        dir.path(),
+        "    shell: sleep 60 & echo started; trap '' TERM; sleep 60\n    timeout: 1s\n",
+    );
+    let (result, _, log) = run(&spec).await;
+    assert_eq!(
+        result.ending,
+        Ending::TimedOut(updraft_core::Duration::from_secs(1))
+    );
+    assert_eq!(result.outcome(), AttemptOutcome::Failed);
+    assert!(
+        result.duration < Duration::from_secs(10),
+        "{:?}",
+        result.duration
+    );
+    assert!(log.contains("timed out after 1s"), "{log}");
+    assert_no_process_left(&spec).await;
+}
+
+#[tokio::test]
+async fn leftover_background_processes_end_with_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(
+        dir.path(),
+        "    shell: (sleep 60; echo never) & echo done\n",
+    );
+    let (result, _, _) = run(&spec).await;
+    assert_eq!(result.ending, Ending::Exited(0));
+    assert!(result.duration < Duration::from_secs(10));
+    assert_no_process_left(&spec).await;
+}
+
+#[tokio::test]
+async fn interruption_stops_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), "    shell: echo up; sleep 60\n");
+    let (cancel, cancelled) = watch::channel(false);
+    let (spawned, pid) = oneshot::channel();
+    let lines = Arc::new(Lines::default());
+    let task = tokio::spawn({
+        let spec = spec.clone();
+        let lines = lines.clone();
+        async move {
+            execute(
+                &spec,
+                &updraft_runner::template::environment(),
+                lines,
+                cancelled,
+                spawned,
+            )
+            .await
+        }
+    });
+    let (pgid, _) = pid.await.unwrap();
+    // Wait until the command printed, then interrupt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lines.0.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the attempt never printed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.send(true).unwrap();
+    let result = task.await.unwrap();
+    assert_eq!(result.ending, Ending::Interrupted);
+    assert!(!procfs::group_alive(pgid));
+}
+
+#[tokio::test]
+async fn long_lines_are_split_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (result, lines, _) = run(&spec(
+        dir.path(),
+        "    shell: head -c 200000 /dev/zero | tr '\\0' x; echo; echo after\n",
+    ))
+    .await;
+    assert_eq!(result.ending, Ending::Exited(0));
+    assert_eq!(lines.iter().map(String::len).sum::<usize>(), 200000 + 5);
+    assert_eq!(lines.last().unwrap(), "after");
+    assert!(lines.iter().all(|line| line.len() <= 64 * 1024));
+}
