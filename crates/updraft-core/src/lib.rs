@@ -10,6 +10,7 @@ pub mod clock;
 pub mod cron;
 pub mod dag;
 pub mod duration;
+pub mod errors;
 pub mod id;
 pub mod plan;
 pub mod reason;

@@ -16,5 +16,5 @@ pub use attempt::{
     AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, Quiet, execute,
 };
 pub use recovery::{Recovered, Recovery, heartbeat_loop};
-pub use runner::{Runner, RunnerConfig, attempt_token, error_chain, log_path};
+pub use runner::{Runner, RunnerConfig, attempt_token, log_path};
 pub use template::RunContext;

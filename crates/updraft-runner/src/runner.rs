@@ -9,6 +9,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use updraft_core::TaskState;
 use updraft_core::clock::Clock;
+use updraft_core::errors::chain;
 use updraft_core::retry::after_attempt;
 use updraft_store::{AttemptEnd, Claimed, DefinitionCache, Scope, Store};
 
@@ -95,7 +96,7 @@ impl Runner {
                         }
                     }
                     Err(error) => {
-                        tracing::error!(error = %error_chain(&error), "cannot claim queued tasks");
+                        tracing::error!(error = %chain(&error), "cannot claim queued tasks");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -119,7 +120,7 @@ impl Runner {
         {
             Ok(dag) => dag,
             Err(error) => {
-                let reason = format!("cannot load the DAG definition: {}", error_chain(&error));
+                let reason = format!("cannot load the DAG definition: {}", chain(&error));
                 self.finish(
                     &claimed,
                     AttemptEnd {
@@ -171,7 +172,7 @@ impl Runner {
                     .record_attempt_process(ti_pk, try_number, pid, pid_start, &log_text)
                     .await
             {
-                tracing::warn!(error = %error_chain(&error), "cannot record the process of an attempt");
+                tracing::warn!(error = %chain(&error), "cannot record the process of an attempt");
             }
         });
         let result = execute(
@@ -242,7 +243,7 @@ impl Runner {
                     break;
                 }
                 Err(error) => {
-                    tracing::error!(error = %error_chain(&error), "cannot record the end of an attempt; retrying");
+                    tracing::error!(error = %chain(&error), "cannot record the end of an attempt; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
@@ -270,15 +271,4 @@ pub fn log_path(
 /// The value of `UPDRAFT_ATTEMPT`, unique per attempt.
 pub fn attempt_token(process_id: i64, ti_pk: i64, try_number: u32) -> String {
     format!("{process_id}:{ti_pk}:{try_number}")
-}
-
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

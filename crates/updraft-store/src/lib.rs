@@ -75,7 +75,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_run_by_pk(&self, run_pk: i64) -> Result<Option<RunRow>>;
     async fn task_instances(&self, run_pk: i64) -> Result<Vec<TaskInstanceRow>>;
     async fn task_attempts(&self, ti_pk: i64) -> Result<Vec<AttemptRow>>;
-    async fn transitions(&self, run_pk: i64, ti_pk: Option<i64>) -> Result<Vec<TransitionRow>>;
+    /// The run's transition log (or one task instance's), oldest first, after row `after_id`.
+    async fn transitions(
+        &self,
+        run_pk: i64,
+        ti_pk: Option<i64>,
+        after_id: i64,
+    ) -> Result<Vec<TransitionRow>>;
 
     // Scheduling.
     async fn snapshot(&self, scope: Scope, now: Timestamp) -> Result<RawSnapshot>;

@@ -208,6 +208,7 @@ pub struct AttemptRow {
 
 #[derive(Debug, Clone)]
 pub struct TransitionRow {
+    pub id: i64,
     pub at: Timestamp,
     pub ti_pk: Option<i64>,
     pub from_state: Option<String>,

@@ -291,7 +291,7 @@ async fn apply_is_compare_and_set(store: Store) {
         error.to_string(),
         "illegal state change `success` -> `running`"
     );
-    let transitions = store.transitions(run_pk, Some(a)).await.unwrap();
+    let transitions = store.transitions(run_pk, Some(a), 0).await.unwrap();
     let moves: Vec<String> = transitions
         .iter()
         .map(|t| {

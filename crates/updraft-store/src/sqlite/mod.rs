@@ -527,18 +527,25 @@ impl MetadataStore for SqliteStore {
         rows.iter().map(attempt_row).collect()
     }
 
-    async fn transitions(&self, run_pk: i64, ti_pk: Option<i64>) -> Result<Vec<TransitionRow>> {
+    async fn transitions(
+        &self,
+        run_pk: i64,
+        ti_pk: Option<i64>,
+        after_id: i64,
+    ) -> Result<Vec<TransitionRow>> {
         let rows = sqlx::query(
-            "SELECT at, ti_pk, from_state, to_state, actor, detail FROM state_transitions
-             WHERE run_pk = $1 AND ($2 IS NULL OR ti_pk = $2) ORDER BY id",
+            "SELECT id, at, ti_pk, from_state, to_state, actor, detail FROM state_transitions
+             WHERE run_pk = $1 AND ($2 IS NULL OR ti_pk = $2) AND id > $3 ORDER BY id",
         )
         .bind(run_pk)
         .bind(ti_pk)
+        .bind(after_id)
         .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(|row| {
                 Ok(TransitionRow {
+                    id: row.try_get("id")?,
                     at: from_db(row.try_get("at")?),
                     ti_pk: row.try_get("ti_pk")?,
                     from_state: row.try_get("from_state")?,

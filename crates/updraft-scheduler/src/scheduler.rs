@@ -1,0 +1,285 @@
+//! The scheduling loop. Each tick reads a snapshot of the store, asks
+//! `updraft_core::plan::plan` what to do, and applies the actions in one
+//! transaction. Ticks happen when something happens, not on a timer: an attempt
+//! ends (the runner rings `wake`), another process commits (the store's change
+//! watcher), or a time the plan asked for arrives (a retry, a schedule tick).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{Notify, watch};
+use updraft_core::clock::Clock;
+use updraft_core::errors::chain;
+use updraft_core::plan::{self, DagEntry, DueDag, RunEntry, Slots, Snapshot, TaskInstanceEntry};
+use updraft_core::{DagId, RunId, TaskId};
+use updraft_store::{ApplyReport, DefinitionCache, RawSnapshot, Scope, Store, StoreError};
+
+use crate::dag_sync::DagSync;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub scope: Scope,
+    /// Runner capacity queued tasks may fill; `None`: no limit (`dags test`).
+    pub parallelism: Option<u32>,
+    /// Whether pools limit this scope's tasks (`dags test` ignores them).
+    pub use_pools: bool,
+    /// Whether runs of paused DAGs proceed (`dags test`).
+    pub ignore_pause: bool,
+    /// How often to look at the DAGs folder for changes.
+    pub dag_sync_interval: Duration,
+    /// Names this scheduler in the transition log.
+    pub actor: String,
+}
+
+pub struct Scheduler {
+    store: Store,
+    config: SchedulerConfig,
+    definitions: Arc<DefinitionCache>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+    runner: Arc<Notify>,
+    dag_sync: Option<tokio::sync::Mutex<DagSync>>,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default)]
+pub struct Tick {
+    pub report: ApplyReport,
+    pub wake_at: Option<Timestamp>,
+    /// The plan made changes that the next plan builds on (new runs to settle).
+    pub again: bool,
+}
+
+/// At most this many ticks back to back before waiting for an event.
+const MAX_IMMEDIATE_TICKS: usize = 64;
+
+impl Scheduler {
+    pub fn new(
+        store: Store,
+        config: SchedulerConfig,
+        definitions: Arc<DefinitionCache>,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+        runner: Arc<Notify>,
+        dag_sync: Option<DagSync>,
+    ) -> Scheduler {
+        Scheduler {
+            store,
+            config,
+            definitions,
+            clock,
+            wake,
+            runner,
+            dag_sync: dag_sync.map(tokio::sync::Mutex::new),
+        }
+    }
+
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
+        let mut watcher = match self.config.scope {
+            Scope::All => Some(self.store.change_watcher().await?),
+            Scope::Run(_) => None,
+        };
+        let mut next_sync = tokio::time::Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= next_sync {
+                self.sync_dags().await;
+                next_sync = tokio::time::Instant::now() + self.config.dag_sync_interval;
+            }
+            let mut wake_at = None;
+            for _ in 0..MAX_IMMEDIATE_TICKS {
+                match self.tick().await {
+                    Ok(tick) => {
+                        wake_at = tick.wake_at;
+                        if !tick.again {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %chain(&error), "scheduling tick failed; retrying shortly");
+                        wake_at = Some(self.clock.now() + jiff::SignedDuration::from_secs(1));
+                        break;
+                    }
+                }
+            }
+            let mut deadline = next_sync;
+            if let Some(at) = wake_at {
+                let wait = at.duration_since(self.clock.now());
+                let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
+                deadline = deadline.min(tokio::time::Instant::now() + wait);
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                changed = changed(&mut watcher) => {
+                    if let Err(error) = changed {
+                        tracing::warn!(error = %chain(&error), "cannot watch the store for changes");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Reads the DAGs folder and records what changed. Errors are logged: a broken
+    /// folder must not stop the runs already going.
+    pub async fn sync_dags(&self) {
+        let Some(sync) = &self.dag_sync else { return };
+        let mut sync = sync.lock().await;
+        match sync.sync(self.clock.now()).await {
+            Ok((report, _)) => {
+                if report.changed > 0 || report.deactivated > 0 {
+                    tracing::info!(
+                        dags = report.dags,
+                        changed = report.changed,
+                        deactivated = report.deactivated,
+                        "DAGs folder synced"
+                    );
+                }
+            }
+            Err(error) => tracing::error!(error = %chain(&error), "cannot read the DAGs folder"),
+        }
+    }
+
+    /// One scheduling decision: snapshot, plan, apply.
+    pub async fn tick(&self) -> Result<Tick, StoreError> {
+        let now = self.clock.now();
+        let raw = self.store.snapshot(self.config.scope, now).await?;
+        let snapshot = self.resolve(raw, now).await?;
+        let plan = plan::plan(&snapshot, now);
+        let report = self
+            .store
+            .apply(&plan.actions, &self.config.actor, now)
+            .await?;
+        if report.tasks_queued > 0 {
+            self.runner.notify_one();
+        }
+        let again = report.runs_created > 0 || report.conflicts > 0;
+        Ok(Tick {
+            report,
+            wake_at: plan.wake_at,
+            again,
+        })
+    }
+
+    /// Turns stored rows into the plan's input, loading pinned DAG versions.
+    async fn resolve(&self, raw: RawSnapshot, now: Timestamp) -> Result<Snapshot, StoreError> {
+        let store = self.store.as_ref();
+        let mut dags = Vec::with_capacity(raw.dags.len());
+        for row in &raw.dags {
+            let version = updraft_core::plan::DagVersion(row.latest_version.clone());
+            let latest = if row.is_active {
+                match self.definitions.get(store, &row.dag_id, &version).await {
+                    Ok(dag) => Some((version, dag)),
+                    Err(error) => {
+                        tracing::error!(dag_id = %row.dag_id, error = %chain(&error), "cannot load DAG version");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let due = match row.next_due {
+                Some(next_due)
+                    if row.is_active
+                        && !row.is_paused
+                        && next_due <= now
+                        && self.config.scope == Scope::All =>
+                {
+                    Some(DueDag {
+                        last_automated: row.last_automated,
+                        next_due,
+                    })
+                }
+                _ => None,
+            };
+            let Ok(dag_id) = DagId::new(row.dag_id.clone()) else {
+                continue;
+            };
+            dags.push(DagEntry {
+                dag_id,
+                paused: row.is_paused,
+                latest,
+                due,
+            });
+        }
+        let mut by_run: HashMap<i64, Vec<TaskInstanceEntry>> = HashMap::new();
+        for ti in raw.task_instances {
+            let Ok(task_id) = TaskId::new(ti.task_id) else {
+                continue;
+            };
+            by_run
+                .entry(ti.run_pk)
+                .or_default()
+                .push(TaskInstanceEntry {
+                    ti_pk: ti.ti_pk,
+                    task_id,
+                    state: ti.state,
+                    try_number: ti.try_number,
+                    retry_at: ti.retry_at,
+                    wait_reason: ti.wait_reason,
+                });
+        }
+        let mut runs = Vec::with_capacity(raw.runs.len());
+        for run in raw.runs {
+            let dag = match self.definitions.get(store, &run.dag_id, &run.version).await {
+                Ok(dag) => dag,
+                Err(error) => {
+                    tracing::error!(dag_id = %run.dag_id, run_id = %run.run_id, error = %chain(&error), "cannot load the version a run is pinned to");
+                    continue;
+                }
+            };
+            let (Ok(dag_id), Ok(run_id)) = (DagId::new(run.dag_id), RunId::new(run.run_id)) else {
+                continue;
+            };
+            runs.push(RunEntry {
+                run_pk: run.run_pk,
+                dag_id,
+                run_id,
+                state: run.state,
+                logical_date: run.logical_date,
+                dag,
+                task_instances: by_run.remove(&run.run_pk).unwrap_or_default(),
+            });
+        }
+        let pools = self.config.use_pools.then(|| {
+            raw.pools
+                .iter()
+                .map(|pool| {
+                    (
+                        pool.name.clone(),
+                        Slots {
+                            limit: pool.slots,
+                            occupied: pool.occupied,
+                        },
+                    )
+                })
+                .collect()
+        });
+        Ok(Snapshot {
+            dags,
+            runs,
+            pools,
+            parallelism: self.config.parallelism.map(|limit| Slots {
+                limit,
+                occupied: raw.busy_slots,
+            }),
+            ignore_pause: self.config.ignore_pause,
+            next_dag_due: raw.next_dag_due,
+        })
+    }
+}
+
+async fn changed(
+    watcher: &mut Option<Box<dyn updraft_store::ChangeWatcher>>,
+) -> Result<(), StoreError> {
+    match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
+    }
+}
