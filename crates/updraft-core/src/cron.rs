@@ -14,12 +14,7 @@ pub enum CronError {
     #[error("{field} `{item}` is not a number, range, list or step")]
     Syntax { field: &'static str, item: String },
     #[error("{field} `{value}` is out of range {min}-{max}")]
-    OutOfRange {
-        field: &'static str,
-        value: String,
-        min: u32,
-        max: u32,
-    },
+    OutOfRange { field: &'static str, value: String, min: u32, max: u32 },
     #[error("{field} range `{item}` runs backwards")]
     Backwards { field: &'static str, item: String },
     #[error("{field} step in `{item}` must be at least 1")]
@@ -36,39 +31,18 @@ struct FieldSpec {
     names: &'static [&'static str],
 }
 
-const MINUTE: FieldSpec = FieldSpec {
-    name: "minute",
-    min: 0,
-    max: 59,
-    names: &[],
-};
-const HOUR: FieldSpec = FieldSpec {
-    name: "hour",
-    min: 0,
-    max: 23,
-    names: &[],
-};
-const DAY_OF_MONTH: FieldSpec = FieldSpec {
-    name: "day-of-month",
-    min: 1,
-    max: 31,
-    names: &[],
-};
+const MINUTE: FieldSpec = FieldSpec { name: "minute", min: 0, max: 59, names: &[] };
+const HOUR: FieldSpec = FieldSpec { name: "hour", min: 0, max: 23, names: &[] };
+const DAY_OF_MONTH: FieldSpec = FieldSpec { name: "day-of-month", min: 1, max: 31, names: &[] };
 const MONTH: FieldSpec = FieldSpec {
     name: "month",
     min: 1,
     max: 12,
-    names: &[
-        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
-    ],
+    names: &["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"],
 };
 // 7 is Sunday too, as in Vixie cron; it is folded into 0 after parsing.
-const DAY_OF_WEEK: FieldSpec = FieldSpec {
-    name: "day-of-week",
-    min: 0,
-    max: 7,
-    names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
-};
+const DAY_OF_WEEK: FieldSpec =
+    FieldSpec { name: "day-of-week", min: 0, max: 7, names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"] };
 
 /// A parsed cron expression: one bit set per field.
 #[derive(Clone, PartialEq, Eq)]
@@ -129,12 +103,10 @@ impl Cron {
         if self.dom_star {
             return true;
         }
-        (1..=12u8)
-            .filter(|month| self.months & (1 << month) != 0)
-            .any(|month| {
-                let longest = days_in_month_max(month);
-                (1..=longest).any(|day| self.days_of_month & (1 << day) != 0)
-            })
+        (1..=12u8).filter(|month| self.months & (1 << month) != 0).any(|month| {
+            let longest = days_in_month_max(month);
+            (1..=longest).any(|day| self.days_of_month & (1 << day) != 0)
+        })
     }
 
     pub fn matches_day(&self, date: Date) -> bool {
@@ -144,11 +116,7 @@ impl Cron {
         }
         let dom = self.days_of_month & (1 << date.day() as u32) != 0;
         let dow = self.days_of_week & (1 << date.weekday().to_sunday_zero_offset() as u32) != 0;
-        if self.dom_star || self.dow_star {
-            dom && dow
-        } else {
-            dom || dow
-        }
+        if self.dom_star || self.dow_star { dom && dow } else { dom || dow }
     }
 
     /// The first matching wall-clock minute at or after `from` (seconds are ignored:
@@ -261,18 +229,12 @@ fn parse_field(text: &str, spec: FieldSpec) -> Result<u64, CronError> {
 }
 
 fn parse_item(item: &str, spec: FieldSpec) -> Result<u64, CronError> {
-    let syntax = || CronError::Syntax {
-        field: spec.name,
-        item: item.to_string(),
-    };
+    let syntax = || CronError::Syntax { field: spec.name, item: item.to_string() };
     let (range, step) = match item.split_once('/') {
         Some((range, step)) => {
             let step: u32 = step.parse().map_err(|_| syntax())?;
             if step == 0 {
-                return Err(CronError::ZeroStep {
-                    field: spec.name,
-                    item: item.to_string(),
-                });
+                return Err(CronError::ZeroStep { field: spec.name, item: item.to_string() });
             }
             (range, Some(step))
         }
@@ -284,10 +246,7 @@ fn parse_item(item: &str, spec: FieldSpec) -> Result<u64, CronError> {
         let low = parse_value(low, spec, item)?;
         let high = parse_value(high, spec, item)?;
         if low > high {
-            return Err(CronError::Backwards {
-                field: spec.name,
-                item: item.to_string(),
-            });
+            return Err(CronError::Backwards { field: spec.name, item: item.to_string() });
         }
         (low, high)
     } else {
@@ -307,30 +266,15 @@ fn parse_item(item: &str, spec: FieldSpec) -> Result<u64, CronError> {
 
 fn parse_value(text: &str, spec: FieldSpec, item: &str) -> Result<u32, CronError> {
     if text.is_empty() {
-        return Err(CronError::Syntax {
-            field: spec.name,
-            item: item.to_string(),
-        });
+        return Err(CronError::Syntax { field: spec.name, item: item.to_string() });
     }
-    if let Some(index) = spec
-        .names
-        .iter()
-        .position(|name| name.eq_ignore_ascii_case(text))
-    {
+    if let Some(index) = spec.names.iter().position(|name| name.eq_ignore_ascii_case(text)) {
         let base = if spec.name == "month" { 1 } else { 0 };
         return Ok(index as u32 + base);
     }
-    let value: u32 = text.parse().map_err(|_| CronError::Syntax {
-        field: spec.name,
-        item: item.to_string(),
-    })?;
+    let value: u32 = text.parse().map_err(|_| CronError::Syntax { field: spec.name, item: item.to_string() })?;
     if value < spec.min || value > spec.max {
-        return Err(CronError::OutOfRange {
-            field: spec.name,
-            value: text.to_string(),
-            min: spec.min,
-            max: spec.max,
-        });
+        return Err(CronError::OutOfRange { field: spec.name, value: text.to_string(), min: spec.min, max: spec.max });
     }
     Ok(value)
 }
@@ -353,36 +297,18 @@ mod tests {
         check_parse("0 6 * * *", "ok 0 6 * * *");
         check_parse("  */15   *  * * MON-FRI ", "ok */15 * * * MON-FRI");
         check_parse("0 0 1,15 jan,Jul sun", "ok 0 0 1,15 jan,Jul sun");
-        check_parse(
-            "0 6 * *",
-            "error: expected 5 fields (minute hour day-of-month month day-of-week), found 4",
-        );
+        check_parse("0 6 * *", "error: expected 5 fields (minute hour day-of-month month day-of-week), found 4");
         check_parse("0 25 * * *", "error: hour `25` is out of range 0-23");
         check_parse("60 * * * *", "error: minute `60` is out of range 0-59");
         check_parse("0 0 0 * *", "error: day-of-month `0` is out of range 1-31");
         check_parse("0 0 * 13 *", "error: month `13` is out of range 1-12");
         check_parse("0 0 * * 8", "error: day-of-week `8` is out of range 0-7");
-        check_parse(
-            "0 0 * FOO *",
-            "error: month `FOO` is not a number, range, list or step",
-        );
-        check_parse(
-            "0 0 L * *",
-            "error: day-of-month `L` is not a number, range, list or step",
-        );
+        check_parse("0 0 * FOO *", "error: month `FOO` is not a number, range, list or step");
+        check_parse("0 0 L * *", "error: day-of-month `L` is not a number, range, list or step");
         check_parse("5-1 * * * *", "error: minute range `5-1` runs backwards");
-        check_parse(
-            "*/0 * * * *",
-            "error: minute step in `*/0` must be at least 1",
-        );
-        check_parse(
-            "1,,2 * * * *",
-            "error: minute `` is not a number, range, list or step",
-        );
-        check_parse(
-            "0 0 30 2 *",
-            "error: day-of-month and month never meet (e.g. 30 February), so it never fires",
-        );
+        check_parse("*/0 * * * *", "error: minute step in `*/0` must be at least 1");
+        check_parse("1,,2 * * * *", "error: minute `` is not a number, range, list or step");
+        check_parse("0 0 30 2 *", "error: day-of-month and month never meet (e.g. 30 February), so it never fires");
         check_parse("0 0 30 2 MON", "ok 0 0 30 2 MON");
         check_parse("0 0 29 2 *", "ok 0 0 29 2 *");
     }
@@ -402,77 +328,24 @@ mod tests {
     #[test]
     fn next() {
         let jan1 = date(2024, 1, 1).at(0, 0, 0, 0);
-        check_next(
-            "0 6 * * *",
-            jan1,
-            &["2024-01-01T06:00:00", "2024-01-02T06:00:00"],
-        );
-        check_next(
-            "*/20 * * * *",
-            jan1,
-            &[
-                "2024-01-01T00:00:00",
-                "2024-01-01T00:20:00",
-                "2024-01-01T00:40:00",
-            ],
-        );
+        check_next("0 6 * * *", jan1, &["2024-01-01T06:00:00", "2024-01-02T06:00:00"]);
+        check_next("*/20 * * * *", jan1, &["2024-01-01T00:00:00", "2024-01-01T00:20:00", "2024-01-01T00:40:00"]);
         // From mid-minute, the current minute has passed.
-        check_next(
-            "* * * * *",
-            date(2024, 1, 1).at(0, 0, 30, 0),
-            &["2024-01-01T00:01:00"],
-        );
-        check_next(
-            "59 23 * * *",
-            date(2024, 1, 1).at(23, 59, 1, 0),
-            &["2024-01-02T23:59:00"],
-        );
+        check_next("* * * * *", date(2024, 1, 1).at(0, 0, 30, 0), &["2024-01-01T00:01:00"]);
+        check_next("59 23 * * *", date(2024, 1, 1).at(23, 59, 1, 0), &["2024-01-02T23:59:00"]);
         // 2024-01-01 is a Monday. Both day fields restricted: either matches.
-        check_next(
-            "0 0 13 * FRI",
-            jan1,
-            &[
-                "2024-01-05T00:00:00",
-                "2024-01-12T00:00:00",
-                "2024-01-13T00:00:00",
-            ],
-        );
+        check_next("0 0 13 * FRI", jan1, &["2024-01-05T00:00:00", "2024-01-12T00:00:00", "2024-01-13T00:00:00"]);
         // A day field written with `*` does not widen: both must match (Vixie).
-        check_next(
-            "0 0 */2 * FRI",
-            jan1,
-            &["2024-01-05T00:00:00", "2024-01-19T00:00:00"],
-        );
+        check_next("0 0 */2 * FRI", jan1, &["2024-01-05T00:00:00", "2024-01-19T00:00:00"]);
         // 0 and 7 are both Sunday.
         check_next("0 0 * * 7", jan1, &["2024-01-07T00:00:00"]);
-        check_next(
-            "0 0 * * 5-7",
-            jan1,
-            &[
-                "2024-01-05T00:00:00",
-                "2024-01-06T00:00:00",
-                "2024-01-07T00:00:00",
-            ],
-        );
-        check_next(
-            "0 0 29 2 *",
-            jan1,
-            &["2024-02-29T00:00:00", "2028-02-29T00:00:00"],
-        );
-        check_next(
-            "30 4 1 JAN,jul *",
-            jan1,
-            &["2024-01-01T04:30:00", "2024-07-01T04:30:00"],
-        );
+        check_next("0 0 * * 5-7", jan1, &["2024-01-05T00:00:00", "2024-01-06T00:00:00", "2024-01-07T00:00:00"]);
+        check_next("0 0 29 2 *", jan1, &["2024-02-29T00:00:00", "2028-02-29T00:00:00"]);
+        check_next("30 4 1 JAN,jul *", jan1, &["2024-01-01T04:30:00", "2024-07-01T04:30:00"]);
         check_next(
             "0 12 5/10 * *",
             jan1,
-            &[
-                "2024-01-05T12:00:00",
-                "2024-01-15T12:00:00",
-                "2024-01-25T12:00:00",
-                "2024-02-05T12:00:00",
-            ],
+            &["2024-01-05T12:00:00", "2024-01-15T12:00:00", "2024-01-25T12:00:00", "2024-02-05T12:00:00"],
         );
     }
 }

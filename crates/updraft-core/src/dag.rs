@@ -114,18 +114,12 @@ pub struct ZoneName {
 
 impl ZoneName {
     pub fn utc() -> ZoneName {
-        ZoneName {
-            name: "UTC".to_string(),
-            tz: TimeZone::UTC,
-        }
+        ZoneName { name: "UTC".to_string(), tz: TimeZone::UTC }
     }
 
     pub fn get(name: &str) -> Result<ZoneName, jiff::Error> {
         let tz = TimeZone::get(name)?;
-        Ok(ZoneName {
-            name: name.to_string(),
-            tz,
-        })
+        Ok(ZoneName { name: name.to_string(), tz })
     }
 
     pub fn name(&self) -> &str {
@@ -221,14 +215,8 @@ impl Graph {
         for (task_idx, task) in tasks.iter().enumerate() {
             for (upstream_idx, upstream_id) in task.depends_on.iter().enumerate() {
                 match index.get(upstream_id) {
-                    None => errors.push(GraphError::UnknownUpstream {
-                        task_idx,
-                        upstream_idx,
-                    }),
-                    Some(&up) if up == task_idx => errors.push(GraphError::SelfDependency {
-                        task_idx,
-                        upstream_idx,
-                    }),
+                    None => errors.push(GraphError::UnknownUpstream { task_idx, upstream_idx }),
+                    Some(&up) if up == task_idx => errors.push(GraphError::SelfDependency { task_idx, upstream_idx }),
                     Some(&up) => {
                         if !upstream[task_idx].contains(&up) {
                             upstream[task_idx].push(up);
@@ -242,12 +230,7 @@ impl Graph {
             return Err(errors);
         }
         match topo_sort(&upstream, &downstream) {
-            Ok(topo_order) => Ok(Graph {
-                upstream,
-                downstream,
-                topo_order,
-                index,
-            }),
+            Ok(topo_order) => Ok(Graph { upstream, downstream, topo_order, index }),
             Err(cycle) => Err(vec![GraphError::Cycle { task_idxs: cycle }]),
         }
     }
@@ -269,8 +252,7 @@ fn topo_sort(upstream: &[Vec<usize>], downstream: &[Vec<usize>]) -> Result<Vec<u
     use std::collections::BinaryHeap;
     let n = upstream.len();
     let mut missing: Vec<usize> = upstream.iter().map(Vec::len).collect();
-    let mut ready: BinaryHeap<Reverse<usize>> =
-        (0..n).filter(|&i| missing[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| missing[i] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(Reverse(task_idx)) = ready.pop() {
         order.push(task_idx);
@@ -285,9 +267,7 @@ fn topo_sort(upstream: &[Vec<usize>], downstream: &[Vec<usize>]) -> Result<Vec<u
         return Ok(order);
     }
     // Walk upstream from any unfinished task until a task repeats: that loop is a cycle.
-    let start = (0..n)
-        .find(|&i| missing[i] > 0)
-        .expect("some task is left when the sort stops early");
+    let start = (0..n).find(|&i| missing[i] > 0).expect("some task is left when the sort stops early");
     let mut path = vec![start];
     let mut seen = vec![usize::MAX; n];
     seen[start] = 0;
@@ -302,12 +282,7 @@ fn topo_sort(upstream: &[Vec<usize>], downstream: &[Vec<usize>]) -> Result<Vec<u
             // `path` runs downstream -> upstream; report it in dependency order, starting
             // from the task that appears first in the file.
             cycle.reverse();
-            let first = cycle
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, idx)| **idx)
-                .map(|(pos, _)| pos)
-                .unwrap_or(0);
+            let first = cycle.iter().enumerate().min_by_key(|(_, idx)| **idx).map(|(pos, _)| pos).unwrap_or(0);
             cycle.rotate_left(first);
             return Err(cycle);
         }
@@ -340,9 +315,7 @@ impl Dag {
     }
 
     pub fn task(&self, task_id: &str) -> Option<&Task> {
-        self.graph
-            .task_idx(task_id)
-            .map(|idx| &self.spec.tasks[idx])
+        self.graph.task_idx(task_id).map(|idx| &self.spec.tasks[idx])
     }
 
     pub fn tz(&self) -> &TimeZone {
@@ -389,13 +362,8 @@ pub(crate) mod tests {
     pub fn task(task_id: &str, depends_on: &[&str]) -> Task {
         Task {
             task_id: TaskId::new(task_id).unwrap(),
-            kind: TaskKind::Shell {
-                command: "true".to_string(),
-            },
-            depends_on: depends_on
-                .iter()
-                .map(|id| TaskId::new(*id).unwrap())
-                .collect(),
+            kind: TaskKind::Shell { command: "true".to_string() },
+            depends_on: depends_on.iter().map(|id| TaskId::new(*id).unwrap()).collect(),
             trigger_rule: TriggerRule::AllSuccess,
             retries: 0,
             retry_delay: defaults::RETRY_DELAY,
@@ -433,25 +401,17 @@ pub(crate) mod tests {
         let names: Vec<String> = tasks.iter().map(|t| t.task_id.to_string()).collect();
         let actual = match Graph::build(&tasks) {
             Ok(graph) => {
-                let order: Vec<&str> = graph
-                    .topo_order
-                    .iter()
-                    .map(|&i| names[i].as_str())
-                    .collect();
+                let order: Vec<&str> = graph.topo_order.iter().map(|&i| names[i].as_str()).collect();
                 format!("order {}", order.join(" "))
             }
             Err(errors) => errors
                 .iter()
                 .map(|error| match error {
                     GraphError::Cycle { task_idxs } => {
-                        let chain: Vec<&str> =
-                            task_idxs.iter().map(|&i| names[i].as_str()).collect();
+                        let chain: Vec<&str> = task_idxs.iter().map(|&i| names[i].as_str()).collect();
                         format!("cycle {}", chain.join(" -> "))
                     }
-                    GraphError::UnknownUpstream {
-                        task_idx,
-                        upstream_idx,
-                    } => {
+                    GraphError::UnknownUpstream { task_idx, upstream_idx } => {
                         format!("unknown {}[{upstream_idx}]", names[*task_idx])
                     }
                     GraphError::SelfDependency { task_idx, .. } => {
@@ -469,40 +429,13 @@ pub(crate) mod tests {
 
     #[test]
     fn graphs() {
-        check(
-            vec![task("a", &[]), task("b", &["a"]), task("c", &["b"])],
-            "order a b c",
-        );
-        check(
-            vec![task("c", &["b"]), task("b", &["a"]), task("a", &[])],
-            "order a b c",
-        );
-        check(
-            vec![
-                task("a", &[]),
-                task("b", &["a"]),
-                task("c", &["a"]),
-                task("d", &["b", "c"]),
-            ],
-            "order a b c d",
-        );
+        check(vec![task("a", &[]), task("b", &["a"]), task("c", &["b"])], "order a b c");
+        check(vec![task("c", &["b"]), task("b", &["a"]), task("a", &[])], "order a b c");
+        check(vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), task("d", &["b", "c"])], "order a b c d");
         check(vec![task("a", &["b"]), task("b", &["a"])], "cycle a -> b");
-        check(
-            vec![
-                task("x", &[]),
-                task("load", &["check"]),
-                task("check", &["load", "x"]),
-            ],
-            "cycle load -> check",
-        );
-        check(
-            vec![task("a", &["c"]), task("b", &["a"]), task("c", &["b"])],
-            "cycle a -> b -> c",
-        );
-        check(
-            vec![task("a", &["nope"]), task("b", &["a", "gone"])],
-            "unknown a[0], unknown b[1]",
-        );
+        check(vec![task("x", &[]), task("load", &["check"]), task("check", &["load", "x"])], "cycle load -> check");
+        check(vec![task("a", &["c"]), task("b", &["a"]), task("c", &["b"])], "cycle a -> b -> c");
+        check(vec![task("a", &["nope"]), task("b", &["a", "gone"])], "unknown a[0], unknown b[1]");
         check(vec![task("a", &["a"])], "self a");
         check(vec![task("a", &[]), task("b", &["a", "a"])], "order a b");
     }

@@ -14,21 +14,13 @@ pub struct Duration(u64);
 pub enum DurationError {
     #[error("expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds")]
     Syntax,
-    #[error(
-        "unit `{0}` appears twice or out of order (write the largest unit first, e.g. `1h30m`)"
-    )]
+    #[error("unit `{0}` appears twice or out of order (write the largest unit first, e.g. `1h30m`)")]
     UnitOrder(char),
     #[error("is too large")]
     Overflow,
 }
 
-const UNITS: [(char, u64); 5] = [
-    ('w', 604_800),
-    ('d', 86_400),
-    ('h', 3_600),
-    ('m', 60),
-    ('s', 1),
-];
+const UNITS: [(char, u64); 5] = [('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
 
 impl Duration {
     pub const ZERO: Duration = Duration(0);
@@ -68,21 +60,14 @@ impl Duration {
             if digits == 0 {
                 return Err(DurationError::Syntax);
             }
-            let number: u64 = rest[..digits]
-                .parse()
-                .map_err(|_| DurationError::Overflow)?;
+            let number: u64 = rest[..digits].parse().map_err(|_| DurationError::Overflow)?;
             let unit = rest[digits..].chars().next().ok_or(DurationError::Syntax)?;
-            let position = UNITS
-                .iter()
-                .position(|(name, _)| *name == unit)
-                .ok_or(DurationError::Syntax)?;
+            let position = UNITS.iter().position(|(name, _)| *name == unit).ok_or(DurationError::Syntax)?;
             if position < next_unit {
                 return Err(DurationError::UnitOrder(unit));
             }
             next_unit = position + 1;
-            let secs = number
-                .checked_mul(UNITS[position].1)
-                .ok_or(DurationError::Overflow)?;
+            let secs = number.checked_mul(UNITS[position].1).ok_or(DurationError::Overflow)?;
             total = total.checked_add(secs).ok_or(DurationError::Overflow)?;
             rest = &rest[digits + unit.len_utf8()..];
         }
@@ -146,34 +131,13 @@ mod tests {
         check("90", "90 = 1m30s");
         check("0", "0 = 0s");
         check("1d2h3m4s", "93784 = 1d2h3m4s");
-        check(
-            "",
-            "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds",
-        );
-        check(
-            "1x",
-            "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds",
-        );
-        check(
-            "h",
-            "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds",
-        );
-        check(
-            "1h1",
-            "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds",
-        );
-        check(
-            "-5m",
-            "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds",
-        );
-        check(
-            "30m1h",
-            "error: unit `h` appears twice or out of order (write the largest unit first, e.g. `1h30m`)",
-        );
-        check(
-            "1m1m",
-            "error: unit `m` appears twice or out of order (write the largest unit first, e.g. `1h30m`)",
-        );
+        check("", "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds");
+        check("1x", "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds");
+        check("h", "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds");
+        check("1h1", "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds");
+        check("-5m", "error: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds");
+        check("30m1h", "error: unit `h` appears twice or out of order (write the largest unit first, e.g. `1h30m`)");
+        check("1m1m", "error: unit `m` appears twice or out of order (write the largest unit first, e.g. `1h30m`)");
         check("99999999999999999999", "error: is too large");
         check("36600d2s", "error: is too large");
     }

@@ -25,8 +25,7 @@ fn check_id(text: &str) -> Result<(), IdError> {
     if !(first.is_ascii_alphanumeric() || first == '_') {
         return Err(IdError::BadStart(first));
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
         return Err(IdError::BadChar(bad));
     }
     if text.len() > 250 {
@@ -122,10 +121,7 @@ fn check_run_id(text: &str) -> Result<(), IdError> {
     if text == "." || text == ".." {
         return Err(IdError::BadStart('.'));
     }
-    if let Some(bad) = text
-        .chars()
-        .find(|c| *c == '/' || *c == '\\' || c.is_control())
-    {
+    if let Some(bad) = text.chars().find(|c| *c == '/' || *c == '\\' || c.is_control()) {
         return Err(IdError::BadChar(bad));
     }
     Ok(())
@@ -149,14 +145,8 @@ mod tests {
         check("_x.y-z9", "ok _x.y-z9");
         check("9lives", "ok 9lives");
         check("", "error must not be empty");
-        check(
-            "-x",
-            "error must start with a letter, digit or `_`, not `-`",
-        );
-        check(
-            "a b",
-            "error may only contain letters, digits, `_`, `.` and `-`, not ` `",
-        );
+        check("-x", "error must start with a letter, digit or `_`, not `-`");
+        check("a b", "error may only contain letters, digits, `_`, `.` and `-`, not ` `");
         check("é", "error must start with a letter, digit or `_`, not `é`");
         check(&"a".repeat(250), &format!("ok {}", "a".repeat(250)));
         check(&"a".repeat(251), "error is longer than 250 characters");

@@ -15,9 +15,7 @@ use crate::timetable::DataInterval;
 use crate::trigger_rule::{Decision, UpstreamCounts, evaluate};
 
 /// The content hash of a DAG definition; runs are pinned to one.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct DagVersion(pub String);
 
@@ -48,14 +46,9 @@ impl RunType {
     }
 
     pub fn parse(text: &str) -> Option<RunType> {
-        [
-            RunType::Scheduled,
-            RunType::Manual,
-            RunType::Backfill,
-            RunType::Test,
-        ]
-        .into_iter()
-        .find(|run_type| run_type.as_str() == text)
+        [RunType::Scheduled, RunType::Manual, RunType::Backfill, RunType::Test]
+            .into_iter()
+            .find(|run_type| run_type.as_str() == text)
     }
 
     /// Airflow's run id form: `scheduled__2024-01-01T00:00:00+00:00`.
@@ -175,13 +168,9 @@ pub struct Plan {
 const MAX_RUNS_CREATED_PER_DAG: usize = 16;
 
 pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
-    let mut planner = Planner {
-        plan: Plan::default(),
-        now,
-    };
+    let mut planner = Planner { plan: Plan::default(), now };
     planner.plan.wake_at = snapshot.next_dag_due;
-    let dags: HashMap<&DagId, &DagEntry> =
-        snapshot.dags.iter().map(|dag| (&dag.dag_id, dag)).collect();
+    let dags: HashMap<&DagId, &DagEntry> = snapshot.dags.iter().map(|dag| (&dag.dag_id, dag)).collect();
     let mut active_runs: HashMap<&DagId, u32> = HashMap::new();
     for run in &snapshot.runs {
         *active_runs.entry(&run.dag_id).or_default() += 1;
@@ -192,28 +181,18 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
             planner.create_runs(dag, active);
         }
     }
-    let paused =
-        |dag_id: &DagId| !snapshot.ignore_pause && dags.get(dag_id).is_some_and(|dag| dag.paused);
-    let max_active_runs =
-        |run: &RunEntry| match dags.get(&run.dag_id).and_then(|dag| dag.latest.as_ref()) {
-            Some((_, latest)) => latest.spec().max_active_runs,
-            None => run.dag.spec().max_active_runs,
-        };
+    let paused = |dag_id: &DagId| !snapshot.ignore_pause && dags.get(dag_id).is_some_and(|dag| dag.paused);
+    let max_active_runs = |run: &RunEntry| match dags.get(&run.dag_id).and_then(|dag| dag.latest.as_ref()) {
+        Some((_, latest)) => latest.spec().max_active_runs,
+        None => run.dag.spec().max_active_runs,
+    };
 
     // Start queued runs, oldest logical date first, up to each DAG's limit.
     let mut running_runs: HashMap<&DagId, u32> = HashMap::new();
-    for run in snapshot
-        .runs
-        .iter()
-        .filter(|run| run.state == RunState::Running)
-    {
+    for run in snapshot.runs.iter().filter(|run| run.state == RunState::Running) {
         *running_runs.entry(&run.dag_id).or_default() += 1;
     }
-    let mut queued_runs: Vec<&RunEntry> = snapshot
-        .runs
-        .iter()
-        .filter(|run| run.state == RunState::Queued)
-        .collect();
+    let mut queued_runs: Vec<&RunEntry> = snapshot.runs.iter().filter(|run| run.state == RunState::Queued).collect();
     queued_runs.sort_by_key(|run| (run.logical_date, run.run_pk));
     let mut started = Vec::new();
     for run in queued_runs {
@@ -229,10 +208,7 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
         match reason {
             None => {
                 *running += 1;
-                planner
-                    .plan
-                    .actions
-                    .push(Action::StartRun { run_pk: run.run_pk });
+                planner.plan.actions.push(Action::StartRun { run_pk: run.run_pk });
                 started.push(run.run_pk);
             }
             Some(reason) => {
@@ -258,24 +234,13 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
             }
             continue;
         }
-        let occupied = run
-            .task_instances
-            .iter()
-            .filter(|ti| ti.state.holds_slot())
-            .count() as u32;
+        let occupied = run.task_instances.iter().filter(|ti| ti.state.holds_slot()).count() as u32;
         run_slots.insert(run.run_pk, occupied);
         planner.settle_run(run, &mut ready);
     }
 
     // Queue by priority, then oldest run, then DAG order, within every limit.
-    ready.sort_by_key(|ready| {
-        (
-            std::cmp::Reverse(ready.priority),
-            ready.logical_date,
-            ready.run_pk,
-            ready.topo_pos,
-        )
-    });
+    ready.sort_by_key(|ready| (std::cmp::Reverse(ready.priority), ready.logical_date, ready.run_pk, ready.topo_pos));
     let mut pools = snapshot.pools.clone();
     let mut parallelism = snapshot.parallelism;
     for candidate in ready {
@@ -283,24 +248,15 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
         let task = &candidate.dag.tasks()[candidate.task_idx];
         let run_occupied = run_slots.entry(candidate.run_pk).or_default();
         let max_active_tasks = candidate.dag.spec().max_active_tasks;
-        let pool = pools
-            .as_mut()
-            .map(|pools| (pools.get_mut(&task.pool), &task.pool));
+        let pool = pools.as_mut().map(|pools| (pools.get_mut(&task.pool), &task.pool));
         let hold = if *run_occupied >= max_active_tasks {
-            Some(WaitReason::MaxActiveTasks {
-                limit: max_active_tasks,
-            })
+            Some(WaitReason::MaxActiveTasks { limit: max_active_tasks })
         } else if let Some((None, name)) = &pool {
-            Some(WaitReason::PoolMissing {
-                pool: (*name).clone(),
-            })
+            Some(WaitReason::PoolMissing { pool: (*name).clone() })
         } else if let Some((Some(slots), name)) = &pool
             && slots.occupied >= slots.limit
         {
-            Some(WaitReason::PoolFull {
-                pool: (*name).clone(),
-                slots: slots.limit,
-            })
+            Some(WaitReason::PoolFull { pool: (*name).clone(), slots: slots.limit })
         } else if let Some(slots) = parallelism
             && slots.occupied >= slots.limit
         {
@@ -375,11 +331,7 @@ impl Planner {
             }
             if active >= spec.max_active_runs {
                 // Stays due; a finishing run wakes the scheduler, so no timer is needed.
-                next_due = Some(if last == due.last_automated {
-                    due.next_due
-                } else {
-                    self.now
-                });
+                next_due = Some(if last == due.last_automated { due.next_due } else { self.now });
                 break;
             }
             let run_id = crate::plan::RunType::Scheduled.run_id(next.start);
@@ -420,10 +372,7 @@ impl Planner {
         }
         // Decisions made in this pass feed the tasks after them, so a failure settles
         // a whole chain of downstream tasks at once.
-        let mut states: Vec<TaskState> = slots
-            .iter()
-            .map(|ti| ti.map_or(TaskState::Removed, |ti| ti.state))
-            .collect();
+        let mut states: Vec<TaskState> = slots.iter().map(|ti| ti.map_or(TaskState::Removed, |ti| ti.state)).collect();
         for (topo_pos, &task_idx) in graph.topo_order.iter().enumerate() {
             let Some(ti) = slots[task_idx] else { continue };
             let task = &dag.tasks()[task_idx];
@@ -439,9 +388,7 @@ impl Planner {
             };
             match ti.state {
                 TaskState::None => {
-                    let counts = UpstreamCounts::from_states(
-                        graph.upstream[task_idx].iter().map(|&up| states[up]),
-                    );
+                    let counts = UpstreamCounts::from_states(graph.upstream[task_idx].iter().map(|&up| states[up]));
                     match evaluate(task.trigger_rule, counts) {
                         Decision::Run => {
                             states[task_idx] = TaskState::Scheduled;
@@ -456,25 +403,14 @@ impl Planner {
                             self.set_state(ti.ti_pk, TaskState::None, TaskState::UpstreamFailed);
                         }
                         Decision::Wait => {
-                            self.set_reason(
-                                ti,
-                                Some(&WaitReason::Upstream {
-                                    rule: task.trigger_rule,
-                                }),
-                            );
+                            self.set_reason(ti, Some(&WaitReason::Upstream { rule: task.trigger_rule }));
                         }
                     }
                 }
                 TaskState::UpForRetry => match ti.retry_at {
                     Some(at) if at > self.now => {
                         self.wake(at);
-                        self.set_reason(
-                            ti,
-                            Some(&WaitReason::RetryWait {
-                                until: at,
-                                next_try: ti.try_number + 1,
-                            }),
-                        );
+                        self.set_reason(ti, Some(&WaitReason::RetryWait { until: at, next_try: ti.try_number + 1 }));
                     }
                     _ => {
                         states[task_idx] = TaskState::Scheduled;
@@ -491,41 +427,26 @@ impl Planner {
                 .iter()
                 .filter(|&&idx| graph.is_leaf(idx))
                 .all(|&idx| matches!(states[idx], TaskState::Success | TaskState::Skipped));
-            let state = if succeeded {
-                RunState::Success
-            } else {
-                RunState::Failed
-            };
-            self.plan.actions.push(Action::FinishRun {
-                run_pk: run.run_pk,
-                state,
-            });
+            let state = if succeeded { RunState::Success } else { RunState::Failed };
+            self.plan.actions.push(Action::FinishRun { run_pk: run.run_pk, state });
         }
     }
 
     fn set_state(&mut self, ti_pk: i64, from: TaskState, to: TaskState) {
-        self.plan
-            .actions
-            .push(Action::SetTaskState { ti_pk, from, to });
+        self.plan.actions.push(Action::SetTaskState { ti_pk, from, to });
     }
 
     /// Records a reason when it differs from the stored one.
     fn set_reason(&mut self, ti: &TaskInstanceEntry, reason: Option<&WaitReason>) {
         let json = reason.map(WaitReason::to_json);
         if json != ti.wait_reason {
-            self.plan.actions.push(Action::SetWaitReason {
-                ti_pk: ti.ti_pk,
-                reason: reason.cloned(),
-            });
+            self.plan.actions.push(Action::SetWaitReason { ti_pk: ti.ti_pk, reason: reason.cloned() });
         }
     }
 
     /// For a task whose state changes in this plan (which clears its reason).
     fn set_reason_always(&mut self, ti_pk: i64, reason: &WaitReason) {
-        self.plan.actions.push(Action::SetWaitReason {
-            ti_pk,
-            reason: Some(reason.clone()),
-        });
+        self.plan.actions.push(Action::SetWaitReason { ti_pk, reason: Some(reason.clone()) });
     }
 
     fn wake(&mut self, at: Timestamp) {

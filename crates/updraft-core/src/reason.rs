@@ -60,35 +60,20 @@ impl fmt::Display for WaitReason {
                 write!(f, "waiting for upstream tasks (trigger rule `{rule}`)")
             }
             WaitReason::MaxActiveRuns { limit } => {
-                write!(
-                    f,
-                    "the run is queued: the DAG already has {limit} active run(s) (`max_active_runs: {limit}`)"
-                )
+                write!(f, "the run is queued: the DAG already has {limit} active run(s) (`max_active_runs: {limit}`)")
             }
             WaitReason::DagPaused => f.write_str("the DAG is paused; unpause it to continue"),
             WaitReason::PoolFull { pool, slots } => {
-                write!(
-                    f,
-                    "pool `{pool}` is full: all {slots} slot(s) are taken by queued or running tasks"
-                )
+                write!(f, "pool `{pool}` is full: all {slots} slot(s) are taken by queued or running tasks")
             }
             WaitReason::PoolMissing { pool } => {
-                write!(
-                    f,
-                    "pool `{pool}` does not exist; create it with `updraft pools set {pool} <slots>`"
-                )
+                write!(f, "pool `{pool}` does not exist; create it with `updraft pools set {pool} <slots>`")
             }
             WaitReason::MaxActiveTasks { limit } => {
-                write!(
-                    f,
-                    "the run already has {limit} task(s) queued or running (`max_active_tasks: {limit}`)"
-                )
+                write!(f, "the run already has {limit} task(s) queued or running (`max_active_tasks: {limit}`)")
             }
             WaitReason::Parallelism { limit } => {
-                write!(
-                    f,
-                    "all {limit} runner slot(s) are busy (`[scheduler] parallelism`)"
-                )
+                write!(f, "all {limit} runner slot(s) are busy (`[scheduler] parallelism`)")
             }
             WaitReason::RetryWait { until, next_try } => {
                 write!(f, "waiting to retry: try {next_try} starts at {until}")

@@ -82,27 +82,12 @@ mod tests {
         t.retries = 2;
         t.retry_delay = Duration::from_secs(3600);
         let now: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
-        assert_eq!(
-            after_attempt(&t, AttemptOutcome::Success, 1, 2, now),
-            (TaskState::Success, None)
-        );
-        assert_eq!(
-            after_attempt(&t, AttemptOutcome::Skipped, 3, 2, now),
-            (TaskState::Skipped, None)
-        );
+        assert_eq!(after_attempt(&t, AttemptOutcome::Success, 1, 2, now), (TaskState::Success, None));
+        assert_eq!(after_attempt(&t, AttemptOutcome::Skipped, 3, 2, now), (TaskState::Skipped, None));
         let retry_at: Timestamp = "2024-01-01T01:00:00Z".parse().unwrap();
-        assert_eq!(
-            after_attempt(&t, AttemptOutcome::Failed, 1, 2, now),
-            (TaskState::UpForRetry, Some(retry_at))
-        );
-        assert_eq!(
-            after_attempt(&t, AttemptOutcome::Failed, 2, 2, now),
-            (TaskState::UpForRetry, Some(retry_at))
-        );
-        assert_eq!(
-            after_attempt(&t, AttemptOutcome::Failed, 3, 2, now),
-            (TaskState::Failed, None)
-        );
+        assert_eq!(after_attempt(&t, AttemptOutcome::Failed, 1, 2, now), (TaskState::UpForRetry, Some(retry_at)));
+        assert_eq!(after_attempt(&t, AttemptOutcome::Failed, 2, 2, now), (TaskState::UpForRetry, Some(retry_at)));
+        assert_eq!(after_attempt(&t, AttemptOutcome::Failed, 3, 2, now), (TaskState::Failed, None));
         assert_eq!(AttemptOutcome::from_exit_code(0), AttemptOutcome::Success);
         assert_eq!(AttemptOutcome::from_exit_code(99), AttemptOutcome::Skipped);
         assert_eq!(AttemptOutcome::from_exit_code(1), AttemptOutcome::Failed);

@@ -85,10 +85,7 @@ pub struct UnknownState(pub String);
 impl FromStr for TaskState {
     type Err = UnknownState;
     fn from_str(text: &str) -> Result<Self, UnknownState> {
-        TaskState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| UnknownState(text.to_string()))
+        TaskState::ALL.into_iter().find(|state| state.as_str() == text).ok_or_else(|| UnknownState(text.to_string()))
     }
 }
 
@@ -102,12 +99,7 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [RunState; 4] = [
-        RunState::Queued,
-        RunState::Running,
-        RunState::Success,
-        RunState::Failed,
-    ];
+    pub const ALL: [RunState; 4] = [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -132,10 +124,7 @@ impl fmt::Display for RunState {
 impl FromStr for RunState {
     type Err = UnknownState;
     fn from_str(text: &str) -> Result<Self, UnknownState> {
-        RunState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| UnknownState(text.to_string()))
+        RunState::ALL.into_iter().find(|state| state.as_str() == text).ok_or_else(|| UnknownState(text.to_string()))
     }
 }
 
@@ -147,10 +136,7 @@ pub struct IllegalTransition<S: fmt::Display + fmt::Debug> {
 }
 
 /// The task-instance lifecycle (drawn in ARCHITECTURE.md).
-pub fn check_task_transition(
-    from: TaskState,
-    to: TaskState,
-) -> Result<(), IllegalTransition<TaskState>> {
+pub fn check_task_transition(from: TaskState, to: TaskState) -> Result<(), IllegalTransition<TaskState>> {
     use TaskState::*;
     let legal = match from {
         None => matches!(to, Scheduled | Skipped | UpstreamFailed | Removed),
@@ -163,27 +149,13 @@ pub fn check_task_transition(
         UpForRetry => matches!(to, Scheduled | Removed),
         Success | Failed | Skipped | UpstreamFailed | Removed => false,
     };
-    if legal {
-        Ok(())
-    } else {
-        Err(IllegalTransition { from, to })
-    }
+    if legal { Ok(()) } else { Err(IllegalTransition { from, to }) }
 }
 
-pub fn check_run_transition(
-    from: RunState,
-    to: RunState,
-) -> Result<(), IllegalTransition<RunState>> {
+pub fn check_run_transition(from: RunState, to: RunState) -> Result<(), IllegalTransition<RunState>> {
     use RunState::*;
-    let legal = matches!(
-        (from, to),
-        (Queued, Running) | (Running, Success) | (Running, Failed) | (Queued, Failed)
-    );
-    if legal {
-        Ok(())
-    } else {
-        Err(IllegalTransition { from, to })
-    }
+    let legal = matches!((from, to), (Queued, Running) | (Running, Success) | (Running, Failed) | (Queued, Failed));
+    if legal { Ok(()) } else { Err(IllegalTransition { from, to }) }
 }
 
 #[cfg(test)]
@@ -194,10 +166,7 @@ mod tests {
     fn names_round_trip() {
         for state in TaskState::ALL {
             assert_eq!(state.as_str().parse::<TaskState>(), Ok(state));
-            assert_eq!(
-                serde_json::to_string(&state).unwrap(),
-                format!("\"{state}\"")
-            );
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{state}\""));
         }
         for state in RunState::ALL {
             assert_eq!(state.as_str().parse::<RunState>(), Ok(state));
@@ -233,17 +202,11 @@ mod tests {
         for from in TaskState::ALL {
             for to in TaskState::ALL {
                 let expected = legal.contains(&(from, to));
-                assert_eq!(
-                    check_task_transition(from, to).is_ok(),
-                    expected,
-                    "{from} -> {to}"
-                );
+                assert_eq!(check_task_transition(from, to).is_ok(), expected, "{from} -> {to}");
             }
         }
         assert_eq!(
-            check_task_transition(Success, Running)
-                .unwrap_err()
-                .to_string(),
+            check_task_transition(Success, Running).unwrap_err().to_string(),
             "illegal state change `success` -> `running`"
         );
     }

@@ -39,10 +39,7 @@ impl Schedule {
             other => other,
         };
         let cron = Cron::parse(expression)?;
-        Ok(Schedule::Cron {
-            text: text.trim().to_string(),
-            cron,
-        })
+        Ok(Schedule::Cron { text: text.trim().to_string(), cron })
     }
 
     /// What the user wrote, `None` when unscheduled.
@@ -108,10 +105,7 @@ impl Timetable<'_> {
             Schedule::None => None,
             Schedule::Once => match last {
                 Some(_) => None,
-                None => Some(DataInterval {
-                    start: start_date,
-                    end: start_date,
-                }),
+                None => Some(DataInterval { start: start_date, end: start_date }),
             },
             Schedule::Cron { cron, .. } => {
                 let from = match last {
@@ -150,11 +144,7 @@ impl Timetable<'_> {
         };
         let mut end = tick_at_or_before(cron, self.tz, now)?;
         loop {
-            let start = tick_at_or_before(
-                cron,
-                self.tz,
-                end.checked_sub(SignedDuration::from_nanos(1)).ok()?,
-            )?;
+            let start = tick_at_or_before(cron, self.tz, end.checked_sub(SignedDuration::from_nanos(1)).ok()?)?;
             if start < start_date {
                 return None;
             }
@@ -176,10 +166,7 @@ impl Timetable<'_> {
             Schedule::None => {}
             Schedule::Once => {
                 if start_date >= after && count > 0 {
-                    intervals.push(DataInterval {
-                        start: start_date,
-                        end: start_date,
-                    });
+                    intervals.push(DataInterval { start: start_date, end: start_date });
                 }
             }
             Schedule::Cron { cron, .. } => {
@@ -204,15 +191,10 @@ impl Timetable<'_> {
     /// DAGs without a cron schedule.
     pub fn manual_interval(&self, logical_date: Timestamp) -> DataInterval {
         let end = match self.schedule {
-            Schedule::Cron { cron, .. } => {
-                tick_after(cron, self.tz, logical_date).unwrap_or(logical_date)
-            }
+            Schedule::Cron { cron, .. } => tick_after(cron, self.tz, logical_date).unwrap_or(logical_date),
             Schedule::None | Schedule::Once => logical_date,
         };
-        DataInterval {
-            start: logical_date,
-            end,
-        }
+        DataInterval { start: logical_date, end }
     }
 
     fn interval_from(&self, cron: &Cron, start: Timestamp) -> Option<DataInterval> {
@@ -235,13 +217,8 @@ pub fn resolve_local(tz: &TimeZone, local: DateTime) -> Option<Timestamp> {
         }
         AmbiguousOffset::Gap { before, after } => {
             // The transition lies after `local` read with the later offset.
-            let earliest = after
-                .to_timestamp(local)
-                .ok()?
-                .min(before.to_timestamp(local).ok()?);
-            tz.following(earliest)
-                .next()
-                .map(|transition| transition.timestamp())
+            let earliest = after.to_timestamp(local).ok()?.min(before.to_timestamp(local).ok()?);
+            tz.following(earliest).next().map(|transition| transition.timestamp())
         }
     }
 }
@@ -249,9 +226,7 @@ pub fn resolve_local(tz: &TimeZone, local: DateTime) -> Option<Timestamp> {
 fn near_transition(tz: &TimeZone, at: Timestamp) -> bool {
     let low = at.checked_sub(DST_WINDOW).unwrap_or(Timestamp::MIN);
     let high = at.checked_add(DST_WINDOW).unwrap_or(Timestamp::MAX);
-    tz.following(low)
-        .next()
-        .is_some_and(|transition| transition.timestamp() <= high)
+    tz.following(low).next().is_some_and(|transition| transition.timestamp() <= high)
 }
 
 /// The first tick at or after `at`.
@@ -259,11 +234,7 @@ pub fn tick_at_or_after(cron: &Cron, tz: &TimeZone, at: Timestamp) -> Option<Tim
     let local = tz.to_datetime(at);
     // Near a transition, a wall-clock time before `local` may map to `at` or later
     // (a match in a gap fires at the gap's end), so start the scan earlier.
-    let mut scan = if near_transition(tz, at) {
-        local.checked_sub(DST_WINDOW).ok()?
-    } else {
-        local
-    };
+    let mut scan = if near_transition(tz, at) { local.checked_sub(DST_WINDOW).ok()? } else { local };
     loop {
         let candidate = cron.next_at_or_after(scan)?;
         let instant = resolve_local(tz, candidate)?;
@@ -276,21 +247,13 @@ pub fn tick_at_or_after(cron: &Cron, tz: &TimeZone, at: Timestamp) -> Option<Tim
 
 /// The first tick strictly after `at`.
 pub fn tick_after(cron: &Cron, tz: &TimeZone, at: Timestamp) -> Option<Timestamp> {
-    tick_at_or_after(
-        cron,
-        tz,
-        at.checked_add(SignedDuration::from_nanos(1)).ok()?,
-    )
+    tick_at_or_after(cron, tz, at.checked_add(SignedDuration::from_nanos(1)).ok()?)
 }
 
 /// The latest tick at or before `at`.
 pub fn tick_at_or_before(cron: &Cron, tz: &TimeZone, at: Timestamp) -> Option<Timestamp> {
     let local = tz.to_datetime(at);
-    let mut scan = if near_transition(tz, at) {
-        local.checked_add(DST_WINDOW).ok()?
-    } else {
-        local
-    };
+    let mut scan = if near_transition(tz, at) { local.checked_add(DST_WINDOW).ok()? } else { local };
     loop {
         let candidate = cron.prev_at_or_before(scan)?;
         let instant = resolve_local(tz, candidate)?;
@@ -329,9 +292,7 @@ pub enum DateArgError {
         "`{0}` has no UTC offset; write a date (`2024-01-01`) or a timestamp with its offset (`2024-01-01T09:00:00+09:00` or `...Z`)"
     )]
     NoOffset(String),
-    #[error(
-        "`{0}` is not a date (`2024-01-01`) or an RFC 3339 timestamp (`2024-01-01T09:00:00+09:00`)"
-    )]
+    #[error("`{0}` is not a date (`2024-01-01`) or an RFC 3339 timestamp (`2024-01-01T09:00:00+09:00`)")]
     Syntax(String),
 }
 
@@ -365,9 +326,7 @@ mod tests {
     /// Renders the next `count` ticks from `from` in the zone's local form.
     fn ticks(expression: &str, zone: &str, from: &str, count: usize) -> Vec<String> {
         let schedule = Schedule::parse(expression).unwrap();
-        let Schedule::Cron { cron, .. } = &schedule else {
-            panic!("cron expected")
-        };
+        let Schedule::Cron { cron, .. } = &schedule else { panic!("cron expected") };
         let tz = TimeZone::get(zone).unwrap();
         let mut at = parse_date_in_zone(from, &tz).unwrap();
         let mut out = Vec::new();
@@ -464,33 +423,18 @@ mod tests {
     #[test]
     fn ticks_backwards_across_dst() {
         let schedule = Schedule::parse("30 2 * * *").unwrap();
-        let Schedule::Cron { cron, .. } = &schedule else {
-            panic!()
-        };
+        let Schedule::Cron { cron, .. } = &schedule else { panic!() };
         let tz = TimeZone::get("America/New_York").unwrap();
         let gap_tick = ts("2024-03-10T07:00:00Z");
         assert_eq!(tick_at_or_before(cron, &tz, gap_tick), Some(gap_tick));
-        assert_eq!(
-            tick_at_or_before(cron, &tz, ts("2024-03-10T06:59:00Z")),
-            Some(ts("2024-03-09T07:30:00Z"))
-        );
+        assert_eq!(tick_at_or_before(cron, &tz, ts("2024-03-10T06:59:00Z")), Some(ts("2024-03-09T07:30:00Z")));
         let fold = Schedule::parse("30 1 * * *").unwrap();
-        let Schedule::Cron { cron, .. } = &fold else {
-            panic!()
-        };
+        let Schedule::Cron { cron, .. } = &fold else { panic!() };
         // During the repeated hour's second pass, the latest tick is its first pass.
-        assert_eq!(
-            tick_at_or_before(cron, &tz, ts("2024-11-03T06:45:00Z")),
-            Some(ts("2024-11-03T05:30:00Z"))
-        );
+        assert_eq!(tick_at_or_before(cron, &tz, ts("2024-11-03T06:45:00Z")), Some(ts("2024-11-03T05:30:00Z")));
     }
 
-    fn timetable<'a>(
-        schedule: &'a Schedule,
-        tz: &'a TimeZone,
-        start: &str,
-        end: Option<&str>,
-    ) -> Timetable<'a> {
+    fn timetable<'a>(schedule: &'a Schedule, tz: &'a TimeZone, start: &str, end: Option<&str>) -> Timetable<'a> {
         Timetable {
             schedule,
             tz,
@@ -501,11 +445,7 @@ mod tests {
 
     fn show(interval: Option<DataInterval>, tz: &TimeZone) -> String {
         match interval {
-            Some(interval) => format!(
-                "{} {}",
-                format_in_zone(interval.start, tz),
-                format_in_zone(interval.end, tz)
-            ),
+            Some(interval) => format!("{} {}", format_in_zone(interval.start, tz), format_in_zone(interval.end, tz)),
             None => "none".to_string(),
         }
     }
@@ -516,15 +456,9 @@ mod tests {
         let daily = Schedule::parse("0 6 * * *").unwrap();
         let table = timetable(&daily, &tz, "2024-01-01", Some("2024-01-03"));
         let first = table.next_interval(None);
-        assert_eq!(
-            show(first, &tz),
-            "2024-01-01T06:00:00+09:00 2024-01-02T06:00:00+09:00"
-        );
+        assert_eq!(show(first, &tz), "2024-01-01T06:00:00+09:00 2024-01-02T06:00:00+09:00");
         let second = table.next_interval(first);
-        assert_eq!(
-            show(second, &tz),
-            "2024-01-02T06:00:00+09:00 2024-01-03T06:00:00+09:00"
-        );
+        assert_eq!(show(second, &tz), "2024-01-02T06:00:00+09:00 2024-01-03T06:00:00+09:00");
         // The last interval starts before end_date (midnight of 01-03) and may end after it.
         assert_eq!(show(table.next_interval(second), &tz), "none");
 
@@ -543,23 +477,14 @@ mod tests {
         );
         // Nothing has ended yet: the first interval is next.
         assert_eq!(
-            show(
-                table.next_interval_to_create(None, false, ts("2023-06-01T00:00:00Z")),
-                &tz
-            ),
+            show(table.next_interval_to_create(None, false, ts("2023-06-01T00:00:00Z")), &tz),
             "2024-01-01T06:00:00+09:00 2024-01-02T06:00:00+09:00"
         );
 
         let once = Schedule::Once;
         let table = timetable(&once, &tz, "2024-01-01T09:00:00+09:00", None);
-        assert_eq!(
-            show(table.next_interval(None), &tz),
-            "2024-01-01T09:00:00+09:00 2024-01-01T09:00:00+09:00"
-        );
-        assert_eq!(
-            show(table.next_interval(table.next_interval(None)), &tz),
-            "none"
-        );
+        assert_eq!(show(table.next_interval(None), &tz), "2024-01-01T09:00:00+09:00 2024-01-01T09:00:00+09:00");
+        assert_eq!(show(table.next_interval(table.next_interval(None)), &tz), "none");
         assert_eq!(table.intervals_from(ts("2020-01-01T00:00:00Z"), 5).len(), 1);
         assert_eq!(table.intervals_from(ts("2025-01-01T00:00:00Z"), 5).len(), 0);
     }

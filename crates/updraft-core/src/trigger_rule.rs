@@ -67,10 +67,7 @@ impl fmt::Display for TriggerRule {
 impl FromStr for TriggerRule {
     type Err = ();
     fn from_str(text: &str) -> Result<Self, ()> {
-        TriggerRule::ALL
-            .into_iter()
-            .find(|rule| rule.as_str() == text)
-            .ok_or(())
+        TriggerRule::ALL.into_iter().find(|rule| rule.as_str() == text).ok_or(())
     }
 }
 
@@ -138,9 +135,7 @@ pub fn evaluate(rule: TriggerRule, up: UpstreamCounts) -> Decision {
         TriggerRule::OneSuccess if all_done && up.success == 0 => Some(UpstreamFailed),
         TriggerRule::OneFailed if all_done && failures == 0 => Some(Skip),
         TriggerRule::OneDone if all_done && up.failed == 0 && up.success == 0 => Some(Skip),
-        TriggerRule::NoneFailed | TriggerRule::NoneFailedMinOneSuccess if failures > 0 => {
-            Some(UpstreamFailed)
-        }
+        TriggerRule::NoneFailed | TriggerRule::NoneFailedMinOneSuccess if failures > 0 => Some(UpstreamFailed),
         TriggerRule::NoneFailedMinOneSuccess if up.skipped == up.total => Some(Skip),
         TriggerRule::NoneSkipped if up.skipped > 0 => Some(Skip),
         _ => None,
@@ -156,9 +151,7 @@ pub fn evaluate(rule: TriggerRule, up: UpstreamCounts) -> Decision {
         TriggerRule::OneSuccess => up.success > 0,
         TriggerRule::OneFailed => failures > 0,
         TriggerRule::OneDone => up.success + up.failed > 0,
-        TriggerRule::NoneFailed | TriggerRule::NoneFailedMinOneSuccess => {
-            up.success + up.skipped >= up.total
-        }
+        TriggerRule::NoneFailed | TriggerRule::NoneFailedMinOneSuccess => up.success + up.skipped >= up.total,
         TriggerRule::NoneSkipped => all_done,
         TriggerRule::Always => true,
     };
@@ -183,11 +176,7 @@ mod tests {
             other => panic!("unknown state letter {other}"),
         });
         let counts = UpstreamCounts::from_states(states);
-        assert_eq!(
-            evaluate(rule, counts),
-            expect,
-            "{rule} with upstream {upstream:?}"
-        );
+        assert_eq!(evaluate(rule, counts), expect, "{rule} with upstream {upstream:?}");
     }
 
     #[test]

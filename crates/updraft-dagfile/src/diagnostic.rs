@@ -15,10 +15,6 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.path, self.line, self.column, self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.path, self.line, self.column, self.message)
     }
 }

@@ -70,20 +70,15 @@ pub struct Folder {
 
 impl Folder {
     pub fn dags(&self) -> impl Iterator<Item = (&LoadedDag, &DagFile)> {
-        self.files
-            .iter()
-            .filter_map(|file| file.dag.as_ref().map(|dag| (dag, file)))
+        self.files.iter().filter_map(|file| file.dag.as_ref().map(|dag| (dag, file)))
     }
 
     pub fn find(&self, dag_id: &str) -> Option<(&LoadedDag, &DagFile)> {
-        self.dags()
-            .find(|(dag, _)| dag.dag.dag_id().as_str() == dag_id)
+        self.dags().find(|(dag, _)| dag.dag.dag_id().as_str() == dag_id)
     }
 
     pub fn diagnostics(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.folder_diagnostics
-            .iter()
-            .chain(self.files.iter().flat_map(|file| &file.diagnostics))
+        self.folder_diagnostics.iter().chain(self.files.iter().flat_map(|file| &file.diagnostics))
     }
 
     pub fn has_errors(&self) -> bool {
@@ -102,11 +97,7 @@ pub struct DagLoader {
 impl DagLoader {
     /// `display_base`: the folder paths in messages are relative to, when inside it.
     pub fn new(root: impl Into<PathBuf>, display_base: Option<PathBuf>) -> DagLoader {
-        DagLoader {
-            root: root.into(),
-            display_base,
-            cache: HashMap::new(),
-        }
+        DagLoader { root: root.into(), display_base, cache: HashMap::new() }
     }
 
     pub fn root(&self) -> &Path {
@@ -122,10 +113,7 @@ impl DagLoader {
                 return Err(FolderError::Missing(root_display));
             }
             Err(source) => {
-                return Err(FolderError::Unreadable {
-                    path: root_display,
-                    source,
-                });
+                return Err(FolderError::Unreadable { path: root_display, source });
             }
         }
         let (paths, folder_diagnostics) = self.discover();
@@ -145,11 +133,7 @@ impl DagLoader {
             })
             .collect();
         let parsed = parse_all(&work);
-        self.cache = work
-            .iter()
-            .zip(&parsed)
-            .map(|((path, ..), parsed)| (path.clone(), parsed.clone()))
-            .collect();
+        self.cache = work.iter().zip(&parsed).map(|((path, ..), parsed)| (path.clone(), parsed.clone())).collect();
         let files = work
             .into_iter()
             .zip(parsed)
@@ -162,10 +146,7 @@ impl DagLoader {
                 parsed,
             })
             .collect();
-        let mut folder = Folder {
-            files,
-            folder_diagnostics,
-        };
+        let mut folder = Folder { files, folder_diagnostics };
         report_duplicates(&mut folder);
         Ok(folder)
     }
@@ -176,11 +157,7 @@ impl DagLoader {
             _ => path,
         };
         let text = shown.to_string_lossy();
-        if text.is_empty() {
-            ".".to_string()
-        } else {
-            text.into_owned()
-        }
+        if text.is_empty() { ".".to_string() } else { text.into_owned() }
     }
 
     fn discover(&self) -> (Vec<PathBuf>, Vec<Diagnostic>) {
@@ -197,26 +174,16 @@ impl DagLoader {
         for entry in walker {
             match entry {
                 Ok(entry) => {
-                    let is_file = entry
-                        .file_type()
-                        .is_some_and(|kind| kind.is_file() || kind.is_symlink());
-                    let is_yaml = entry
-                        .path()
-                        .extension()
-                        .is_some_and(|ext| ext == "yaml" || ext == "yml");
+                    let is_file = entry.file_type().is_some_and(|kind| kind.is_file() || kind.is_symlink());
+                    let is_yaml = entry.path().extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
                     if is_file && is_yaml {
                         paths.push(entry.into_path());
                     }
                 }
                 Err(error) => {
-                    let path = walk_error_path(&error)
-                        .map_or_else(|| self.display(&self.root), |path| self.display(path));
-                    diagnostics.push(Diagnostic {
-                        path,
-                        line: 1,
-                        column: 1,
-                        message: format!("cannot read: {error}"),
-                    });
+                    let path =
+                        walk_error_path(&error).map_or_else(|| self.display(&self.root), |path| self.display(path));
+                    diagnostics.push(Diagnostic { path, line: 1, column: 1, message: format!("cannot read: {error}") });
                 }
             }
         }
@@ -227,9 +194,7 @@ impl DagLoader {
 fn walk_error_path(error: &ignore::Error) -> Option<&Path> {
     match error {
         ignore::Error::WithPath { path, .. } => Some(path),
-        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
-            walk_error_path(err)
-        }
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => walk_error_path(err),
         _ => None,
     }
 }
@@ -238,10 +203,7 @@ fn walk_error_path(error: &ignore::Error) -> Option<&Path> {
 /// its cached parse is not read again.
 fn parse_all(work: &[(PathBuf, String, String, Option<Arc<ParsedFile>>)]) -> Vec<Arc<ParsedFile>> {
     let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(work.len().div_ceil(8))
-        .max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len().div_ceil(8)).max(1);
     let mut results: Vec<Option<Arc<ParsedFile>>> = vec![None; work.len()];
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -265,21 +227,11 @@ fn parse_all(work: &[(PathBuf, String, String, Option<Arc<ParsedFile>>)]) -> Vec
             }
         }
     });
-    results
-        .into_iter()
-        .map(|parsed| parsed.expect("every file was parsed"))
-        .collect()
+    results.into_iter().map(|parsed| parsed.expect("every file was parsed")).collect()
 }
 
-fn parse_file(
-    path: &Path,
-    fileloc: &str,
-    display: &str,
-    cached: Option<&Arc<ParsedFile>>,
-) -> Arc<ParsedFile> {
-    let stamp = std::fs::metadata(path)
-        .ok()
-        .and_then(|meta| Some((meta.modified().ok()?, meta.len())));
+fn parse_file(path: &Path, fileloc: &str, display: &str, cached: Option<&Arc<ParsedFile>>) -> Arc<ParsedFile> {
+    let stamp = std::fs::metadata(path).ok().and_then(|meta| Some((meta.modified().ok()?, meta.len())));
     if let (Some(cached), Some(stamp)) = (cached, stamp)
         && cached.stamp == Some(stamp)
     {
@@ -288,12 +240,7 @@ fn parse_file(
     let failed = |message: String| {
         Arc::new(ParsedFile {
             dag: None,
-            diagnostics: vec![Diagnostic {
-                path: display.to_string(),
-                line: 1,
-                column: 1,
-                message,
-            }],
+            diagnostics: vec![Diagnostic { path: display.to_string(), line: 1, column: 1, message }],
             dag_id_at: None,
             stamp,
         })
@@ -315,38 +262,21 @@ fn parse_file(
         .iter()
         .map(|diagnostic| {
             let (line, column) = locate(diagnostic.span);
-            Diagnostic {
-                path: display.to_string(),
-                line,
-                column,
-                message: diagnostic.message.clone(),
-            }
+            Diagnostic { path: display.to_string(), line, column, message: diagnostic.message.clone() }
         })
         .collect();
     let dag = parsed.dag.map(|dag| {
         let version = version_of(&dag);
-        LoadedDag {
-            dag: Arc::new(dag),
-            version,
-        }
+        LoadedDag { dag: Arc::new(dag), version }
     });
-    Arc::new(ParsedFile {
-        dag,
-        diagnostics,
-        dag_id_at: parsed.dag_id_span.map(locate),
-        stamp,
-    })
+    Arc::new(ParsedFile { dag, diagnostics, dag_id_at: parsed.dag_id_span.map(locate), stamp })
 }
 
 /// The DAG's version: a hash of its canonical definition, so formatting and
 /// comments do not make a new version but any change in meaning does.
 pub fn version_of(dag: &Dag) -> DagVersion {
     let digest = Sha256::digest(dag.to_json().as_bytes());
-    let hex: String = digest
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let hex: String = digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
     DagVersion(hex)
 }
 
@@ -355,10 +285,7 @@ fn report_duplicates(folder: &mut Folder) {
     let mut by_id: HashMap<String, Vec<usize>> = HashMap::new();
     for (idx, file) in folder.files.iter().enumerate() {
         if let Some(dag) = &file.dag {
-            by_id
-                .entry(dag.dag.dag_id().to_string())
-                .or_default()
-                .push(idx);
+            by_id.entry(dag.dag.dag_id().to_string()).or_default().push(idx);
         }
     }
     for (dag_id, idxs) in by_id.into_iter().filter(|(_, idxs)| idxs.len() > 1) {
@@ -375,10 +302,7 @@ fn report_duplicates(folder: &mut Folder) {
                 path: file.display_path.clone(),
                 line,
                 column,
-                message: format!(
-                    "DAG id `{dag_id}` is also declared in {}",
-                    others.join(", ")
-                ),
+                message: format!("DAG id `{dag_id}` is also declared in {}", others.join(", ")),
             });
         }
     }

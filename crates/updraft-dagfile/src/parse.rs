@@ -63,24 +63,11 @@ const TASK_FIELDS: &[&str] = &[
 const TASK_TYPES: &[&str] = &["shell"];
 /// Task types of later versions of the format: named, so the error says "not yet"
 /// rather than "unknown field".
-const FUTURE_TASK_TYPES: &[&str] = &[
-    "python",
-    "http",
-    "sql",
-    "load",
-    "spark",
-    "kubernetes",
-    "copy",
-    "sync",
-    "sensor",
-    "container",
-];
+const FUTURE_TASK_TYPES: &[&str] =
+    &["python", "http", "sql", "load", "spark", "kubernetes", "copy", "sync", "sensor", "container"];
 
 pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
-    let mut parser = FileParser {
-        diagnostics: Vec::new(),
-        templates: minijinja::Environment::new(),
-    };
+    let mut parser = FileParser { diagnostics: Vec::new(), templates: minijinja::Environment::new() };
     let (dag, dag_id_span) = match yaml::parse(text) {
         Ok(root) => parser.dag(&root, fileloc),
         Err(error) => {
@@ -88,16 +75,8 @@ pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
             (None, None)
         }
     };
-    let dag = if parser.diagnostics.is_empty() {
-        dag
-    } else {
-        None
-    };
-    Parsed {
-        dag,
-        diagnostics: parser.diagnostics,
-        dag_id_span,
-    }
+    let dag = if parser.diagnostics.is_empty() { dag } else { None };
+    Parsed { dag, diagnostics: parser.diagnostics, dag_id_span }
 }
 
 struct FileParser {
@@ -124,20 +103,14 @@ struct TaskFields<'a> {
 
 impl FileParser {
     fn error(&mut self, span: Span, message: impl Into<String>) {
-        self.diagnostics.push(SpanDiagnostic {
-            span,
-            message: message.into(),
-        });
+        self.diagnostics.push(SpanDiagnostic { span, message: message.into() });
     }
 
     fn dag(&mut self, root: &Node, fileloc: &str) -> (Option<Dag>, Option<Span>) {
         let Value::Map(entries) = &root.value else {
             self.error(
                 root.span,
-                format!(
-                    "a DAG file must be a mapping with `dag` and `tasks` keys, found {}",
-                    root.kind()
-                ),
+                format!("a DAG file must be a mapping with `dag` and `tasks` keys, found {}", root.kind()),
             );
             return (None, None);
         };
@@ -154,17 +127,17 @@ impl FileParser {
         let dag_id_span = get("dag").map(|(_, value)| value.span);
         let dag_id = dag_id.and_then(Result::ok);
         let description = get("description").and_then(|(_, v)| self.text(v, "description"));
-        let owner = get("owner")
-            .and_then(|(_, v)| self.text(v, "owner"))
-            .unwrap_or_else(|| defaults::OWNER.to_string());
-        let tags = get("tags")
-            .map(|(_, v)| self.string_list(v, "tags"))
-            .unwrap_or_default();
+        let owner =
+            get("owner").and_then(|(_, v)| self.text(v, "owner")).unwrap_or_else(|| defaults::OWNER.to_string());
+        let tags = get("tags").map(|(_, v)| self.string_list(v, "tags")).unwrap_or_default();
         let timezone = match get("timezone") {
             Some((_, value)) => self.string(value, "timezone").and_then(|name| match ZoneName::get(name) {
                 Ok(zone) => Some(zone),
                 Err(_) => {
-                    self.error(value.span, format!("`timezone`: unknown time zone `{name}` (use an IANA name such as `Asia/Seoul`)"));
+                    self.error(
+                        value.span,
+                        format!("`timezone`: unknown time zone `{name}` (use an IANA name such as `Asia/Seoul`)"),
+                    );
                     None
                 }
             }),
@@ -187,12 +160,9 @@ impl FileParser {
             }),
             None => Some(Schedule::None),
         };
-        let start_date =
-            get("start_date").and_then(|(_, v)| self.timestamp(v, "start_date", &zone_for_dates));
-        let end_date =
-            get("end_date").and_then(|(_, v)| self.timestamp(v, "end_date", &zone_for_dates));
-        if let (Some(start), Some(end), Some((_, end_node))) =
-            (start_date, end_date, get("end_date"))
+        let start_date = get("start_date").and_then(|(_, v)| self.timestamp(v, "start_date", &zone_for_dates));
+        let end_date = get("end_date").and_then(|(_, v)| self.timestamp(v, "end_date", &zone_for_dates));
+        if let (Some(start), Some(end), Some((_, end_node))) = (start_date, end_date, get("end_date"))
             && end < start
         {
             self.error(end_node.span, "`end_date` is before `start_date`");
@@ -206,9 +176,7 @@ impl FileParser {
                 "`schedule` needs a `start_date` (the first data interval starts at or after it)",
             );
         }
-        let catchup = get("catchup")
-            .and_then(|(_, v)| self.boolean(v, "catchup"))
-            .unwrap_or(false);
+        let catchup = get("catchup").and_then(|(_, v)| self.boolean(v, "catchup")).unwrap_or(false);
         let max_active_runs = get("max_active_runs")
             .and_then(|(_, v)| self.number(v, "max_active_runs", 1))
             .unwrap_or(defaults::MAX_ACTIVE_RUNS);
@@ -233,19 +201,14 @@ impl FileParser {
                 _ => {
                     self.error(
                         value.span,
-                        format!(
-                            "`params`: expected a mapping of names to values, found {}",
-                            value.kind()
-                        ),
+                        format!("`params`: expected a mapping of names to values, found {}", value.kind()),
                     );
                     serde_json::Map::new()
                 }
             },
             None => serde_json::Map::new(),
         };
-        let env = get("env")
-            .map(|(_, v)| self.env(v, "env"))
-            .unwrap_or_default();
+        let env = get("env").map(|(_, v)| self.env(v, "env")).unwrap_or_default();
         let defaults = match get("defaults") {
             Some((_, value)) => match &value.value {
                 Value::Map(entries) => self.task_fields(entries, true),
@@ -253,10 +216,7 @@ impl FileParser {
                 _ => {
                     self.error(
                         value.span,
-                        format!(
-                            "`defaults`: expected a mapping of task fields, found {}",
-                            value.kind()
-                        ),
+                        format!("`defaults`: expected a mapping of task fields, found {}", value.kind()),
                     );
                     TaskFields::default()
                 }
@@ -313,10 +273,7 @@ impl FileParser {
         let mut fields = HashMap::new();
         for (key, value) in entries {
             let Some(name) = key.as_str() else {
-                self.error(
-                    key.span,
-                    format!("field names must be strings, found {}", key.kind()),
-                );
+                self.error(key.span, format!("field names must be strings, found {}", key.kind()));
                 continue;
             };
             if known.contains(&name) || extra.contains(&name) {
@@ -335,19 +292,9 @@ impl FileParser {
         fields
     }
 
-    fn tasks(
-        &mut self,
-        node: &Node,
-        defaults: &TaskFields<'_>,
-    ) -> Option<(Vec<Task>, Vec<TaskNodes>)> {
+    fn tasks(&mut self, node: &Node, defaults: &TaskFields<'_>) -> Option<(Vec<Task>, Vec<TaskNodes>)> {
         let Value::Map(entries) = &node.value else {
-            self.error(
-                node.span,
-                format!(
-                    "`tasks`: expected a mapping of task ids to tasks, found {}",
-                    node.kind()
-                ),
-            );
+            self.error(node.span, format!("`tasks`: expected a mapping of task ids to tasks, found {}", node.kind()));
             return None;
         };
         if entries.is_empty() {
@@ -358,21 +305,14 @@ impl FileParser {
         let mut nodes = Vec::with_capacity(entries.len());
         let mut ok = true;
         for (key, value) in entries {
-            let Some(task_id) = self
-                .id(key, "task", "task id")
-                .map(TaskId::new)
-                .and_then(Result::ok)
-            else {
+            let Some(task_id) = self.id(key, "task", "task id").map(TaskId::new).and_then(Result::ok) else {
                 ok = false;
                 continue;
             };
             let Value::Map(fields) = &value.value else {
                 self.error(
                     value.span,
-                    format!(
-                        "task `{task_id}`: expected a mapping of task fields, found {}",
-                        value.kind()
-                    ),
+                    format!("task `{task_id}`: expected a mapping of task fields, found {}", value.kind()),
                 );
                 ok = false;
                 continue;
@@ -389,16 +329,8 @@ impl FileParser {
         ok.then_some((tasks, nodes))
     }
 
-    fn task_fields<'a>(
-        &mut self,
-        entries: &'a [(Node, Node)],
-        in_defaults: bool,
-    ) -> TaskFields<'a> {
-        let all_types: Vec<&str> = TASK_TYPES
-            .iter()
-            .chain(FUTURE_TASK_TYPES)
-            .copied()
-            .collect();
+    fn task_fields<'a>(&mut self, entries: &'a [(Node, Node)], in_defaults: bool) -> TaskFields<'a> {
+        let all_types: Vec<&str> = TASK_TYPES.iter().chain(FUTURE_TASK_TYPES).copied().collect();
         let fields = self.fields(entries, TASK_FIELDS, &all_types);
         let mut out = TaskFields::default();
         // Report in file order.
@@ -408,32 +340,24 @@ impl FileParser {
             let name = *name;
             match name {
                 "depends_on" if in_defaults => {
-                    self.error(
-                        key.span,
-                        "`depends_on` cannot be a default; set it on each task",
-                    );
+                    self.error(key.span, "`depends_on` cannot be a default; set it on each task");
                 }
                 "depends_on" => out.depends_on = Some(self.depends_on(value)),
                 "trigger_rule" => {
-                    out.trigger_rule =
-                        self.string(value, "trigger_rule")
-                            .and_then(|text| match text.parse() {
-                                Ok(rule) => Some(rule),
-                                Err(()) => {
-                                    let names = TriggerRule::ALL.iter().map(|r| r.as_str());
-                                    let hint = match did_you_mean(text, names) {
-                                        Some(suggestion) => {
-                                            format!(", did you mean `{suggestion}`?")
-                                        }
-                                        None => String::new(),
-                                    };
-                                    self.error(
-                                        value.span,
-                                        format!("`trigger_rule`: unknown rule `{text}`{hint}"),
-                                    );
-                                    None
+                    out.trigger_rule = self.string(value, "trigger_rule").and_then(|text| match text.parse() {
+                        Ok(rule) => Some(rule),
+                        Err(()) => {
+                            let names = TriggerRule::ALL.iter().map(|r| r.as_str());
+                            let hint = match did_you_mean(text, names) {
+                                Some(suggestion) => {
+                                    format!(", did you mean `{suggestion}`?")
                                 }
-                            })
+                                None => String::new(),
+                            };
+                            self.error(value.span, format!("`trigger_rule`: unknown rule `{text}`{hint}"));
+                            None
+                        }
+                    })
                 }
                 "retries" => out.retries = self.number(value, "retries", 0),
                 "retry_delay" => out.retry_delay = self.duration(value, "retry_delay"),
@@ -458,10 +382,7 @@ impl FileParser {
                 "pool" => out.pool = self.non_empty(value, "pool"),
                 "priority" => out.priority = self.integer(value, "priority"),
                 kind if in_defaults => {
-                    self.error(
-                        key.span,
-                        format!("task type `{kind}` cannot be a default; set it on each task"),
-                    );
+                    self.error(key.span, format!("task type `{kind}` cannot be a default; set it on each task"));
                 }
                 kind => out.kinds.push((kind, key, value)),
             }
@@ -478,34 +399,20 @@ impl FileParser {
     ) -> Option<(Task, TaskNodes)> {
         let kind = match own.kinds.as_slice() {
             [] => {
-                self.error(
-                    key.span,
-                    format!("task `{task_id}` has no task type; add `shell: <command>`"),
-                );
+                self.error(key.span, format!("task `{task_id}` has no task type; add `shell: <command>`"));
                 None
             }
             [(name, key_node, value)] => self.task_kind(name, key_node, value),
             [_, (_, second, _), ..] => {
-                let names: Vec<String> = own
-                    .kinds
-                    .iter()
-                    .map(|(name, _, _)| format!("`{name}`"))
-                    .collect();
+                let names: Vec<String> = own.kinds.iter().map(|(name, _, _)| format!("`{name}`")).collect();
                 self.error(
                     second.span,
-                    format!(
-                        "task `{task_id}` has more than one task type ({}); use exactly one",
-                        names.join(", ")
-                    ),
+                    format!("task `{task_id}` has more than one task type ({}); use exactly one", names.join(", ")),
                 );
                 None
             }
         };
-        let env = own
-            .env
-            .clone()
-            .or_else(|| defaults.env.clone())
-            .unwrap_or_default();
+        let env = own.env.clone().or_else(|| defaults.env.clone()).unwrap_or_default();
         let cwd = own.cwd.clone().or_else(|| defaults.cwd.clone());
         let kind = kind?;
         let depends_on = own.depends_on.unwrap_or_default();
@@ -513,30 +420,18 @@ impl FileParser {
             task_id: task_id.clone(),
             kind,
             depends_on: depends_on.iter().map(|(id, _)| id.clone()).collect(),
-            trigger_rule: own
-                .trigger_rule
-                .or(defaults.trigger_rule)
-                .unwrap_or_default(),
+            trigger_rule: own.trigger_rule.or(defaults.trigger_rule).unwrap_or_default(),
             retries: own.retries.or(defaults.retries).unwrap_or(0),
-            retry_delay: own
-                .retry_delay
-                .or(defaults.retry_delay)
-                .unwrap_or(defaults::RETRY_DELAY),
+            retry_delay: own.retry_delay.or(defaults.retry_delay).unwrap_or(defaults::RETRY_DELAY),
             retry_exponential_backoff: own
                 .retry_exponential_backoff
                 .or(defaults.retry_exponential_backoff)
                 .unwrap_or(false),
-            max_retry_delay: own
-                .max_retry_delay
-                .or(defaults.max_retry_delay)
-                .unwrap_or(defaults::MAX_RETRY_DELAY),
+            max_retry_delay: own.max_retry_delay.or(defaults.max_retry_delay).unwrap_or(defaults::MAX_RETRY_DELAY),
             timeout: own.timeout.or(defaults.timeout),
             env,
             cwd,
-            pool: own
-                .pool
-                .or_else(|| defaults.pool.clone())
-                .unwrap_or_else(|| defaults::POOL.to_string()),
+            pool: own.pool.or_else(|| defaults.pool.clone()).unwrap_or_else(|| defaults::POOL.to_string()),
             priority: own.priority.or(defaults.priority).unwrap_or(0),
         };
         let nodes = TaskNodes {
@@ -556,7 +451,10 @@ impl FileParser {
                 Some(TaskKind::Shell { command })
             }
             other => {
-                self.error(key.span, format!("task type `{other}` is not available in this version; version 1 supports `shell`"));
+                self.error(
+                    key.span,
+                    format!("task type `{other}` is not available in this version; version 1 supports `shell`"),
+                );
                 None
             }
         }
@@ -568,10 +466,7 @@ impl FileParser {
             return;
         }
         match self.templates.template_from_str(text) {
-            Err(error) => self.error(
-                span,
-                format!("`{field}`: invalid template: {}", template_error(&error)),
-            ),
+            Err(error) => self.error(span, format!("`{field}`: invalid template: {}", template_error(&error))),
             Ok(template) => {
                 let mut unknown: Vec<String> = template
                     .undeclared_variables(false)
@@ -584,10 +479,7 @@ impl FileParser {
                         Some(suggestion) => format!(", did you mean `{suggestion}`?"),
                         None => String::new(),
                     };
-                    self.error(
-                        span,
-                        format!("`{field}`: unknown template variable `{name}`{hint}"),
-                    );
+                    self.error(span, format!("`{field}`: unknown template variable `{name}`{hint}"));
                 }
             }
         }
@@ -599,13 +491,7 @@ impl FileParser {
             Value::String(_) => vec![node],
             Value::Null => Vec::new(),
             _ => {
-                self.error(
-                    node.span,
-                    format!(
-                        "`depends_on`: expected a list of task ids, found {}",
-                        node.kind()
-                    ),
-                );
+                self.error(node.span, format!("`depends_on`: expected a list of task ids, found {}", node.kind()));
                 return Vec::new();
             }
         };
@@ -624,40 +510,24 @@ impl FileParser {
         // `nodes` is parallel to the task list passed to `Dag::new`.
         for error in errors {
             match error {
-                GraphError::DuplicateTask { task_idx } => {
-                    self.error(nodes[*task_idx].key_span, "duplicate task id")
-                }
-                GraphError::UnknownUpstream {
-                    task_idx,
-                    upstream_idx,
-                } => {
+                GraphError::DuplicateTask { task_idx } => self.error(nodes[*task_idx].key_span, "duplicate task id"),
+                GraphError::UnknownUpstream { task_idx, upstream_idx } => {
                     let task = &nodes[*task_idx];
                     let unknown = &task.depends_on_names[*upstream_idx];
                     let hint = match did_you_mean(unknown, nodes.iter().map(|n| n.name.as_str())) {
                         Some(suggestion) => format!(", did you mean `{suggestion}`?"),
                         None => String::new(),
                     };
-                    let message = format!(
-                        "unknown upstream task `{unknown}` in `depends_on` of `{}`{hint}",
-                        task.name
-                    );
+                    let message = format!("unknown upstream task `{unknown}` in `depends_on` of `{}`{hint}", task.name);
                     self.error(task.depends_on[*upstream_idx], message);
                 }
-                GraphError::SelfDependency {
-                    task_idx,
-                    upstream_idx,
-                } => {
+                GraphError::SelfDependency { task_idx, upstream_idx } => {
                     let span = nodes[*task_idx].depends_on[*upstream_idx];
-                    self.error(
-                        span,
-                        format!("task `{}` depends on itself", nodes[*task_idx].name),
-                    );
+                    self.error(span, format!("task `{}` depends on itself", nodes[*task_idx].name));
                 }
                 GraphError::Cycle { task_idxs } => {
-                    let mut chain: Vec<String> = task_idxs
-                        .iter()
-                        .map(|&idx| format!("`{}`", nodes[idx].name))
-                        .collect();
+                    let mut chain: Vec<String> =
+                        task_idxs.iter().map(|&idx| format!("`{}`", nodes[idx].name)).collect();
                     chain.push(chain[0].clone());
                     // Point at the first task's `depends_on` entry naming the last: the
                     // edge that closes the loop.
@@ -668,10 +538,7 @@ impl FileParser {
                         .iter()
                         .position(|name| name == last_name)
                         .map_or(nodes[first].key_span, |pos| nodes[first].depends_on[pos]);
-                    self.error(
-                        span,
-                        format!("cycle in task dependencies: {}", chain.join(" -> ")),
-                    );
+                    self.error(span, format!("cycle in task dependencies: {}", chain.join(" -> ")));
                 }
             }
         }
@@ -692,10 +559,7 @@ impl FileParser {
         match &node.value {
             Value::String(text) => Some(text),
             _ => {
-                self.error(
-                    node.span,
-                    format!("`{field}`: expected a string, found {}", node.kind()),
-                );
+                self.error(node.span, format!("`{field}`: expected a string, found {}", node.kind()));
                 None
             }
         }
@@ -715,10 +579,7 @@ impl FileParser {
         match node.scalar_text() {
             Some(text) => Some(text),
             None => {
-                self.error(
-                    node.span,
-                    format!("`{field}`: expected text, found {}", node.kind()),
-                );
+                self.error(node.span, format!("`{field}`: expected text, found {}", node.kind()));
                 None
             }
         }
@@ -726,16 +587,10 @@ impl FileParser {
 
     fn string_list(&mut self, node: &Node, field: &str) -> Vec<String> {
         match &node.value {
-            Value::Seq(items) => items
-                .iter()
-                .filter_map(|item| self.text(item, field))
-                .collect(),
+            Value::Seq(items) => items.iter().filter_map(|item| self.text(item, field)).collect(),
             Value::Null => Vec::new(),
             _ => {
-                self.error(
-                    node.span,
-                    format!("`{field}`: expected a list, found {}", node.kind()),
-                );
+                self.error(node.span, format!("`{field}`: expected a list, found {}", node.kind()));
                 Vec::new()
             }
         }
@@ -751,10 +606,7 @@ impl FileParser {
                         continue;
                     };
                     if name.is_empty() || name.contains('=') || name.contains('\0') {
-                        self.error(
-                            key.span,
-                            format!("`{field}`: invalid variable name `{name}`"),
-                        );
+                        self.error(key.span, format!("`{field}`: invalid variable name `{name}`"));
                         continue;
                     }
                     match value.scalar_text() {
@@ -764,10 +616,7 @@ impl FileParser {
                         }
                         None => self.error(
                             value.span,
-                            format!(
-                                "`{field}`: value of `{name}` must be text, found {}",
-                                value.kind()
-                            ),
+                            format!("`{field}`: value of `{name}` must be text, found {}", value.kind()),
                         ),
                     }
                 }
@@ -775,10 +624,7 @@ impl FileParser {
             Value::Null => {}
             _ => self.error(
                 node.span,
-                format!(
-                    "`{field}`: expected a mapping of variable names to values, found {}",
-                    node.kind()
-                ),
+                format!("`{field}`: expected a mapping of variable names to values, found {}", node.kind()),
             ),
         }
         env
@@ -788,20 +634,11 @@ impl FileParser {
         match &node.value {
             Value::Bool(value) => Some(*value),
             Value::String(text) => {
-                self.error(
-                    node.span,
-                    format!("`{field}`: expected `true` or `false`, found the string `{text}`"),
-                );
+                self.error(node.span, format!("`{field}`: expected `true` or `false`, found the string `{text}`"));
                 None
             }
             _ => {
-                self.error(
-                    node.span,
-                    format!(
-                        "`{field}`: expected `true` or `false`, found {}",
-                        node.kind()
-                    ),
-                );
+                self.error(node.span, format!("`{field}`: expected `true` or `false`, found {}", node.kind()));
                 None
             }
         }
@@ -817,10 +654,7 @@ impl FileParser {
                 }
             },
             _ => {
-                self.error(
-                    node.span,
-                    format!("`{field}`: expected a whole number, found {}", node.kind()),
-                );
+                self.error(node.span, format!("`{field}`: expected a whole number, found {}", node.kind()));
                 None
             }
         }
@@ -836,19 +670,13 @@ impl FileParser {
                 }
             },
             Value::Int(value) => {
-                self.error(
-                    node.span,
-                    format!("`{field}`: must be at least {min}, found `{value}`"),
-                );
+                self.error(node.span, format!("`{field}`: must be at least {min}, found `{value}`"));
                 None
             }
             _ => {
                 self.error(
                     node.span,
-                    format!(
-                        "`{field}`: expected a whole number of at least {min}, found {}",
-                        node.kind()
-                    ),
+                    format!("`{field}`: expected a whole number of at least {min}, found {}", node.kind()),
                 );
                 None
             }
@@ -860,17 +688,17 @@ impl FileParser {
             Value::Int(secs) if *secs >= 0 => secs.to_string(),
             Value::String(text) => text.clone(),
             _ => {
-                self.error(node.span, format!("`{field}`: expected a duration like `30s`, `5m`, `1h30m` or `2d`, found {}", node.kind()));
+                self.error(
+                    node.span,
+                    format!("`{field}`: expected a duration like `30s`, `5m`, `1h30m` or `2d`, found {}", node.kind()),
+                );
                 return None;
             }
         };
         match Duration::parse(&text) {
             Ok(duration) => Some(duration),
             Err(error) => {
-                self.error(
-                    node.span,
-                    format!("`{field}`: invalid duration `{text}`: {error}"),
-                );
+                self.error(node.span, format!("`{field}`: invalid duration `{text}`: {error}"));
                 None
             }
         }
@@ -897,9 +725,7 @@ struct TaskNodes {
 }
 
 fn template_error(error: &minijinja::Error) -> String {
-    let mut message = error
-        .detail()
-        .map_or_else(|| error.kind().to_string(), str::to_string);
+    let mut message = error.detail().map_or_else(|| error.kind().to_string(), str::to_string);
     if let Some(line) = error.line() {
         message.push_str(&format!(" (template line {line})"));
     }

@@ -1,10 +1,7 @@
 //! "Did you mean" suggestions for misspelt names.
 
 /// The closest candidate within a small edit distance, if any.
-pub fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -25,9 +22,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
         current[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            current[j] = (prev[j] + 1)
-                .min(current[j - 1] + 1)
-                .min(prev[j - 1] + cost);
+            current[j] = (prev[j] + 1).min(current[j - 1] + 1).min(prev[j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 current[j] = current[j].min(prev2[j - 2] + 1);
             }

@@ -16,10 +16,7 @@ pub struct Span {
 
 impl Span {
     fn from_parser(span: ParserSpan) -> Span {
-        Span {
-            start: span.start.index(),
-            end: span.end.index(),
-        }
+        Span { start: span.start.index(), end: span.end.index() }
     }
 }
 
@@ -78,18 +75,13 @@ impl Node {
             Value::Null => serde_json::Value::Null,
             Value::Bool(value) => serde_json::Value::Bool(*value),
             Value::Int(value) => serde_json::Value::from(*value),
-            Value::Float(value) => serde_json::Number::from_f64(*value)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
-            Value::String(text) => serde_json::Value::String(text.clone()),
-            Value::Seq(items) => {
-                serde_json::Value::Array(items.iter().map(Node::to_json).collect())
+            Value::Float(value) => {
+                serde_json::Number::from_f64(*value).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
             }
+            Value::String(text) => serde_json::Value::String(text.clone()),
+            Value::Seq(items) => serde_json::Value::Array(items.iter().map(Node::to_json).collect()),
             Value::Map(entries) => serde_json::Value::Object(
-                entries
-                    .iter()
-                    .map(|(key, value)| (key.scalar_text().unwrap_or_default(), value.to_json()))
-                    .collect(),
+                entries.iter().map(|(key, value)| (key.scalar_text().unwrap_or_default(), value.to_json())).collect(),
             ),
         }
     }
@@ -105,11 +97,7 @@ pub struct YamlError {
 /// Parses one YAML document. An empty file is `Null`. Errors stop the build: after
 /// a syntax error the rest of the file cannot be trusted.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
-    let mut builder = Builder {
-        parser: Parser::new_from_str(text),
-        anchors: HashMap::new(),
-        text,
-    };
+    let mut builder = Builder { parser: Parser::new_from_str(text), anchors: HashMap::new(), text };
     builder.document()
 }
 
@@ -126,23 +114,12 @@ impl<'input> Builder<'input> {
             Some(Err(error)) => {
                 let at = error.marker().index();
                 let mut message = format!("invalid YAML: {}", error.info());
-                if self.text.chars().nth(at) == Some('@')
-                    || self.text.chars().nth(at.saturating_sub(1)) == Some('@')
-                {
+                if self.text.chars().nth(at) == Some('@') || self.text.chars().nth(at.saturating_sub(1)) == Some('@') {
                     message.push_str(" (values starting with `@` must be quoted, e.g. \"@daily\")");
                 }
-                Err(YamlError {
-                    span: Span {
-                        start: at,
-                        end: at + 1,
-                    },
-                    message,
-                })
+                Err(YamlError { span: Span { start: at, end: at + 1 }, message })
             }
-            None => Err(YamlError {
-                span: Span::default(),
-                message: "unexpected end of YAML".to_string(),
-            }),
+            None => Err(YamlError { span: Span::default(), message: "unexpected end of YAML".to_string() }),
         }
     }
 
@@ -156,18 +133,14 @@ impl<'input> Builder<'input> {
                     if root.is_some() {
                         return Err(YamlError {
                             span,
-                            message: "a DAG file holds one YAML document; found a second `---`"
-                                .to_string(),
+                            message: "a DAG file holds one YAML document; found a second `---`".to_string(),
                         });
                     }
                     let (event, span) = self.next()?;
                     root = Some(self.node(event, span)?);
                 }
                 Event::StreamEnd => {
-                    return Ok(root.unwrap_or(Node {
-                        span,
-                        value: Value::Null,
-                    }));
+                    return Ok(root.unwrap_or(Node { span, value: Value::Null }));
                 }
                 other => root = Some(self.node(other, span)?),
             }
@@ -196,13 +169,8 @@ impl<'input> Builder<'input> {
                     }
                     items.push(self.node(event, item_span)?);
                 };
-                let node = Node {
-                    span: Span {
-                        start: span.start,
-                        end: end.end.max(span.end),
-                    },
-                    value: Value::Seq(items),
-                };
+                let node =
+                    Node { span: Span { start: span.start, end: end.end.max(span.end) }, value: Value::Seq(items) };
                 self.remember(anchor, &node);
                 Ok(node)
             }
@@ -221,10 +189,7 @@ impl<'input> Builder<'input> {
                         merged.extend(merge_sources(&value)?);
                         continue;
                     }
-                    if let Some((first, _)) = entries
-                        .iter()
-                        .find(|(existing, _)| same_key(existing, &key))
-                    {
+                    if let Some((first, _)) = entries.iter().find(|(existing, _)| same_key(existing, &key)) {
                         let (line, _) = LineIndex::new(self.text).line_col(first.span.start);
                         return Err(YamlError {
                             span: key.span,
@@ -242,31 +207,17 @@ impl<'input> Builder<'input> {
                         entries.push((key, value));
                     }
                 }
-                let node = Node {
-                    span: Span {
-                        start: span.start,
-                        end: end.end.max(span.end),
-                    },
-                    value: Value::Map(entries),
-                };
+                let node =
+                    Node { span: Span { start: span.start, end: end.end.max(span.end) }, value: Value::Map(entries) };
                 self.remember(anchor, &node);
                 Ok(node)
             }
             Event::Alias(anchor) => match self.anchors.get(&anchor) {
                 // The alias points where it is used; errors inside refer to this use.
-                Some(node) => Ok(Node {
-                    span,
-                    ..node.clone()
-                }),
-                None => Err(YamlError {
-                    span,
-                    message: "alias to an unknown anchor".to_string(),
-                }),
+                Some(node) => Ok(Node { span, ..node.clone() }),
+                None => Err(YamlError { span, message: "alias to an unknown anchor".to_string() }),
             },
-            other => Err(YamlError {
-                span,
-                message: format!("unexpected YAML event {other:?}"),
-            }),
+            other => Err(YamlError { span, message: format!("unexpected YAML event {other:?}") }),
         }
     }
 
@@ -356,9 +307,7 @@ fn looks_like_float(text: &str) -> bool {
     };
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     let mantissa_ok = match fraction {
-        Some(fraction) => {
-            digits(whole) && digits(fraction) && !(whole.is_empty() && fraction.is_empty())
-        }
+        Some(fraction) => digits(whole) && digits(fraction) && !(whole.is_empty() && fraction.is_empty()),
         None => !whole.is_empty() && digits(whole),
     };
     let exponent_ok = match exponent {
@@ -389,10 +338,7 @@ impl LineIndex {
     }
 
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let line = self
-            .line_starts
-            .partition_point(|&start| start <= offset)
-            .max(1);
+        let line = self.line_starts.partition_point(|&start| start <= offset).max(1);
         (line, offset - self.line_starts[line - 1] + 1)
     }
 }
@@ -404,14 +350,7 @@ mod tests {
     fn show(node: &Node, index: &LineIndex) -> String {
         let (line, col) = index.line_col(node.span.start);
         let inner = match &node.value {
-            Value::Seq(items) => format!(
-                "[{}]",
-                items
-                    .iter()
-                    .map(|n| show(n, index))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Value::Seq(items) => format!("[{}]", items.iter().map(|n| show(n, index)).collect::<Vec<_>>().join(", ")),
             Value::Map(entries) => format!(
                 "{{{}}}",
                 entries
@@ -453,22 +392,13 @@ mod tests {
 
     #[test]
     fn structure_errors() {
-        check(
-            "a: 1\na: 2",
-            "error 2:1: duplicate key `a` (first defined on line 1)",
-        );
-        check(
-            "a: [1, 2",
-            "error 1:9: invalid YAML: while parsing a flow sequence, expected ',' or ']'",
-        );
+        check("a: 1\na: 2", "error 2:1: duplicate key `a` (first defined on line 1)");
+        check("a: [1, 2", "error 1:9: invalid YAML: while parsing a flow sequence, expected ',' or ']'");
         check(
             "schedule: @daily",
             "error 1:11: invalid YAML: unexpected character: `@' (values starting with `@` must be quoted, e.g. \"@daily\")",
         );
-        check(
-            "a: 1\n---\nb: 2",
-            "error 2:1: a DAG file holds one YAML document; found a second `---`",
-        );
+        check("a: 1\n---\nb: 2", "error 2:1: a DAG file holds one YAML document; found a second `---`");
     }
 
     #[test]

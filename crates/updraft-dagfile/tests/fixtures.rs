@@ -6,9 +6,7 @@ use std::path::Path;
 use updraft_dagfile::DagLoader;
 
 fn render_folder(kind: &str) -> Vec<(String, String, usize)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(kind);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(kind);
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
     let folder = DagLoader::new(&root, Some(base)).load().unwrap();
     folder
@@ -62,10 +60,7 @@ fn render_folder(kind: &str) -> Vec<(String, String, usize)> {
 #[test]
 fn invalid_fixtures() {
     for (name, output, n_diagnostics) in render_folder("invalid") {
-        assert!(
-            n_diagnostics > 0,
-            "invalid fixture {name} produced no diagnostics"
-        );
+        assert!(n_diagnostics > 0, "invalid fixture {name} produced no diagnostics");
         insta::assert_snapshot!(format!("invalid__{name}"), output);
     }
 }
@@ -73,10 +68,7 @@ fn invalid_fixtures() {
 #[test]
 fn valid_fixtures() {
     for (name, output, n_diagnostics) in render_folder("valid") {
-        assert_eq!(
-            n_diagnostics, 0,
-            "valid fixture {name} has diagnostics:\n{output}"
-        );
+        assert_eq!(n_diagnostics, 0, "valid fixture {name} has diagnostics:\n{output}");
         insta::assert_snapshot!(format!("valid__{name}"), output);
     }
 }

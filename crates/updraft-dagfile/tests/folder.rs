@@ -17,9 +17,7 @@ fn dag(id: &str) -> String {
 }
 
 fn summary(root: &Path) -> String {
-    let folder = DagLoader::new(root, Some(root.to_path_buf()))
-        .load()
-        .unwrap();
+    let folder = DagLoader::new(root, Some(root.to_path_buf())).load().unwrap();
     let mut out = String::new();
     for (loaded, file) in folder.dags() {
         out.push_str(&format!("{} {}\n", loaded.dag.dag_id(), file.fileloc));
@@ -73,10 +71,7 @@ fn missing_folder_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
     let error = DagLoader::new(&missing, None).load().unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        format!("DAGs folder `{}` does not exist", missing.display())
-    );
+    assert_eq!(error.to_string(), format!("DAGs folder `{}` does not exist", missing.display()));
 }
 
 #[test]
@@ -91,11 +86,7 @@ fn cache_rereads_changed_files_only() {
     write(root, "a.yaml", &format!("# only a comment\n{}", dag("a")));
     let second = loader.load().unwrap();
     assert_eq!(second.find("a").unwrap().0.version, version);
-    write(
-        root,
-        "a.yaml",
-        "dag: a\ntasks:\n  a:\n    shell: \"false\"\n",
-    );
+    write(root, "a.yaml", "dag: a\ntasks:\n  a:\n    shell: \"false\"\n");
     let third = loader.load().unwrap();
     assert_ne!(third.find("a").unwrap().0.version, version);
     fs::remove_file(root.join("a.yaml")).unwrap();

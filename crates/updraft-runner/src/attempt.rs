@@ -49,6 +49,7 @@ pub struct AttemptLabel {
 pub trait AttemptObserver: Send + Sync {
     fn started(&self, _attempt: &AttemptLabel) {}
     fn line(&self, _attempt: &AttemptLabel, _line: &str) {}
+    fn ended(&self, _attempt: &AttemptLabel, _result: &AttemptResult) {}
 }
 
 /// An observer that sees nothing.
@@ -93,9 +94,9 @@ impl AttemptResult {
             Ending::Exited(_) => None,
             Ending::Signaled(signal) => Some(format!("killed by signal {signal}")),
             Ending::TimedOut(limit) => Some(format!("timed out after {limit}")),
-            Ending::Interrupted => Some(
-                "interrupted: updraft was stopped; it runs again without using a retry".to_string(),
-            ),
+            Ending::Interrupted => {
+                Some("interrupted: updraft was stopped; it runs again without using a retry".to_string())
+            }
             Ending::NotStarted(why) => Some(why.clone()),
         }
     }
@@ -125,18 +126,15 @@ pub async fn execute(
         task_id: spec.task_id.clone(),
         try_number: spec.try_number,
     };
+    observer.started(&label);
     let mut log = match LogFile::open(spec.log_path.as_deref()).await {
         Ok(log) => log,
-        Err(error) => return not_started(started, error),
+        Err(error) => return not_started(started, error, &label, observer.as_ref()),
     };
-    observer.started(&label);
     let Some(task) = spec.dag.task(&spec.task_id) else {
-        let why = format!(
-            "task `{}` is not in this version of DAG `{}`",
-            spec.task_id, label.dag_id
-        );
+        let why = format!("task `{}` is not in this version of DAG `{}`", spec.task_id, label.dag_id);
         log.note(&why).await;
-        return not_started(started, why);
+        return not_started(started, why, &label, observer.as_ref());
     };
     log.note(&format!(
         "attempt {} of {} of `{}.{}` in run `{}` started",
@@ -147,8 +145,7 @@ pub async fn execute(
         Ok(prepared) => prepared,
         Err(why) => {
             log.note(&why).await;
-            observer.line(&label, &why);
-            return not_started(started, why);
+            return not_started(started, why, &label, observer.as_ref());
         }
     };
     log.note(&format!("command: {}", prepared.command)).await;
@@ -169,7 +166,7 @@ pub async fn execute(
         Err(error) => {
             let why = format!("cannot start `/bin/sh`: {error}");
             log.note(&why).await;
-            return not_started(started, why);
+            return not_started(started, why, &label, observer.as_ref());
         }
     };
     let pgid = child.id().expect("a just-spawned child has a pid");
@@ -215,16 +212,9 @@ pub async fn execute(
         Ok(log) => log,
         Err(_) => LogFile::closed(),
     };
-    let result = AttemptResult {
-        ending,
-        duration: started.elapsed(),
-    };
-    log.note(&format!(
-        "attempt ended after {:.2}s: {}",
-        result.duration.as_secs_f64(),
-        result.describe()
-    ))
-    .await;
+    let result = AttemptResult { ending, duration: started.elapsed() };
+    log.note(&format!("attempt ended after {:.2}s: {}", result.duration.as_secs_f64(), result.describe())).await;
+    observer.ended(&label, &result);
     result
 }
 
@@ -234,17 +224,12 @@ struct Prepared {
     env: Vec<(String, String)>,
 }
 
-fn prepare(
-    spec: &AttemptSpec,
-    task: &Task,
-    templates: &Environment<'static>,
-) -> Result<Prepared, String> {
+fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) -> Result<Prepared, String> {
     let dag = spec.dag.as_ref();
     let names = Names::new(dag, &spec.run);
     let context = template::context(dag, &spec.run, &names, &spec.task_id, spec.try_number);
     let render = |field: &str, text: &str| {
-        template::render(templates, text, &context)
-            .map_err(|error| format!("cannot render `{field}`: {error}"))
+        template::render(templates, text, &context).map_err(|error| format!("cannot render `{field}`: {error}"))
     };
     let TaskKind::Shell { command } = &task.kind;
     let command = render("shell", command)?;
@@ -254,10 +239,7 @@ fn prepare(
         None => dag_folder,
     };
     if !cwd.is_dir() {
-        return Err(format!(
-            "cannot start: working folder `{}` does not exist",
-            cwd.display()
-        ));
+        return Err(format!("cannot start: working folder `{}` does not exist", cwd.display()));
     }
     let mut env = Vec::new();
     for (name, value) in dag.spec().env.iter().chain(&task.env) {
@@ -267,20 +249,11 @@ fn prepare(
         ("UPDRAFT_DAG_ID".to_string(), dag.dag_id().to_string()),
         ("UPDRAFT_TASK_ID".to_string(), spec.task_id.clone()),
         ("UPDRAFT_RUN_ID".to_string(), spec.run.run_id.clone()),
-        (
-            "UPDRAFT_TRY_NUMBER".to_string(),
-            spec.try_number.to_string(),
-        ),
+        ("UPDRAFT_TRY_NUMBER".to_string(), spec.try_number.to_string()),
         ("UPDRAFT_LOGICAL_DATE".to_string(), names.ts.clone()),
         ("UPDRAFT_DS".to_string(), names.ds.clone()),
-        (
-            "UPDRAFT_DATA_INTERVAL_START".to_string(),
-            names.data_interval_start.clone(),
-        ),
-        (
-            "UPDRAFT_DATA_INTERVAL_END".to_string(),
-            names.data_interval_end.clone(),
-        ),
+        ("UPDRAFT_DATA_INTERVAL_START".to_string(), names.data_interval_start.clone()),
+        ("UPDRAFT_DATA_INTERVAL_END".to_string(), names.data_interval_end.clone()),
     ]);
     if let Some(token) = &spec.attempt_token {
         env.push(("UPDRAFT_ATTEMPT".to_string(), token.clone()));
@@ -291,15 +264,13 @@ fn prepare(
 /// The folder holding a DAG's file: tasks run there unless they set `cwd`.
 pub fn dag_folder(dags_folder: &Path, fileloc: &str) -> PathBuf {
     let file = dags_folder.join(fileloc);
-    file.parent()
-        .map_or_else(|| dags_folder.to_path_buf(), Path::to_path_buf)
+    file.parent().map_or_else(|| dags_folder.to_path_buf(), Path::to_path_buf)
 }
 
-fn not_started(started: Instant, why: String) -> AttemptResult {
-    AttemptResult {
-        ending: Ending::NotStarted(why),
-        duration: started.elapsed(),
-    }
+fn not_started(started: Instant, why: String, label: &AttemptLabel, observer: &dyn AttemptObserver) -> AttemptResult {
+    let result = AttemptResult { ending: Ending::NotStarted(why), duration: started.elapsed() };
+    observer.ended(label, &result);
+    result
 }
 
 fn exit_ending(status: std::io::Result<std::process::ExitStatus>) -> Ending {
@@ -378,9 +349,7 @@ async fn read_lines(stream: impl AsyncRead + Unpin, lines: mpsc::Sender<String>)
             }
         }
         if !buffer.is_empty() || !done {
-            let line = String::from_utf8_lossy(&buffer)
-                .trim_end_matches('\r')
-                .to_string();
+            let line = String::from_utf8_lossy(&buffer).trim_end_matches('\r').to_string();
             if lines.send(line).await.is_err() {
                 return;
             }
@@ -402,9 +371,9 @@ impl LogFile {
             return Ok(LogFile::closed());
         };
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|error| {
-                format!("cannot create log folder `{}`: {error}", parent.display())
-            })?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|error| format!("cannot create log folder `{}`: {error}", parent.display()))?;
         }
         let file = tokio::fs::OpenOptions::new()
             .create(true)
@@ -412,9 +381,7 @@ impl LogFile {
             .open(path)
             .await
             .map_err(|error| format!("cannot open log file `{}`: {error}", path.display()))?;
-        Ok(LogFile {
-            file: Some(tokio::io::BufWriter::new(file)),
-        })
+        Ok(LogFile { file: Some(tokio::io::BufWriter::new(file)) })
     }
 
     fn closed() -> LogFile {
@@ -434,10 +401,7 @@ impl LogFile {
 
     /// A line of Updraft's own, marked so it stands apart from the task's output.
     async fn note(&mut self, text: &str) {
-        let line = format!(
-            "[updraft {}] {text}",
-            Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
-        );
+        let line = format!("[updraft {}] {text}", Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ"));
         self.write_line(&line, true).await;
     }
 }

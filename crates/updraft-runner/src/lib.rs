@@ -12,9 +12,7 @@ pub mod recovery;
 pub mod runner;
 pub mod template;
 
-pub use attempt::{
-    AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, Quiet, execute,
-};
+pub use attempt::{AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, Quiet, execute};
 pub use recovery::{Recovered, Recovery, heartbeat_loop};
 pub use runner::{Runner, RunnerConfig, attempt_token, log_path};
 pub use template::RunContext;

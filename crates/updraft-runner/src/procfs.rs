@@ -29,9 +29,7 @@ pub fn is_alive(pid: u32, recorded_start: Option<u64>) -> bool {
         return false;
     }
     match recorded_start {
-        Some(recorded) => {
-            fields.nth(18).and_then(|start| start.parse::<u64>().ok()) == Some(recorded)
-        }
+        Some(recorded) => fields.nth(18).and_then(|start| start.parse::<u64>().ok()) == Some(recorded),
         None => true,
     }
 }
@@ -56,21 +54,17 @@ pub fn group_alive(pgid: u32) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return true;
     };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .any(|member| {
-            std::fs::read_to_string(format!("/proc/{member}/stat"))
-                .ok()
-                .is_some_and(|stat| {
-                    let Some(close) = stat.rfind(')') else {
-                        return false;
-                    };
-                    let mut fields = stat[close + 1..].split_whitespace();
-                    let state = fields.next();
-                    let group = fields.nth(1).and_then(|group| group.parse::<u32>().ok());
-                    state != Some("Z") && group == Some(pgid)
-                })
+    entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).any(|member| {
+        std::fs::read_to_string(format!("/proc/{member}/stat")).ok().is_some_and(|stat| {
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let mut fields = stat[close + 1..].split_whitespace();
+            let state = fields.next();
+            let group = fields.nth(1).and_then(|group| group.parse::<u32>().ok());
+            state != Some("Z") && group == Some(pgid)
         })
+    })
 }
 
 /// Kills the process group led by `pgid`, if it is still the group of the process
@@ -109,11 +103,7 @@ pub fn find_by_env(name: &str, value: &str) -> Vec<u32> {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|environ| {
-                    environ
-                        .split(|b| *b == 0)
-                        .any(|var| var == needle.as_bytes())
-                })
+                .map(|environ| environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
                 .unwrap_or(false)
         })
         .collect()
@@ -127,10 +117,7 @@ pub fn group_of(pid: u32) -> Option<u32> {
 }
 
 pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
 #[cfg(test)]

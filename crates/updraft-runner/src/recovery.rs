@@ -12,9 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use updraft_core::TaskState;
 use updraft_core::clock::Clock;
 use updraft_core::retry::{AttemptOutcome, after_attempt};
-use updraft_store::{
-    AttemptEnd, DefinitionCache, ProcessRow, ProcessState, RunningAttempt, Store, StoreError,
-};
+use updraft_store::{AttemptEnd, DefinitionCache, ProcessRow, ProcessState, RunningAttempt, Store, StoreError};
 
 use crate::attempt::append_note;
 use crate::procfs;
@@ -52,11 +50,7 @@ impl Recovery {
             if process.id == self.process_id || !self.is_dead(&process, now) {
                 continue;
             }
-            if !self
-                .store
-                .set_process_state(process.id, ProcessState::Running, ProcessState::Dead, now)
-                .await?
-            {
+            if !self.store.set_process_state(process.id, ProcessState::Running, ProcessState::Dead, now).await? {
                 continue;
             }
             tracing::warn!(
@@ -103,9 +97,7 @@ impl Recovery {
                 });
             }
         }
-        self.store
-            .fail_owned_runs(process.id, self.clock.now())
-            .await?;
+        self.store.fail_owned_runs(process.id, self.clock.now()).await?;
         Ok(recovered)
     }
 
@@ -116,12 +108,11 @@ impl Recovery {
             Some(pid) => vec![(pid, attempt.pid_start)],
             None => {
                 let token = attempt_token(process.id, attempt.ti_pk, attempt.try_number);
-                let mut groups: Vec<(u32, Option<u64>)> =
-                    procfs::find_by_env("UPDRAFT_ATTEMPT", &token)
-                        .into_iter()
-                        .filter_map(procfs::group_of)
-                        .map(|pgid| (pgid, None))
-                        .collect();
+                let mut groups: Vec<(u32, Option<u64>)> = procfs::find_by_env("UPDRAFT_ATTEMPT", &token)
+                    .into_iter()
+                    .filter_map(procfs::group_of)
+                    .map(|pgid| (pgid, None))
+                    .collect();
                 groups.sort_unstable();
                 groups.dedup();
                 groups
@@ -135,25 +126,11 @@ impl Recovery {
         true
     }
 
-    async fn fail(
-        &self,
-        process: &ProcessRow,
-        attempt: &RunningAttempt,
-    ) -> Result<Option<TaskState>, StoreError> {
+    async fn fail(&self, process: &ProcessRow, attempt: &RunningAttempt) -> Result<Option<TaskState>, StoreError> {
         let now = self.clock.now();
-        let task_state = match self
-            .definitions
-            .get(self.store.as_ref(), &attempt.dag_id, &attempt.version)
-            .await
-        {
+        let task_state = match self.definitions.get(self.store.as_ref(), &attempt.dag_id, &attempt.version).await {
             Ok(dag) => match dag.task(&attempt.task_id) {
-                Some(task) => after_attempt(
-                    task,
-                    AttemptOutcome::Failed,
-                    attempt.try_number,
-                    attempt.max_tries,
-                    now,
-                ),
+                Some(task) => after_attempt(task, AttemptOutcome::Failed, attempt.try_number, attempt.max_tries, now),
                 None => (TaskState::Failed, None),
             },
             Err(error) => {
@@ -163,7 +140,7 @@ impl Recovery {
         };
         let (state, retry_at) = task_state;
         let next = match retry_at {
-            Some(at) => format!("it will be retried at {at}"),
+            Some(at) => format!("it will be retried at {}", at.round(jiff::Unit::Second).unwrap_or(at)),
             None => "no retries are left".to_string(),
         };
         let reason = format!(
@@ -174,35 +151,14 @@ impl Recovery {
             process.hostname,
             process.pid
         );
-        let path = attempt
-            .log_path
-            .as_ref()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                log_path(
-                    &self.logs_folder,
-                    &attempt.dag_id,
-                    &attempt.run_id,
-                    &attempt.task_id,
-                    attempt.try_number,
-                )
-            });
+        let path = attempt.log_path.as_ref().map(PathBuf::from).unwrap_or_else(|| {
+            log_path(&self.logs_folder, &attempt.dag_id, &attempt.run_id, &attempt.task_id, attempt.try_number)
+        });
         append_note(&path, &reason).await;
-        let end = AttemptEnd {
-            state,
-            retry_at,
-            exit_code: None,
-            reason: Some(reason),
-        };
+        let end = AttemptEnd { state, retry_at, exit_code: None, reason: Some(reason) };
         let done = self
             .store
-            .finish_attempt(
-                attempt.ti_pk,
-                attempt.try_number,
-                &end,
-                &format!("recovery:{}", self.process_id),
-                now,
-            )
+            .finish_attempt(attempt.ti_pk, attempt.try_number, &end, &format!("recovery:{}", self.process_id), now)
             .await?;
         Ok(done.then_some(state))
     }
@@ -226,10 +182,7 @@ pub async fn heartbeat_loop(
         match store.heartbeat(process_id, clock.now()).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::error!(
-                    process_id,
-                    "this process was declared dead by another; stopping its work"
-                );
+                tracing::error!(process_id, "this process was declared dead by another; stopping its work");
                 return false;
             }
             Err(error) => tracing::warn!(%error, "cannot record heartbeat"),

@@ -54,16 +54,7 @@ impl Runner {
         wake: Arc<Notify>,
         scheduler: Arc<Notify>,
     ) -> Runner {
-        Runner {
-            store,
-            config,
-            definitions,
-            observer,
-            clock,
-            templates: template::environment(),
-            wake,
-            scheduler,
-        }
+        Runner { store, config, definitions, observer, clock, templates: template::environment(), wake, scheduler }
     }
 
     /// Runs until `shutdown` turns true, then stops every attempt in flight
@@ -81,13 +72,7 @@ impl Runner {
                 let now = self.clock.now();
                 let claimed = self
                     .store
-                    .claim(
-                        self.config.scope,
-                        self.config.process_id,
-                        &self.config.hostname,
-                        free as u32,
-                        now,
-                    )
+                    .claim(self.config.scope, self.config.process_id, &self.config.hostname, free as u32, now)
                     .await;
                 match claimed {
                     Ok(claimed) => {
@@ -113,34 +98,20 @@ impl Runner {
     }
 
     async fn attempt(self: Arc<Self>, claimed: Claimed, cancel: watch::Receiver<bool>) {
-        let dag = match self
-            .definitions
-            .get(self.store.as_ref(), &claimed.dag_id, &claimed.version)
-            .await
-        {
+        let dag = match self.definitions.get(self.store.as_ref(), &claimed.dag_id, &claimed.version).await {
             Ok(dag) => dag,
             Err(error) => {
                 let reason = format!("cannot load the DAG definition: {}", chain(&error));
                 self.finish(
                     &claimed,
-                    AttemptEnd {
-                        state: TaskState::Failed,
-                        retry_at: None,
-                        exit_code: None,
-                        reason: Some(reason),
-                    },
+                    AttemptEnd { state: TaskState::Failed, retry_at: None, exit_code: None, reason: Some(reason) },
                 )
                 .await;
                 return;
             }
         };
-        let log_path = log_path(
-            &self.config.logs_folder,
-            &claimed.dag_id,
-            &claimed.run_id,
-            &claimed.task_id,
-            claimed.try_number,
-        );
+        let log_path =
+            log_path(&self.config.logs_folder, &claimed.dag_id, &claimed.run_id, &claimed.task_id, claimed.try_number);
         let spec = AttemptSpec {
             dag: dag.clone(),
             task_id: claimed.task_id.clone(),
@@ -155,11 +126,7 @@ impl Runner {
             tries_allowed: claimed.max_tries + 1,
             dags_folder: self.config.dags_folder.clone(),
             log_path: Some(log_path.clone()),
-            attempt_token: Some(attempt_token(
-                self.config.process_id,
-                claimed.ti_pk,
-                claimed.try_number,
-            )),
+            attempt_token: Some(attempt_token(self.config.process_id, claimed.ti_pk, claimed.try_number)),
             kill_grace: self.config.kill_grace,
         };
         let (spawned_tx, spawned_rx) = oneshot::channel();
@@ -168,51 +135,26 @@ impl Runner {
         let log_text = log_path.display().to_string();
         let record = tokio::spawn(async move {
             if let Ok((pid, pid_start)) = spawned_rx.await
-                && let Err(error) = store
-                    .record_attempt_process(ti_pk, try_number, pid, pid_start, &log_text)
-                    .await
+                && let Err(error) = store.record_attempt_process(ti_pk, try_number, pid, pid_start, &log_text).await
             {
                 tracing::warn!(error = %chain(&error), "cannot record the process of an attempt");
             }
         });
-        let result = execute(
-            &spec,
-            &self.templates,
-            self.observer.clone(),
-            cancel,
-            spawned_tx,
-        )
-        .await;
+        let result = execute(&spec, &self.templates, self.observer.clone(), cancel, spawned_tx).await;
         let _ = record.await;
         let end = match (&result.ending, dag.task(&claimed.task_id)) {
-            (Ending::Interrupted, _) => AttemptEnd {
-                state: TaskState::Scheduled,
-                retry_at: None,
-                exit_code: None,
-                reason: result.reason(),
-            },
+            (Ending::Interrupted, _) => {
+                AttemptEnd { state: TaskState::Scheduled, retry_at: None, exit_code: None, reason: result.reason() }
+            }
             (_, Some(task)) => {
-                let (state, retry_at) = after_attempt(
-                    task,
-                    result.outcome(),
-                    claimed.try_number,
-                    claimed.max_tries,
-                    self.clock.now(),
-                );
-                AttemptEnd {
-                    state,
-                    retry_at,
-                    exit_code: result.exit_code(),
-                    reason: result.reason(),
-                }
+                let (state, retry_at) =
+                    after_attempt(task, result.outcome(), claimed.try_number, claimed.max_tries, self.clock.now());
+                AttemptEnd { state, retry_at, exit_code: result.exit_code(), reason: result.reason() }
             }
             // Retrying cannot help a task its pinned version does not have.
-            (_, None) => AttemptEnd {
-                state: TaskState::Failed,
-                retry_at: None,
-                exit_code: None,
-                reason: result.reason(),
-            },
+            (_, None) => {
+                AttemptEnd { state: TaskState::Failed, retry_at: None, exit_code: None, reason: result.reason() }
+            }
         };
         self.finish(&claimed, end).await;
     }
@@ -223,17 +165,7 @@ impl Runner {
         let actor = format!("runner:{}", self.config.process_id);
         let mut delay = Duration::from_millis(100);
         loop {
-            match self
-                .store
-                .finish_attempt(
-                    claimed.ti_pk,
-                    claimed.try_number,
-                    &end,
-                    &actor,
-                    self.clock.now(),
-                )
-                .await
-            {
+            match self.store.finish_attempt(claimed.ti_pk, claimed.try_number, &end, &actor, self.clock.now()).await {
                 Ok(true) => break,
                 Ok(false) => {
                     tracing::warn!(
@@ -254,18 +186,8 @@ impl Runner {
 }
 
 /// `<logs>/<dag_id>/<run_id>/<task_id>/<try_number>.log`, as the contract says.
-pub fn log_path(
-    logs_folder: &std::path::Path,
-    dag_id: &str,
-    run_id: &str,
-    task_id: &str,
-    try_number: u32,
-) -> PathBuf {
-    logs_folder
-        .join(dag_id)
-        .join(run_id)
-        .join(task_id)
-        .join(format!("{try_number}.log"))
+pub fn log_path(logs_folder: &std::path::Path, dag_id: &str, run_id: &str, task_id: &str, try_number: u32) -> PathBuf {
+    logs_folder.join(dag_id).join(run_id).join(task_id).join(format!("{try_number}.log"))
 }
 
 /// The value of `UPDRAFT_ATTEMPT`, unique per attempt.

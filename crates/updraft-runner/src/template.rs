@@ -57,13 +57,7 @@ pub fn environment() -> Environment<'static> {
 
 /// The context of one attempt. `params` are the DAG's defaults overridden by the
 /// run's `conf`, as Airflow does.
-pub fn context(
-    dag: &Dag,
-    run: &RunContext,
-    names: &Names,
-    task_id: &str,
-    try_number: u32,
-) -> Value {
+pub fn context(dag: &Dag, run: &RunContext, names: &Names, task_id: &str, try_number: u32) -> Value {
     let mut params = dag.spec().params.clone();
     for (key, value) in &run.conf {
         params.insert(key.clone(), value.clone());
@@ -98,8 +92,7 @@ pub fn render(env: &Environment<'static>, text: &str, context: &Value) -> Result
     if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
         return Ok(text.to_string());
     }
-    env.render_str(text, context)
-        .map_err(|error| describe(&error))
+    env.render_str(text, context).map_err(|error| describe(&error))
 }
 
 fn describe(error: &Error) -> String {
@@ -132,28 +125,19 @@ impl Object for Macros {
         match method {
             "ds_add" => {
                 let (ds, days): (String, i64) = minijinja::value::from_args(args)?;
-                let date: jiff::civil::Date = ds
-                    .parse()
-                    .map_err(|_| bad(format!("ds_add: `{ds}` is not a YYYY-MM-DD date")))?;
-                let shifted = date
-                    .checked_add(jiff::Span::new().days(days))
-                    .map_err(|error| bad(format!("ds_add: {error}")))?;
+                let date: jiff::civil::Date =
+                    ds.parse().map_err(|_| bad(format!("ds_add: `{ds}` is not a YYYY-MM-DD date")))?;
+                let shifted =
+                    date.checked_add(jiff::Span::new().days(days)).map_err(|error| bad(format!("ds_add: {error}")))?;
                 Ok(Value::from(shifted.to_string()))
             }
             "ds_format" => {
-                let (ds, input, output): (String, String, String) =
-                    minijinja::value::from_args(args)?;
-                let date = jiff::civil::Date::strptime(&input, &ds).map_err(|error| {
-                    bad(format!(
-                        "ds_format: `{ds}` does not match `{input}`: {error}"
-                    ))
-                })?;
+                let (ds, input, output): (String, String, String) = minijinja::value::from_args(args)?;
+                let date = jiff::civil::Date::strptime(&input, &ds)
+                    .map_err(|error| bad(format!("ds_format: `{ds}` does not match `{input}`: {error}")))?;
                 Ok(Value::from(date.strftime(&output).to_string()))
             }
-            other => Err(Error::new(
-                ErrorKind::UnknownMethod,
-                format!("macros has no `{other}`"),
-            )),
+            other => Err(Error::new(ErrorKind::UnknownMethod, format!("macros has no `{other}`"))),
         }
     }
 }
@@ -180,9 +164,8 @@ mod tests {
     }
 
     fn check(template: &str, expect: &str) {
-        let dag = dag(
-            "dag: d\ntimezone: Asia/Seoul\nparams: {market: KOSPI, limit: 10}\ntasks:\n  t: {shell: 'true'}\n",
-        );
+        let dag =
+            dag("dag: d\ntimezone: Asia/Seoul\nparams: {market: KOSPI, limit: 10}\ntasks:\n  t: {shell: 'true'}\n");
         let run = run();
         let names = Names::new(&dag, &run);
         let ctx = context(&dag, &run, &names, "t", 2);
@@ -197,10 +180,7 @@ mod tests {
     fn names() {
         // 21:00 UTC is 06:00 the next day in Seoul.
         check("{{ ds }} {{ ds_nodash }}", "2024-01-02 20240102");
-        check(
-            "{{ ts }} {{ ts_nodash }}",
-            "2024-01-02T06:00:00+09:00 20240102T060000",
-        );
+        check("{{ ts }} {{ ts_nodash }}", "2024-01-02T06:00:00+09:00 20240102T060000");
         check("{{ logical_date }}", "2024-01-02T06:00:00+09:00");
         check(
             "{{ data_interval_start }}..{{ data_interval_end }}",
@@ -211,31 +191,19 @@ mod tests {
             "d.t scheduled__2024-01-01T21:00:00+00:00 try 2",
         );
         check("{{ params.market }} {{ params.limit }}", "KOSDAQ 10");
-        check(
-            "{{ dag_run.conf.market }} {{ dag_run.conf.mode | default('full') }}",
-            "KOSDAQ full",
-        );
+        check("{{ dag_run.conf.market }} {{ dag_run.conf.mode | default('full') }}", "KOSDAQ full");
         check(
             "{{ macros.ds_add(ds, -1) }} {{ macros.ds_format(ds, '%Y-%m-%d', '%d/%m/%Y') }}",
             "2024-01-01 02/01/2024",
         );
         check("echo '<b>' & \"x\"", "echo '<b>' & \"x\"");
-        check(
-            "{% if params.nothing is defined %}yes{% else %}no{% endif %}",
-            "no",
-        );
+        check("{% if params.nothing is defined %}yes{% else %}no{% endif %}", "no");
     }
 
     #[test]
     fn undefined_is_an_error() {
-        check(
-            "{{ nothing }}",
-            "error: undefined value: `nothing` is undefined (template line 1)",
-        );
-        check(
-            "{{ params.nothing }}",
-            "error: undefined value: `params.nothing` is undefined (template line 1)",
-        );
+        check("{{ nothing }}", "error: undefined value: `nothing` is undefined (template line 1)");
+        check("{{ params.nothing }}", "error: undefined value: `params.nothing` is undefined (template line 1)");
         check(
             "{{ macros.ds_add('x', 1) }}",
             "error: invalid operation: ds_add: `x` is not a YYYY-MM-DD date (template line 1)",

@@ -8,9 +8,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use updraft_core::DataInterval;
 use updraft_core::retry::AttemptOutcome;
-use updraft_runner::{
-    AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, RunContext, execute, procfs,
-};
+use updraft_runner::{AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, RunContext, execute, procfs};
 
 static NEXT_TOKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -20,10 +18,7 @@ async fn assert_no_process_left(spec: &AttemptSpec) {
     let token = spec.attempt_token.clone().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !procfs::find_by_env("UPDRAFT_ATTEMPT", &token).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a process of the attempt survived"
-        );
+        assert!(std::time::Instant::now() < deadline, "a process of the attempt survived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -61,10 +56,7 @@ fn spec(dir: &Path, task_yaml: &str) -> AttemptSpec {
         tries_allowed: 1,
         dags_folder: dir.join("dags"),
         log_path: Some(dir.join("logs/1.log")),
-        attempt_token: Some(format!(
-            "test-{}",
-            NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        )),
+        attempt_token: Some(format!("test-{}", NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed))),
         kill_grace: Duration::from_millis(500),
     }
 }
@@ -73,14 +65,7 @@ async fn run(spec: &AttemptSpec) -> (AttemptResult, Vec<String>, String) {
     let lines = Arc::new(Lines::default());
     let (_cancel, cancelled) = watch::channel(false);
     let (spawned, _pid) = oneshot::channel();
-    let result = execute(
-        spec,
-        &updraft_runner::template::environment(),
-        lines.clone(),
-        cancelled,
-        spawned,
-    )
-    .await;
+    let result = execute(spec, &updraft_runner::template::environment(), lines.clone(), cancelled, spawned).await;
     let log = std::fs::read_to_string(spec.log_path.as_ref().unwrap()).unwrap_or_default();
     let lines = lines.0.lock().unwrap().clone();
     (result, lines, log)
@@ -95,11 +80,7 @@ async fn exit_codes_decide_the_outcome() {
         ("exit 3", AttemptOutcome::Failed, 3),
     ] {
         let (result, _, _) = run(&spec(dir.path(), &format!("    shell: {command}\n"))).await;
-        assert_eq!(
-            (result.outcome(), result.exit_code()),
-            (outcome, Some(code)),
-            "{command}"
-        );
+        assert_eq!((result.outcome(), result.exit_code()), (outcome, Some(code)), "{command}");
     }
 }
 
@@ -117,10 +98,7 @@ async fn environment_templates_and_working_folder() {
     );
     assert_eq!(std::fs::canonicalize(&lines[1]).unwrap(), cwd);
     assert_eq!(lines[2], "oops");
-    assert!(
-        log.contains("] attempt 1 of 1 of `demo.t` in run `manual__x` started"),
-        "{log}"
-    );
+    assert!(log.contains("] attempt 1 of 1 of `demo.t` in run `manual__x` started"), "{log}");
     assert!(log.contains("\noops\n"), "{log}");
     assert!(log.contains("attempt ended after"), "{log}");
 }
@@ -129,14 +107,8 @@ async fn environment_templates_and_working_folder() {
 async fn template_errors_fail_the_attempt_without_running_it() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
-    let (result, _, log) = run(&spec(
-        dir.path(),
-        &format!(
-            "    shell: touch {} {{{{ params.missing }}}}\n",
-            marker.display()
-        ),
-    ))
-    .await;
+    let (result, _, log) =
+        run(&spec(dir.path(), &format!("    shell: touch {} {{{{ params.missing }}}}\n", marker.display()))).await;
     assert_eq!(result.outcome(), AttemptOutcome::Failed);
     assert_eq!(
         result.reason().unwrap(),
@@ -146,35 +118,18 @@ async fn template_errors_fail_the_attempt_without_running_it() {
     assert!(log.contains("cannot render `shell`"), "{log}");
 
     let (result, _, _) = run(&spec(dir.path(), "    shell: 'true'\n    cwd: nowhere\n")).await;
-    assert!(
-        result
-            .reason()
-            .unwrap()
-            .starts_with("cannot start: working folder"),
-        "{:?}",
-        result.reason()
-    );
+    assert!(result.reason().unwrap().starts_with("cannot start: working folder"), "{:?}", result.reason());
 }
 
 #[tokio::test]
 async fn timeout_kills_the_whole_group() {
     let dir = tempfile::tempdir().unwrap();
     // A background grandchild that ignores the shell's exit must die too.
-    let spec = spec(
-        dir.path(),
-        "    shell: sleep 60 & echo started; trap '' TERM; sleep 60\n    timeout: 1s\n",
-    );
+    let spec = spec(dir.path(), "    shell: sleep 60 & echo started; trap '' TERM; sleep 60\n    timeout: 1s\n");
     let (result, _, log) = run(&spec).await;
-    assert_eq!(
-        result.ending,
-        Ending::TimedOut(updraft_core::Duration::from_secs(1))
-    );
+    assert_eq!(result.ending, Ending::TimedOut(updraft_core::Duration::from_secs(1)));
     assert_eq!(result.outcome(), AttemptOutcome::Failed);
-    assert!(
-        result.duration < Duration::from_secs(10),
-        "{:?}",
-        result.duration
-    );
+    assert!(result.duration < Duration::from_secs(10), "{:?}", result.duration);
     assert!(log.contains("timed out after 1s"), "{log}");
     assert_no_process_left(&spec).await;
 }
@@ -182,10 +137,7 @@ async fn timeout_kills_the_whole_group() {
 #[tokio::test]
 async fn leftover_background_processes_end_with_the_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = spec(
-        dir.path(),
-        "    shell: (sleep 60; echo never) & echo done\n",
-    );
+    let spec = spec(dir.path(), "    shell: (sleep 60; echo never) & echo done\n");
     let (result, _, _) = run(&spec).await;
     assert_eq!(result.ending, Ending::Exited(0));
     assert!(result.duration < Duration::from_secs(10));
@@ -202,25 +154,13 @@ async fn interruption_stops_the_attempt() {
     let task = tokio::spawn({
         let spec = spec.clone();
         let lines = lines.clone();
-        async move {
-            execute(
-                &spec,
-                &updraft_runner::template::environment(),
-                lines,
-                cancelled,
-                spawned,
-            )
-            .await
-        }
+        async move { execute(&spec, &updraft_runner::template::environment(), lines, cancelled, spawned).await }
     });
     let (pgid, _) = pid.await.unwrap();
     // Wait until the command printed, then interrupt.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while lines.0.lock().unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the attempt never printed"
-        );
+        assert!(std::time::Instant::now() < deadline, "the attempt never printed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cancel.send(true).unwrap();
@@ -232,11 +172,8 @@ async fn interruption_stops_the_attempt() {
 #[tokio::test]
 async fn long_lines_are_split_not_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let (result, lines, _) = run(&spec(
-        dir.path(),
-        "    shell: head -c 200000 /dev/zero | tr '\\0' x; echo; echo after\n",
-    ))
-    .await;
+    let (result, lines, _) =
+        run(&spec(dir.path(), "    shell: head -c 200000 /dev/zero | tr '\\0' x; echo; echo after\n")).await;
     assert_eq!(result.ending, Ending::Exited(0));
     assert_eq!(lines.iter().map(String::len).sum::<usize>(), 200000 + 5);
     assert_eq!(lines.last().unwrap(), "after");

@@ -82,8 +82,7 @@ impl DagSync {
         for (loaded, file) in folder.dags() {
             report.dags += 1;
             let dag_id = loaded.dag.dag_id().to_string();
-            self.definitions
-                .insert(loaded.version.clone(), loaded.dag.clone());
+            self.definitions.insert(loaded.version.clone(), loaded.dag.clone());
             let entry = (loaded.version.0.clone(), file.fileloc.clone(), true);
             if known.get(&dag_id) != Some(&entry) {
                 upserts.push(DagUpsert {
@@ -115,8 +114,7 @@ impl DagSync {
         let mut errors: BTreeMap<String, String> = BTreeMap::new();
         for file in &folder.files {
             if !file.diagnostics.is_empty() {
-                let message: Vec<String> =
-                    file.diagnostics.iter().map(ToString::to_string).collect();
+                let message: Vec<String> = file.diagnostics.iter().map(ToString::to_string).collect();
                 errors.insert(file.fileloc.clone(), message.join("\n"));
             }
         }
@@ -127,10 +125,7 @@ impl DagSync {
         if self.errors.as_ref() != Some(&errors) {
             let rows: Vec<ImportError> = errors
                 .iter()
-                .map(|(fileloc, message)| ImportError {
-                    fileloc: fileloc.clone(),
-                    message: message.clone(),
-                })
+                .map(|(fileloc, message)| ImportError { fileloc: fileloc.clone(), message: message.clone() })
                 .collect();
             self.store.replace_import_errors(&rows, now).await?;
             for message in errors.values() {

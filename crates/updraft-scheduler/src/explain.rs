@@ -15,11 +15,7 @@ pub enum ExplainError {
     #[error("no run `{run_id}` of DAG `{dag_id}`")]
     RunNotFound { dag_id: String, run_id: String },
     #[error("run `{run_id}` has no task `{task_id}`{hint}")]
-    TaskNotFound {
-        run_id: String,
-        task_id: String,
-        hint: String,
-    },
+    TaskNotFound { run_id: String, task_id: String, hint: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -42,23 +38,14 @@ pub async fn explain(
     let run = store
         .get_run(dag_id, run_id)
         .await?
-        .ok_or_else(|| ExplainError::RunNotFound {
-            dag_id: dag_id.to_string(),
-            run_id: run_id.to_string(),
-        })?;
+        .ok_or_else(|| ExplainError::RunNotFound { dag_id: dag_id.to_string(), run_id: run_id.to_string() })?;
     let tis = store.task_instances(run.run_pk).await?;
     let Some(ti) = tis.iter().find(|ti| ti.task_id == task_id) else {
         let names: Vec<&str> = tis.iter().map(|ti| ti.task_id.as_str()).collect();
         let hint = format!(" (its tasks: {})", names.join(", "));
-        return Err(ExplainError::TaskNotFound {
-            run_id: run_id.to_string(),
-            task_id: task_id.to_string(),
-            hint,
-        });
+        return Err(ExplainError::TaskNotFound { run_id: run_id.to_string(), task_id: task_id.to_string(), hint });
     };
-    let dag = definitions
-        .get(store.as_ref(), dag_id, &run.version)
-        .await?;
+    let dag = definitions.get(store.as_ref(), dag_id, &run.version).await?;
     let tz = dag.tz();
     let at = |ts: Timestamp| format_in_zone(ts, tz);
     let ago = |ts: Timestamp| describe_span(now.duration_since(ts));
@@ -73,36 +60,23 @@ pub async fn explain(
         | TaskState::Failed
         | TaskState::UpstreamFailed
         | TaskState::Removed => {
-            let when = ti
-                .end_date
-                .map(|end| format!(" at {}", at(end)))
-                .unwrap_or_default();
+            let when = ti.end_date.map(|end| format!(" at {}", at(end))).unwrap_or_default();
             format!("`{task_id}` is finished: {}{when}", ti.state)
         }
         TaskState::Running => {
-            let since = ti
-                .start_date
-                .map(|start| format!(" since {} ({} ago)", at(start), ago(start)))
-                .unwrap_or_default();
+            let since =
+                ti.start_date.map(|start| format!(" since {} ({} ago)", at(start), ago(start))).unwrap_or_default();
             let host = match (&ti.hostname, ti.pid) {
                 (Some(host), Some(pid)) => format!(" on {host}, pid {pid}"),
                 (Some(host), None) => format!(" on {host}"),
                 _ => String::new(),
             };
-            format!(
-                "`{task_id}` is running{since}: try {} of {}{host}",
-                ti.try_number,
-                ti.max_tries + 1
-            )
+            format!("`{task_id}` is running{since}: try {} of {}{host}", ti.try_number, ti.max_tries + 1)
         }
         TaskState::Queued => {
-            let since = ti
-                .queued_at
-                .map(|queued| format!(" since {} ({} ago)", at(queued), ago(queued)))
-                .unwrap_or_default();
-            format!(
-                "`{task_id}` is queued{since}: it holds a slot and waits for a runner to start it"
-            )
+            let since =
+                ti.queued_at.map(|queued| format!(" since {} ({} ago)", at(queued), ago(queued))).unwrap_or_default();
+            format!("`{task_id}` is queued{since}: it holds a slot and waits for a runner to start it")
         }
         TaskState::UpForRetry => match ti.retry_at {
             Some(retry_at) if retry_at > now => format!(
@@ -128,9 +102,7 @@ pub async fn explain(
             } else if run.state == RunState::Queued {
                 match &recorded {
                     Some(reason) => format!("`{task_id}` is not running: {reason}"),
-                    None => format!(
-                        "`{task_id}` is not running: the run is queued and has not started yet"
-                    ),
+                    None => format!("`{task_id}` is not running: the run is queued and has not started yet"),
                 }
             } else {
                 format!("`{task_id}` is waiting for its upstream tasks")
@@ -141,21 +113,13 @@ pub async fn explain(
     // Upstream detail: which upstream tasks hold it, and what its rule needs.
     if let Some(task) = dag.task(task_id)
         && !task.depends_on.is_empty()
-        && matches!(
-            ti.state,
-            TaskState::None | TaskState::UpstreamFailed | TaskState::Skipped
-        )
+        && matches!(ti.state, TaskState::None | TaskState::UpstreamFailed | TaskState::Skipped)
     {
         let states: Vec<(String, TaskState)> = task
             .depends_on
             .iter()
             .map(|up| {
-                (
-                    up.to_string(),
-                    tis.iter()
-                        .find(|t| t.task_id == up.as_str())
-                        .map_or(TaskState::Removed, |t| t.state),
-                )
+                (up.to_string(), tis.iter().find(|t| t.task_id == up.as_str()).map_or(TaskState::Removed, |t| t.state))
             })
             .collect();
         let counts = UpstreamCounts::from_states(states.iter().map(|(_, state)| *state));
@@ -178,8 +142,7 @@ pub async fn explain(
             details.push(format!("finished upstream: {}", done.join(", ")));
         }
         if ti.state == TaskState::None && decision == Decision::Run {
-            details
-                .push("its rule is met now; the scheduler moves it on its next pass".to_string());
+            details.push("its rule is met now; the scheduler moves it on its next pass".to_string());
         }
     }
 
@@ -214,14 +177,9 @@ pub async fn explain(
             .processes(Some(ProcessState::Running))
             .await?
             .iter()
-            .any(|process| {
-                process.kind.schedules() && now.duration_since(process.heartbeat_at).as_secs() < 60
-            });
+            .any(|process| process.kind.schedules() && now.duration_since(process.heartbeat_at).as_secs() < 60);
         if !alive {
-            details.push(
-                "no scheduler is running: start `updraft standalone` (or `updraft scheduler`)"
-                    .to_string(),
-            );
+            details.push("no scheduler is running: start `updraft standalone` (or `updraft scheduler`)".to_string());
         }
     }
 

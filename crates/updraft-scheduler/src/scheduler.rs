@@ -31,6 +31,8 @@ pub struct SchedulerConfig {
     pub dag_sync_interval: Duration,
     /// Names this scheduler in the transition log.
     pub actor: String,
+    /// Rung after every tick that changed something (`dags test` prints then).
+    pub ticked: Option<Arc<Notify>>,
 }
 
 pub struct Scheduler {
@@ -65,15 +67,7 @@ impl Scheduler {
         runner: Arc<Notify>,
         dag_sync: Option<DagSync>,
     ) -> Scheduler {
-        Scheduler {
-            store,
-            config,
-            definitions,
-            clock,
-            wake,
-            runner,
-            dag_sync: dag_sync.map(tokio::sync::Mutex::new),
-        }
+        Scheduler { store, config, definitions, clock, wake, runner, dag_sync: dag_sync.map(tokio::sync::Mutex::new) }
     }
 
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), StoreError> {
@@ -152,19 +146,17 @@ impl Scheduler {
         let raw = self.store.snapshot(self.config.scope, now).await?;
         let snapshot = self.resolve(raw, now).await?;
         let plan = plan::plan(&snapshot, now);
-        let report = self
-            .store
-            .apply(&plan.actions, &self.config.actor, now)
-            .await?;
+        let report = self.store.apply(&plan.actions, &self.config.actor, now).await?;
         if report.tasks_queued > 0 {
             self.runner.notify_one();
         }
+        if let Some(ticked) = &self.config.ticked
+            && !plan.actions.is_empty()
+        {
+            ticked.notify_one();
+        }
         let again = report.runs_created > 0 || report.conflicts > 0;
-        Ok(Tick {
-            report,
-            wake_at: plan.wake_at,
-            again,
-        })
+        Ok(Tick { report, wake_at: plan.wake_at, again })
     }
 
     /// Turns stored rows into the plan's input, loading pinned DAG versions.
@@ -186,44 +178,30 @@ impl Scheduler {
             };
             let due = match row.next_due {
                 Some(next_due)
-                    if row.is_active
-                        && !row.is_paused
-                        && next_due <= now
-                        && self.config.scope == Scope::All =>
+                    if row.is_active && !row.is_paused && next_due <= now && self.config.scope == Scope::All =>
                 {
-                    Some(DueDag {
-                        last_automated: row.last_automated,
-                        next_due,
-                    })
+                    Some(DueDag { last_automated: row.last_automated, next_due })
                 }
                 _ => None,
             };
             let Ok(dag_id) = DagId::new(row.dag_id.clone()) else {
                 continue;
             };
-            dags.push(DagEntry {
-                dag_id,
-                paused: row.is_paused,
-                latest,
-                due,
-            });
+            dags.push(DagEntry { dag_id, paused: row.is_paused, latest, due });
         }
         let mut by_run: HashMap<i64, Vec<TaskInstanceEntry>> = HashMap::new();
         for ti in raw.task_instances {
             let Ok(task_id) = TaskId::new(ti.task_id) else {
                 continue;
             };
-            by_run
-                .entry(ti.run_pk)
-                .or_default()
-                .push(TaskInstanceEntry {
-                    ti_pk: ti.ti_pk,
-                    task_id,
-                    state: ti.state,
-                    try_number: ti.try_number,
-                    retry_at: ti.retry_at,
-                    wait_reason: ti.wait_reason,
-                });
+            by_run.entry(ti.run_pk).or_default().push(TaskInstanceEntry {
+                ti_pk: ti.ti_pk,
+                task_id,
+                state: ti.state,
+                try_number: ti.try_number,
+                retry_at: ti.retry_at,
+                wait_reason: ti.wait_reason,
+            });
         }
         let mut runs = Vec::with_capacity(raw.runs.len());
         for run in raw.runs {
@@ -250,34 +228,21 @@ impl Scheduler {
         let pools = self.config.use_pools.then(|| {
             raw.pools
                 .iter()
-                .map(|pool| {
-                    (
-                        pool.name.clone(),
-                        Slots {
-                            limit: pool.slots,
-                            occupied: pool.occupied,
-                        },
-                    )
-                })
+                .map(|pool| (pool.name.clone(), Slots { limit: pool.slots, occupied: pool.occupied }))
                 .collect()
         });
         Ok(Snapshot {
             dags,
             runs,
             pools,
-            parallelism: self.config.parallelism.map(|limit| Slots {
-                limit,
-                occupied: raw.busy_slots,
-            }),
+            parallelism: self.config.parallelism.map(|limit| Slots { limit, occupied: raw.busy_slots }),
             ignore_pause: self.config.ignore_pause,
             next_dag_due: raw.next_dag_due,
         })
     }
 }
 
-async fn changed(
-    watcher: &mut Option<Box<dyn updraft_store::ChangeWatcher>>,
-) -> Result<(), StoreError> {
+async fn changed(watcher: &mut Option<Box<dyn updraft_store::ChangeWatcher>>) -> Result<(), StoreError> {
     match watcher {
         Some(watcher) => watcher.changed().await,
         None => std::future::pending().await,

@@ -30,9 +30,7 @@ impl Engine {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
         }
-        let store = updraft_store::open("sqlite://state/updraft.db", dir.path())
-            .await
-            .unwrap();
+        let store = updraft_store::open("sqlite://state/updraft.db", dir.path()).await.unwrap();
         let definitions = Arc::new(DefinitionCache::default());
         let process = store
             .register_process(
@@ -49,13 +47,7 @@ impl Engine {
         let (stop, stopped) = watch::channel(false);
         let wake_scheduler = Arc::new(Notify::new());
         let wake_runner = Arc::new(Notify::new());
-        let sync = DagSync::new(
-            dir.path().join("dags"),
-            None,
-            store.clone(),
-            definitions.clone(),
-            false,
-        );
+        let sync = DagSync::new(dir.path().join("dags"), None, store.clone(), definitions.clone(), false);
         let scheduler = Scheduler::new(
             store.clone(),
             SchedulerConfig {
@@ -65,6 +57,7 @@ impl Engine {
                 ignore_pause: false,
                 dag_sync_interval: Duration::from_secs(3600),
                 actor: "scheduler".into(),
+                ticked: None,
             },
             definitions.clone(),
             clock.clone(),
@@ -95,23 +88,13 @@ impl Engine {
             tokio::spawn(async move { scheduler.run(scheduler_stop).await.unwrap() }),
             tokio::spawn(runner.run(stopped)),
         ];
-        Engine {
-            store,
-            dir,
-            definitions,
-            stop,
-            tasks,
-        }
+        Engine { store, dir, definitions, stop, tasks }
     }
 
     async fn trigger(&self, dag_id: &str, run_id: &str, conf: &str) -> i64 {
         let dag_row = self.store.get_dag(dag_id).await.unwrap().unwrap();
         let version = updraft_core::plan::DagVersion(dag_row.latest_version);
-        let dag = self
-            .definitions
-            .get(self.store.as_ref(), dag_id, &version)
-            .await
-            .unwrap();
+        let dag = self.definitions.get(self.store.as_ref(), dag_id, &version).await.unwrap();
         let now = Timestamp::now();
         let run = NewRun {
             interval: dag.timetable().manual_interval(now),
@@ -124,11 +107,7 @@ impl Engine {
             owner_process: None,
             with_retries: true,
         };
-        self.store
-            .create_run(&run, "test", now)
-            .await
-            .unwrap()
-            .unwrap()
+        self.store.create_run(&run, "test", now).await.unwrap().unwrap()
     }
 
     /// Polls until the run finishes, with a deadline.
@@ -138,12 +117,7 @@ impl Engine {
             let run = self.store.get_run_by_pk(run_pk).await.unwrap().unwrap();
             if run.state.is_finished() {
                 let tis = self.store.task_instances(run_pk).await.unwrap();
-                return (
-                    run.state,
-                    tis.into_iter()
-                        .map(|ti| (ti.task_id, ti.state, ti.try_number))
-                        .collect(),
-                );
+                return (run.state, tis.into_iter().map(|ti| (ti.task_id, ti.state, ti.try_number)).collect());
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -157,10 +131,7 @@ impl Engine {
     async fn stop(self) -> tempfile::TempDir {
         self.stop.send(true).unwrap();
         for task in self.tasks {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("engine stops")
-                .unwrap();
+            tokio::time::timeout(Duration::from_secs(20), task).await.expect("engine stops").unwrap();
         }
         self.dir
     }
@@ -171,9 +142,7 @@ impl Engine {
 }
 
 fn states(tis: &[(String, TaskState, u32)]) -> Vec<String> {
-    tis.iter()
-        .map(|(id, state, tries)| format!("{id}={state}/{tries}"))
-        .collect()
+    tis.iter().map(|(id, state, tries)| format!("{id}={state}/{tries}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,15 +157,9 @@ async fn chain_with_failure_skip_and_cleanup() {
   cleanup: {shell: 'rm out.txt', depends_on: [never, after_skip], trigger_rule: all_done}
 ";
     let engine = Engine::start(&[("flow.yaml", dag)], Arc::new(SystemClock)).await;
-    let run = engine
-        .trigger("flow", "r1", r#"{"market": "KOSDAQ"}"#)
-        .await;
+    let run = engine.trigger("flow", "r1", r#"{"market": "KOSDAQ"}"#).await;
     let (state, tis) = engine.wait(run).await;
-    assert_eq!(
-        state,
-        RunState::Success,
-        "the only leaf, cleanup, succeeded: {tis:?}"
-    );
+    assert_eq!(state, RunState::Success, "the only leaf, cleanup, succeeded: {tis:?}");
     assert_eq!(
         states(&tis),
         vec![
@@ -209,10 +172,7 @@ async fn chain_with_failure_skip_and_cleanup() {
             "cleanup=success/1",
         ]
     );
-    assert!(
-        !engine.path().join("dags/out.txt").exists(),
-        "tasks ran in the DAG's folder"
-    );
+    assert!(!engine.path().join("dags/out.txt").exists(), "tasks ran in the DAG's folder");
     let log = std::fs::read_to_string(engine.path().join("logs/flow/r1/boom/1.log")).unwrap();
     assert!(log.contains("exit code 3"), "{log}");
     engine.stop().await;
@@ -245,10 +205,7 @@ async fn exhausted_retries_fail_the_run() {
     let engine = Engine::start(&[("bad.yaml", dag)], Arc::new(SystemClock)).await;
     let run = engine.trigger("bad", "r1", "{}").await;
     let (state, tis) = engine.wait(run).await;
-    assert_eq!(
-        (state, states(&tis)),
-        (RunState::Failed, vec!["a=failed/2".to_string()])
-    );
+    assert_eq!((state, states(&tis)), (RunState::Failed, vec!["a=failed/2".to_string()]));
     engine.stop().await;
 }
 
@@ -267,11 +224,7 @@ async fn max_active_tasks_is_never_exceeded() {
     let (state, _) = engine.wait(run).await;
     assert_eq!(state, RunState::Success);
     let peaks = std::fs::read_to_string(engine.path().join("dags/peak")).unwrap();
-    let peak = peaks
-        .lines()
-        .map(|line| line.trim().parse::<u32>().unwrap())
-        .max()
-        .unwrap();
+    let peak = peaks.lines().map(|line| line.trim().parse::<u32>().unwrap()).max().unwrap();
     assert!(peak <= 3, "at most 3 at once, saw {peak}");
     assert!(peak >= 2, "tasks did run in parallel, saw {peak}");
     engine.stop().await;
@@ -294,20 +247,11 @@ async fn scheduled_runs_are_created_for_ended_intervals() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let intervals: Vec<DataInterval> = runs.iter().map(|run| run.interval).collect();
-    assert_eq!(
-        intervals[0].start,
-        "2024-06-03T00:00:00Z".parse::<Timestamp>().unwrap()
-    );
-    assert_eq!(
-        intervals[2].end,
-        "2024-06-02T00:00:00Z".parse::<Timestamp>().unwrap()
-    );
+    assert_eq!(intervals[0].start, "2024-06-03T00:00:00Z".parse::<Timestamp>().unwrap());
+    assert_eq!(intervals[2].end, "2024-06-02T00:00:00Z".parse::<Timestamp>().unwrap());
     assert_eq!(runs[0].run_id, "scheduled__2024-06-03T00:00:00+00:00");
-    let mut days: Vec<String> = std::fs::read_to_string(engine.path().join("days"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let mut days: Vec<String> =
+        std::fs::read_to_string(engine.path().join("days")).unwrap().lines().map(str::to_string).collect();
     days.sort();
     assert_eq!(days, vec!["2024-06-01", "2024-06-02", "2024-06-03"]);
     engine.stop().await;
@@ -319,18 +263,12 @@ async fn clean_shutdown_interrupts_and_requeues_without_using_a_retry() {
     let engine = Engine::start(&[("slow.yaml", dag)], Arc::new(SystemClock)).await;
     let run = engine.trigger("slow", "r1", "{}").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while engine.store.task_instances(run).await.unwrap()[0]
-        .pid
-        .is_none()
-    {
+    while engine.store.task_instances(run).await.unwrap()[0].pid.is_none() {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let store = engine.store.clone();
     engine.stop().await;
     let ti = &store.task_instances(run).await.unwrap()[0];
-    assert_eq!(
-        (ti.state, ti.try_number, ti.max_tries),
-        (TaskState::Scheduled, 1, 1)
-    );
+    assert_eq!((ti.state, ti.try_number, ti.max_tries), (TaskState::Scheduled, 1, 1));
 }

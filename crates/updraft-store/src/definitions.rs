@@ -21,12 +21,7 @@ impl DefinitionCache {
         self.dags.lock().expect("cache lock").insert(key, dag);
     }
 
-    pub async fn get(
-        &self,
-        store: &dyn MetadataStore,
-        dag_id: &str,
-        version: &DagVersion,
-    ) -> Result<Arc<Dag>> {
+    pub async fn get(&self, store: &dyn MetadataStore, dag_id: &str, version: &DagVersion) -> Result<Arc<Dag>> {
         let key = (dag_id.to_string(), version.clone());
         if let Some(dag) = self.dags.lock().expect("cache lock").get(&key) {
             return Ok(dag.clone());
@@ -34,16 +29,12 @@ impl DefinitionCache {
         let definition = store
             .dag_definition(dag_id, &version.0)
             .await?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("DAG `{dag_id}` has no stored version `{version}`"))
-            })?;
-        let dag = Arc::new(Dag::from_json(&definition).map_err(|error| {
-            StoreError::Corrupt(format!("DAG `{dag_id}` version `{version}`: {error}"))
-        })?);
-        self.dags
-            .lock()
-            .expect("cache lock")
-            .insert(key, dag.clone());
+            .ok_or_else(|| StoreError::Corrupt(format!("DAG `{dag_id}` has no stored version `{version}`")))?;
+        let dag = Arc::new(
+            Dag::from_json(&definition)
+                .map_err(|error| StoreError::Corrupt(format!("DAG `{dag_id}` version `{version}`: {error}")))?,
+        );
+        self.dags.lock().expect("cache lock").insert(key, dag.clone());
         Ok(dag)
     }
 }

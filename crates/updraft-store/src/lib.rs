@@ -65,23 +65,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// scheduled and backfill runs, the logical date) is taken.
     async fn create_run(&self, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>>;
     /// Newest first.
-    async fn list_runs(
-        &self,
-        dag_id: &str,
-        state: Option<RunState>,
-        limit: u32,
-    ) -> Result<Vec<RunRow>>;
+    async fn list_runs(&self, dag_id: &str, state: Option<RunState>, limit: u32) -> Result<Vec<RunRow>>;
     async fn get_run(&self, dag_id: &str, run_id: &str) -> Result<Option<RunRow>>;
     async fn get_run_by_pk(&self, run_pk: i64) -> Result<Option<RunRow>>;
     async fn task_instances(&self, run_pk: i64) -> Result<Vec<TaskInstanceRow>>;
     async fn task_attempts(&self, ti_pk: i64) -> Result<Vec<AttemptRow>>;
     /// The run's transition log (or one task instance's), oldest first, after row `after_id`.
-    async fn transitions(
-        &self,
-        run_pk: i64,
-        ti_pk: Option<i64>,
-        after_id: i64,
-    ) -> Result<Vec<TransitionRow>>;
+    async fn transitions(&self, run_pk: i64, ti_pk: Option<i64>, after_id: i64) -> Result<Vec<TransitionRow>>;
 
     // Scheduling.
     async fn snapshot(&self, scope: Scope, now: Timestamp) -> Result<RawSnapshot>;

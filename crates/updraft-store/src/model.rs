@@ -35,14 +35,9 @@ impl ProcessKind {
     }
 
     pub fn parse(text: &str) -> Option<ProcessKind> {
-        [
-            ProcessKind::Standalone,
-            ProcessKind::Scheduler,
-            ProcessKind::Worker,
-            ProcessKind::Cli,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == text)
+        [ProcessKind::Standalone, ProcessKind::Scheduler, ProcessKind::Worker, ProcessKind::Cli]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
     }
 
     /// Whether processes of this kind run the scheduling loop.
@@ -69,13 +64,9 @@ impl ProcessState {
     }
 
     pub fn parse(text: &str) -> Option<ProcessState> {
-        [
-            ProcessState::Running,
-            ProcessState::Stopped,
-            ProcessState::Dead,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == text)
+        [ProcessState::Running, ProcessState::Stopped, ProcessState::Dead]
+            .into_iter()
+            .find(|state| state.as_str() == text)
     }
 }
 

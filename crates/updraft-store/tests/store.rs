@@ -24,23 +24,14 @@ fn dag(yaml: &str) -> (Arc<Dag>, DagVersion) {
 
 const CHAIN: &str = "dag: chain\ntasks:\n  a: {shell: 'true'}\n  b: {shell: 'true', depends_on: [a], priority: 5}\n  c: {shell: 'true', retries: 2}\n";
 
-fn new_run(
-    dag: &Arc<Dag>,
-    version: &DagVersion,
-    run_id: &str,
-    run_type: RunType,
-    at: &str,
-) -> NewRun {
+fn new_run(dag: &Arc<Dag>, version: &DagVersion, run_id: &str, run_type: RunType, at: &str) -> NewRun {
     NewRun {
         dag: dag.clone(),
         version: version.clone(),
         run_id: RunId::new(run_id).unwrap(),
         run_type,
         logical_date: ts(at),
-        interval: DataInterval {
-            start: ts(at),
-            end: ts(at),
-        },
+        interval: DataInterval { start: ts(at), end: ts(at) },
         conf: serde_json::Map::new(),
         owner_process: None,
         with_retries: true,
@@ -50,29 +41,15 @@ fn new_run(
 async fn dags_and_versions(store: Store) {
     let (chain, version) = dag(CHAIN);
     store
-        .upsert_dags(
-            &[DagUpsert {
-                dag: chain.clone(),
-                version: version.clone(),
-                paused_if_new: true,
-            }],
-            ts(NOW),
-        )
+        .upsert_dags(&[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: true }], ts(NOW))
         .await
         .unwrap();
     let row = store.get_dag("chain").await.unwrap().unwrap();
     assert!(row.is_paused && row.is_active);
     assert_eq!(row.latest_version, version.0);
     assert_eq!(row.next_due, Some(ts(NOW)), "a new DAG is due at once");
-    let definition = store
-        .dag_definition("chain", &version.0)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        Dag::from_json(&definition).unwrap().to_json(),
-        chain.to_json()
-    );
+    let definition = store.dag_definition("chain", &version.0).await.unwrap().unwrap();
+    assert_eq!(Dag::from_json(&definition).unwrap().to_json(), chain.to_json());
 
     // Re-recording the same version changes nothing, not even the due time.
     store
@@ -88,14 +65,7 @@ async fn dags_and_versions(store: Store) {
         .await
         .unwrap();
     store
-        .upsert_dags(
-            &[DagUpsert {
-                dag: chain.clone(),
-                version: version.clone(),
-                paused_if_new: false,
-            }],
-            ts(NOW),
-        )
+        .upsert_dags(&[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: false }], ts(NOW))
         .await
         .unwrap();
     let row = store.get_dag("chain").await.unwrap().unwrap();
@@ -106,14 +76,7 @@ async fn dags_and_versions(store: Store) {
     let (changed, changed_version) = dag(&CHAIN.replace("priority: 5", "priority: 6"));
     assert_ne!(changed_version, version);
     store
-        .upsert_dags(
-            &[DagUpsert {
-                dag: changed,
-                version: changed_version.clone(),
-                paused_if_new: false,
-            }],
-            ts(NOW),
-        )
+        .upsert_dags(&[DagUpsert { dag: changed, version: changed_version.clone(), paused_if_new: false }], ts(NOW))
         .await
         .unwrap();
     let row = store.get_dag("chain").await.unwrap().unwrap();
@@ -122,103 +85,50 @@ async fn dags_and_versions(store: Store) {
 
     assert!(store.set_paused("chain", false, ts(NOW)).await.unwrap());
     assert!(!store.set_paused("nope", false, ts(NOW)).await.unwrap());
-    store
-        .deactivate_dags(&["chain".to_string()], ts(NOW))
-        .await
-        .unwrap();
+    store.deactivate_dags(&["chain".to_string()], ts(NOW)).await.unwrap();
     let index = store.dag_index().await.unwrap();
     assert_eq!(index.len(), 1);
     assert!(!index[0].is_active);
 
     store
-        .replace_import_errors(
-            &[ImportError {
-                fileloc: "x.yaml".into(),
-                message: "x.yaml:1:1: bad".into(),
-            }],
-            ts(NOW),
-        )
+        .replace_import_errors(&[ImportError { fileloc: "x.yaml".into(), message: "x.yaml:1:1: bad".into() }], ts(NOW))
         .await
         .unwrap();
     store
-        .replace_import_errors(
-            &[ImportError {
-                fileloc: "y.yaml".into(),
-                message: "y.yaml:1:1: bad".into(),
-            }],
-            ts(NOW),
-        )
+        .replace_import_errors(&[ImportError { fileloc: "y.yaml".into(), message: "y.yaml:1:1: bad".into() }], ts(NOW))
         .await
         .unwrap();
     let errors = store.import_errors().await.unwrap();
-    assert_eq!(
-        errors
-            .iter()
-            .map(|e| e.fileloc.as_str())
-            .collect::<Vec<_>>(),
-        vec!["y.yaml"]
-    );
+    assert_eq!(errors.iter().map(|e| e.fileloc.as_str()).collect::<Vec<_>>(), vec!["y.yaml"]);
 }
 
 async fn runs_are_unique(store: Store) {
     let (chain, version) = dag(CHAIN);
-    let first = store
-        .create_run(
-            &new_run(&chain, &version, "manual__1", RunType::Manual, NOW),
-            "test",
-            ts(NOW),
-        )
-        .await
-        .unwrap();
+    let first =
+        store.create_run(&new_run(&chain, &version, "manual__1", RunType::Manual, NOW), "test", ts(NOW)).await.unwrap();
     assert!(first.is_some());
-    let again = store
-        .create_run(
-            &new_run(&chain, &version, "manual__1", RunType::Manual, NOW),
-            "test",
-            ts(NOW),
-        )
-        .await
-        .unwrap();
+    let again =
+        store.create_run(&new_run(&chain, &version, "manual__1", RunType::Manual, NOW), "test", ts(NOW)).await.unwrap();
     assert_eq!(again, None, "run ids are unique per DAG");
     // One scheduled or backfill run per logical date; manual runs may share it.
     let scheduled = store
-        .create_run(
-            &new_run(&chain, &version, "scheduled__x", RunType::Scheduled, NOW),
-            "test",
-            ts(NOW),
-        )
+        .create_run(&new_run(&chain, &version, "scheduled__x", RunType::Scheduled, NOW), "test", ts(NOW))
         .await
         .unwrap();
     assert!(scheduled.is_some());
     let backfill = store
-        .create_run(
-            &new_run(&chain, &version, "backfill__x", RunType::Backfill, NOW),
-            "test",
-            ts(NOW),
-        )
+        .create_run(&new_run(&chain, &version, "backfill__x", RunType::Backfill, NOW), "test", ts(NOW))
         .await
         .unwrap();
     assert_eq!(backfill, None);
     let tis = store.task_instances(first.unwrap()).await.unwrap();
     assert_eq!(
-        tis.iter()
-            .map(|ti| (ti.task_id.as_str(), ti.state, ti.max_tries))
-            .collect::<Vec<_>>(),
-        vec![
-            ("a", TaskState::None, 0),
-            ("b", TaskState::None, 0),
-            ("c", TaskState::None, 2),
-        ]
+        tis.iter().map(|ti| (ti.task_id.as_str(), ti.state, ti.max_tries)).collect::<Vec<_>>(),
+        vec![("a", TaskState::None, 0), ("b", TaskState::None, 0), ("c", TaskState::None, 2),]
     );
     let runs = store.list_runs("chain", None, 10).await.unwrap();
     assert_eq!(runs.len(), 2);
-    assert!(
-        store
-            .list_runs("chain", Some(RunState::Running), 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.list_runs("chain", Some(RunState::Running), 10).await.unwrap().is_empty());
     let run = store.get_run("chain", "manual__1").await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Queued);
     assert_eq!(run.version, version);
@@ -227,182 +137,75 @@ async fn runs_are_unique(store: Store) {
 async fn apply_is_compare_and_set(store: Store) {
     let (chain, version) = dag(CHAIN);
     let run_pk = store
-        .create_run(
-            &new_run(&chain, &version, "r", RunType::Manual, NOW),
-            "test",
-            ts(NOW),
-        )
+        .create_run(&new_run(&chain, &version, "r", RunType::Manual, NOW), "test", ts(NOW))
         .await
         .unwrap()
         .unwrap();
     let a = store.task_instances(run_pk).await.unwrap()[0].ti_pk;
     let actions = vec![
         Action::StartRun { run_pk },
-        Action::SetTaskState {
-            ti_pk: a,
-            from: TaskState::None,
-            to: TaskState::Scheduled,
-        },
-        Action::SetTaskState {
-            ti_pk: a,
-            from: TaskState::Scheduled,
-            to: TaskState::Queued,
-        },
+        Action::SetTaskState { ti_pk: a, from: TaskState::None, to: TaskState::Scheduled },
+        Action::SetTaskState { ti_pk: a, from: TaskState::Scheduled, to: TaskState::Queued },
     ];
     let report = store.apply(&actions, "scheduler:1", ts(NOW)).await.unwrap();
-    assert_eq!(
-        report,
-        ApplyReport {
-            tasks_queued: 1,
-            ..ApplyReport::default()
-        }
-    );
+    assert_eq!(report, ApplyReport { tasks_queued: 1, ..ApplyReport::default() });
     // The same plan again, as a second scheduler with a stale snapshot would apply it.
     let report = store.apply(&actions, "scheduler:2", ts(NOW)).await.unwrap();
     assert_eq!(report.conflicts, 3);
     assert_eq!(report.tasks_queued, 0);
     // A run with unfinished tasks cannot finish.
-    let report = store
-        .apply(
-            &[Action::FinishRun {
-                run_pk,
-                state: RunState::Success,
-            }],
-            "s",
-            ts(NOW),
-        )
-        .await
-        .unwrap();
+    let report = store.apply(&[Action::FinishRun { run_pk, state: RunState::Success }], "s", ts(NOW)).await.unwrap();
     assert_eq!(report.conflicts, 1);
     // Illegal moves are refused outright.
     let error = store
-        .apply(
-            &[Action::SetTaskState {
-                ti_pk: a,
-                from: TaskState::Success,
-                to: TaskState::Running,
-            }],
-            "s",
-            ts(NOW),
-        )
+        .apply(&[Action::SetTaskState { ti_pk: a, from: TaskState::Success, to: TaskState::Running }], "s", ts(NOW))
         .await
         .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "illegal state change `success` -> `running`"
-    );
+    assert_eq!(error.to_string(), "illegal state change `success` -> `running`");
     let transitions = store.transitions(run_pk, Some(a), 0).await.unwrap();
     let moves: Vec<String> = transitions
         .iter()
-        .map(|t| {
-            format!(
-                "{}->{} by {}",
-                t.from_state.clone().unwrap_or_default(),
-                t.to_state,
-                t.actor
-            )
-        })
+        .map(|t| format!("{}->{} by {}", t.from_state.clone().unwrap_or_default(), t.to_state, t.actor))
         .collect();
-    assert_eq!(
-        moves,
-        vec![
-            "none->scheduled by scheduler:1",
-            "scheduled->queued by scheduler:1"
-        ]
-    );
+    assert_eq!(moves, vec!["none->scheduled by scheduler:1", "scheduled->queued by scheduler:1"]);
 }
 
 async fn claim_and_finish(store: Store) {
     let (chain, version) = dag(CHAIN);
     let run_pk = store
-        .create_run(
-            &new_run(&chain, &version, "r", RunType::Manual, NOW),
-            "test",
-            ts(NOW),
-        )
+        .create_run(&new_run(&chain, &version, "r", RunType::Manual, NOW), "test", ts(NOW))
         .await
         .unwrap()
         .unwrap();
     let tis = store.task_instances(run_pk).await.unwrap();
     let mut actions = vec![Action::StartRun { run_pk }];
     for ti in &tis {
-        actions.push(Action::SetTaskState {
-            ti_pk: ti.ti_pk,
-            from: TaskState::None,
-            to: TaskState::Scheduled,
-        });
-        actions.push(Action::SetTaskState {
-            ti_pk: ti.ti_pk,
-            from: TaskState::Scheduled,
-            to: TaskState::Queued,
-        });
+        actions.push(Action::SetTaskState { ti_pk: ti.ti_pk, from: TaskState::None, to: TaskState::Scheduled });
+        actions.push(Action::SetTaskState { ti_pk: ti.ti_pk, from: TaskState::Scheduled, to: TaskState::Queued });
     }
     store.apply(&actions, "s", ts(NOW)).await.unwrap();
     let process = store
         .register_process(
-            &NewProcess {
-                kind: ProcessKind::Standalone,
-                hostname: "h".into(),
-                pid: 1,
-                pid_start: None,
-            },
+            &NewProcess { kind: ProcessKind::Standalone, hostname: "h".into(), pid: 1, pid_start: None },
             ts(NOW),
         )
         .await
         .unwrap();
 
     // Highest priority first, and never more than asked for.
-    let claimed = store
-        .claim(Scope::All, process, "h", 2, ts(NOW))
-        .await
-        .unwrap();
-    assert_eq!(
-        claimed
-            .iter()
-            .map(|c| c.task_id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["b", "a"]
-    );
+    let claimed = store.claim(Scope::All, process, "h", 2, ts(NOW)).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
     assert!(claimed.iter().all(|c| c.try_number == 1 && c.run_id == "r"));
-    let rest = store
-        .claim(Scope::All, process, "h", 10, ts(NOW))
-        .await
-        .unwrap();
+    let rest = store.claim(Scope::All, process, "h", 10, ts(NOW)).await.unwrap();
     assert_eq!(rest.len(), 1);
-    assert!(
-        store
-            .claim(Scope::All, process, "h", 10, ts(NOW))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.claim(Scope::All, process, "h", 10, ts(NOW)).await.unwrap().is_empty());
 
     let b = &claimed[0];
-    assert!(
-        store
-            .record_attempt_process(b.ti_pk, 1, 4242, Some(7), "/logs/b/1.log")
-            .await
-            .unwrap()
-    );
-    let end = AttemptEnd {
-        state: TaskState::Success,
-        retry_at: None,
-        exit_code: Some(0),
-        reason: None,
-    };
-    assert!(
-        store
-            .finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW))
-            .await
-            .unwrap()
-    );
+    assert!(store.record_attempt_process(b.ti_pk, 1, 4242, Some(7), "/logs/b/1.log").await.unwrap());
+    let end = AttemptEnd { state: TaskState::Success, retry_at: None, exit_code: Some(0), reason: None };
+    assert!(store.finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW)).await.unwrap());
     // A second report of the same attempt, or one from an older try, changes nothing.
-    assert!(
-        !store
-            .finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW))
-            .await
-            .unwrap()
-    );
+    assert!(!store.finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW)).await.unwrap());
 
     let c = &rest[0];
     let retry = AttemptEnd {
@@ -411,113 +214,50 @@ async fn claim_and_finish(store: Store) {
         exit_code: Some(1),
         reason: None,
     };
-    assert!(
-        store
-            .finish_attempt(c.ti_pk, 1, &retry, "runner", ts(NOW))
-            .await
-            .unwrap()
-    );
+    assert!(store.finish_attempt(c.ti_pk, 1, &retry, "runner", ts(NOW)).await.unwrap());
     let attempts = store.task_attempts(b.ti_pk).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(
-        (
-            attempts[0].state,
-            attempts[0].pid,
-            attempts[0].log_path.as_deref()
-        ),
+        (attempts[0].state, attempts[0].pid, attempts[0].log_path.as_deref()),
         (TaskState::Success, Some(4242), Some("/logs/b/1.log"))
     );
 
     // An attempt interrupted by a clean shutdown goes back without using up a retry.
     let a = &claimed[1];
     let running = store.running_attempts(process).await.unwrap();
-    assert_eq!(
-        running
-            .iter()
-            .map(|r| r.task_id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["a"]
-    );
-    let interrupted = AttemptEnd {
-        state: TaskState::Scheduled,
-        retry_at: None,
-        exit_code: None,
-        reason: Some("shutdown".into()),
-    };
-    assert!(
-        store
-            .finish_attempt(a.ti_pk, 1, &interrupted, "runner", ts(NOW))
-            .await
-            .unwrap()
-    );
+    assert_eq!(running.iter().map(|r| r.task_id.as_str()).collect::<Vec<_>>(), vec!["a"]);
+    let interrupted =
+        AttemptEnd { state: TaskState::Scheduled, retry_at: None, exit_code: None, reason: Some("shutdown".into()) };
+    assert!(store.finish_attempt(a.ti_pk, 1, &interrupted, "runner", ts(NOW)).await.unwrap());
     let tis = store.task_instances(run_pk).await.unwrap();
     let a_row = tis.iter().find(|ti| ti.task_id == "a").unwrap();
-    assert_eq!(
-        (a_row.state, a_row.try_number, a_row.max_tries),
-        (TaskState::Scheduled, 1, 1)
-    );
+    assert_eq!((a_row.state, a_row.try_number, a_row.max_tries), (TaskState::Scheduled, 1, 1));
     let c_row = tis.iter().find(|ti| ti.task_id == "c").unwrap();
-    assert_eq!(
-        (c_row.state, c_row.retry_at),
-        (TaskState::UpForRetry, Some(ts("2024-06-01T13:00:00Z")))
-    );
+    assert_eq!((c_row.state, c_row.retry_at), (TaskState::UpForRetry, Some(ts("2024-06-01T13:00:00Z"))));
 }
 
 async fn snapshots_and_scopes(store: Store) {
     let (chain, version) = dag(CHAIN);
     store
-        .upsert_dags(
-            &[DagUpsert {
-                dag: chain.clone(),
-                version: version.clone(),
-                paused_if_new: false,
-            }],
-            ts(NOW),
-        )
+        .upsert_dags(&[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: false }], ts(NOW))
         .await
         .unwrap();
-    let manual = store
-        .create_run(
-            &new_run(&chain, &version, "m", RunType::Manual, NOW),
-            "t",
-            ts(NOW),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let manual =
+        store.create_run(&new_run(&chain, &version, "m", RunType::Manual, NOW), "t", ts(NOW)).await.unwrap().unwrap();
     let mut test_run = new_run(&chain, &version, "t", RunType::Test, NOW);
     test_run.owner_process = Some(99);
-    let test = store
-        .create_run(&test_run, "t", ts(NOW))
-        .await
-        .unwrap()
-        .unwrap();
+    let test = store.create_run(&test_run, "t", ts(NOW)).await.unwrap().unwrap();
 
     let all = store.snapshot(Scope::All, ts(NOW)).await.unwrap();
-    assert_eq!(
-        all.runs.iter().map(|r| r.run_pk).collect::<Vec<_>>(),
-        vec![manual]
-    );
+    assert_eq!(all.runs.iter().map(|r| r.run_pk).collect::<Vec<_>>(), vec![manual]);
     assert_eq!(all.task_instances.len(), 3);
+    assert_eq!(all.dags.iter().map(|d| d.dag_id.as_str()).collect::<Vec<_>>(), vec!["chain"]);
     assert_eq!(
-        all.dags
-            .iter()
-            .map(|d| d.dag_id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["chain"]
-    );
-    assert_eq!(
-        all.pools
-            .iter()
-            .map(|p| (p.name.as_str(), p.slots, p.occupied))
-            .collect::<Vec<_>>(),
+        all.pools.iter().map(|p| (p.name.as_str(), p.slots, p.occupied)).collect::<Vec<_>>(),
         vec![("default", 128, 0)]
     );
     let one = store.snapshot(Scope::Run(test), ts(NOW)).await.unwrap();
-    assert_eq!(
-        one.runs.iter().map(|r| r.run_pk).collect::<Vec<_>>(),
-        vec![test]
-    );
+    assert_eq!(one.runs.iter().map(|r| r.run_pk).collect::<Vec<_>>(), vec![test]);
     assert_eq!(one.task_instances.len(), 3);
 
     // Due DAGs appear; ones due later give the wake-up time.
@@ -537,21 +277,12 @@ async fn snapshots_and_scopes(store: Store) {
     assert_eq!(later.next_dag_due, Some(ts("2024-06-02T00:00:00Z")));
 
     assert_eq!(store.fail_owned_runs(99, ts(NOW)).await.unwrap(), 1);
-    assert_eq!(
-        store.get_run_by_pk(test).await.unwrap().unwrap().state,
-        RunState::Failed
-    );
+    assert_eq!(store.get_run_by_pk(test).await.unwrap().unwrap().state, RunState::Failed);
 
     store.set_pool("api", 3, "public API").await.unwrap();
     store.set_pool("api", 4, "public API").await.unwrap();
     assert_eq!(
-        store
-            .pools()
-            .await
-            .unwrap()
-            .iter()
-            .map(|p| (p.name.as_str(), p.slots))
-            .collect::<Vec<_>>(),
+        store.pools().await.unwrap().iter().map(|p| (p.name.as_str(), p.slots)).collect::<Vec<_>>(),
         vec![("api", 4), ("default", 128)]
     );
     assert!(store.delete_pool("api").await.unwrap());
@@ -561,43 +292,17 @@ async fn snapshots_and_scopes(store: Store) {
 async fn processes(store: Store) {
     let id = store
         .register_process(
-            &NewProcess {
-                kind: ProcessKind::Scheduler,
-                hostname: "h".into(),
-                pid: 10,
-                pid_start: Some(5),
-            },
+            &NewProcess { kind: ProcessKind::Scheduler, hostname: "h".into(), pid: 10, pid_start: Some(5) },
             ts(NOW),
         )
         .await
         .unwrap();
-    assert!(
-        store
-            .heartbeat(id, ts("2024-06-01T12:00:05Z"))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .set_process_state(id, ProcessState::Running, ProcessState::Dead, ts(NOW))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .set_process_state(id, ProcessState::Running, ProcessState::Dead, ts(NOW))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store.heartbeat(id, ts(NOW)).await.unwrap(),
-        "a dead process learns it from its heartbeat"
-    );
+    assert!(store.heartbeat(id, ts("2024-06-01T12:00:05Z")).await.unwrap());
+    assert!(store.set_process_state(id, ProcessState::Running, ProcessState::Dead, ts(NOW)).await.unwrap());
+    assert!(!store.set_process_state(id, ProcessState::Running, ProcessState::Dead, ts(NOW)).await.unwrap());
+    assert!(!store.heartbeat(id, ts(NOW)).await.unwrap(), "a dead process learns it from its heartbeat");
     let rows = store.processes(Some(ProcessState::Dead)).await.unwrap();
-    assert_eq!(
-        (rows[0].pid, rows[0].pid_start, rows[0].heartbeat_at),
-        (10, Some(5), ts("2024-06-01T12:00:05Z"))
-    );
+    assert_eq!((rows[0].pid, rows[0].pid_start, rows[0].heartbeat_at), (10, Some(5), ts("2024-06-01T12:00:05Z")));
 }
 
 mod sqlite {
@@ -605,9 +310,7 @@ mod sqlite {
 
     async fn store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = updraft_store::open("sqlite://state/updraft.db", dir.path())
-            .await
-            .unwrap();
+        let store = updraft_store::open("sqlite://state/updraft.db", dir.path()).await.unwrap();
         (store, dir)
     }
 
@@ -634,21 +337,9 @@ mod sqlite {
     async fn reopening_keeps_data_and_skips_migration() {
         let (store, dir) = store().await;
         let (chain, version) = dag(CHAIN);
-        store
-            .upsert_dags(
-                &[DagUpsert {
-                    dag: chain,
-                    version,
-                    paused_if_new: false,
-                }],
-                ts(NOW),
-            )
-            .await
-            .unwrap();
+        store.upsert_dags(&[DagUpsert { dag: chain, version, paused_if_new: false }], ts(NOW)).await.unwrap();
         drop(store);
-        let again = updraft_store::open("sqlite://state/updraft.db", dir.path())
-            .await
-            .unwrap();
+        let again = updraft_store::open("sqlite://state/updraft.db", dir.path()).await.unwrap();
         assert_eq!(again.list_dags().await.unwrap().len(), 1);
         assert!(dir.path().join("state/updraft.db").exists());
     }
@@ -657,21 +348,9 @@ mod sqlite {
     async fn another_connection_wakes_the_watcher() {
         let (store, dir) = store().await;
         let mut watcher = store.change_watcher().await.unwrap();
-        let other = updraft_store::open("sqlite://state/updraft.db", dir.path())
-            .await
-            .unwrap();
+        let other = updraft_store::open("sqlite://state/updraft.db", dir.path()).await.unwrap();
         let (chain, version) = dag(CHAIN);
-        other
-            .upsert_dags(
-                &[DagUpsert {
-                    dag: chain,
-                    version,
-                    paused_if_new: false,
-                }],
-                ts(NOW),
-            )
-            .await
-            .unwrap();
+        other.upsert_dags(&[DagUpsert { dag: chain, version, paused_if_new: false }], ts(NOW)).await.unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), watcher.changed())
             .await
             .expect("watcher woke")
@@ -681,21 +360,12 @@ mod sqlite {
     #[tokio::test]
     async fn bad_urls_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let error = updraft_store::open("mysql://x", dir.path())
-            .await
-            .err()
-            .unwrap();
+        let error = updraft_store::open("mysql://x", dir.path()).await.err().unwrap();
         assert_eq!(
             error.to_string(),
             "unsupported database URL `mysql://x`: expected `sqlite://<path>` or `sqlite::memory:`"
         );
-        let error = updraft_store::open("postgres://me:secret@db/x", dir.path())
-            .await
-            .err()
-            .unwrap();
-        assert!(
-            error.to_string().contains("postgres://me:***@db/x"),
-            "{error}"
-        );
+        let error = updraft_store::open("postgres://me:secret@db/x", dir.path()).await.err().unwrap();
+        assert!(error.to_string().contains("postgres://me:***@db/x"), "{error}");
     }
 }

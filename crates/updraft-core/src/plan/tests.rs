@@ -49,14 +49,7 @@ fn run(run_pk: i64, dag: &Arc<Dag>, state: RunState, states: &[TaskState]) -> Ru
 }
 
 fn snapshot(dags: Vec<DagEntry>, runs: Vec<RunEntry>) -> Snapshot {
-    Snapshot {
-        dags,
-        runs,
-        pools: None,
-        parallelism: None,
-        ignore_pause: false,
-        next_dag_due: None,
-    }
+    Snapshot { dags, runs, pools: None, parallelism: None, ignore_pause: false, next_dag_due: None }
 }
 
 fn entry(dag: &Arc<Dag>, paused: bool) -> DagEntry {
@@ -72,14 +65,10 @@ fn render(plan: &Plan) -> String {
     let mut out = String::new();
     for action in &plan.actions {
         let line = match action {
-            Action::CreateRun {
-                run_id, interval, ..
-            } => format!("create {run_id} [{} {})", interval.start, interval.end),
-            Action::SetDagSchedule {
-                last_automated,
-                next_due,
-                ..
-            } => format!(
+            Action::CreateRun { run_id, interval, .. } => {
+                format!("create {run_id} [{} {})", interval.start, interval.end)
+            }
+            Action::SetDagSchedule { last_automated, next_due, .. } => format!(
                 "schedule last={} due={}",
                 last_automated.map_or("-".to_string(), |i| i.start.to_string()),
                 next_due.map_or("-".to_string(), |t| t.to_string())
@@ -88,10 +77,7 @@ fn render(plan: &Plan) -> String {
             Action::FinishRun { run_pk, state } => format!("finish run {run_pk} {state}"),
             Action::SetTaskState { ti_pk, from, to } => format!("ti {ti_pk} {from} -> {to}"),
             Action::SetWaitReason { ti_pk, reason } => {
-                format!(
-                    "ti {ti_pk} reason {}",
-                    reason.as_ref().map_or("-".to_string(), |r| r.to_string())
-                )
+                format!("ti {ti_pk} reason {}", reason.as_ref().map_or("-".to_string(), |r| r.to_string()))
             }
         };
         writeln!(out, "{line}").unwrap();
@@ -140,12 +126,7 @@ fn failure_settles_the_whole_chain_at_once() {
     use TaskState::*;
     let mut cleanup = task("cleanup", &["c"]);
     cleanup.trigger_rule = TriggerRule::AllDone;
-    let d = dag(vec![
-        task("a", &[]),
-        task("b", &["a"]),
-        task("c", &["b"]),
-        cleanup,
-    ]);
+    let d = dag(vec![task("a", &[]), task("b", &["a"]), task("c", &["b"]), cleanup]);
     insta::assert_snapshot!(run_plan(
         snapshot(vec![entry(&d, false)], vec![run(1, &d, RunState::Running, &[Failed, None, None, None])])), @"
             ti 101 none -> upstream_failed
@@ -168,12 +149,7 @@ fn skip_propagates() {
     use TaskState::*;
     let mut join = task("join", &["b", "c"]);
     join.trigger_rule = TriggerRule::NoneFailed;
-    let d = dag(vec![
-        task("a", &[]),
-        task("b", &["a"]),
-        task("c", &["a"]),
-        join,
-    ]);
+    let d = dag(vec![task("a", &[]), task("b", &["a"]), task("c", &["a"]), join]);
     insta::assert_snapshot!(run_plan(
         snapshot(vec![entry(&d, false)], vec![run(1, &d, RunState::Running, &[Skipped, None, None, None])])), @"
             ti 101 none -> skipped
@@ -214,12 +190,7 @@ fn limits_hold_tasks_in_priority_order() {
     let d = Arc::new(Dag::new(spec).unwrap());
     let mut snap = snapshot(
         vec![entry(&d, false)],
-        vec![run(
-            1,
-            &d,
-            RunState::Running,
-            &[Scheduled, Scheduled, Scheduled, Scheduled],
-        )],
+        vec![run(1, &d, RunState::Running, &[Scheduled, Scheduled, Scheduled, Scheduled])],
     );
     insta::assert_snapshot!(run_plan(
         snap.clone()), @"
@@ -228,17 +199,8 @@ fn limits_hold_tasks_in_priority_order() {
             ti 101 reason the run already has 2 task(s) queued or running (`max_active_tasks: 2`)
             ti 103 reason the run already has 2 task(s) queued or running (`max_active_tasks: 2`)
             ");
-    snap.pools = Some(HashMap::from([(
-        "default".to_string(),
-        Slots {
-            limit: 1,
-            occupied: 0,
-        },
-    )]));
-    snap.parallelism = Some(Slots {
-        limit: 10,
-        occupied: 0,
-    });
+    snap.pools = Some(HashMap::from([("default".to_string(), Slots { limit: 1, occupied: 0 })]));
+    snap.parallelism = Some(Slots { limit: 10, occupied: 0 });
     insta::assert_snapshot!(run_plan(
         snap.clone()), @"
             ti 102 scheduled -> queued
@@ -247,10 +209,7 @@ fn limits_hold_tasks_in_priority_order() {
             ti 103 reason pool `small` does not exist; create it with `updraft pools set small <slots>`
             ");
     snap.pools = Option::None;
-    snap.parallelism = Some(Slots {
-        limit: 3,
-        occupied: 2,
-    });
+    snap.parallelism = Some(Slots { limit: 3, occupied: 2 });
     insta::assert_snapshot!(run_plan(
         snap), @"
             ti 102 scheduled -> queued
@@ -265,12 +224,7 @@ fn recorded_reasons_are_not_rewritten() {
     use TaskState::*;
     let d = dag(vec![task("a", &[]), task("b", &["a"])]);
     let mut r = run(1, &d, RunState::Running, &[Running, None]);
-    r.task_instances[1].wait_reason = Some(
-        WaitReason::Upstream {
-            rule: TriggerRule::AllSuccess,
-        }
-        .to_json(),
-    );
+    r.task_instances[1].wait_reason = Some(WaitReason::Upstream { rule: TriggerRule::AllSuccess }.to_json());
     insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![r])), @"");
 }
 
@@ -283,10 +237,7 @@ fn paused_dags_hold_their_runs() {
             ti 200 reason the DAG is paused; unpause it to continue
             ti 100 reason the DAG is paused; unpause it to continue
             ");
-    let mut snap = snapshot(
-        vec![entry(&d, true)],
-        vec![run(1, &d, RunState::Queued, &[None])],
-    );
+    let mut snap = snapshot(vec![entry(&d, true)], vec![run(1, &d, RunState::Queued, &[None])]);
     snap.ignore_pause = true;
     insta::assert_snapshot!(run_plan(
         snap), @"
@@ -324,13 +275,7 @@ fn scheduled_dag(schedule: &str, catchup: bool, max_active_runs: u32) -> Arc<Dag
 }
 
 fn due(dag: &Arc<Dag>, last: Option<DataInterval>) -> DagEntry {
-    DagEntry {
-        due: Some(DueDag {
-            last_automated: last,
-            next_due: ts("2024-06-01T00:00:00Z"),
-        }),
-        ..entry(dag, false)
-    }
+    DagEntry { due: Some(DueDag { last_automated: last, next_due: ts("2024-06-01T00:00:00Z") }), ..entry(dag, false) }
 }
 
 #[test]
@@ -380,10 +325,7 @@ fn retry_delay_is_respected_across_restarts() {
     let mut r = run(1, &d, RunState::Running, &[UpForRetry]);
     r.task_instances[0].retry_at = Some(ts("2024-06-01T12:30:00Z"));
     let first = plan(&snapshot(vec![entry(&d, false)], vec![r.clone()]), ts(NOW));
-    let later = plan(
-        &snapshot(vec![entry(&d, false)], vec![r]),
-        ts("2024-06-01T12:29:00Z"),
-    );
+    let later = plan(&snapshot(vec![entry(&d, false)], vec![r]), ts("2024-06-01T12:29:00Z"));
     assert_eq!(first.wake_at, later.wake_at);
     assert_eq!(first.wake_at, Some(ts("2024-06-01T12:30:00Z")));
 }

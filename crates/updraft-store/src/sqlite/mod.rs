@@ -14,9 +14,7 @@ use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection};
 use updraft_core::plan::{Action, DagVersion, RunType};
 use updraft_core::state::{check_run_transition, check_task_transition};
@@ -41,51 +39,32 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// `url`: `sqlite://<path>` (relative to `base`) or `sqlite::memory:`.
     pub async fn open(url: &str, base: &Path) -> Result<SqliteStore> {
-        let (options, location, in_memory) =
-            if url == "sqlite::memory:" || url == "sqlite://:memory:" {
-                (
-                    SqliteConnectOptions::new().in_memory(true),
-                    ":memory:".to_string(),
-                    true,
-                )
-            } else if let Some(path) = url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-            {
-                let path = path.split('?').next().unwrap_or(path);
-                if path.is_empty() {
-                    return Err(StoreError::UnsupportedUrl(url.to_string()));
-                }
-                let path = base.join(path);
-                if let Some(parent) = path.parent()
-                    && !parent.as_os_str().is_empty()
-                {
-                    std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateFolder {
-                        path: parent.display().to_string(),
-                        source,
-                    })?;
-                }
-                let location = path.display().to_string();
-                (
-                    SqliteConnectOptions::new()
-                        .filename(&path)
-                        .create_if_missing(true),
-                    location,
-                    false,
-                )
-            } else {
+        let (options, location, in_memory) = if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+            (SqliteConnectOptions::new().in_memory(true), ":memory:".to_string(), true)
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() {
                 return Err(StoreError::UnsupportedUrl(url.to_string()));
-            };
+            }
+            let path = base.join(path);
+            if let Some(parent) = path.parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent)
+                    .map_err(|source| StoreError::CreateFolder { path: parent.display().to_string(), source })?;
+            }
+            let location = path.display().to_string();
+            (SqliteConnectOptions::new().filename(&path).create_if_missing(true), location, false)
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(StdDuration::from_secs(30))
             .foreign_keys(true)
             .pragma("temp_store", "memory");
-        let open_error = |source| StoreError::Open {
-            location: location.clone(),
-            source,
-        };
+        let open_error = |source| StoreError::Open { location: location.clone(), source };
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -104,13 +83,7 @@ impl SqliteStore {
                 .await
                 .map_err(open_error)?
         };
-        let store = SqliteStore {
-            write,
-            read,
-            options,
-            location,
-            in_memory,
-        };
+        let store = SqliteStore { write, read, options, location, in_memory };
         store.migrate().await?;
         Ok(store)
     }
@@ -118,14 +91,8 @@ impl SqliteStore {
     /// Applies pending migrations. The schema version is mirrored in `user_version`
     /// so an up-to-date database is recognised with one read, without a write lock.
     async fn migrate(&self) -> Result<()> {
-        let latest = MIGRATOR
-            .iter()
-            .map(|migration| migration.version)
-            .max()
-            .unwrap_or(0);
-        let current: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&self.read)
-            .await?;
+        let latest = MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
+        let current: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&self.read).await?;
         if current == latest {
             return Ok(());
         }
@@ -143,9 +110,7 @@ impl SqliteStore {
             }
         }
         let pragma = format!("PRAGMA user_version = {latest}");
-        sqlx::query(sqlx::AssertSqlSafe(pragma))
-            .execute(&self.write)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(pragma)).execute(&self.write).await?;
         Ok(())
     }
 
@@ -164,11 +129,7 @@ struct Transition<'a> {
     detail: Option<&'a str>,
 }
 
-async fn insert_transition(
-    conn: &mut SqliteConnection,
-    transition: Transition<'_>,
-    now: Timestamp,
-) -> Result<()> {
+async fn insert_transition(conn: &mut SqliteConnection, transition: Transition<'_>, now: Timestamp) -> Result<()> {
     sqlx::query(
         "INSERT INTO state_transitions (run_pk, ti_pk, at, from_state, to_state, actor, detail)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -185,12 +146,7 @@ async fn insert_transition(
     Ok(())
 }
 
-async fn insert_run(
-    conn: &mut SqliteConnection,
-    run: &NewRun,
-    actor: &str,
-    now: Timestamp,
-) -> Result<Option<i64>> {
+async fn insert_run(conn: &mut SqliteConnection, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
     sqlx::query("INSERT INTO dag_versions (dag_id, version, definition, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
         .bind(run.dag.dag_id().as_str())
         .bind(&run.version.0)
@@ -222,11 +178,7 @@ async fn insert_run(
         return Ok(None);
     };
     for task in run.dag.tasks() {
-        let max_tries = if run.with_retries {
-            i64::from(task.retries)
-        } else {
-            0
-        };
+        let max_tries = if run.with_retries { i64::from(task.retries) } else { 0 };
         sqlx::query(
             "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, updated_at)
              VALUES ($1, $2, 'none', 0, $3, $4, $5, $6)",
@@ -243,14 +195,7 @@ async fn insert_run(
     let detail = format!("{} run created", run.run_type.as_str());
     insert_transition(
         conn,
-        Transition {
-            run_pk,
-            ti_pk: None,
-            from: None,
-            to: RunState::Queued.as_str(),
-            actor,
-            detail: Some(&detail),
-        },
+        Transition { run_pk, ti_pk: None, from: None, to: RunState::Queued.as_str(), actor, detail: Some(&detail) },
         now,
     )
     .await?;
@@ -283,13 +228,11 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn heartbeat(&self, process_id: i64, now: Timestamp) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE processes SET heartbeat_at = $2 WHERE id = $1 AND state = 'running'",
-        )
-        .bind(process_id)
-        .bind(to_db(now))
-        .execute(&self.write)
-        .await?;
+        let done = sqlx::query("UPDATE processes SET heartbeat_at = $2 WHERE id = $1 AND state = 'running'")
+            .bind(process_id)
+            .bind(to_db(now))
+            .execute(&self.write)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -300,13 +243,15 @@ impl MetadataStore for SqliteStore {
         to: ProcessState,
         now: Timestamp,
     ) -> Result<bool> {
-        let done = sqlx::query("UPDATE processes SET state = $3, heartbeat_at = MAX(heartbeat_at, $4) WHERE id = $1 AND state = $2")
-            .bind(process_id)
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(to_db(now))
-            .execute(&self.write)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE processes SET state = $3, heartbeat_at = MAX(heartbeat_at, $4) WHERE id = $1 AND state = $2",
+        )
+        .bind(process_id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(to_db(now))
+        .execute(&self.write)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -322,9 +267,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn dag_index(&self) -> Result<Vec<DagIndexRow>> {
-        let rows = sqlx::query("SELECT dag_id, latest_version, fileloc, is_active FROM dags")
-            .fetch_all(&self.read)
-            .await?;
+        let rows =
+            sqlx::query("SELECT dag_id, latest_version, fileloc, is_active FROM dags").fetch_all(&self.read).await?;
         rows.iter()
             .map(|row| {
                 Ok(DagIndexRow {
@@ -405,34 +349,24 @@ impl MetadataStore for SqliteStore {
 
     async fn replace_import_errors(&self, errors: &[ImportError], now: Timestamp) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM import_errors")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM import_errors").execute(&mut *tx).await?;
         for error in errors {
-            sqlx::query(
-                "INSERT INTO import_errors (fileloc, message, updated_at) VALUES ($1, $2, $3)",
-            )
-            .bind(&error.fileloc)
-            .bind(&error.message)
-            .bind(to_db(now))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("INSERT INTO import_errors (fileloc, message, updated_at) VALUES ($1, $2, $3)")
+                .bind(&error.fileloc)
+                .bind(&error.message)
+                .bind(to_db(now))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn import_errors(&self) -> Result<Vec<ImportError>> {
-        let rows = sqlx::query("SELECT fileloc, message FROM import_errors ORDER BY fileloc")
-            .fetch_all(&self.read)
-            .await?;
+        let rows =
+            sqlx::query("SELECT fileloc, message FROM import_errors ORDER BY fileloc").fetch_all(&self.read).await?;
         rows.iter()
-            .map(|row| {
-                Ok(ImportError {
-                    fileloc: row.try_get("fileloc")?,
-                    message: row.try_get("message")?,
-                })
-            })
+            .map(|row| Ok(ImportError { fileloc: row.try_get("fileloc")?, message: row.try_get("message")? }))
             .collect()
     }
 
@@ -442,10 +376,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn get_dag(&self, dag_id: &str) -> Result<Option<DagRow>> {
-        let row = sqlx::query(DAG_SELECT_ONE)
-            .bind(dag_id)
-            .fetch_optional(&self.read)
-            .await?;
+        let row = sqlx::query(DAG_SELECT_ONE).bind(dag_id).fetch_optional(&self.read).await?;
         row.as_ref().map(dag_row).transpose()
     }
 
@@ -460,13 +391,11 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn dag_definition(&self, dag_id: &str, version: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT definition FROM dag_versions WHERE dag_id = $1 AND version = $2",
-        )
-        .bind(dag_id)
-        .bind(version)
-        .fetch_optional(&self.read)
-        .await?)
+        Ok(sqlx::query_scalar("SELECT definition FROM dag_versions WHERE dag_id = $1 AND version = $2")
+            .bind(dag_id)
+            .bind(version)
+            .fetch_optional(&self.read)
+            .await?)
     }
 
     async fn create_run(&self, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
@@ -476,12 +405,7 @@ impl MetadataStore for SqliteStore {
         Ok(run_pk)
     }
 
-    async fn list_runs(
-        &self,
-        dag_id: &str,
-        state: Option<RunState>,
-        limit: u32,
-    ) -> Result<Vec<RunRow>> {
+    async fn list_runs(&self, dag_id: &str, state: Option<RunState>, limit: u32) -> Result<Vec<RunRow>> {
         let rows = sqlx::query(RUN_SELECT_BY_DAG)
             .bind(dag_id)
             .bind(state.map(RunState::as_str))
@@ -492,27 +416,17 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn get_run(&self, dag_id: &str, run_id: &str) -> Result<Option<RunRow>> {
-        let row = sqlx::query(RUN_SELECT_ONE)
-            .bind(dag_id)
-            .bind(run_id)
-            .fetch_optional(&self.read)
-            .await?;
+        let row = sqlx::query(RUN_SELECT_ONE).bind(dag_id).bind(run_id).fetch_optional(&self.read).await?;
         row.as_ref().map(run_row).transpose()
     }
 
     async fn get_run_by_pk(&self, run_pk: i64) -> Result<Option<RunRow>> {
-        let row = sqlx::query(RUN_SELECT_BY_PK)
-            .bind(run_pk)
-            .fetch_optional(&self.read)
-            .await?;
+        let row = sqlx::query(RUN_SELECT_BY_PK).bind(run_pk).fetch_optional(&self.read).await?;
         row.as_ref().map(run_row).transpose()
     }
 
     async fn task_instances(&self, run_pk: i64) -> Result<Vec<TaskInstanceRow>> {
-        let rows = sqlx::query(TI_SELECT_BY_RUN)
-            .bind(run_pk)
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(TI_SELECT_BY_RUN).bind(run_pk).fetch_all(&self.read).await?;
         rows.iter().map(ti_row).collect()
     }
 
@@ -527,12 +441,7 @@ impl MetadataStore for SqliteStore {
         rows.iter().map(attempt_row).collect()
     }
 
-    async fn transitions(
-        &self,
-        run_pk: i64,
-        ti_pk: Option<i64>,
-        after_id: i64,
-    ) -> Result<Vec<TransitionRow>> {
+    async fn transitions(&self, run_pk: i64, ti_pk: Option<i64>, after_id: i64) -> Result<Vec<TransitionRow>> {
         let rows = sqlx::query(
             "SELECT id, at, ti_pk, from_state, to_state, actor, detail FROM state_transitions
              WHERE run_pk = $1 AND ($2 IS NULL OR ti_pk = $2) AND id > $3 ORDER BY id",
@@ -563,31 +472,18 @@ impl MetadataStore for SqliteStore {
             Scope::All => {
                 let runs = sqlx::query(RUN_SELECT_ACTIVE).fetch_all(&mut *tx).await?;
                 let tis = sqlx::query(TI_SELECT_ACTIVE).fetch_all(&mut *tx).await?;
-                let dags = sqlx::query(DAG_SELECT_FOR_SCHEDULING)
-                    .bind(to_db(now))
-                    .fetch_all(&mut *tx)
-                    .await?;
+                let dags = sqlx::query(DAG_SELECT_FOR_SCHEDULING).bind(to_db(now)).fetch_all(&mut *tx).await?;
                 (runs, tis, dags)
             }
             Scope::Run(run_pk) => {
-                let runs = sqlx::query(RUN_SELECT_ACTIVE_ONE)
-                    .bind(run_pk)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let tis = sqlx::query(TI_SELECT_BY_RUN)
-                    .bind(run_pk)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let dags = sqlx::query(DAG_SELECT_FOR_RUN)
-                    .bind(run_pk)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                let runs = sqlx::query(RUN_SELECT_ACTIVE_ONE).bind(run_pk).fetch_all(&mut *tx).await?;
+                let tis = sqlx::query(TI_SELECT_BY_RUN).bind(run_pk).fetch_all(&mut *tx).await?;
+                let dags = sqlx::query(DAG_SELECT_FOR_RUN).bind(run_pk).fetch_all(&mut *tx).await?;
                 (runs, tis, dags)
             }
         };
-        let pool_rows = sqlx::query("SELECT name, slots, description FROM pools ORDER BY name")
-            .fetch_all(&mut *tx)
-            .await?;
+        let pool_rows =
+            sqlx::query("SELECT name, slots, description FROM pools ORDER BY name").fetch_all(&mut *tx).await?;
         let busy_rows = sqlx::query(
             "SELECT t.pool AS pool, COUNT(*) AS n, SUM(CASE WHEN r.run_type <> 'test' THEN 1 ELSE 0 END) AS n_runner
              FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
@@ -596,12 +492,12 @@ impl MetadataStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let next_dag_due: Option<i64> = match scope {
-            Scope::All => sqlx::query_scalar(
-                "SELECT MIN(next_due) FROM dags WHERE is_active AND NOT is_paused AND next_due > $1",
-            )
-            .bind(to_db(now))
-            .fetch_one(&mut *tx)
-            .await?,
+            Scope::All => {
+                sqlx::query_scalar("SELECT MIN(next_due) FROM dags WHERE is_active AND NOT is_paused AND next_due > $1")
+                    .bind(to_db(now))
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
             Scope::Run(_) => None,
         };
         tx.commit().await?;
@@ -646,12 +542,7 @@ impl MetadataStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         for action in actions {
             match action {
-                Action::CreateRun {
-                    dag,
-                    version,
-                    run_id,
-                    interval,
-                } => {
+                Action::CreateRun { dag, version, run_id, interval } => {
                     let run = NewRun {
                         dag: dag.clone(),
                         version: version.clone(),
@@ -668,11 +559,7 @@ impl MetadataStore for SqliteStore {
                         None => report.conflicts += 1,
                     }
                 }
-                Action::SetDagSchedule {
-                    dag_id,
-                    last_automated,
-                    next_due,
-                } => {
+                Action::SetDagSchedule { dag_id, last_automated, next_due } => {
                     sqlx::query(
                         "UPDATE dags SET last_automated_start = $2, last_automated_end = $3, next_due = $4
                          WHERE dag_id = $1",
@@ -686,11 +573,13 @@ impl MetadataStore for SqliteStore {
                 }
                 Action::StartRun { run_pk } => {
                     check_run_transition(RunState::Queued, RunState::Running)?;
-                    let done = sqlx::query("UPDATE dag_runs SET state = 'running', start_date = $2 WHERE id = $1 AND state = 'queued'")
-                        .bind(run_pk)
-                        .bind(to_db(now))
-                        .execute(&mut *tx)
-                        .await?;
+                    let done = sqlx::query(
+                        "UPDATE dag_runs SET state = 'running', start_date = $2 WHERE id = $1 AND state = 'queued'",
+                    )
+                    .bind(run_pk)
+                    .bind(to_db(now))
+                    .execute(&mut *tx)
+                    .await?;
                     if done.rows_affected() == 1 {
                         insert_transition(
                             &mut tx,
@@ -848,10 +737,7 @@ impl MetadataStore for SqliteStore {
             let try_number: i64 = row.try_get("try_number")?;
             let max_tries: i64 = row.try_get("max_tries")?;
             if let std::collections::hash_map::Entry::Vacant(e) = runs.entry(run_pk) {
-                let run = sqlx::query(RUN_SELECT_BY_PK)
-                    .bind(run_pk)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let run = sqlx::query(RUN_SELECT_BY_PK).bind(run_pk).fetch_one(&mut *tx).await?;
                 e.insert(run_row(&run)?);
             }
             let run = &runs[&run_pk];
@@ -917,15 +803,13 @@ impl MetadataStore for SqliteStore {
             .bind(pid_start.map(|start| start as i64))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE task_attempts SET pid = $3, log_path = $4 WHERE ti_pk = $1 AND try_number = $2",
-        )
-        .bind(ti_pk)
-        .bind(i64::from(try_number))
-        .bind(i64::from(pid))
-        .bind(log_path)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE task_attempts SET pid = $3, log_path = $4 WHERE ti_pk = $1 AND try_number = $2")
+            .bind(ti_pk)
+            .bind(i64::from(try_number))
+            .bind(i64::from(pid))
+            .bind(log_path)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
@@ -1019,9 +903,7 @@ impl MetadataStore for SqliteStore {
                     max_tries: row.try_get::<i64, _>("max_tries")? as u32,
                     version: DagVersion(row.try_get("version")?),
                     pid: row.try_get::<Option<i64>, _>("pid")?.map(|pid| pid as u32),
-                    pid_start: row
-                        .try_get::<Option<i64>, _>("pid_start")?
-                        .map(|start| start as u64),
+                    pid_start: row.try_get::<Option<i64>, _>("pid_start")?.map(|start| start as u64),
                     log_path: row.try_get("log_path")?,
                 })
             })
@@ -1091,10 +973,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn delete_pool(&self, name: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM pools WHERE name = $1")
-            .bind(name)
-            .execute(&self.write)
-            .await?;
+        let done = sqlx::query("DELETE FROM pools WHERE name = $1").bind(name).execute(&self.write).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1103,13 +982,8 @@ impl MetadataStore for SqliteStore {
             return Ok(Box::new(NeverChanges));
         }
         let mut connection = SqliteConnection::connect_with(&self.options).await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA data_version")
-            .fetch_one(&mut connection)
-            .await?;
-        Ok(Box::new(DataVersionWatcher {
-            connection,
-            version,
-        }))
+        let version: i64 = sqlx::query_scalar("PRAGMA data_version").fetch_one(&mut connection).await?;
+        Ok(Box::new(DataVersionWatcher { connection, version }))
     }
 }
 
@@ -1128,9 +1002,7 @@ impl ChangeWatcher for DataVersionWatcher {
     async fn changed(&mut self) -> Result<()> {
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
-            let version: i64 = sqlx::query_scalar("PRAGMA data_version")
-                .fetch_one(&mut self.connection)
-                .await?;
+            let version: i64 = sqlx::query_scalar("PRAGMA data_version").fetch_one(&mut self.connection).await?;
             if version != self.version {
                 self.version = version;
                 return Ok(());

@@ -27,8 +27,7 @@ pub const DAG_SELECT_FOR_SCHEDULING: &str = dag_select!(
     "WHERE (is_active AND NOT is_paused AND next_due <= $1)
         OR dag_id IN (SELECT dag_id FROM dag_runs WHERE state IN ('queued', 'running') AND run_type <> 'test')"
 );
-pub const DAG_SELECT_FOR_RUN: &str =
-    dag_select!("WHERE dag_id = (SELECT dag_id FROM dag_runs WHERE id = $1)");
+pub const DAG_SELECT_FOR_RUN: &str = dag_select!("WHERE dag_id = (SELECT dag_id FROM dag_runs WHERE id = $1)");
 
 macro_rules! run_select {
     ($tail:literal) => {
@@ -40,15 +39,12 @@ macro_rules! run_select {
     };
 }
 
-pub const RUN_SELECT_BY_DAG: &str = run_select!(
-    "WHERE dag_id = $1 AND ($2 IS NULL OR state = $2) ORDER BY logical_date DESC, id DESC LIMIT $3"
-);
+pub const RUN_SELECT_BY_DAG: &str =
+    run_select!("WHERE dag_id = $1 AND ($2 IS NULL OR state = $2) ORDER BY logical_date DESC, id DESC LIMIT $3");
 pub const RUN_SELECT_ONE: &str = run_select!("WHERE dag_id = $1 AND run_id = $2");
 pub const RUN_SELECT_BY_PK: &str = run_select!("WHERE id = $1");
-pub const RUN_SELECT_ACTIVE: &str =
-    run_select!("WHERE state IN ('queued', 'running') AND run_type <> 'test'");
-pub const RUN_SELECT_ACTIVE_ONE: &str =
-    run_select!("WHERE id = $1 AND state IN ('queued', 'running')");
+pub const RUN_SELECT_ACTIVE: &str = run_select!("WHERE state IN ('queued', 'running') AND run_type <> 'test'");
+pub const RUN_SELECT_ACTIVE_ONE: &str = run_select!("WHERE id = $1 AND state IN ('queued', 'running')");
 
 macro_rules! ti_select {
     ($tail:literal) => {
@@ -76,17 +72,13 @@ pub fn dag_row(row: &SqliteRow) -> Result<DagRow> {
         description: row.try_get("description")?,
         schedule: row.try_get("schedule")?,
         timezone: row.try_get("timezone")?,
-        tags: serde_json::from_str(&tags)
-            .map_err(|error| StoreError::Corrupt(format!("tags: {error}")))?,
+        tags: serde_json::from_str(&tags).map_err(|error| StoreError::Corrupt(format!("tags: {error}")))?,
         is_paused: row.try_get("is_paused")?,
         is_active: row.try_get("is_active")?,
         latest_version: row.try_get("latest_version")?,
         next_due: opt_from_db(row.try_get("next_due")?),
         last_automated: match (start, end) {
-            (Some(start), Some(end)) => Some(DataInterval {
-                start: from_db(start),
-                end: from_db(end),
-            }),
+            (Some(start), Some(end)) => Some(DataInterval { start: from_db(start), end: from_db(end) }),
             _ => None,
         },
     })
@@ -104,8 +96,7 @@ pub fn run_row(row: &SqliteRow) -> Result<RunRow> {
         run_pk: row.try_get("id")?,
         dag_id: row.try_get("dag_id")?,
         run_id: row.try_get("run_id")?,
-        run_type: RunType::parse(&run_type)
-            .ok_or_else(|| StoreError::Corrupt(format!("run type `{run_type}`")))?,
+        run_type: RunType::parse(&run_type).ok_or_else(|| StoreError::Corrupt(format!("run type `{run_type}`")))?,
         state: parse_run_state(&state)?,
         version: DagVersion(row.try_get("version")?),
         logical_date: from_db(row.try_get("logical_date")?),
@@ -165,15 +156,11 @@ pub fn process_row(row: &SqliteRow) -> Result<ProcessRow> {
     let state: String = row.try_get("state")?;
     Ok(ProcessRow {
         id: row.try_get("id")?,
-        kind: ProcessKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("process kind `{kind}`")))?,
+        kind: ProcessKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("process kind `{kind}`")))?,
         hostname: row.try_get("hostname")?,
         pid: row.try_get::<i64, _>("pid")? as u32,
-        pid_start: row
-            .try_get::<Option<i64>, _>("pid_start")?
-            .map(|start| start as u64),
-        state: ProcessState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("process state `{state}`")))?,
+        pid_start: row.try_get::<Option<i64>, _>("pid_start")?.map(|start| start as u64),
+        state: ProcessState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("process state `{state}`")))?,
         started_at: from_db(row.try_get("started_at")?),
         heartbeat_at: from_db(row.try_get("heartbeat_at")?),
     })

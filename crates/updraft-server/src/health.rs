@@ -1,0 +1,60 @@
+//! `GET /health`: is the store reachable, and is a scheduler alive?
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use updraft_store::ProcessState;
+
+use crate::AppState;
+
+/// A scheduler whose heartbeat is older than this is reported unhealthy.
+const SCHEDULER_STALE_SECS: f64 = 30.0;
+
+#[derive(Serialize)]
+pub struct Health {
+    status: &'static str,
+    store: StoreHealth,
+    scheduler: SchedulerHealth,
+}
+
+#[derive(Serialize)]
+struct StoreHealth {
+    status: &'static str,
+    backend: &'static str,
+}
+
+#[derive(Serialize)]
+struct SchedulerHealth {
+    status: &'static str,
+    /// Seconds since the freshest scheduler heartbeat; null when none ever beat.
+    heartbeat_age_seconds: Option<f64>,
+    latest_heartbeat: Option<String>,
+}
+
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let now = state.clock.now();
+    let backend = state.store.backend();
+    let processes = state.store.processes(Some(ProcessState::Running)).await;
+    let Ok(processes) = processes else {
+        let health = Health {
+            status: "unhealthy",
+            store: StoreHealth { status: "unhealthy", backend },
+            scheduler: SchedulerHealth { status: "unknown", heartbeat_age_seconds: None, latest_heartbeat: None },
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(health));
+    };
+    let latest = processes.iter().filter(|process| process.kind.schedules()).map(|process| process.heartbeat_at).max();
+    let age = latest.map(|at| (now.duration_since(at).as_secs_f64() * 1000.0).round() / 1000.0);
+    let scheduler_ok = age.is_some_and(|age| age < SCHEDULER_STALE_SECS);
+    let health = Health {
+        status: if scheduler_ok { "healthy" } else { "unhealthy" },
+        store: StoreHealth { status: "healthy", backend },
+        scheduler: SchedulerHealth {
+            status: if scheduler_ok { "healthy" } else { "unhealthy" },
+            heartbeat_age_seconds: age,
+            latest_heartbeat: latest.map(|at| at.to_string()),
+        },
+    };
+    (StatusCode::OK, Json(health))
+}

@@ -1,0 +1,191 @@
+//! The command line, as `dag-format.md` defines it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "updraft",
+    version,
+    about = "A data-pipeline orchestrator: YAML DAGs, one binary, SQLite on a laptop, PostgreSQL in production",
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The configuration file (default: `updraft.toml` in this folder or a parent).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect, validate, test and trigger DAGs.
+    #[command(subcommand)]
+    Dags(DagsCommand),
+    /// Test and inspect task instances.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Manage pools, which cap how many tasks run at once across DAGs.
+    #[command(subcommand)]
+    Pools(PoolsCommand),
+    /// Manage the metadata database.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Run everything in one process on the embedded store: scheduler, runner, web server.
+    Standalone(ServeArgs),
+    /// Run the scheduler (with recovery of lost attempts); tasks run in `updraft worker`.
+    Scheduler,
+    /// Run tasks that schedulers queue.
+    Worker,
+    /// Run the web server.
+    Webserver(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default: `webserver.host`, 127.0.0.1).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (default: `webserver.port`, 8080).
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DagsCommand {
+    /// Parse the DAGs folder and list DAG id, schedule, owner, paused, file.
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Parse and validate every DAG file; print each problem as `path:line:column: message`.
+    Validate,
+    /// Run one whole run now, in this process, printing each task's state and log.
+    ///
+    /// Exits 0 if and only if the run succeeded. Pools and pauses do not apply, and a
+    /// failed task is not retried unless `--retries` is given.
+    Test {
+        dag_id: String,
+        /// Logical date: a date (midnight in the DAG's time zone) or an RFC 3339 timestamp. Default: now.
+        #[arg(long)]
+        date: Option<String>,
+        /// Override a parameter: `--param market=KOSDAQ` (values are JSON when they parse as JSON).
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Retry failed tasks as their `retries` say (and wait out `retry_delay`).
+        #[arg(long)]
+        retries: bool,
+    },
+    /// Create a run for the scheduler; print its run id.
+    Trigger {
+        dag_id: String,
+        /// Run configuration: a JSON object; its keys override `params`.
+        #[arg(long)]
+        conf: Option<String>,
+        /// Logical date (default: now).
+        #[arg(long)]
+        date: Option<String>,
+        /// Run id (default: `manual__<logical date>`).
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Wait for the run to finish; exit 0 if and only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print the next data intervals of the DAG's schedule.
+    NextRuns {
+        dag_id: String,
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Intervals starting at or after this date or timestamp (default: now).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List runs of a DAG, newest first.
+    ListRuns {
+        dag_id: String,
+        /// Only runs in this state: queued, running, success or failed.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Stop creating and advancing runs of a DAG.
+    Pause { dag_id: String },
+    /// Resume a DAG.
+    Unpause { dag_id: String },
+    /// Create runs for every interval that starts between two dates, and follow them.
+    Backfill {
+        dag_id: String,
+        /// First interval start (inclusive).
+        #[arg(long)]
+        start: String,
+        /// Last interval start (inclusive).
+        #[arg(long)]
+        end: String,
+        /// Create the runs and return without following them.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Run one task now, ignoring its dependencies; nothing is recorded.
+    Test {
+        dag_id: String,
+        task_id: String,
+        #[arg(long)]
+        date: Option<String>,
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+    },
+    /// Each task instance of a run: task id, state, try number, start, end.
+    StatesForDagRun {
+        dag_id: String,
+        run_id: String,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Say in plain words why a task is not running yet (or how it ended).
+    Explain { dag_id: String, run_id: String, task_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolsCommand {
+    /// List pools with their slots and how many are in use.
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Create or resize a pool.
+    Set {
+        name: String,
+        slots: u32,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a pool (not `default`).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create or upgrade the metadata schema.
+    Migrate,
+}

@@ -1,0 +1,177 @@
+//! `updraft dags test`: one whole run now, in this process, with every state change
+//! and log line printed as it happens.
+//!
+//! The run goes through the same scheduler, runner and store as any other (its
+//! run type is `test`, so other schedulers leave it alone); only pools, pauses and,
+//! unless asked, retries do not apply.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use tokio::sync::{Notify, mpsc};
+use updraft_core::plan::RunType;
+use updraft_core::{RunId, RunState};
+use updraft_runner::{AttemptLabel, AttemptObserver, AttemptResult};
+use updraft_store::{NewRun, ProcessKind, Scope, Store};
+
+use super::dags::{logical_date, parse_params, run_type_counts};
+use crate::context::Ctx;
+use crate::engine::{Engine, EngineOptions, Parts};
+
+pub async fn run(ctx: &Ctx, dag_id: &str, date: Option<String>, params: &[String], retries: bool) -> Result<ExitCode> {
+    let started = Instant::now();
+    let conf = parse_params(params)?;
+    let folder = ctx.load_folder()?;
+    let (loaded, _) = ctx.find_dag(&folder, dag_id)?;
+    let dag = loaded.dag.clone();
+    let logical_date = logical_date(ctx, &dag, date.as_deref())?;
+    let store = ctx.store().await?;
+    ctx.record_dag(&store, loaded).await?;
+    let process_id = Engine::register(ctx, &store, ProcessKind::Cli).await?;
+
+    let base_id = RunType::Test.run_id(logical_date);
+    let mut run_pk = None;
+    let mut run_id = base_id.clone();
+    // A second test of the same date gets its own run.
+    for attempt in 1..=1000 {
+        if attempt > 1 {
+            run_id = RunId::new(format!("{base_id}.{attempt}")).expect("a suffixed run id is valid");
+        }
+        let run = NewRun {
+            interval: dag.timetable().manual_interval(logical_date),
+            dag: dag.clone(),
+            version: loaded.version.clone(),
+            run_id: run_id.clone(),
+            run_type: RunType::Test,
+            logical_date,
+            conf: conf.clone(),
+            owner_process: Some(process_id),
+            with_retries: retries,
+        };
+        run_pk = store.create_run(&run, "cli", ctx.clock.now()).await?;
+        if run_pk.is_some() {
+            break;
+        }
+    }
+    let run_pk = run_pk.ok_or_else(|| anyhow::anyhow!("cannot find a free run id for `{base_id}`"))?;
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let ticked = Arc::new(Notify::new());
+    let options = EngineOptions {
+        parts: Parts { scheduler: true, runner: true },
+        scope: Scope::Run(run_pk),
+        observer: Arc::new(Events(events_tx)),
+        test_mode: true,
+        ticked: Some(ticked.clone()),
+    };
+    let engine = Engine::start(ctx, store.clone(), process_id, options).await?;
+    let outcome = tokio::select! {
+        outcome = print_until_done(&store, run_pk, events_rx, ticked) => outcome,
+        () = crate::engine::termination() => {
+            crate::errln!("interrupted");
+            Err(anyhow::anyhow!("interrupted"))
+        }
+    };
+    engine.shutdown(ctx.clock.as_ref()).await;
+    let state = outcome?;
+    let tis = store.task_instances(run_pk).await?;
+    crate::outln!(
+        "run `{run_id}` of `{dag_id}`: {state} ({}) in {:.2}s",
+        run_type_counts(tis.iter().map(|ti| ti.state)),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if state == RunState::Success { ExitCode::SUCCESS } else { ExitCode::from(crate::error::exit::FAILURE) })
+}
+
+enum Event {
+    Started,
+    Line(AttemptLabel, String),
+    Ended(AttemptLabel, String),
+}
+
+struct Events(mpsc::UnboundedSender<Event>);
+
+impl AttemptObserver for Events {
+    fn started(&self, attempt: &AttemptLabel) {
+        let _ = (self.0.send(Event::Started), attempt);
+    }
+    fn line(&self, attempt: &AttemptLabel, line: &str) {
+        let _ = self.0.send(Event::Line(attempt.clone(), line.to_string()));
+    }
+    fn ended(&self, attempt: &AttemptLabel, result: &AttemptResult) {
+        let text = format!("{} after {:.2}s", result.describe(), result.duration.as_secs_f64());
+        let _ = self.0.send(Event::Ended(attempt.clone(), text));
+    }
+}
+
+/// The only writer to stdout: prints state changes from the transition log and
+/// attempt output from the runner, in order. Before an attempt's first and last
+/// lines it reads the log, so `running` prints before the output it explains.
+async fn print_until_done(
+    store: &Store,
+    run_pk: i64,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    ticked: Arc<Notify>,
+) -> Result<RunState> {
+    let tis = store.task_instances(run_pk).await?;
+    let names: std::collections::HashMap<i64, String> = tis.into_iter().map(|ti| (ti.ti_pk, ti.task_id)).collect();
+    let mut printer = Printer { store, run_pk, names, last_id: 0, finished: None };
+    loop {
+        if let Some(state) = printer.finished {
+            return Ok(state);
+        }
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { continue };
+                match event {
+                    Event::Started => printer.drain().await?,
+                    Event::Line(label, line) => print(&label.task_id, &line),
+                    Event::Ended(label, text) => {
+                        printer.drain().await?;
+                        print(&label.task_id, &text);
+                    }
+                }
+            }
+            () = ticked.notified() => printer.drain().await?,
+        }
+    }
+}
+
+struct Printer<'a> {
+    store: &'a Store,
+    run_pk: i64,
+    names: std::collections::HashMap<i64, String>,
+    last_id: i64,
+    finished: Option<RunState>,
+}
+
+impl Printer<'_> {
+    async fn drain(&mut self) -> Result<()> {
+        for transition in self.store.transitions(self.run_pk, None, self.last_id).await? {
+            self.last_id = transition.id;
+            let Some(ti_pk) = transition.ti_pk else {
+                if let Ok(state) = transition.to_state.parse::<RunState>()
+                    && state.is_finished()
+                {
+                    self.finished = Some(state);
+                }
+                continue;
+            };
+            let task_id = self.names.get(&ti_pk).map_or("?", String::as_str);
+            let mut text = transition.to_state.clone();
+            if let Some(detail) = &transition.detail {
+                text.push_str(&format!(" ({detail})"));
+            }
+            print(task_id, &text);
+        }
+        Ok(())
+    }
+}
+
+fn print(task_id: &str, text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{task_id} | {text}");
+}

@@ -1,0 +1,32 @@
+//! One module per command group.
+
+mod backfill;
+mod dag_test;
+mod dags;
+mod pools;
+mod serve;
+mod tasks;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{Command, DbCommand};
+use crate::context::Ctx;
+
+pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Dags(command) => dags::run(ctx, command).await,
+        Command::Tasks(command) => tasks::run(ctx, command).await,
+        Command::Pools(command) => pools::run(ctx, command).await,
+        Command::Db(DbCommand::Migrate) => {
+            let store = ctx.store().await?;
+            crate::errln!("metadata schema is up to date in `{}`", store.location());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Standalone(_) => serve::standalone(ctx).await,
+        Command::Scheduler => serve::scheduler(ctx).await,
+        Command::Worker => serve::worker(ctx).await,
+        Command::Webserver(_) => serve::webserver(ctx).await,
+    }
+}

@@ -1,0 +1,158 @@
+//! `updraft tasks ...`
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::json;
+use tokio::sync::{oneshot, watch};
+use updraft_core::TaskState;
+use updraft_core::retry::AttemptOutcome;
+use updraft_runner::{AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, RunContext};
+use updraft_store::DefinitionCache;
+
+use super::dags::{dag_zone, logical_date, parse_params};
+use crate::cli::{Output, TasksCommand};
+use crate::context::{Ctx, closest};
+use crate::error::user_error;
+use crate::output;
+
+pub async fn run(ctx: &Ctx, command: TasksCommand) -> Result<ExitCode> {
+    match command {
+        TasksCommand::Test { dag_id, task_id, date, params } => test(ctx, &dag_id, &task_id, date, &params).await,
+        TasksCommand::StatesForDagRun { dag_id, run_id, output } => states(ctx, &dag_id, &run_id, output).await,
+        TasksCommand::Explain { dag_id, run_id, task_id } => explain(ctx, &dag_id, &run_id, &task_id).await,
+    }
+}
+
+struct Printer;
+
+impl AttemptObserver for Printer {
+    fn started(&self, attempt: &AttemptLabel) {
+        print_line(&attempt.task_id, "running");
+    }
+    fn line(&self, attempt: &AttemptLabel, line: &str) {
+        print_line(&attempt.task_id, line);
+    }
+    fn ended(&self, attempt: &AttemptLabel, result: &AttemptResult) {
+        print_line(&attempt.task_id, &format!("{} after {:.2}s", result.describe(), result.duration.as_secs_f64()));
+    }
+}
+
+fn print_line(task_id: &str, text: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{task_id} | {text}");
+}
+
+async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, params: &[String]) -> Result<ExitCode> {
+    let conf = parse_params(params)?;
+    let folder = ctx.load_folder()?;
+    let (loaded, _) = ctx.find_dag(&folder, dag_id)?;
+    let dag = loaded.dag.clone();
+    if dag.task(task_id).is_none() {
+        let ids: Vec<&str> = dag.tasks().iter().map(|task| task.task_id.as_str()).collect();
+        let hint = match closest(task_id, &ids) {
+            Some(suggestion) => format!("did you mean `{suggestion}`? its tasks: {}", ids.join(", ")),
+            None => format!("its tasks: {}", ids.join(", ")),
+        };
+        return Err(user_error(format!("DAG `{dag_id}` has no task `{task_id}`"), Some(&hint)));
+    }
+    let logical_date = logical_date(ctx, &dag, date.as_deref())?;
+    let spec = AttemptSpec {
+        dag: dag.clone(),
+        task_id: task_id.to_string(),
+        run: RunContext {
+            run_id: updraft_core::plan::RunType::Test.run_id(logical_date).to_string(),
+            run_type: "test".to_string(),
+            logical_date,
+            interval: dag.timetable().manual_interval(logical_date),
+            conf,
+        },
+        try_number: 1,
+        tries_allowed: 1,
+        dags_folder: ctx.config.dags_folder.clone(),
+        log_path: None,
+        attempt_token: None,
+        kill_grace: ctx.config.kill_grace,
+    };
+    let (cancel, cancelled) = watch::channel(false);
+    let (spawned, _) = oneshot::channel();
+    let templates = updraft_runner::template::environment();
+    let result = tokio::select! {
+        result = updraft_runner::execute(&spec, &templates, Arc::new(Printer), cancelled, spawned) => result,
+        () = crate::engine::termination() => {
+            let _ = cancel.send(true);
+            return Err(anyhow::anyhow!("interrupted"));
+        }
+    };
+    let state = match result.outcome() {
+        AttemptOutcome::Success => TaskState::Success,
+        AttemptOutcome::Skipped => TaskState::Skipped,
+        AttemptOutcome::Failed => TaskState::Failed,
+    };
+    print_line(task_id, &state.to_string());
+    Ok(if state == TaskState::Failed { ExitCode::from(crate::error::exit::FAILURE) } else { ExitCode::SUCCESS })
+}
+
+async fn states(ctx: &Ctx, dag_id: &str, run_id: &str, output: Output) -> Result<ExitCode> {
+    let store = ctx.store().await?;
+    let tz = dag_zone(ctx, &store, dag_id).await?;
+    let Some(run) = store.get_run(dag_id, run_id).await? else {
+        return Err(user_error(
+            format!("DAG `{dag_id}` has no run `{run_id}`"),
+            Some(&format!("`updraft dags list-runs {dag_id}` lists its runs")),
+        ));
+    };
+    let tis = store.task_instances(run.run_pk).await?;
+    match output {
+        Output::Json => {
+            let items: Vec<serde_json::Value> = tis
+                .iter()
+                .map(|ti| {
+                    json!({
+                        "task_id": ti.task_id,
+                        // Airflow's "no status" is null.
+                        "state": if ti.state == TaskState::None { serde_json::Value::Null } else { json!(ti.state.as_str()) },
+                        "try_number": ti.try_number,
+                        "start_date": output::time_json(ti.start_date, &tz),
+                        "end_date": output::time_json(ti.end_date, &tz),
+                    })
+                })
+                .collect();
+            output::json(&serde_json::Value::Array(items));
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = tis
+                .iter()
+                .map(|ti| {
+                    vec![
+                        ti.task_id.clone(),
+                        ti.state.to_string(),
+                        ti.try_number.to_string(),
+                        output::time(ti.start_date, &tz),
+                        output::time(ti.end_date, &tz),
+                    ]
+                })
+                .collect();
+            output::table(&["task_id", "state", "try_number", "start_date", "end_date"], &rows);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn explain(ctx: &Ctx, dag_id: &str, run_id: &str, task_id: &str) -> Result<ExitCode> {
+    let store = ctx.store().await?;
+    let definitions = DefinitionCache::default();
+    let explanation = updraft_scheduler::explain(&store, &definitions, dag_id, run_id, task_id, ctx.clock.now())
+        .await
+        .map_err(|error| match error {
+            updraft_scheduler::ExplainError::Store(error) => anyhow::Error::new(error),
+            other => user_error(other.to_string(), Some(&format!("`updraft dags list-runs {dag_id}` lists its runs"))),
+        })?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", explanation.headline);
+    for line in explanation.details {
+        let _ = writeln!(out, "  {line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,420 @@
+//! `updraft.toml`, environment overrides (`UPDRAFT_<SECTION>__<KEY>`, plus the short
+//! forms `UPDRAFT_DAGS_FOLDER` and `UPDRAFT_DATABASE_URL`), and defaults.
+//!
+//! Precedence, lowest first: defaults, the file, `UPDRAFT_<SECTION>__<KEY>`, the
+//! short forms, command-line flags. Relative paths in the file are relative to the
+//! file's folder; relative paths from the environment, to the working folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::error::user_error;
+
+pub const FILE_NAME: &str = "updraft.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the settings came from, if any.
+    pub file: Option<PathBuf>,
+    pub dags_folder: PathBuf,
+    pub state_folder: PathBuf,
+    pub database_url: String,
+    /// What SQLite paths in `database_url` are relative to.
+    pub database_base: PathBuf,
+    pub dags_are_paused_at_creation: bool,
+    pub dag_sync_interval: Duration,
+    pub host: String,
+    pub port: u16,
+    pub parallelism: u32,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub runner_slots: u32,
+    pub kill_grace: Duration,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    pub fn logs_folder(&self) -> PathBuf {
+        self.state_folder.join("logs")
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    core: Option<CoreSection>,
+    database: Option<DatabaseSection>,
+    webserver: Option<WebserverSection>,
+    scheduler: Option<SchedulerSection>,
+    runner: Option<RunnerSection>,
+    logging: Option<LoggingSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CoreSection {
+    dags_folder: Option<String>,
+    state_folder: Option<String>,
+    dags_are_paused_at_creation: Option<bool>,
+    /// How often the scheduler looks at the DAGs folder for changes.
+    dag_dir_list_interval: Option<DurationSetting>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseSection {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebserverSection {
+    host: Option<String>,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerSection {
+    parallelism: Option<u32>,
+    heartbeat_interval: Option<DurationSetting>,
+    heartbeat_timeout: Option<DurationSetting>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunnerSection {
+    slots: Option<u32>,
+    kill_grace: Option<DurationSetting>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoggingSection {
+    level: Option<String>,
+}
+
+/// A duration written like the DAG format's: `30s`, `5m`, or whole seconds.
+#[derive(Debug, Clone, Copy)]
+struct DurationSetting(Duration);
+
+impl<'de> Deserialize<'de> for DurationSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Secs(secs) => secs.to_string(),
+            Raw::Text(text) => text,
+        };
+        updraft_core::Duration::parse(&text)
+            .map(|duration| DurationSetting(duration.to_std()))
+            .map_err(|error| serde::de::Error::custom(format!("invalid duration `{text}`: {error}")))
+    }
+}
+
+/// Where a setting came from: paths resolve against it.
+#[derive(Clone, Copy)]
+enum Origin {
+    File,
+    Env,
+}
+
+struct Layer {
+    config: FileConfig,
+    origin: Origin,
+}
+
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// Loads the configuration for a command run in `cwd`.
+pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overrides: Overrides) -> Result<Config> {
+    let explicit = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| env.iter().find(|(name, _)| name == "UPDRAFT_CONFIG").map(|(_, value)| PathBuf::from(value)));
+    let file = match explicit {
+        Some(path) => {
+            let path = cwd.join(path);
+            if !path.is_file() {
+                return Err(user_error(
+                    format!("config file `{}` does not exist", path.display()),
+                    Some("pass an existing file to `--config` or `UPDRAFT_CONFIG`"),
+                ));
+            }
+            Some(path)
+        }
+        None => cwd.ancestors().map(|dir| dir.join(FILE_NAME)).find(|path| path.is_file()),
+    };
+    let file_base = file.as_ref().and_then(|path| path.parent()).map_or_else(|| cwd.to_path_buf(), Path::to_path_buf);
+    let mut layers = Vec::new();
+    if let Some(path) = &file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file `{}`", path.display()))?;
+        layers.push(Layer { config: parse_file(&text, &display(path, cwd))?, origin: Origin::File });
+    }
+    layers.extend(env_layers(env)?);
+
+    let base_of = |origin: Origin| match origin {
+        Origin::File => file_base.clone(),
+        Origin::Env => cwd.to_path_buf(),
+    };
+    // The last layer that sets a value wins.
+    macro_rules! pick {
+        ($section:ident . $field:ident) => {
+            layers.iter().rev().find_map(|layer| {
+                layer
+                    .config
+                    .$section
+                    .as_ref()
+                    .and_then(|section| section.$field.clone())
+                    .map(|value| (value, layer.origin))
+            })
+        };
+    }
+    let dags_folder = match pick!(core.dags_folder) {
+        Some((path, origin)) => base_of(origin).join(path),
+        None => file_base.join("dags"),
+    };
+    let state_folder = match pick!(core.state_folder) {
+        Some((path, origin)) => base_of(origin).join(path),
+        None => file_base.join(".updraft"),
+    };
+    let (database_url, database_base) = match pick!(database.url) {
+        Some((url, origin)) => (url, base_of(origin)),
+        None => (format!("sqlite://{}", state_folder.join("updraft.db").display()), file_base.clone()),
+    };
+    let duration = |value: Option<(DurationSetting, Origin)>, default: u64| {
+        value.map_or(Duration::from_secs(default), |(d, _)| d.0)
+    };
+    Ok(Config {
+        file,
+        dags_folder,
+        state_folder,
+        database_url,
+        database_base,
+        dags_are_paused_at_creation: pick!(core.dags_are_paused_at_creation).is_some_and(|(value, _)| value),
+        dag_sync_interval: duration(pick!(core.dag_dir_list_interval), 10),
+        host: overrides.host.or(pick!(webserver.host).map(|(host, _)| host)).unwrap_or_else(|| "127.0.0.1".to_string()),
+        port: overrides.port.or(pick!(webserver.port).map(|(port, _)| port)).unwrap_or(8080),
+        parallelism: pick!(scheduler.parallelism).map_or(32, |(value, _)| value).max(1),
+        heartbeat_interval: duration(pick!(scheduler.heartbeat_interval), 5),
+        heartbeat_timeout: duration(pick!(scheduler.heartbeat_timeout), 60),
+        runner_slots: pick!(runner.slots).map_or(32, |(value, _)| value).max(1),
+        kill_grace: duration(pick!(runner.kill_grace), 5),
+        log_level: pick!(logging.level).map(|(level, _)| level),
+    })
+}
+
+fn display(path: &Path, cwd: &Path) -> String {
+    path.strip_prefix(cwd).unwrap_or(path).display().to_string()
+}
+
+fn parse_file(text: &str, shown: &str) -> Result<FileConfig> {
+    toml::from_str(text).map_err(|error| {
+        let (line, column) = error.span().map_or((1, 1), |span| line_col(text, span.start));
+        let message = error.message().trim_end().to_string();
+        user_error(format!("{shown}:{line}:{column}: {}", with_suggestion(&message)), None)
+    })
+}
+
+fn line_col(text: &str, byte: usize) -> (usize, usize) {
+    let before = &text[..byte.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |last| last.chars().count()) + 1;
+    (line, column)
+}
+
+/// toml says "unknown field `x`, expected one of `a`, `b`"; name the likely one.
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_string() };
+    let Some((field, expected)) = rest.split_once('`') else { return message.to_string() };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let best = candidates
+        .iter()
+        .map(|candidate| (strsim_distance(field, candidate), *candidate))
+        .filter(|(distance, _)| *distance <= (field.len() / 3).max(2))
+        .min();
+    match best {
+        Some((_, candidate)) => format!("{message}; did you mean `{candidate}`?"),
+        None => message.to_string(),
+    }
+}
+
+fn strsim_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut previous = row[0];
+        row[0] = i;
+        for j in 1..=b.len() {
+            let current = row[j];
+            row[j] = (row[j] + 1).min(row[j - 1] + 1).min(previous + usize::from(a[i - 1] != b[j - 1]));
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+/// One layer per variable, so an error names the variable that caused it.
+fn env_layers(env: &[(String, String)]) -> Result<Vec<Layer>> {
+    let mut layers = Vec::new();
+    let mut short = Vec::new();
+    for (name, value) in env {
+        let (section, key) = match name.as_str() {
+            "UPDRAFT_DAGS_FOLDER" => {
+                short.push(("core", "dags_folder", name, value));
+                continue;
+            }
+            "UPDRAFT_DATABASE_URL" => {
+                short.push(("database", "url", name, value));
+                continue;
+            }
+            _ => match name.strip_prefix("UPDRAFT_").and_then(|rest| rest.split_once("__")) {
+                Some((section, key)) => (section.to_ascii_lowercase(), key.to_ascii_lowercase()),
+                None => continue,
+            },
+        };
+        layers.push(env_layer(&section, &key, name, value)?);
+    }
+    for (section, key, name, value) in short {
+        layers.push(env_layer(section, key, name, value)?);
+    }
+    Ok(layers)
+}
+
+fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer> {
+    let parsed = if let Ok(number) = value.parse::<i64>() {
+        toml::Value::Integer(number)
+    } else if let Ok(flag) = value.parse::<bool>() {
+        toml::Value::Boolean(flag)
+    } else {
+        toml::Value::String(value.to_string())
+    };
+    // Paths and URLs stay text even when they look like numbers.
+    let parsed = match (section, key) {
+        ("core", "dags_folder" | "state_folder")
+        | ("database", "url")
+        | ("webserver", "host")
+        | ("logging", "level") => toml::Value::String(value.to_string()),
+        _ => parsed,
+    };
+    let mut inner = toml::Table::new();
+    inner.insert(key.to_string(), parsed);
+    let mut table = toml::Table::new();
+    table.insert(section.to_string(), toml::Value::Table(inner));
+    match toml::Value::Table(table).try_into::<FileConfig>() {
+        Ok(config) => Ok(Layer { config, origin: Origin::Env }),
+        Err(error) => {
+            let message = error.message().trim_end().to_string();
+            if message.starts_with("unknown field") {
+                bail!(user_error(
+                    format!("environment variable `{name}` names unknown setting `{section}.{key}`"),
+                    Some("settings are `UPDRAFT_<SECTION>__<KEY>`, e.g. `UPDRAFT_WEBSERVER__PORT=9090`"),
+                ));
+            }
+            bail!(user_error(format!("environment variable `{name}`: {message}"), None))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_in(dir: &Path, file: Option<&str>, env: &[(&str, &str)]) -> Result<Config> {
+        if let Some(text) = file {
+            std::fs::write(dir.join(FILE_NAME), text).unwrap();
+        }
+        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        load(None, dir, &env, Overrides { host: None, port: None })
+    }
+
+    fn error_of(result: Result<Config>) -> String {
+        crate::error::render(&result.unwrap_err())
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load_in(dir.path(), None, &[]).unwrap();
+        assert_eq!(config.dags_folder, dir.path().join("dags"));
+        assert_eq!(config.state_folder, dir.path().join(".updraft"));
+        assert_eq!(config.database_url, format!("sqlite://{}", dir.path().join(".updraft/updraft.db").display()));
+        assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 8080));
+        assert!(!config.dags_are_paused_at_creation);
+    }
+
+    #[test]
+    fn file_in_a_parent_with_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            "[core]\ndags_folder = \"pipelines\"\nstate_folder = \"state\"\n[database]\nurl = \"sqlite://state/meta.db\"\n[webserver]\nport = 9000\n[runner]\nkill_grace = \"10s\"\n",
+        )
+        .unwrap();
+        let config = load_in(&dir.path().join("sub/deeper"), None, &[]).unwrap();
+        assert_eq!(config.dags_folder, dir.path().join("pipelines"));
+        assert_eq!(config.state_folder, dir.path().join("state"));
+        assert_eq!(
+            (config.database_url.as_str(), config.database_base.as_path()),
+            ("sqlite://state/meta.db", dir.path())
+        );
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.kill_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load_in(
+            dir.path(),
+            Some("[webserver]\nport = 9000\n"),
+            &[
+                ("UPDRAFT_WEBSERVER__PORT", "9090"),
+                ("UPDRAFT_DAGS_FOLDER", "/srv/dags"),
+                ("UPDRAFT_CORE__DAGS_FOLDER", "ignored"),
+                ("UPDRAFT_DAG_ID", "not a setting"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.port, 9090);
+        assert_eq!(config.dags_folder, PathBuf::from("/srv/dags"));
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            error_of(load_in(dir.path(), Some("[core]\ndag_folder = \"x\"\n"), &[])),
+            "error: updraft.toml:2:1: unknown field `dag_folder`, expected one of `dags_folder`, `state_folder`, `dags_are_paused_at_creation`, `dag_dir_list_interval`; did you mean `dags_folder`?"
+        );
+        assert_eq!(
+            error_of(load_in(dir.path(), Some("[webserver]\nport = \"high\"\n"), &[])),
+            "error: updraft.toml:2:8: invalid type: string \"high\", expected u16"
+        );
+        assert_eq!(
+            error_of(load_in(dir.path(), Some("[runner]\nkill_grace = \"soon\"\n"), &[])),
+            "error: updraft.toml:2:14: invalid duration `soon`: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds"
+        );
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        assert_eq!(
+            error_of(load_in(dir.path(), None, &[("UPDRAFT_WEBSERVER__PORTS", "1")])),
+            "error: environment variable `UPDRAFT_WEBSERVER__PORTS` names unknown setting `webserver.ports`\n\nhint: settings are `UPDRAFT_<SECTION>__<KEY>`, e.g. `UPDRAFT_WEBSERVER__PORT=9090`"
+        );
+        assert_eq!(
+            error_of(load_in(dir.path(), None, &[("UPDRAFT_WEBSERVER__PORT", "99999")])),
+            "error: environment variable `UPDRAFT_WEBSERVER__PORT`: invalid value: integer `99999`, expected u16"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! What every command starts from: the configuration, the working folder, a clock,
+//! and ways to reach the DAGs folder and the store with errors people can act on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use updraft_core::clock::{Clock, SystemClock};
+use updraft_dagfile::{DagFile, DagLoader, Folder, FolderError, LoadedDag};
+use updraft_store::{DagUpsert, Store};
+
+use crate::config::Config;
+use crate::error::user_error;
+
+pub struct Ctx {
+    pub config: Config,
+    pub cwd: PathBuf,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Ctx {
+    pub fn new(config: Config, cwd: PathBuf) -> Ctx {
+        Ctx { config, cwd, clock: Arc::new(SystemClock) }
+    }
+
+    /// Opens the store, creating or upgrading its schema.
+    pub async fn store(&self) -> Result<Store> {
+        updraft_store::open(&self.config.database_url, &self.config.database_base).await.map_err(|error| {
+            let hint = match &error {
+                updraft_store::StoreError::CreateFolder { .. } | updraft_store::StoreError::Open { .. } => Some(
+                    "check that the state folder is writable, or set `core.state_folder` / `database.url` in updraft.toml",
+                ),
+                _ => None,
+            };
+            anyhow::Error::new(error).context(user_error_message("cannot open the metadata store", hint))
+        })
+    }
+
+    pub fn dag_loader(&self) -> DagLoader {
+        DagLoader::new(self.config.dags_folder.clone(), Some(self.cwd.clone()))
+    }
+
+    /// Parses the DAGs folder; a missing folder is an error with a hint.
+    pub fn load_folder(&self) -> Result<Folder> {
+        self.dag_loader().load().map_err(|error| match error {
+            FolderError::Missing(path) => user_error(
+                format!("DAGs folder `{path}` does not exist"),
+                Some("create it, or point `core.dags_folder` in updraft.toml (or UPDRAFT_DAGS_FOLDER) at your DAGs"),
+            ),
+            other => anyhow::Error::new(other),
+        })
+    }
+
+    /// The DAG with this id, or an error naming it: unknown (with a suggestion), or
+    /// present but broken (with the file's problems).
+    pub fn find_dag<'a>(&self, folder: &'a Folder, dag_id: &str) -> Result<(&'a LoadedDag, &'a DagFile)> {
+        if let Some(found) = folder.find(dag_id) {
+            return Ok(found);
+        }
+        // A file that declares this id but does not validate.
+        for file in &folder.files {
+            let declares = file.diagnostics.iter().any(|d| d.message.contains(&format!("`{dag_id}`")))
+                || std::fs::read_to_string(&file.path).is_ok_and(|text| declares_dag(&text, dag_id));
+            if file.dag.is_none() && declares {
+                let problems: Vec<String> = file.diagnostics.iter().map(ToString::to_string).collect();
+                return Err(user_error(
+                    format!("DAG `{dag_id}` in `{}` is not valid:\n{}", file.display_path, problems.join("\n")),
+                    Some("fix the file; `updraft dags validate` lists every problem"),
+                ));
+            }
+        }
+        let ids: Vec<&str> = folder.dags().map(|(loaded, _)| loaded.dag.dag_id().as_str()).collect();
+        let hint = match closest(dag_id, &ids) {
+            Some(suggestion) => format!("did you mean `{suggestion}`? `updraft dags list` shows every DAG"),
+            None => "`updraft dags list` shows every DAG".to_string(),
+        };
+        Err(user_error(
+            format!("DAG `{dag_id}` not found in `{}`", display_path(&self.config.dags_folder, &self.cwd)),
+            Some(&hint),
+        ))
+    }
+
+    /// Records a DAG in the store (its row and version) before acting on it.
+    pub async fn record_dag(&self, store: &Store, loaded: &LoadedDag) -> Result<()> {
+        let upsert = DagUpsert {
+            dag: loaded.dag.clone(),
+            version: loaded.version.clone(),
+            paused_if_new: self.config.dags_are_paused_at_creation,
+        };
+        store.upsert_dags(&[upsert], self.clock.now()).await?;
+        Ok(())
+    }
+}
+
+fn declares_dag(text: &str, dag_id: &str) -> bool {
+    text.lines().any(|line| {
+        line.strip_prefix("dag:")
+            .is_some_and(|rest| rest.split('#').next().unwrap_or("").trim().trim_matches(['"', '\'']) == dag_id)
+    })
+}
+
+fn user_error_message(message: &str, hint: Option<&str>) -> crate::error::UserError {
+    crate::error::UserError { message: message.to_string(), hint: hint.map(str::to_string) }
+}
+
+pub fn display_path(path: &std::path::Path, cwd: &std::path::Path) -> String {
+    let shown = path.strip_prefix(cwd).unwrap_or(path).display().to_string();
+    if shown.is_empty() { ".".to_string() } else { shown }
+}
+
+/// The closest name by edit distance, when close enough to be a typo.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    candidates
+        .iter()
+        .map(|candidate| (distance(word, candidate), *candidate))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut previous = row[0];
+        row[0] = i;
+        for j in 1..=b.len() {
+            let current = row[j];
+            row[j] = (row[j] + 1).min(row[j - 1] + 1).min(previous + usize::from(a[i - 1] != b[j - 1]));
+            previous = current;
+        }
+    }
+    row[b.len()]
+}

@@ -1,0 +1,203 @@
+//! Wiring: the scheduler, the runner, recovery and heartbeats, in the combinations
+//! the commands need (`standalone`, `scheduler`, `worker`, `dags test`).
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use updraft_core::errors::chain;
+use updraft_runner::{AttemptObserver, Quiet, Recovery, Runner, RunnerConfig, heartbeat_loop, procfs};
+use updraft_scheduler::{DagSync, Scheduler, SchedulerConfig};
+use updraft_store::{DefinitionCache, NewProcess, ProcessKind, ProcessState, Scope, Store};
+
+use crate::context::Ctx;
+
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub scheduler: bool,
+    pub runner: bool,
+}
+
+/// A registered process with its running parts.
+pub struct Engine {
+    pub store: Store,
+    pub process_id: i64,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    /// Turns true if another process declared this one dead.
+    pub lost: watch::Receiver<bool>,
+}
+
+pub struct EngineOptions {
+    pub parts: Parts,
+    pub scope: Scope,
+    pub observer: Arc<dyn AttemptObserver>,
+    /// `dags test`: pools and pauses do not apply, the folder is not watched.
+    pub test_mode: bool,
+    /// Rung after every scheduling tick that changed something.
+    pub ticked: Option<Arc<Notify>>,
+}
+
+impl Engine {
+    pub async fn register(ctx: &Ctx, store: &Store, kind: ProcessKind) -> Result<i64> {
+        let pid = std::process::id();
+        let process = NewProcess { kind, hostname: procfs::hostname(), pid, pid_start: procfs::start_time(pid) };
+        Ok(store.register_process(&process, ctx.clock.now()).await?)
+    }
+
+    pub async fn start(ctx: &Ctx, store: Store, process_id: i64, options: EngineOptions) -> Result<Engine> {
+        let config = &ctx.config;
+        let definitions = Arc::new(DefinitionCache::default());
+        let scheduler_wake = Arc::new(Notify::new());
+        let runner_wake = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        let (lost_tx, lost) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let hostname = procfs::hostname();
+
+        let recovery = Arc::new(Recovery {
+            store: store.clone(),
+            process_id,
+            hostname: hostname.clone(),
+            definitions: definitions.clone(),
+            logs_folder: config.logs_folder(),
+            heartbeat_timeout: config.heartbeat_timeout,
+            clock: ctx.clock.clone(),
+        });
+        if !options.test_mode {
+            // Settle what a crashed predecessor left before anything new starts.
+            run_recovery(&recovery).await;
+        }
+
+        if options.parts.scheduler {
+            let dag_sync = (!options.test_mode).then(|| {
+                DagSync::new(
+                    config.dags_folder.clone(),
+                    Some(ctx.cwd.clone()),
+                    store.clone(),
+                    definitions.clone(),
+                    config.dags_are_paused_at_creation,
+                )
+            });
+            let scheduler = Scheduler::new(
+                store.clone(),
+                SchedulerConfig {
+                    scope: options.scope,
+                    parallelism: (!options.test_mode).then_some(config.parallelism),
+                    use_pools: !options.test_mode,
+                    ignore_pause: options.test_mode,
+                    dag_sync_interval: config.dag_sync_interval,
+                    actor: format!("scheduler:{process_id}"),
+                    ticked: options.ticked.clone(),
+                },
+                definitions.clone(),
+                ctx.clock.clone(),
+                scheduler_wake.clone(),
+                runner_wake.clone(),
+                dag_sync,
+            );
+            // The first sync happens before serving, so the page and `/health` see DAGs.
+            scheduler.sync_dags().await;
+            let stopped = stopped.clone();
+            tasks.spawn(async move {
+                if let Err(error) = scheduler.run(stopped).await {
+                    tracing::error!(error = %chain(&error), "scheduler stopped");
+                }
+            });
+        }
+        if options.parts.runner {
+            let runner = Arc::new(Runner::new(
+                store.clone(),
+                RunnerConfig {
+                    slots: config.runner_slots as usize,
+                    scope: options.scope,
+                    process_id,
+                    hostname: hostname.clone(),
+                    dags_folder: config.dags_folder.clone(),
+                    logs_folder: config.logs_folder(),
+                    kill_grace: config.kill_grace,
+                },
+                definitions.clone(),
+                options.observer.clone(),
+                ctx.clock.clone(),
+                runner_wake.clone(),
+                scheduler_wake.clone(),
+            ));
+            tasks.spawn(runner.run(stopped.clone()));
+        }
+        {
+            let store = store.clone();
+            let clock = ctx.clock.clone();
+            let interval = config.heartbeat_interval;
+            let stopped = stopped.clone();
+            tasks.spawn(async move {
+                if !heartbeat_loop(store, process_id, clock, interval, stopped).await {
+                    let _ = lost_tx.send(true);
+                }
+            });
+        }
+        if !options.test_mode && options.parts.scheduler {
+            let mut stopped = stopped.clone();
+            let interval = config.heartbeat_interval;
+            tasks.spawn(async move {
+                loop {
+                    let stop = tokio::select! {
+                        () = tokio::time::sleep(interval) => false,
+                        changed = stopped.changed() => changed.is_err() || *stopped.borrow(),
+                    };
+                    if stop {
+                        return;
+                    }
+                    run_recovery(&recovery).await;
+                }
+            });
+        }
+        Ok(Engine { store, process_id, stop, tasks, lost })
+    }
+
+    /// Stops every part; running attempts are interrupted and requeued.
+    pub async fn shutdown(mut self, clock: &dyn updraft_core::clock::Clock) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        let _ = self
+            .store
+            .set_process_state(self.process_id, ProcessState::Running, ProcessState::Stopped, clock.now())
+            .await;
+    }
+}
+
+async fn run_recovery(recovery: &Recovery) {
+    match recovery.run_once().await {
+        Ok(recovered) => {
+            for attempt in recovered {
+                tracing::warn!(
+                    dag_id = %attempt.dag_id, run_id = %attempt.run_id, task_id = %attempt.task_id,
+                    try_number = attempt.try_number, state = %attempt.state,
+                    "recovered an attempt lost with its process"
+                );
+            }
+        }
+        Err(error) => tracing::error!(error = %chain(&error), "recovery check failed"),
+    }
+}
+
+/// Options for the long-running processes.
+pub fn service_options(parts: Parts) -> EngineOptions {
+    EngineOptions { parts, scope: Scope::All, observer: Arc::new(Quiet), test_mode: false, ticked: None }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn termination() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
