@@ -50,6 +50,8 @@ pub trait AttemptObserver: Send + Sync {
     fn started(&self, _attempt: &AttemptLabel) {}
     fn line(&self, _attempt: &AttemptLabel, _line: &str) {}
     fn ended(&self, _attempt: &AttemptLabel, _result: &AttemptResult) {}
+    /// The attempt's outcome is in the store: the task instance is now `state`.
+    fn recorded(&self, _attempt: &AttemptLabel, _state: updraft_core::TaskState, _detail: Option<&str>) {}
 }
 
 /// An observer that sees nothing.

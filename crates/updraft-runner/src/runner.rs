@@ -13,7 +13,7 @@ use updraft_core::errors::chain;
 use updraft_core::retry::after_attempt;
 use updraft_store::{AttemptEnd, Claimed, DefinitionCache, Scope, Store};
 
-use crate::attempt::{AttemptObserver, AttemptSpec, Ending, execute};
+use crate::attempt::{AttemptLabel, AttemptObserver, AttemptSpec, Ending, execute};
 use crate::template::{self, RunContext};
 
 #[derive(Debug, Clone)]
@@ -166,7 +166,16 @@ impl Runner {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.store.finish_attempt(claimed.ti_pk, claimed.try_number, &end, &actor, self.clock.now()).await {
-                Ok(true) => break,
+                Ok(true) => {
+                    let label = AttemptLabel {
+                        dag_id: claimed.dag_id.clone(),
+                        run_id: claimed.run_id.clone(),
+                        task_id: claimed.task_id.clone(),
+                        try_number: claimed.try_number,
+                    };
+                    self.observer.recorded(&label, end.state, end.reason.as_deref());
+                    break;
+                }
                 Ok(false) => {
                     tracing::warn!(
                         dag_id = %claimed.dag_id, run_id = %claimed.run_id, task_id = %claimed.task_id,

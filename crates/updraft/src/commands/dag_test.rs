@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tokio::sync::{Notify, mpsc};
 use updraft_core::plan::RunType;
-use updraft_core::{RunId, RunState};
+use updraft_core::{RunId, RunState, TaskState};
 use updraft_runner::{AttemptLabel, AttemptObserver, AttemptResult};
 use updraft_store::{NewRun, ProcessKind, Scope, Store};
 
@@ -87,16 +87,17 @@ pub async fn run(ctx: &Ctx, dag_id: &str, date: Option<String>, params: &[String
 }
 
 enum Event {
-    Started,
+    Started(AttemptLabel),
     Line(AttemptLabel, String),
     Ended(AttemptLabel, String),
+    Recorded(AttemptLabel, String),
 }
 
 struct Events(mpsc::UnboundedSender<Event>);
 
 impl AttemptObserver for Events {
     fn started(&self, attempt: &AttemptLabel) {
-        let _ = (self.0.send(Event::Started), attempt);
+        let _ = self.0.send(Event::Started(attempt.clone()));
     }
     fn line(&self, attempt: &AttemptLabel, line: &str) {
         let _ = self.0.send(Event::Line(attempt.clone(), line.to_string()));
@@ -105,11 +106,19 @@ impl AttemptObserver for Events {
         let text = format!("{} after {:.2}s", result.describe(), result.duration.as_secs_f64());
         let _ = self.0.send(Event::Ended(attempt.clone(), text));
     }
+    fn recorded(&self, attempt: &AttemptLabel, state: TaskState, detail: Option<&str>) {
+        let text = match detail {
+            Some(detail) => format!("{state} ({detail})"),
+            None => state.to_string(),
+        };
+        let _ = self.0.send(Event::Recorded(attempt.clone(), text));
+    }
 }
 
-/// The only writer to stdout: prints state changes from the transition log and
-/// attempt output from the runner, in order. Before an attempt's first and last
-/// lines it reads the log, so `running` prints before the output it explains.
+/// The only writer to stdout. The runner's events (start, output, end, recorded
+/// outcome) arrive in order per attempt; the scheduler's decisions (scheduled,
+/// queued, skipped, upstream_failed) come from the transition log, read before each
+/// attempt starts so `queued` prints before `running`.
 async fn print_until_done(
     store: &Store,
     run_pk: i64,
@@ -123,15 +132,19 @@ async fn print_until_done(
         if let Some(state) = printer.finished {
             return Ok(state);
         }
+        // Attempt events first: an attempt's last line is sent before its end is
+        // recorded, so it must print before the state change that follows it.
         tokio::select! {
+            biased;
             event = events.recv() => {
                 let Some(event) = event else { continue };
                 match event {
-                    Event::Started => printer.drain().await?,
-                    Event::Line(label, line) => print(&label.task_id, &line),
-                    Event::Ended(label, text) => {
+                    Event::Started(label) => {
                         printer.drain().await?;
-                        print(&label.task_id, &text);
+                        print(&label.task_id, &format!("running (try {})", label.try_number));
+                    }
+                    Event::Line(label, line) | Event::Ended(label, line) | Event::Recorded(label, line) => {
+                        print(&label.task_id, &line);
                     }
                 }
             }
@@ -160,6 +173,10 @@ impl Printer<'_> {
                 }
                 continue;
             };
+            // The runner's own changes print from its events, in order with its output.
+            if transition.actor.starts_with("runner:") {
+                continue;
+            }
             let task_id = self.names.get(&ti_pk).map_or("?", String::as_str);
             let mut text = transition.to_state.clone();
             if let Some(detail) = &transition.detail {

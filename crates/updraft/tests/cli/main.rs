@@ -1,0 +1,27 @@
+//! Black-box tests of the `updraft` binary: it runs in a temporary project, and
+//! each test snapshots exit code, stdout and stderr together.
+
+mod config;
+mod dags;
+mod run;
+mod standalone;
+
+use updraft_testkit::{Output, Project};
+
+pub fn project() -> Project {
+    Project::new(env!("CARGO_BIN_EXE_updraft"))
+}
+
+/// Runs `updraft` with `args` and renders the result for a snapshot.
+pub fn run(project: &Project, args: &[&str]) -> (Output, String) {
+    let output = project.run(args);
+    let rendered = output.render(project);
+    (output, rendered)
+}
+
+pub const CHAIN: &str = "dag: chain
+tasks:
+  first: {shell: 'echo first {{ ds }}'}
+  second: {shell: 'echo second', depends_on: [first]}
+  third: {shell: 'echo third >&2', depends_on: [second]}
+";
