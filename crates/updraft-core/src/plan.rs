@@ -51,9 +51,13 @@ impl RunType {
             .find(|run_type| run_type.as_str() == text)
     }
 
-    /// Airflow's run id form: `scheduled__2024-01-01T00:00:00+00:00`.
+    /// Airflow's run id form: `scheduled__2024-01-01T00:00:00+00:00`, with the
+    /// microseconds when there are any (a trigger at "now"), so two triggers in one
+    /// second get two runs.
     pub fn run_id(self, logical_date: Timestamp) -> RunId {
         let utc = crate::timetable::format_in_zone(logical_date, &jiff::tz::TimeZone::UTC);
+        let micros = logical_date.subsec_microsecond();
+        let utc = if micros == 0 { utc } else { format!("{}.{micros:06}{}", &utc[..19], &utc[19..]) };
         RunId::new(format!("{}__{utc}", self.as_str())).expect("generated run ids are valid")
     }
 }

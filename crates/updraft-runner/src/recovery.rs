@@ -155,7 +155,7 @@ impl Recovery {
             log_path(&self.logs_folder, &attempt.dag_id, &attempt.run_id, &attempt.task_id, attempt.try_number)
         });
         append_note(&path, &reason).await;
-        let end = AttemptEnd { state, retry_at, exit_code: None, reason: Some(reason) };
+        let end = AttemptEnd { state, retry_at, exit_code: None, reason: Some(reason), process: None };
         let done = self
             .store
             .finish_attempt(attempt.ti_pk, attempt.try_number, &end, &format!("recovery:{}", self.process_id), now)

@@ -11,7 +11,7 @@ use updraft_core::TaskState;
 use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
 use updraft_core::retry::after_attempt;
-use updraft_store::{AttemptEnd, Claimed, DefinitionCache, Scope, Store};
+use updraft_store::{AttemptEnd, AttemptProcess, Claimed, DefinitionCache, Scope, Store};
 
 use crate::attempt::{AttemptLabel, AttemptObserver, AttemptSpec, Ending, execute};
 use crate::template::{self, RunContext};
@@ -43,6 +43,9 @@ pub struct Runner {
 /// A safety net for work queued by other processes: the scheduler in this process
 /// rings `wake` when it queues, so this never delays work it created.
 const FALLBACK_CLAIM: Duration = Duration::from_secs(5);
+
+/// How long an attempt runs before its pid is written on its own.
+const RECORD_PROCESS_AFTER: Duration = Duration::from_millis(50);
 
 impl Runner {
     pub fn new(
@@ -104,7 +107,13 @@ impl Runner {
                 let reason = format!("cannot load the DAG definition: {}", chain(&error));
                 self.finish(
                     &claimed,
-                    AttemptEnd { state: TaskState::Failed, retry_at: None, exit_code: None, reason: Some(reason) },
+                    AttemptEnd {
+                        state: TaskState::Failed,
+                        retry_at: None,
+                        exit_code: None,
+                        reason: Some(reason),
+                        process: None,
+                    },
                 )
                 .await;
                 return;
@@ -129,32 +138,53 @@ impl Runner {
             attempt_token: Some(attempt_token(self.config.process_id, claimed.ti_pk, claimed.try_number)),
             kill_grace: self.config.kill_grace,
         };
+        // An attempt still running after a moment gets its pid recorded at once (for
+        // crash recovery and the UI); a shorter one carries it in its outcome, which
+        // saves a write per task. Recovery finds an attempt without a recorded pid by
+        // its UPDRAFT_ATTEMPT variable.
         let (spawned_tx, spawned_rx) = oneshot::channel();
+        let (ended_tx, ended_rx) = oneshot::channel::<()>();
         let store = self.store.clone();
         let (ti_pk, try_number) = (claimed.ti_pk, claimed.try_number);
         let log_text = log_path.display().to_string();
         let record = tokio::spawn(async move {
-            if let Ok((pid, pid_start)) = spawned_rx.await
-                && let Err(error) = store.record_attempt_process(ti_pk, try_number, pid, pid_start, &log_text).await
-            {
-                tracing::warn!(error = %chain(&error), "cannot record the process of an attempt");
+            let (pid, pid_start) = spawned_rx.await.ok()?;
+            let process = AttemptProcess { pid, pid_start, log_path: Some(log_text) };
+            tokio::select! {
+                _ = ended_rx => Some(process),
+                () = tokio::time::sleep(RECORD_PROCESS_AFTER) => {
+                    let log_path = process.log_path.as_deref().unwrap_or_default();
+                    if let Err(error) = store.record_attempt_process(ti_pk, try_number, pid, pid_start, log_path).await {
+                        tracing::warn!(error = %chain(&error), "cannot record the process of an attempt");
+                    }
+                    None
+                }
             }
         });
         let result = execute(&spec, &self.templates, self.observer.clone(), cancel, spawned_tx).await;
-        let _ = record.await;
+        let _ = ended_tx.send(());
+        let process = record.await.ok().flatten();
         let end = match (&result.ending, dag.task(&claimed.task_id)) {
-            (Ending::Interrupted, _) => {
-                AttemptEnd { state: TaskState::Scheduled, retry_at: None, exit_code: None, reason: result.reason() }
-            }
+            (Ending::Interrupted, _) => AttemptEnd {
+                state: TaskState::Scheduled,
+                retry_at: None,
+                exit_code: None,
+                reason: result.reason(),
+                process,
+            },
             (_, Some(task)) => {
                 let (state, retry_at) =
                     after_attempt(task, result.outcome(), claimed.try_number, claimed.max_tries, self.clock.now());
-                AttemptEnd { state, retry_at, exit_code: result.exit_code(), reason: result.reason() }
+                AttemptEnd { state, retry_at, exit_code: result.exit_code(), reason: result.reason(), process }
             }
             // Retrying cannot help a task its pinned version does not have.
-            (_, None) => {
-                AttemptEnd { state: TaskState::Failed, retry_at: None, exit_code: None, reason: result.reason() }
-            }
+            (_, None) => AttemptEnd {
+                state: TaskState::Failed,
+                retry_at: None,
+                exit_code: None,
+                reason: result.reason(),
+                process,
+            },
         };
         self.finish(&claimed, end).await;
     }

@@ -267,6 +267,16 @@ pub struct AttemptEnd {
     pub retry_at: Option<Timestamp>,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
+    /// The attempt's process and log, when not recorded while it ran (short attempts
+    /// finish before it is worth a write of their own).
+    pub process: Option<AttemptProcess>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptProcess {
+    pub pid: u32,
+    pub pid_start: Option<u64>,
+    pub log_path: Option<String>,
 }
 
 /// A running attempt held by a process, for recovery after that process died.

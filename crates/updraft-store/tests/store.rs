@@ -202,7 +202,7 @@ async fn claim_and_finish(store: Store) {
 
     let b = &claimed[0];
     assert!(store.record_attempt_process(b.ti_pk, 1, 4242, Some(7), "/logs/b/1.log").await.unwrap());
-    let end = AttemptEnd { state: TaskState::Success, retry_at: None, exit_code: Some(0), reason: None };
+    let end = AttemptEnd { state: TaskState::Success, retry_at: None, exit_code: Some(0), reason: None, process: None };
     assert!(store.finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW)).await.unwrap());
     // A second report of the same attempt, or one from an older try, changes nothing.
     assert!(!store.finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW)).await.unwrap());
@@ -213,8 +213,12 @@ async fn claim_and_finish(store: Store) {
         retry_at: Some(ts("2024-06-01T13:00:00Z")),
         exit_code: Some(1),
         reason: None,
+        // A short attempt reports its process with its outcome.
+        process: Some(AttemptProcess { pid: 777, pid_start: Some(9), log_path: Some("/logs/c/1.log".into()) }),
     };
     assert!(store.finish_attempt(c.ti_pk, 1, &retry, "runner", ts(NOW)).await.unwrap());
+    let c_attempt = &store.task_attempts(c.ti_pk).await.unwrap()[0];
+    assert_eq!((c_attempt.pid, c_attempt.log_path.as_deref()), (Some(777), Some("/logs/c/1.log")));
     let attempts = store.task_attempts(b.ti_pk).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(
@@ -226,8 +230,13 @@ async fn claim_and_finish(store: Store) {
     let a = &claimed[1];
     let running = store.running_attempts(process).await.unwrap();
     assert_eq!(running.iter().map(|r| r.task_id.as_str()).collect::<Vec<_>>(), vec!["a"]);
-    let interrupted =
-        AttemptEnd { state: TaskState::Scheduled, retry_at: None, exit_code: None, reason: Some("shutdown".into()) };
+    let interrupted = AttemptEnd {
+        state: TaskState::Scheduled,
+        retry_at: None,
+        exit_code: None,
+        reason: Some("shutdown".into()),
+        process: None,
+    };
     assert!(store.finish_attempt(a.ti_pk, 1, &interrupted, "runner", ts(NOW)).await.unwrap());
     let tis = store.task_instances(run_pk).await.unwrap();
     let a_row = tis.iter().find(|ti| ti.task_id == "a").unwrap();

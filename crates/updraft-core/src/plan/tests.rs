@@ -329,3 +329,12 @@ fn retry_delay_is_respected_across_restarts() {
     assert_eq!(first.wake_at, later.wake_at);
     assert_eq!(first.wake_at, Some(ts("2024-06-01T12:30:00Z")));
 }
+
+#[test]
+fn run_ids_keep_sub_second_precision() {
+    assert_eq!(RunType::Scheduled.run_id(ts("2024-01-01T00:00:00Z")).as_str(), "scheduled__2024-01-01T00:00:00+00:00");
+    assert_eq!(
+        RunType::Manual.run_id(ts("2024-01-01T00:00:00.0123Z")).as_str(),
+        "manual__2024-01-01T00:00:00.012300+00:00"
+    );
+}

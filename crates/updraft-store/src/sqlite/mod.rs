@@ -130,20 +130,46 @@ struct Transition<'a> {
 }
 
 async fn insert_transition(conn: &mut SqliteConnection, transition: Transition<'_>, now: Timestamp) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO state_transitions (run_pk, ti_pk, at, from_state, to_state, actor, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(transition.run_pk)
-    .bind(transition.ti_pk)
-    .bind(to_db(now))
-    .bind(transition.from)
-    .bind(transition.to)
-    .bind(transition.actor)
-    .bind(transition.detail)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    let mut batch = TransitionBatch::default();
+    batch.push(transition);
+    batch.flush(conn, now).await
+}
+
+/// Transitions written together: one statement for any number of rows, so a plan
+/// that moves two hundred tasks costs one insert, not two hundred.
+#[derive(Default)]
+struct TransitionBatch {
+    rows: Vec<serde_json::Value>,
+}
+
+impl TransitionBatch {
+    fn push(&mut self, transition: Transition<'_>) {
+        self.rows.push(serde_json::json!([
+            transition.run_pk,
+            transition.ti_pk,
+            transition.from,
+            transition.to,
+            transition.actor,
+            transition.detail,
+        ]));
+    }
+
+    async fn flush(&mut self, conn: &mut SqliteConnection, now: Timestamp) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = serde_json::Value::Array(std::mem::take(&mut self.rows)).to_string();
+        sqlx::query(
+            "INSERT INTO state_transitions (run_pk, ti_pk, at, from_state, to_state, actor, detail)
+             SELECT value ->> 0, value ->> 1, $2, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+             FROM json_each($1) ORDER BY key",
+        )
+        .bind(rows)
+        .bind(to_db(now))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }
 
 async fn insert_run(conn: &mut SqliteConnection, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
@@ -177,21 +203,24 @@ async fn insert_run(conn: &mut SqliteConnection, run: &NewRun, actor: &str, now:
     let Some(run_pk) = run_pk else {
         return Ok(None);
     };
-    for task in run.dag.tasks() {
-        let max_tries = if run.with_retries { i64::from(task.retries) } else { 0 };
-        sqlx::query(
-            "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, updated_at)
-             VALUES ($1, $2, 'none', 0, $3, $4, $5, $6)",
-        )
-        .bind(run_pk)
-        .bind(task.task_id.as_str())
-        .bind(max_tries)
-        .bind(&task.pool)
-        .bind(i64::from(task.priority))
-        .bind(to_db(now))
-        .execute(&mut *conn)
-        .await?;
-    }
+    let tasks: Vec<serde_json::Value> = run
+        .dag
+        .tasks()
+        .iter()
+        .map(|task| {
+            let max_tries = if run.with_retries { task.retries } else { 0 };
+            serde_json::json!([task.task_id.as_str(), max_tries, task.pool, task.priority])
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, updated_at)
+         SELECT $1, value ->> 0, 'none', 0, value ->> 1, value ->> 2, value ->> 3, $2 FROM json_each($3) ORDER BY key",
+    )
+    .bind(run_pk)
+    .bind(to_db(now))
+    .bind(serde_json::Value::Array(tasks).to_string())
+    .execute(&mut *conn)
+    .await?;
     let detail = format!("{} run created", run.run_type.as_str());
     insert_transition(
         conn,
@@ -482,23 +511,27 @@ impl MetadataStore for SqliteStore {
                 (runs, tis, dags)
             }
         };
-        let pool_rows =
-            sqlx::query("SELECT name, slots, description FROM pools ORDER BY name").fetch_all(&mut *tx).await?;
-        let busy_rows = sqlx::query(
-            "SELECT t.pool AS pool, COUNT(*) AS n, SUM(CASE WHEN r.run_type <> 'test' THEN 1 ELSE 0 END) AS n_runner
-             FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
-             WHERE t.state IN ('queued', 'running') GROUP BY t.pool",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let next_dag_due: Option<i64> = match scope {
+        // A `dags test` run ignores pools and runner capacity, and has no schedule.
+        let (pool_rows, busy_rows, next_dag_due) = match scope {
             Scope::All => {
-                sqlx::query_scalar("SELECT MIN(next_due) FROM dags WHERE is_active AND NOT is_paused AND next_due > $1")
-                    .bind(to_db(now))
-                    .fetch_one(&mut *tx)
-                    .await?
+                let pool_rows =
+                    sqlx::query("SELECT name, slots, description FROM pools ORDER BY name").fetch_all(&mut *tx).await?;
+                let busy_rows = sqlx::query(
+                    "SELECT t.pool AS pool, COUNT(*) AS n, SUM(CASE WHEN r.run_type <> 'test' THEN 1 ELSE 0 END) AS n_runner
+                     FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
+                     WHERE t.state IN ('queued', 'running') GROUP BY t.pool",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let next_dag_due: Option<i64> = sqlx::query_scalar(
+                    "SELECT MIN(next_due) FROM dags WHERE is_active AND NOT is_paused AND next_due > $1",
+                )
+                .bind(to_db(now))
+                .fetch_one(&mut *tx)
+                .await?;
+                (pool_rows, busy_rows, next_dag_due)
             }
-            Scope::Run(_) => None,
+            Scope::Run(_) => (Vec::new(), Vec::new(), None),
         };
         tx.commit().await?;
 
@@ -540,6 +573,11 @@ impl MetadataStore for SqliteStore {
             return Ok(report);
         }
         let mut tx = self.begin_write().await?;
+        let mut transitions = TransitionBatch::default();
+        let mut state_steps: Vec<Vec<(i64, TaskState, TaskState)>> = Vec::new();
+        let mut steps_taken: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+        let mut reasons: std::collections::BTreeMap<Option<String>, Vec<i64>> = std::collections::BTreeMap::new();
+        let mut finishes = Vec::new();
         for action in actions {
             match action {
                 Action::CreateRun { dag, version, run_id, interval } => {
@@ -581,103 +619,117 @@ impl MetadataStore for SqliteStore {
                     .execute(&mut *tx)
                     .await?;
                     if done.rows_affected() == 1 {
-                        insert_transition(
-                            &mut tx,
-                            Transition {
-                                run_pk: *run_pk,
-                                ti_pk: None,
-                                from: Some("queued"),
-                                to: "running",
-                                actor,
-                                detail: None,
-                            },
-                            now,
-                        )
-                        .await?;
-                    } else {
-                        report.conflicts += 1;
-                    }
-                }
-                Action::FinishRun { run_pk, state } => {
-                    check_run_transition(RunState::Running, *state)?;
-                    let done = sqlx::query(
-                        "UPDATE dag_runs SET state = $2, end_date = $3 WHERE id = $1 AND state = 'running'
-                         AND NOT EXISTS (SELECT 1 FROM task_instances
-                                         WHERE run_pk = $1 AND state NOT IN ('success', 'failed', 'skipped', 'upstream_failed', 'removed'))",
-                    )
-                    .bind(run_pk)
-                    .bind(state.as_str())
-                    .bind(to_db(now))
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() == 1 {
-                        report.runs_finished += 1;
-                        insert_transition(
-                            &mut tx,
-                            Transition {
-                                run_pk: *run_pk,
-                                ti_pk: None,
-                                from: Some("running"),
-                                to: state.as_str(),
-                                actor,
-                                detail: None,
-                            },
-                            now,
-                        )
-                        .await?;
+                        transitions.push(Transition {
+                            run_pk: *run_pk,
+                            ti_pk: None,
+                            from: Some("queued"),
+                            to: "running",
+                            actor,
+                            detail: None,
+                        });
                     } else {
                         report.conflicts += 1;
                     }
                 }
                 Action::SetTaskState { ti_pk, from, to } => {
                     check_task_transition(*from, *to)?;
-                    let run_pk: Option<i64> = sqlx::query_scalar(
-                        "UPDATE task_instances SET state = $3, wait_reason = NULL, updated_at = $4,
-                             queued_at = CASE WHEN $3 = 'queued' THEN $4 ELSE queued_at END,
-                             end_date = CASE WHEN $3 IN ('success', 'failed', 'skipped', 'upstream_failed', 'removed')
-                                             THEN $4 ELSE end_date END
-                         WHERE id = $1 AND state = $2 RETURNING run_pk",
-                    )
-                    .bind(ti_pk)
-                    .bind(from.as_str())
-                    .bind(to.as_str())
-                    .bind(to_db(now))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match run_pk {
-                        Some(run_pk) => {
-                            if *to == TaskState::Queued {
-                                report.tasks_queued += 1;
-                            }
-                            insert_transition(
-                                &mut tx,
-                                Transition {
-                                    run_pk,
-                                    ti_pk: Some(*ti_pk),
-                                    from: Some(from.as_str()),
-                                    to: to.as_str(),
-                                    actor,
-                                    detail: None,
-                                },
-                                now,
-                            )
-                            .await?;
-                        }
-                        None => report.conflicts += 1,
+                    let step = steps_taken.entry(*ti_pk).or_insert(0);
+                    if state_steps.len() <= *step {
+                        state_steps.push(Vec::new());
                     }
+                    state_steps[*step].push((*ti_pk, *from, *to));
+                    *step += 1;
                 }
                 Action::SetWaitReason { ti_pk, reason } => {
-                    sqlx::query(
-                        "UPDATE task_instances SET wait_reason = $2
-                         WHERE id = $1 AND state IN ('none', 'scheduled', 'up_for_retry')",
-                    )
-                    .bind(ti_pk)
-                    .bind(reason.as_ref().map(|reason| reason.to_json()))
-                    .execute(&mut *tx)
-                    .await?;
+                    reasons.entry(reason.as_ref().map(|reason| reason.to_json())).or_default().push(*ti_pk);
+                }
+                Action::FinishRun { .. } => finishes.push(action),
+            }
+        }
+        // Task-instance moves in order per task (a task's second move after its first),
+        // each (from, to) group as one compare-and-set statement; then reasons (a move
+        // clears the reason, so reasons come after); then finished runs, whose guard
+        // reads the moved states.
+        for step in state_steps {
+            let mut groups: Vec<((TaskState, TaskState), Vec<i64>)> = Vec::new();
+            for (ti_pk, from, to) in step {
+                match groups.iter_mut().find(|(key, _)| *key == (from, to)) {
+                    Some((_, ids)) => ids.push(ti_pk),
+                    None => groups.push(((from, to), vec![ti_pk])),
+                }
+            }
+            for ((from, to), ids) in groups {
+                let rows: Vec<(i64, i64)> = sqlx::query_as(
+                    "UPDATE task_instances SET state = $3, wait_reason = NULL, updated_at = $4,
+                         queued_at = CASE WHEN $3 = 'queued' THEN $4 ELSE queued_at END,
+                         end_date = CASE WHEN $3 IN ('success', 'failed', 'skipped', 'upstream_failed', 'removed')
+                                         THEN $4 ELSE end_date END
+                     WHERE id IN (SELECT value FROM json_each($1)) AND state = $2 RETURNING id, run_pk",
+                )
+                .bind(serde_json::Value::from(ids.clone()).to_string())
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(to_db(now))
+                .fetch_all(&mut *tx)
+                .await?;
+                report.conflicts += ids.len() - rows.len();
+                if to == TaskState::Queued {
+                    report.tasks_queued += rows.len();
+                }
+                // Keep the plan's order in the log.
+                let moved: std::collections::HashMap<i64, i64> = rows.into_iter().collect();
+                for ti_pk in ids {
+                    if let Some(run_pk) = moved.get(&ti_pk) {
+                        transitions.push(Transition {
+                            run_pk: *run_pk,
+                            ti_pk: Some(ti_pk),
+                            from: Some(from.as_str()),
+                            to: to.as_str(),
+                            actor,
+                            detail: None,
+                        });
+                    }
                 }
             }
         }
+        for (reason, ids) in reasons {
+            sqlx::query(
+                "UPDATE task_instances SET wait_reason = $2
+                 WHERE id IN (SELECT value FROM json_each($1)) AND state IN ('none', 'scheduled', 'up_for_retry')",
+            )
+            .bind(serde_json::Value::from(ids).to_string())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for action in finishes {
+            let Action::FinishRun { run_pk, state } = action else { continue };
+            check_run_transition(RunState::Running, *state)?;
+            let done = sqlx::query(
+                "UPDATE dag_runs SET state = $2, end_date = $3 WHERE id = $1 AND state = 'running'
+                 AND NOT EXISTS (SELECT 1 FROM task_instances
+                                 WHERE run_pk = $1 AND state NOT IN ('success', 'failed', 'skipped', 'upstream_failed', 'removed'))",
+            )
+            .bind(run_pk)
+            .bind(state.as_str())
+            .bind(to_db(now))
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                report.runs_finished += 1;
+                transitions.push(Transition {
+                    run_pk: *run_pk,
+                    ti_pk: None,
+                    from: Some("running"),
+                    to: state.as_str(),
+                    actor,
+                    detail: None,
+                });
+            } else {
+                report.conflicts += 1;
+            }
+        }
+        transitions.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(report)
     }
@@ -693,96 +745,103 @@ impl MetadataStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin_write().await?;
-        let ids: Vec<i64> = match scope {
-            Scope::All => {
-                sqlx::query_scalar(
-                    "SELECT t.id FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
-                 WHERE t.state = 'queued' AND r.run_type <> 'test'
-                 ORDER BY t.priority DESC, t.queued_at, t.id LIMIT $1",
-                )
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            Scope::Run(run_pk) => {
-                sqlx::query_scalar(
-                    "SELECT id FROM task_instances WHERE state = 'queued' AND run_pk = $2
-                 ORDER BY priority DESC, queued_at, id LIMIT $1",
-                )
-                .bind(i64::from(limit))
-                .bind(run_pk)
-                .fetch_all(&mut *tx)
-                .await?
-            }
+        let only_run = match scope {
+            Scope::All => None,
+            Scope::Run(run_pk) => Some(run_pk),
         };
-        let mut claimed = Vec::with_capacity(ids.len());
+        let mut tx = self.begin_write().await?;
+        // One statement picks and takes them: highest priority first, then oldest.
+        let rows = sqlx::query(
+            "UPDATE task_instances SET state = 'running', try_number = try_number + 1, process_id = $2,
+                 hostname = $3, pid = NULL, pid_start = NULL, exit_code = NULL, start_date = $4,
+                 end_date = NULL, retry_at = NULL, wait_reason = NULL, updated_at = $4
+             WHERE state = 'queued' AND id IN (
+                 SELECT t.id FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
+                 WHERE t.state = 'queued'
+                   AND CASE WHEN $5 IS NULL THEN r.run_type <> 'test' ELSE t.run_pk = $5 END
+                 ORDER BY t.priority DESC, t.queued_at, t.id LIMIT $1)
+             RETURNING id, run_pk, task_id, try_number, max_tries, priority, queued_at",
+        )
+        .bind(i64::from(limit))
+        .bind(process_id)
+        .bind(hostname)
+        .bind(to_db(now))
+        .bind(only_run)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        struct Taken {
+            ti_pk: i64,
+            run_pk: i64,
+            task_id: String,
+            try_number: i64,
+            max_tries: i64,
+            order: (std::cmp::Reverse<i64>, Option<i64>, i64),
+        }
+        let mut taken = rows
+            .iter()
+            .map(|row| {
+                let ti_pk: i64 = row.try_get("id")?;
+                Ok(Taken {
+                    ti_pk,
+                    run_pk: row.try_get("run_pk")?,
+                    task_id: row.try_get("task_id")?,
+                    try_number: row.try_get("try_number")?,
+                    max_tries: row.try_get("max_tries")?,
+                    order: (std::cmp::Reverse(row.try_get("priority")?), row.try_get("queued_at")?, ti_pk),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        taken.sort_by_key(|taken| taken.order);
+        let ids = serde_json::Value::from(taken.iter().map(|taken| taken.ti_pk).collect::<Vec<_>>()).to_string();
+        sqlx::query(
+            "INSERT INTO task_attempts (ti_pk, try_number, state, process_id, hostname, start_date)
+             SELECT id, try_number, 'running', process_id, hostname, start_date FROM task_instances
+             WHERE id IN (SELECT value FROM json_each($1))
+             ON CONFLICT (ti_pk, try_number) DO UPDATE SET state = 'running', process_id = excluded.process_id,
+                 hostname = excluded.hostname, start_date = excluded.start_date",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        let actor = format!("runner:{process_id}");
+        let mut transitions = TransitionBatch::default();
         let mut runs: std::collections::HashMap<i64, RunRow> = std::collections::HashMap::new();
-        for ti_pk in ids {
-            let row = sqlx::query(
-                "UPDATE task_instances SET state = 'running', try_number = try_number + 1, process_id = $2,
-                     hostname = $3, pid = NULL, pid_start = NULL, exit_code = NULL, start_date = $4,
-                     end_date = NULL, retry_at = NULL, wait_reason = NULL, updated_at = $4
-                 WHERE id = $1 AND state = 'queued'
-                 RETURNING run_pk, task_id, try_number, max_tries",
-            )
-            .bind(ti_pk)
-            .bind(process_id)
-            .bind(hostname)
-            .bind(to_db(now))
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { continue };
-            let run_pk: i64 = row.try_get("run_pk")?;
-            let try_number: i64 = row.try_get("try_number")?;
-            let max_tries: i64 = row.try_get("max_tries")?;
-            if let std::collections::hash_map::Entry::Vacant(e) = runs.entry(run_pk) {
-                let run = sqlx::query(RUN_SELECT_BY_PK).bind(run_pk).fetch_one(&mut *tx).await?;
-                e.insert(run_row(&run)?);
+        let mut claimed = Vec::with_capacity(taken.len());
+        for taken in taken {
+            if let std::collections::hash_map::Entry::Vacant(entry) = runs.entry(taken.run_pk) {
+                let run = sqlx::query(RUN_SELECT_BY_PK).bind(taken.run_pk).fetch_one(&mut *tx).await?;
+                entry.insert(run_row(&run)?);
             }
-            let run = &runs[&run_pk];
-            sqlx::query(
-                "INSERT INTO task_attempts (ti_pk, try_number, state, process_id, hostname, start_date)
-                 VALUES ($1, $2, 'running', $3, $4, $5)
-                 ON CONFLICT (ti_pk, try_number) DO UPDATE SET state = 'running', process_id = excluded.process_id,
-                     hostname = excluded.hostname, start_date = excluded.start_date",
-            )
-            .bind(ti_pk)
-            .bind(try_number)
-            .bind(process_id)
-            .bind(hostname)
-            .bind(to_db(now))
-            .execute(&mut *tx)
-            .await?;
-            let detail = format!("try {try_number}");
-            insert_transition(
-                &mut tx,
-                Transition {
-                    run_pk,
-                    ti_pk: Some(ti_pk),
-                    from: Some("queued"),
-                    to: "running",
-                    actor: &format!("runner:{process_id}"),
-                    detail: Some(&detail),
-                },
-                now,
-            )
-            .await?;
+            let run = &runs[&taken.run_pk];
+            let detail = format!("try {}", taken.try_number);
+            transitions.push(Transition {
+                run_pk: taken.run_pk,
+                ti_pk: Some(taken.ti_pk),
+                from: Some("queued"),
+                to: "running",
+                actor: &actor,
+                detail: Some(&detail),
+            });
             claimed.push(Claimed {
-                ti_pk,
-                run_pk,
+                ti_pk: taken.ti_pk,
+                run_pk: taken.run_pk,
                 dag_id: run.dag_id.clone(),
                 run_id: run.run_id.clone(),
                 run_type: run.run_type,
-                task_id: row.try_get("task_id")?,
-                try_number: try_number as u32,
-                max_tries: max_tries as u32,
+                task_id: taken.task_id,
+                try_number: taken.try_number as u32,
+                max_tries: taken.max_tries as u32,
                 version: run.version.clone(),
                 logical_date: run.logical_date,
                 interval: run.interval,
                 conf: run.conf.clone(),
             });
         }
+        transitions.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -826,7 +885,8 @@ impl MetadataStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let run_pk: Option<i64> = sqlx::query_scalar(
             "UPDATE task_instances SET state = $3, end_date = $4, retry_at = $5, exit_code = $6, updated_at = $4,
-                 max_tries = CASE WHEN $3 = 'scheduled' THEN max_tries + 1 ELSE max_tries END
+                 max_tries = CASE WHEN $3 = 'scheduled' THEN max_tries + 1 ELSE max_tries END,
+                 pid = COALESCE($7, pid), pid_start = COALESCE($8, pid_start)
              WHERE id = $1 AND try_number = $2 AND state = 'running' RETURNING run_pk",
         )
         .bind(ti_pk)
@@ -835,6 +895,8 @@ impl MetadataStore for SqliteStore {
         .bind(to_db(now))
         .bind(end.retry_at.map(to_db))
         .bind(end.exit_code)
+        .bind(end.process.as_ref().map(|process| i64::from(process.pid)))
+        .bind(end.process.as_ref().and_then(|process| process.pid_start).map(|start| start as i64))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(run_pk) = run_pk else {
@@ -847,7 +909,8 @@ impl MetadataStore for SqliteStore {
             _ => "failed",
         };
         sqlx::query(
-            "UPDATE task_attempts SET state = $3, end_date = $4, exit_code = $5, reason = $6
+            "UPDATE task_attempts SET state = $3, end_date = $4, exit_code = $5, reason = $6,
+                 pid = COALESCE($7, pid), log_path = COALESCE($8, log_path)
              WHERE ti_pk = $1 AND try_number = $2",
         )
         .bind(ti_pk)
@@ -856,6 +919,8 @@ impl MetadataStore for SqliteStore {
         .bind(to_db(now))
         .bind(end.exit_code)
         .bind(&end.reason)
+        .bind(end.process.as_ref().map(|process| i64::from(process.pid)))
+        .bind(end.process.as_ref().and_then(|process| process.log_path.clone()))
         .execute(&mut *tx)
         .await?;
         insert_transition(
