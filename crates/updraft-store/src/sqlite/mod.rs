@@ -28,6 +28,18 @@ use rows::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Takes up to `$1` queued task instances in scope (`$5`: a run, or NULL for every
+/// run but `dags test` runs), highest priority first.
+const CLAIM: &str = "UPDATE task_instances SET state = 'running', try_number = try_number + 1, process_id = $2,
+         hostname = $3, pid = NULL, pid_start = NULL, exit_code = NULL, start_date = $4,
+         end_date = NULL, retry_at = NULL, wait_reason = NULL, updated_at = $4
+     WHERE state = 'queued' AND id IN (
+         SELECT t.id FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
+         WHERE t.state = 'queued'
+           AND CASE WHEN $5 IS NULL THEN r.run_type <> 'test' ELSE t.run_pk = $5 END
+         ORDER BY t.priority DESC, t.queued_at, t.id LIMIT $1)
+     RETURNING id, run_pk, task_id, try_number, max_tries, priority, queued_at";
+
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
@@ -751,24 +763,14 @@ impl MetadataStore for SqliteStore {
         };
         let mut tx = self.begin_write().await?;
         // One statement picks and takes them: highest priority first, then oldest.
-        let rows = sqlx::query(
-            "UPDATE task_instances SET state = 'running', try_number = try_number + 1, process_id = $2,
-                 hostname = $3, pid = NULL, pid_start = NULL, exit_code = NULL, start_date = $4,
-                 end_date = NULL, retry_at = NULL, wait_reason = NULL, updated_at = $4
-             WHERE state = 'queued' AND id IN (
-                 SELECT t.id FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
-                 WHERE t.state = 'queued'
-                   AND CASE WHEN $5 IS NULL THEN r.run_type <> 'test' ELSE t.run_pk = $5 END
-                 ORDER BY t.priority DESC, t.queued_at, t.id LIMIT $1)
-             RETURNING id, run_pk, task_id, try_number, max_tries, priority, queued_at",
-        )
-        .bind(i64::from(limit))
-        .bind(process_id)
-        .bind(hostname)
-        .bind(to_db(now))
-        .bind(only_run)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(CLAIM)
+            .bind(i64::from(limit))
+            .bind(process_id)
+            .bind(hostname)
+            .bind(to_db(now))
+            .bind(only_run)
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(Vec::new());
@@ -1091,4 +1093,43 @@ fn parse_task_state(text: &str) -> Result<TaskState> {
 
 fn parse_run_state(text: &str) -> Result<RunState> {
     RunState::from_str(text).map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queries that run for every task or every scheduler tick must not read
+    /// whole history tables: their cost must not grow with finished runs.
+    #[tokio::test]
+    async fn hot_queries_use_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open("sqlite://db", dir.path()).await.unwrap();
+        let hot: &[(&str, &str)] = &[
+            ("claim", CLAIM),
+            ("active runs", RUN_SELECT_ACTIVE),
+            ("active task instances", TI_SELECT_ACTIVE),
+            ("task instances of a run", TI_SELECT_BY_RUN),
+            ("DAGs to schedule", DAG_SELECT_FOR_SCHEDULING),
+            ("runs of a DAG", RUN_SELECT_BY_DAG),
+        ];
+        for (name, sql) in hot {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .fetch_all(&store.read)
+                    .await
+                    .unwrap();
+            let lines: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+            // A scan may only walk a partial index over active rows (or a JSON argument).
+            let bounded = ["task_instances_queued", "task_instances_busy", "dag_runs_active", "json_each"];
+            for line in &lines {
+                if line.starts_with("SCAN ") {
+                    assert!(
+                        bounded.iter().any(|index| line.contains(index)),
+                        "{name} scans a table: {line} in {lines:?}"
+                    );
+                }
+            }
+        }
+    }
 }
