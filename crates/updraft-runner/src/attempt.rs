@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use minijinja::Environment;
 use rustix::process::Signal;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 use updraft_core::retry::AttemptOutcome;
@@ -129,28 +129,27 @@ pub async fn execute(
         try_number: spec.try_number,
     };
     observer.started(&label);
-    let mut log = match LogFile::open(spec.log_path.as_deref()).await {
+    let mut log = match LogFile::open(spec.log_path.as_deref()) {
         Ok(log) => log,
         Err(error) => return not_started(started, error, &label, observer.as_ref()),
     };
     let Some(task) = spec.dag.task(&spec.task_id) else {
         let why = format!("task `{}` is not in this version of DAG `{}`", spec.task_id, label.dag_id);
-        log.note(&why).await;
+        log.note(&why);
         return not_started(started, why, &label, observer.as_ref());
     };
     log.note(&format!(
         "attempt {} of {} of `{}.{}` in run `{}` started",
         spec.try_number, spec.tries_allowed, label.dag_id, label.task_id, label.run_id
-    ))
-    .await;
+    ));
     let prepared = match prepare(spec, task, templates) {
         Ok(prepared) => prepared,
         Err(why) => {
-            log.note(&why).await;
+            log.note(&why);
             return not_started(started, why, &label, observer.as_ref());
         }
     };
-    log.note(&format!("command: {}", prepared.command)).await;
+    log.note(&format!("command: {}", prepared.command));
 
     let mut command = Command::new("/bin/sh");
     command
@@ -167,7 +166,7 @@ pub async fn execute(
         Ok(child) => child,
         Err(error) => {
             let why = format!("cannot start `/bin/sh`: {error}");
-            log.note(&why).await;
+            log.note(&why);
             return not_started(started, why, &label, observer.as_ref());
         }
     };
@@ -187,7 +186,7 @@ pub async fn execute(
     let writer = tokio::spawn(async move {
         while let Some(line) = lines_rx.recv().await {
             writer_observer.line(&writer_label, &line);
-            log.write_line(&line, lines_rx.is_empty()).await;
+            log.write_line(&line, lines_rx.is_empty());
         }
         log
     });
@@ -215,7 +214,7 @@ pub async fn execute(
         Err(_) => LogFile::closed(),
     };
     let result = AttemptResult { ending, duration: started.elapsed() };
-    log.note(&format!("attempt ended after {:.2}s: {}", result.duration.as_secs_f64(), result.describe())).await;
+    log.note(&format!("attempt ended after {:.2}s: {}", result.duration.as_secs_f64(), result.describe()));
     observer.ended(&label, &result);
     result
 }
@@ -362,57 +361,53 @@ async fn read_lines(stream: impl AsyncRead + Unpin, lines: mpsc::Sender<String>)
     }
 }
 
-/// The attempt's log file; without a path, lines go to observers only.
+/// The attempt's log file; without a path, lines go to observers only. Plain
+/// `std::fs`: appending to a local file takes microseconds, less than a hop to a
+/// blocking thread would.
 struct LogFile {
-    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl LogFile {
-    async fn open(path: Option<&Path>) -> Result<LogFile, String> {
-        let Some(path) = path else {
-            return Ok(LogFile::closed());
-        };
+    fn open(path: Option<&Path>) -> Result<LogFile, String> {
+        let Some(path) = path else { return Ok(LogFile::closed()) };
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
+            std::fs::create_dir_all(parent)
                 .map_err(|error| format!("cannot create log folder `{}`: {error}", parent.display()))?;
         }
-        let file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .await
             .map_err(|error| format!("cannot open log file `{}`: {error}", path.display()))?;
-        Ok(LogFile { file: Some(tokio::io::BufWriter::new(file)) })
+        Ok(LogFile { file: Some(std::io::BufWriter::new(file)) })
     }
 
     fn closed() -> LogFile {
         LogFile { file: None }
     }
 
-    async fn write_line(&mut self, line: &str, flush: bool) {
+    fn write_line(&mut self, line: &str, flush: bool) {
+        use std::io::Write;
         if let Some(file) = &mut self.file {
             // A full disk must not fail the task: the log is lost, not the work.
-            let _ = file.write_all(line.as_bytes()).await;
-            let _ = file.write_all(b"\n").await;
+            let _ = writeln!(file, "{line}");
             if flush {
-                let _ = file.flush().await;
+                let _ = file.flush();
             }
         }
     }
 
     /// A line of Updraft's own, marked so it stands apart from the task's output.
-    async fn note(&mut self, text: &str) {
+    fn note(&mut self, text: &str) {
         let line = format!("[updraft {}] {text}", Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ"));
-        self.write_line(&line, true).await;
+        self.write_line(&line, true);
     }
 }
 
 /// Appends a note to an attempt's log from outside the attempt (recovery).
-pub async fn append_note(path: &Path, text: &str) {
-    let mut log = match LogFile::open(Some(path)).await {
-        Ok(log) => log,
-        Err(_) => return,
-    };
-    log.note(text).await;
+pub fn append_note(path: &Path, text: &str) {
+    if let Ok(mut log) = LogFile::open(Some(path)) {
+        log.note(text);
+    }
 }

@@ -154,7 +154,7 @@ impl Recovery {
         let path = attempt.log_path.as_ref().map(PathBuf::from).unwrap_or_else(|| {
             log_path(&self.logs_folder, &attempt.dag_id, &attempt.run_id, &attempt.task_id, attempt.try_number)
         });
-        append_note(&path, &reason).await;
+        append_note(&path, &reason);
         let end = AttemptEnd { state, retry_at, exit_code: None, reason: Some(reason), process: None };
         let done = self
             .store

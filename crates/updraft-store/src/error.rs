@@ -17,12 +17,20 @@ pub enum StoreError {
     Open {
         location: String,
         #[source]
-        source: sqlx::Error,
+        source: rusqlite::Error,
     },
-    #[error("cannot migrate the database schema")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("cannot migrate the database schema to version {version}")]
+    Migrate {
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the database schema is version {found}, newer than this Updraft knows ({known}); upgrade Updraft")]
+    SchemaTooNew { found: i64, known: i64 },
     #[error("database error")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] rusqlite::Error),
+    #[error("store thread: {0}")]
+    Thread(String),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     #[error(transparent)]

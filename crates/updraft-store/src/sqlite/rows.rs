@@ -1,11 +1,10 @@
-//! Queries shared by several operations, and the decoding of their rows.
+//! Queries used by several operations, and the decoding of their rows by column
+//! position (each `*_COLUMNS` list and its decoder go together).
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
-use updraft_core::DataInterval;
+use rusqlite::Row;
 use updraft_core::plan::{DagVersion, RunType};
+use updraft_core::{DataInterval, RunState, TaskState};
 
-use super::{parse_run_state, parse_task_state};
 use crate::error::{Result, StoreError};
 use crate::model::*;
 use crate::time::{from_db, opt_from_db};
@@ -21,13 +20,13 @@ macro_rules! dag_select {
 }
 
 pub const DAG_SELECT_ALL: &str = dag_select!("ORDER BY dag_id");
-pub const DAG_SELECT_ONE: &str = dag_select!("WHERE dag_id = $1");
+pub const DAG_SELECT_ONE: &str = dag_select!("WHERE dag_id = ?1");
 /// DAGs whose schedule is due, and DAGs with active runs (outside `dags test`).
 pub const DAG_SELECT_FOR_SCHEDULING: &str = dag_select!(
-    "WHERE (is_active AND NOT is_paused AND next_due <= $1)
+    "WHERE (is_active AND NOT is_paused AND next_due <= ?1)
         OR dag_id IN (SELECT dag_id FROM dag_runs WHERE state IN ('queued', 'running') AND run_type <> 'test')"
 );
-pub const DAG_SELECT_FOR_RUN: &str = dag_select!("WHERE dag_id = (SELECT dag_id FROM dag_runs WHERE id = $1)");
+pub const DAG_SELECT_FOR_RUN: &str = dag_select!("WHERE dag_id = (SELECT dag_id FROM dag_runs WHERE id = ?1)");
 
 macro_rules! run_select {
     ($tail:literal) => {
@@ -40,11 +39,11 @@ macro_rules! run_select {
 }
 
 pub const RUN_SELECT_BY_DAG: &str =
-    run_select!("WHERE dag_id = $1 AND ($2 IS NULL OR state = $2) ORDER BY logical_date DESC, id DESC LIMIT $3");
-pub const RUN_SELECT_ONE: &str = run_select!("WHERE dag_id = $1 AND run_id = $2");
-pub const RUN_SELECT_BY_PK: &str = run_select!("WHERE id = $1");
+    run_select!("WHERE dag_id = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY logical_date DESC, id DESC LIMIT ?3");
+pub const RUN_SELECT_ONE: &str = run_select!("WHERE dag_id = ?1 AND run_id = ?2");
+pub const RUN_SELECT_BY_PK: &str = run_select!("WHERE id = ?1");
 pub const RUN_SELECT_ACTIVE: &str = run_select!("WHERE state IN ('queued', 'running') AND run_type <> 'test'");
-pub const RUN_SELECT_ACTIVE_ONE: &str = run_select!("WHERE id = $1 AND state IN ('queued', 'running')");
+pub const RUN_SELECT_ACTIVE_ONE: &str = run_select!("WHERE id = ?1 AND state IN ('queued', 'running')");
 
 macro_rules! ti_select {
     ($tail:literal) => {
@@ -56,27 +55,51 @@ macro_rules! ti_select {
     };
 }
 
-pub const TI_SELECT_BY_RUN: &str = ti_select!("WHERE run_pk = $1 ORDER BY id");
+pub const TI_SELECT_BY_RUN: &str = ti_select!("WHERE run_pk = ?1 ORDER BY id");
 pub const TI_SELECT_ACTIVE: &str = ti_select!(
     "WHERE run_pk IN (SELECT id FROM dag_runs WHERE state IN ('queued', 'running') AND run_type <> 'test') ORDER BY id"
 );
 
-pub fn dag_row(row: &SqliteRow) -> Result<DagRow> {
-    let tags: String = row.try_get("tags")?;
-    let start: Option<i64> = row.try_get("last_automated_start")?;
-    let end: Option<i64> = row.try_get("last_automated_end")?;
+pub const ATTEMPT_SELECT: &str =
+    "SELECT ti_pk, try_number, state, hostname, pid, start_date, end_date, exit_code, reason, log_path
+     FROM task_attempts WHERE ti_pk = ?1 ORDER BY try_number";
+
+pub const PROCESS_SELECT: &str =
+    "SELECT id, kind, hostname, pid, pid_start, state, started_at, heartbeat_at FROM processes
+     WHERE ?1 IS NULL OR state = ?1 ORDER BY id";
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} `{value}`"))
+}
+
+pub fn parse_task_state(text: &str) -> Result<TaskState> {
+    text.parse().map_err(|_| corrupt("task state", text))
+}
+
+pub fn parse_run_state(text: &str) -> Result<RunState> {
+    text.parse().map_err(|_| corrupt("run state", text))
+}
+
+pub fn parse_run_type(text: &str) -> Result<RunType> {
+    RunType::parse(text).ok_or_else(|| corrupt("run type", text))
+}
+
+pub fn dag_row(row: &Row<'_>) -> Result<DagRow> {
+    let tags: String = row.get(6)?;
+    let start: Option<i64> = row.get(11)?;
+    let end: Option<i64> = row.get(12)?;
     Ok(DagRow {
-        dag_id: row.try_get("dag_id")?,
-        fileloc: row.try_get("fileloc")?,
-        owner: row.try_get("owner")?,
-        description: row.try_get("description")?,
-        schedule: row.try_get("schedule")?,
-        timezone: row.try_get("timezone")?,
-        tags: serde_json::from_str(&tags).map_err(|error| StoreError::Corrupt(format!("tags: {error}")))?,
-        is_paused: row.try_get("is_paused")?,
-        is_active: row.try_get("is_active")?,
-        latest_version: row.try_get("latest_version")?,
-        next_due: opt_from_db(row.try_get("next_due")?),
+        dag_id: row.get(0)?,
+        fileloc: row.get(1)?,
+        owner: row.get(2)?,
+        description: row.get(3)?,
+        schedule: row.get(4)?,
+        timezone: row.get(5)?,
+        tags: serde_json::from_str(&tags).map_err(|_| corrupt("tags", &tags))?,
+        is_paused: row.get(7)?,
+        is_active: row.get(8)?,
+        latest_version: row.get(9)?,
+        next_due: opt_from_db(row.get(10)?),
         last_automated: match (start, end) {
             (Some(start), Some(end)) => Some(DataInterval { start: from_db(start), end: from_db(end) }),
             _ => None,
@@ -84,84 +107,82 @@ pub fn dag_row(row: &SqliteRow) -> Result<DagRow> {
     })
 }
 
-pub fn run_row(row: &SqliteRow) -> Result<RunRow> {
-    let run_type: String = row.try_get("run_type")?;
-    let state: String = row.try_get("state")?;
-    let conf: String = row.try_get("conf")?;
+pub fn run_row(row: &Row<'_>) -> Result<RunRow> {
+    let run_type: String = row.get(3)?;
+    let state: String = row.get(4)?;
+    let conf: String = row.get(9)?;
     let conf = match serde_json::from_str(&conf) {
         Ok(serde_json::Value::Object(map)) => map,
-        _ => return Err(StoreError::Corrupt(format!("run conf `{conf}`"))),
+        _ => return Err(corrupt("run conf", &conf)),
     };
     Ok(RunRow {
-        run_pk: row.try_get("id")?,
-        dag_id: row.try_get("dag_id")?,
-        run_id: row.try_get("run_id")?,
-        run_type: RunType::parse(&run_type).ok_or_else(|| StoreError::Corrupt(format!("run type `{run_type}`")))?,
+        run_pk: row.get(0)?,
+        dag_id: row.get(1)?,
+        run_id: row.get(2)?,
+        run_type: parse_run_type(&run_type)?,
         state: parse_run_state(&state)?,
-        version: DagVersion(row.try_get("version")?),
-        logical_date: from_db(row.try_get("logical_date")?),
-        interval: DataInterval {
-            start: from_db(row.try_get("data_interval_start")?),
-            end: from_db(row.try_get("data_interval_end")?),
-        },
+        version: DagVersion(row.get(5)?),
+        logical_date: from_db(row.get(6)?),
+        interval: DataInterval { start: from_db(row.get(7)?), end: from_db(row.get(8)?) },
         conf,
-        owner_process: row.try_get("owner_process")?,
-        queued_at: from_db(row.try_get("queued_at")?),
-        start_date: opt_from_db(row.try_get("start_date")?),
-        end_date: opt_from_db(row.try_get("end_date")?),
+        owner_process: row.get(10)?,
+        queued_at: from_db(row.get(11)?),
+        start_date: opt_from_db(row.get(12)?),
+        end_date: opt_from_db(row.get(13)?),
     })
 }
 
-pub fn ti_row(row: &SqliteRow) -> Result<TaskInstanceRow> {
-    let state: String = row.try_get("state")?;
+pub fn ti_row(row: &Row<'_>) -> Result<TaskInstanceRow> {
+    let state: String = row.get(3)?;
     Ok(TaskInstanceRow {
-        ti_pk: row.try_get("id")?,
-        run_pk: row.try_get("run_pk")?,
-        task_id: row.try_get("task_id")?,
+        ti_pk: row.get(0)?,
+        run_pk: row.get(1)?,
+        task_id: row.get(2)?,
         state: parse_task_state(&state)?,
-        try_number: row.try_get::<i64, _>("try_number")? as u32,
-        max_tries: row.try_get::<i64, _>("max_tries")? as u32,
-        pool: row.try_get("pool")?,
-        priority: row.try_get::<i64, _>("priority")? as i32,
-        queued_at: opt_from_db(row.try_get("queued_at")?),
-        start_date: opt_from_db(row.try_get("start_date")?),
-        end_date: opt_from_db(row.try_get("end_date")?),
-        retry_at: opt_from_db(row.try_get("retry_at")?),
-        process_id: row.try_get("process_id")?,
-        hostname: row.try_get("hostname")?,
-        pid: row.try_get::<Option<i64>, _>("pid")?.map(|pid| pid as u32),
-        exit_code: row.try_get("exit_code")?,
-        wait_reason: row.try_get("wait_reason")?,
+        try_number: row.get(4)?,
+        max_tries: row.get(5)?,
+        pool: row.get(6)?,
+        priority: row.get(7)?,
+        queued_at: opt_from_db(row.get(8)?),
+        start_date: opt_from_db(row.get(9)?),
+        end_date: opt_from_db(row.get(10)?),
+        retry_at: opt_from_db(row.get(11)?),
+        process_id: row.get(12)?,
+        hostname: row.get(13)?,
+        pid: row.get(14)?,
+        exit_code: row.get(15)?,
+        wait_reason: row.get(16)?,
     })
 }
 
-pub fn attempt_row(row: &SqliteRow) -> Result<AttemptRow> {
-    let state: String = row.try_get("state")?;
+pub fn attempt_row(row: &Row<'_>) -> Result<AttemptRow> {
+    let state: String = row.get(2)?;
     Ok(AttemptRow {
-        ti_pk: row.try_get("ti_pk")?,
-        try_number: row.try_get::<i64, _>("try_number")? as u32,
+        ti_pk: row.get(0)?,
+        try_number: row.get(1)?,
         state: parse_task_state(&state)?,
-        hostname: row.try_get("hostname")?,
-        pid: row.try_get::<Option<i64>, _>("pid")?.map(|pid| pid as u32),
-        start_date: from_db(row.try_get("start_date")?),
-        end_date: opt_from_db(row.try_get("end_date")?),
-        exit_code: row.try_get("exit_code")?,
-        reason: row.try_get("reason")?,
-        log_path: row.try_get("log_path")?,
+        hostname: row.get(3)?,
+        pid: row.get(4)?,
+        start_date: from_db(row.get(5)?),
+        end_date: opt_from_db(row.get(6)?),
+        exit_code: row.get(7)?,
+        reason: row.get(8)?,
+        log_path: row.get(9)?,
     })
 }
 
-pub fn process_row(row: &SqliteRow) -> Result<ProcessRow> {
-    let kind: String = row.try_get("kind")?;
-    let state: String = row.try_get("state")?;
+pub fn process_row(row: &Row<'_>) -> Result<ProcessRow> {
+    let kind: String = row.get(1)?;
+    let state: String = row.get(5)?;
+    let pid_start: Option<i64> = row.get(4)?;
     Ok(ProcessRow {
-        id: row.try_get("id")?,
-        kind: ProcessKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("process kind `{kind}`")))?,
-        hostname: row.try_get("hostname")?,
-        pid: row.try_get::<i64, _>("pid")? as u32,
-        pid_start: row.try_get::<Option<i64>, _>("pid_start")?.map(|start| start as u64),
-        state: ProcessState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("process state `{state}`")))?,
-        started_at: from_db(row.try_get("started_at")?),
-        heartbeat_at: from_db(row.try_get("heartbeat_at")?),
+        id: row.get(0)?,
+        kind: ProcessKind::parse(&kind).ok_or_else(|| corrupt("process kind", &kind))?,
+        hostname: row.get(2)?,
+        pid: row.get(3)?,
+        pid_start: pid_start.map(|start| start as u64),
+        state: ProcessState::parse(&state).ok_or_else(|| corrupt("process state", &state))?,
+        started_at: from_db(row.get(6)?),
+        heartbeat_at: from_db(row.get(7)?),
     })
 }
