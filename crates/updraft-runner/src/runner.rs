@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use updraft_core::TaskState;
 use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
 use updraft_core::retry::after_attempt;
-use updraft_store::{AttemptEnd, AttemptProcess, Claimed, DefinitionCache, Scope, Store};
+use updraft_store::{AttemptEnd, AttemptProcess, Claimed, DefinitionCache, FinishedAttempt, Scope, Store};
 
 use crate::attempt::{AttemptLabel, AttemptObserver, AttemptSpec, Ending, execute};
 use crate::template::{self, RunContext};
@@ -66,6 +66,8 @@ impl Runner {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut running: JoinSet<()> = JoinSet::new();
         let (cancel, cancelled) = watch::channel(false);
+        let (outcomes, reports) = mpsc::unbounded_channel();
+        let reporter = tokio::spawn(self.clone().report(reports));
         loop {
             if *shutdown.borrow() {
                 break;
@@ -80,7 +82,7 @@ impl Runner {
                 match claimed {
                     Ok(claimed) => {
                         for attempt in claimed {
-                            running.spawn(self.clone().attempt(attempt, cancelled.clone()));
+                            running.spawn(self.clone().attempt(attempt, cancelled.clone(), outcomes.clone()));
                         }
                     }
                     Err(error) => {
@@ -98,15 +100,18 @@ impl Runner {
         }
         let _ = cancel.send(true);
         while running.join_next().await.is_some() {}
+        // Every outcome is written before the runner returns.
+        drop(outcomes);
+        let _ = reporter.await;
     }
 
-    async fn attempt(self: Arc<Self>, claimed: Claimed, cancel: watch::Receiver<bool>) {
+    async fn attempt(self: Arc<Self>, claimed: Claimed, cancel: watch::Receiver<bool>, outcomes: Outcomes) {
         let dag = match self.definitions.get(self.store.as_ref(), &claimed.dag_id, &claimed.version).await {
             Ok(dag) => dag,
             Err(error) => {
                 let reason = format!("cannot load the DAG definition: {}", chain(&error));
-                self.finish(
-                    &claimed,
+                let _ = outcomes.send((
+                    claimed,
                     AttemptEnd {
                         state: TaskState::Failed,
                         retry_at: None,
@@ -114,8 +119,7 @@ impl Runner {
                         reason: Some(reason),
                         process: None,
                     },
-                )
-                .await;
+                ));
                 return;
             }
         };
@@ -186,43 +190,67 @@ impl Runner {
                 process,
             },
         };
-        self.finish(&claimed, end).await;
+        let _ = outcomes.send((claimed, end));
     }
 
-    /// Records how an attempt ended. The store may be briefly unavailable (another
-    /// process holds the write lock); the outcome is retried, never dropped.
-    async fn finish(&self, claimed: &Claimed, end: AttemptEnd) {
+    /// Writes outcomes as they come, all that have accumulated in one transaction,
+    /// and wakes the scheduler once per batch: attempts that end together (a wide
+    /// fan-out) cost one write and one scheduling pass, not one each.
+    async fn report(self: Arc<Self>, mut outcomes: mpsc::UnboundedReceiver<(Claimed, AttemptEnd)>) {
+        while let Some(first) = outcomes.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = outcomes.try_recv() {
+                batch.push(more);
+            }
+            self.finish(batch).await;
+        }
+    }
+
+    /// Records how attempts ended. The store may be briefly unavailable (another
+    /// process holds the write lock); outcomes are retried, never dropped.
+    async fn finish(&self, batch: Vec<(Claimed, AttemptEnd)>) {
         let actor = format!("runner:{}", self.config.process_id);
+        let ends: Vec<FinishedAttempt> = batch
+            .iter()
+            .map(|(claimed, end)| FinishedAttempt {
+                ti_pk: claimed.ti_pk,
+                try_number: claimed.try_number,
+                end: end.clone(),
+            })
+            .collect();
         let mut delay = Duration::from_millis(100);
-        loop {
-            match self.store.finish_attempt(claimed.ti_pk, claimed.try_number, &end, &actor, self.clock.now()).await {
-                Ok(true) => {
-                    let label = AttemptLabel {
-                        dag_id: claimed.dag_id.clone(),
-                        run_id: claimed.run_id.clone(),
-                        task_id: claimed.task_id.clone(),
-                        try_number: claimed.try_number,
-                    };
-                    self.observer.recorded(&label, end.state, end.reason.as_deref());
-                    break;
-                }
-                Ok(false) => {
-                    tracing::warn!(
-                        dag_id = %claimed.dag_id, run_id = %claimed.run_id, task_id = %claimed.task_id,
-                        try_number = claimed.try_number, "attempt was replaced before it finished; its result is dropped"
-                    );
-                    break;
-                }
+        let recorded = loop {
+            match self.store.finish_attempts(&ends, &actor, self.clock.now()).await {
+                Ok(recorded) => break recorded,
                 Err(error) => {
-                    tracing::error!(error = %chain(&error), "cannot record the end of an attempt; retrying");
+                    tracing::error!(error = %chain(&error), "cannot record the end of attempts; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
+            }
+        };
+        for ((claimed, end), recorded) in batch.iter().zip(recorded) {
+            if recorded {
+                let label = AttemptLabel {
+                    dag_id: claimed.dag_id.clone(),
+                    run_id: claimed.run_id.clone(),
+                    task_id: claimed.task_id.clone(),
+                    try_number: claimed.try_number,
+                };
+                self.observer.recorded(&label, end.state, end.reason.as_deref());
+            } else {
+                tracing::warn!(
+                    dag_id = %claimed.dag_id, run_id = %claimed.run_id, task_id = %claimed.task_id,
+                    try_number = claimed.try_number, "attempt was replaced before it finished; its result is dropped"
+                );
             }
         }
         self.scheduler.notify_one();
     }
 }
+
+/// Where attempts send how they ended.
+type Outcomes = mpsc::UnboundedSender<(Claimed, AttemptEnd)>;
 
 /// `<logs>/<dag_id>/<run_id>/<task_id>/<try_number>.log`, as the contract says.
 pub fn log_path(logs_folder: &std::path::Path, dag_id: &str, run_id: &str, task_id: &str, try_number: u32) -> PathBuf {

@@ -97,8 +97,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         pid_start: Option<u64>,
         log_path: &str,
     ) -> Result<bool>;
-    /// Ends a running attempt; false (and no change) if it is no longer running under
-    /// this try number.
+    /// Ends running attempts, all in one transaction; for each, false (and no
+    /// change) if it is no longer running under that try number.
+    async fn finish_attempts(&self, ends: &[FinishedAttempt], actor: &str, now: Timestamp) -> Result<Vec<bool>>;
+    /// [`MetadataStore::finish_attempts`] for one attempt.
     async fn finish_attempt(
         &self,
         ti_pk: i64,
@@ -106,7 +108,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         end: &AttemptEnd,
         actor: &str,
         now: Timestamp,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let ends = [FinishedAttempt { ti_pk, try_number, end: end.clone() }];
+        Ok(self.finish_attempts(&ends, actor, now).await?.first().copied().unwrap_or(false))
+    }
     async fn running_attempts(&self, process_id: i64) -> Result<Vec<RunningAttempt>>;
     /// Fails the unfinished `dags test` runs of a dead process.
     async fn fail_owned_runs(&self, process_id: i64, now: Timestamp) -> Result<u64>;

@@ -272,6 +272,14 @@ pub struct AttemptEnd {
     pub process: Option<AttemptProcess>,
 }
 
+/// An attempt's end, addressed by task instance and try number.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub ti_pk: i64,
+    pub try_number: u32,
+    pub end: AttemptEnd,
+}
+
 #[derive(Debug, Clone)]
 pub struct AttemptProcess {
     pub pid: u32,

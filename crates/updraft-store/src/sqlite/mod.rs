@@ -634,62 +634,65 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn finish_attempt(
-        &self,
-        ti_pk: i64,
-        try_number: u32,
-        end: &AttemptEnd,
-        actor: &str,
-        now: Timestamp,
-    ) -> Result<bool> {
-        check_task_transition(TaskState::Running, end.state)?;
-        let (end, actor) = (end.clone(), actor.to_string());
+    async fn finish_attempts(&self, ends: &[FinishedAttempt], actor: &str, now: Timestamp) -> Result<Vec<bool>> {
+        for finished in ends {
+            check_task_transition(TaskState::Running, finished.end.state)?;
+        }
+        let (ends, actor) = (ends.to_vec(), actor.to_string());
         self.write(move |tx| {
-            let pid = end.process.as_ref().map(|process| process.pid);
-            let pid_start = end.process.as_ref().and_then(|process| process.pid_start).map(|start| start as i64);
-            let run_pk: Option<i64> = tx
-                .prepare_cached(
-                    "UPDATE task_instances SET state = ?3, end_date = ?4, retry_at = ?5, exit_code = ?6, updated_at = ?4,
-                         max_tries = CASE WHEN ?3 = 'scheduled' THEN max_tries + 1 ELSE max_tries END,
-                         pid = COALESCE(?7, pid), pid_start = COALESCE(?8, pid_start)
-                     WHERE id = ?1 AND try_number = ?2 AND state = 'running' RETURNING run_pk",
+            let mut transitions = TransitionBatch::default();
+            let mut done = Vec::with_capacity(ends.len());
+            for FinishedAttempt { ti_pk, try_number, end } in &ends {
+                let pid = end.process.as_ref().map(|process| process.pid);
+                let pid_start = end.process.as_ref().and_then(|process| process.pid_start).map(|start| start as i64);
+                let run_pk: Option<i64> = tx
+                    .prepare_cached(
+                        "UPDATE task_instances SET state = ?3, end_date = ?4, retry_at = ?5, exit_code = ?6, updated_at = ?4,
+                             max_tries = CASE WHEN ?3 = 'scheduled' THEN max_tries + 1 ELSE max_tries END,
+                             pid = COALESCE(?7, pid), pid_start = COALESCE(?8, pid_start)
+                         WHERE id = ?1 AND try_number = ?2 AND state = 'running' RETURNING run_pk",
+                    )?
+                    .query_row(
+                        params![ti_pk, try_number, end.state.as_str(), to_db(now), end.retry_at.map(to_db), end.exit_code, pid, pid_start],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                let Some(run_pk) = run_pk else {
+                    done.push(false);
+                    continue;
+                };
+                let attempt_state = match end.state {
+                    TaskState::Success => "success",
+                    TaskState::Skipped => "skipped",
+                    _ => "failed",
+                };
+                tx.prepare_cached(
+                    "UPDATE task_attempts SET state = ?3, end_date = ?4, exit_code = ?5, reason = ?6,
+                         pid = COALESCE(?7, pid), log_path = COALESCE(?8, log_path)
+                     WHERE ti_pk = ?1 AND try_number = ?2",
                 )?
-                .query_row(
-                    params![ti_pk, try_number, end.state.as_str(), to_db(now), end.retry_at.map(to_db), end.exit_code, pid, pid_start],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let Some(run_pk) = run_pk else { return Ok(false) };
-            let attempt_state = match end.state {
-                TaskState::Success => "success",
-                TaskState::Skipped => "skipped",
-                _ => "failed",
-            };
-            tx.prepare_cached(
-                "UPDATE task_attempts SET state = ?3, end_date = ?4, exit_code = ?5, reason = ?6,
-                     pid = COALESCE(?7, pid), log_path = COALESCE(?8, log_path)
-                 WHERE ti_pk = ?1 AND try_number = ?2",
-            )?
-            .execute(params![
-                ti_pk,
-                try_number,
-                attempt_state,
-                to_db(now),
-                end.exit_code,
-                end.reason,
-                pid,
-                end.process.as_ref().and_then(|process| process.log_path.clone()),
-            ])?;
-            let transition = Transition {
-                run_pk,
-                ti_pk: Some(ti_pk),
-                from: Some("running"),
-                to: end.state.as_str(),
-                actor: &actor,
-                detail: end.reason.as_deref(),
-            };
-            insert_transition(tx, transition, now)?;
-            Ok(true)
+                .execute(params![
+                    ti_pk,
+                    try_number,
+                    attempt_state,
+                    to_db(now),
+                    end.exit_code,
+                    end.reason,
+                    pid,
+                    end.process.as_ref().and_then(|process| process.log_path.clone()),
+                ])?;
+                transitions.push(Transition {
+                    run_pk,
+                    ti_pk: Some(*ti_pk),
+                    from: Some("running"),
+                    to: end.state.as_str(),
+                    actor: &actor,
+                    detail: end.reason.as_deref(),
+                });
+                done.push(true);
+            }
+            transitions.flush(tx, now)?;
+            Ok(done)
         })
         .await
     }
