@@ -366,6 +366,31 @@ mod sqlite {
             .unwrap();
     }
 
+    /// Another process holding the write lock makes writes wait, not fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_wait_for_another_process_lock() {
+        let (store, dir) = store().await;
+        let path = dir.path().join("state/updraft.db");
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let other = rusqlite::Connection::open(&path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE; UPDATE pools SET slots = 7 WHERE name = 'default';").unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        locked.recv().unwrap();
+        let started = std::time::Instant::now();
+        store.set_pool("api", 3, "").await.expect("the write waits for the lock");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(200), "it did wait: {:?}", started.elapsed());
+        holder.join().unwrap();
+        let pools = store.pools().await.unwrap();
+        assert_eq!(
+            pools.iter().map(|p| (p.name.as_str(), p.slots)).collect::<Vec<_>>(),
+            vec![("api", 3), ("default", 7)]
+        );
+    }
+
     #[tokio::test]
     async fn bad_urls_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
