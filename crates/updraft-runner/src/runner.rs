@@ -25,6 +25,9 @@ pub struct RunnerConfig {
     pub dags_folder: PathBuf,
     pub logs_folder: PathBuf,
     pub kill_grace: Duration,
+    /// Wake on the store's changes: for a runner without a scheduler in its process
+    /// (`updraft worker`), which learns of queued work only through the store.
+    pub watch_store: bool,
 }
 
 pub struct Runner {
@@ -68,6 +71,16 @@ impl Runner {
         let (cancel, cancelled) = watch::channel(false);
         let (outcomes, reports) = mpsc::unbounded_channel();
         let reporter = tokio::spawn(self.clone().report(reports));
+        let mut watcher = match self.config.watch_store {
+            true => match self.store.change_watcher().await {
+                Ok(watcher) => Some(watcher),
+                Err(error) => {
+                    tracing::error!(error = %chain(&error), "cannot watch the store; new work is found every few seconds");
+                    None
+                }
+            },
+            false => None,
+        };
         loop {
             if *shutdown.borrow() {
                 break;
@@ -95,6 +108,7 @@ impl Runner {
                 () = self.wake.notified() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = shutdown.changed() => {}
+                Ok(()) = changed(&mut watcher) => {}
                 () = tokio::time::sleep(FALLBACK_CLAIM) => {}
             }
         }
@@ -246,6 +260,13 @@ impl Runner {
             }
         }
         self.scheduler.notify_one();
+    }
+}
+
+async fn changed(watcher: &mut Option<Box<dyn updraft_store::ChangeWatcher>>) -> updraft_store::Result<()> {
+    match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -76,6 +76,7 @@ impl Engine {
                 dags_folder: dir.path().join("dags"),
                 logs_folder: dir.path().join("logs"),
                 kill_grace: Duration::from_secs(1),
+                watch_store: false,
             },
             definitions.clone(),
             Arc::new(Quiet),

@@ -109,8 +109,13 @@ impl Project {
 
     /// Starts `updraft standalone` on a free port and waits until it serves.
     pub fn standalone(&self) -> Standalone {
+        self.service(&["standalone", "--port", "0"], "http://")
+    }
+
+    /// Starts a long-running command and waits until its stderr shows `ready`.
+    pub fn service(&self, args: &[&str], ready: &str) -> Standalone {
         let mut child = self
-            .command(&["standalone", "--port", "0"])
+            .command(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -131,15 +136,16 @@ impl Project {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines_rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(start) = line.find("http://") {
-                        let rest = &line[start + 7..];
-                        break rest.split_whitespace().next().expect("an address follows").to_string();
+                    if let Some(start) = line.find(ready) {
+                        // For a server, the address that follows `http://`.
+                        let rest = &line[start + ready.len()..];
+                        break rest.split_whitespace().next().unwrap_or_default().to_string();
                     }
                     seen.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("standalone did not start; it printed:\n{}", seen.join("\n"));
+                    panic!("`updraft {}` did not start; it printed:\n{}", args.join(" "), seen.join("\n"));
                 }
             }
         };
@@ -147,7 +153,7 @@ impl Project {
     }
 }
 
-/// A running `updraft standalone`.
+/// A running long-lived `updraft` process (`standalone`, `scheduler`, `worker`).
 pub struct Standalone {
     child: Option<Child>,
     pub address: String,

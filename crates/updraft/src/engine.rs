@@ -118,6 +118,7 @@ impl Engine {
                     dags_folder: config.dags_folder.clone(),
                     logs_folder: config.logs_folder(),
                     kill_grace: config.kill_grace,
+                    watch_store: !options.parts.scheduler,
                 },
                 definitions.clone(),
                 options.observer.clone(),

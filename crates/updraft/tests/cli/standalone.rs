@@ -159,3 +159,26 @@ fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }
+
+/// The parts of a deployment as separate processes on one store: a scheduler that
+/// queues, a worker that runs.
+#[test]
+fn scheduler_and_worker_processes_share_the_work() {
+    let p = project();
+    p.dag("chain.yaml", CHAIN);
+    let scheduler = p.service(&["scheduler"], "updraft scheduler running");
+    let worker = p.service(&["worker"], "updraft worker running");
+    let started = std::time::Instant::now();
+    let output = p.run(&["dags", "trigger", "chain", "--wait"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    // The worker learns of queued tasks from the store at once, not from its
+    // five-second safety net (which would take 15 s for these three tasks).
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let run_id = output.stdout.trim().to_string();
+    let tis = states(&p, "chain", &run_id);
+    assert!(tis.as_array().unwrap().iter().all(|ti| ti["state"] == "success"), "{tis}");
+    let (code, _) = worker.interrupt();
+    assert_eq!(code, Some(0));
+    let (code, _) = scheduler.interrupt();
+    assert_eq!(code, Some(0));
+}
