@@ -16,6 +16,7 @@ pub mod plan;
 pub mod reason;
 pub mod retry;
 pub mod state;
+pub mod suggest;
 pub mod timetable;
 pub mod trigger_rule;
 

@@ -8,7 +8,6 @@
 pub mod diagnostic;
 pub mod folder;
 pub mod parse;
-mod suggest;
 pub mod yaml;
 
 pub use diagnostic::Diagnostic;

@@ -9,8 +9,8 @@ use updraft_core::timetable::{Schedule, parse_date_in_zone};
 use updraft_core::trigger_rule::TriggerRule;
 use updraft_core::{Dag, DagId, DagSpec, Duration, Task, TaskId, TaskKind};
 
-use crate::suggest::did_you_mean;
 use crate::yaml::{self, Node, Span, Value};
+use updraft_core::suggest::did_you_mean;
 
 /// A problem in a file, located by a span of its text.
 #[derive(Debug, Clone, PartialEq, Eq)]

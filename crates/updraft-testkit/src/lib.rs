@@ -108,12 +108,12 @@ impl Project {
     }
 
     /// Starts `updraft standalone` on a free port and waits until it serves.
-    pub fn standalone(&self) -> Standalone {
+    pub fn standalone(&self) -> Service {
         self.service(&["standalone", "--port", "0"], "http://")
     }
 
     /// Starts a long-running command and waits until its stderr shows `ready`.
-    pub fn service(&self, args: &[&str], ready: &str) -> Standalone {
+    pub fn service(&self, args: &[&str], ready: &str) -> Service {
         let mut child = self
             .command(args)
             .stdin(Stdio::null())
@@ -149,19 +149,19 @@ impl Project {
                 }
             }
         };
-        Standalone { child: Some(child), address, lines: lines_rx, log: seen }
+        Service { child: Some(child), address, lines: lines_rx, log: seen }
     }
 }
 
 /// A running long-lived `updraft` process (`standalone`, `scheduler`, `worker`).
-pub struct Standalone {
+pub struct Service {
     child: Option<Child>,
     pub address: String,
     lines: mpsc::Receiver<String>,
     log: Vec<String>,
 }
 
-impl Standalone {
+impl Service {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -195,7 +195,7 @@ impl Standalone {
     }
 }
 
-impl Drop for Standalone {
+impl Drop for Service {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

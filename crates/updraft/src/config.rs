@@ -237,32 +237,11 @@ fn line_col(text: &str, byte: usize) -> (usize, usize) {
 fn with_suggestion(message: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_string() };
     let Some((field, expected)) = rest.split_once('`') else { return message.to_string() };
-    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    let best = candidates
-        .iter()
-        .map(|candidate| (strsim_distance(field, candidate), *candidate))
-        .filter(|(distance, _)| *distance <= (field.len() / 3).max(2))
-        .min();
-    match best {
-        Some((_, candidate)) => format!("{message}; did you mean `{candidate}`?"),
+    let candidates = expected.split('`').skip(1).step_by(2);
+    match updraft_core::suggest::did_you_mean(field, candidates) {
+        Some(candidate) => format!("{message}; did you mean `{candidate}`?"),
         None => message.to_string(),
     }
-}
-
-fn strsim_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut previous = row[0];
-        row[0] = i;
-        for j in 1..=b.len() {
-            let current = row[j];
-            row[j] = (row[j] + 1).min(row[j - 1] + 1).min(previous + usize::from(a[i - 1] != b[j - 1]));
-            previous = current;
-        }
-    }
-    row[b.len()]
 }
 
 /// One layer per variable, so an error names the variable that caused it.

@@ -70,7 +70,7 @@ impl Ctx {
             }
         }
         let ids: Vec<&str> = folder.dags().map(|(loaded, _)| loaded.dag.dag_id().as_str()).collect();
-        let hint = match closest(dag_id, &ids) {
+        let hint = match updraft_core::suggest::did_you_mean(dag_id, ids.iter().copied()) {
             Some(suggestion) => format!("did you mean `{suggestion}`? `updraft dags list` shows every DAG"),
             None => "`updraft dags list` shows every DAG".to_string(),
         };
@@ -106,31 +106,4 @@ fn user_error_message(message: &str, hint: Option<&str>) -> crate::error::UserEr
 pub fn display_path(path: &std::path::Path, cwd: &std::path::Path) -> String {
     let shown = path.strip_prefix(cwd).unwrap_or(path).display().to_string();
     if shown.is_empty() { ".".to_string() } else { shown }
-}
-
-/// The closest name by edit distance, when close enough to be a typo.
-pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(2);
-    candidates
-        .iter()
-        .map(|candidate| (distance(word, candidate), *candidate))
-        .filter(|(d, _)| *d <= limit)
-        .min()
-        .map(|(_, candidate)| candidate)
-}
-
-fn distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut previous = row[0];
-        row[0] = i;
-        for j in 1..=b.len() {
-            let current = row[j];
-            row[j] = (row[j] + 1).min(row[j - 1] + 1).min(previous + usize::from(a[i - 1] != b[j - 1]));
-            previous = current;
-        }
-    }
-    row[b.len()]
 }

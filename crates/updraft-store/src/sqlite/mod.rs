@@ -17,7 +17,7 @@ use std::time::Duration as StdDuration;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
-use updraft_core::plan::{Action, RunType};
+use updraft_core::plan::{Action, DagVersion, RunType};
 use updraft_core::state::{check_run_transition, check_task_transition};
 use updraft_core::{RunState, TaskState};
 
@@ -225,11 +225,17 @@ fn insert_transition(conn: &Connection, transition: Transition<'_>, now: Timesta
     batch.flush(conn, now)
 }
 
-fn insert_run(conn: &Connection, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
+/// Stores a version's definition once; runs pinned to it read it back.
+fn insert_version(conn: &Connection, dag: &updraft_core::Dag, version: &DagVersion, now: Timestamp) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO dag_versions (dag_id, version, definition, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
     )?
-    .execute(params![run.dag.dag_id().as_str(), run.version.0, run.dag.to_json(), to_db(now)])?;
+    .execute(params![dag.dag_id().as_str(), version.0, dag.to_json(), to_db(now)])?;
+    Ok(())
+}
+
+fn insert_run(conn: &Connection, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
+    insert_version(conn, &run.dag, &run.version, now)?;
     let conf = serde_json::Value::Object(run.conf.clone()).to_string();
     let run_pk: Option<i64> = conn
         .prepare_cached(
@@ -364,16 +370,7 @@ impl MetadataStore for SqliteStore {
             for upsert in &dags {
                 let dag = &upsert.dag;
                 let spec = dag.spec();
-                tx.prepare_cached(
-                    "INSERT INTO dag_versions (dag_id, version, definition, created_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![
-                    dag.dag_id().as_str(),
-                    upsert.version.0,
-                    dag.to_json(),
-                    to_db(now)
-                ])?;
+                insert_version(tx, dag, &upsert.version, now)?;
                 let tags = serde_json::to_string(&spec.tags).expect("tags serialise");
                 tx.prepare_cached(
                     "INSERT INTO dags (dag_id, fileloc, owner, description, schedule, timezone, tags, is_paused,

@@ -93,12 +93,12 @@ pub async fn run(ctx: &Ctx, dag_id: &str, start: &str, end: &str, no_wait: bool)
         );
         return Ok(ExitCode::SUCCESS);
     }
-    follow(ctx, &store, &created).await
+    follow(&store, &created).await
 }
 
 /// Shows progress until every created run finished: a bar on a terminal, a line per
 /// finished run otherwise.
-async fn follow(ctx: &Ctx, store: &updraft_store::Store, runs: &[i64]) -> Result<ExitCode> {
+async fn follow(store: &updraft_store::Store, runs: &[i64]) -> Result<ExitCode> {
     let bar = output::stderr_is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(runs.len() as u64);
         if let Ok(style) =
@@ -138,7 +138,6 @@ async fn follow(ctx: &Ctx, store: &updraft_store::Store, runs: &[i64]) -> Result
     if let Some(bar) = bar {
         bar.finish();
     }
-    let _ = ctx;
     crate::errln!("backfill done: {} succeeded, {failed} failed", runs.len() - failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(crate::error::exit::FAILURE) })
 }

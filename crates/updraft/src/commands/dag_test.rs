@@ -17,7 +17,7 @@ use updraft_core::{RunId, RunState, TaskState};
 use updraft_runner::{AttemptLabel, AttemptObserver, AttemptResult};
 use updraft_store::{NewRun, ProcessKind, Scope, Store};
 
-use super::dags::{logical_date, parse_params, run_type_counts};
+use super::dags::{logical_date, parse_params, state_counts};
 use crate::context::Ctx;
 use crate::engine::{Engine, EngineOptions, Parts};
 
@@ -80,7 +80,7 @@ pub async fn run(ctx: &Ctx, dag_id: &str, date: Option<String>, params: &[String
     let tis = store.task_instances(run_pk).await?;
     crate::outln!(
         "run `{run_id}` of `{dag_id}`: {state} ({}) in {:.2}s",
-        run_type_counts(tis.iter().map(|ti| ti.state)),
+        state_counts(tis.iter().map(|ti| ti.state)),
         started.elapsed().as_secs_f64()
     );
     Ok(if state == RunState::Success { ExitCode::SUCCESS } else { ExitCode::from(crate::error::exit::FAILURE) })

@@ -363,8 +363,8 @@ async fn set_paused(ctx: &Ctx, dag_id: &str, paused: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Shared with `dags test` and `backfill`.
-pub fn run_type_counts(states: impl Iterator<Item = updraft_core::TaskState>) -> String {
+/// `3 success, 1 skipped`: how many task instances ended in each state.
+pub fn state_counts(states: impl Iterator<Item = updraft_core::TaskState>) -> String {
     let mut counts: Vec<(updraft_core::TaskState, usize)> = Vec::new();
     for state in states {
         match counts.iter_mut().find(|(s, _)| *s == state) {

@@ -14,7 +14,7 @@ use updraft_store::DefinitionCache;
 
 use super::dags::{dag_zone, logical_date, parse_params};
 use crate::cli::{Output, TasksCommand};
-use crate::context::{Ctx, closest};
+use crate::context::Ctx;
 use crate::error::user_error;
 use crate::output;
 
@@ -51,7 +51,7 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
     let dag = loaded.dag.clone();
     if dag.task(task_id).is_none() {
         let ids: Vec<&str> = dag.tasks().iter().map(|task| task.task_id.as_str()).collect();
-        let hint = match closest(task_id, &ids) {
+        let hint = match updraft_core::suggest::did_you_mean(task_id, ids.iter().copied()) {
             Some(suggestion) => format!("did you mean `{suggestion}`? its tasks: {}", ids.join(", ")),
             None => format!("its tasks: {}", ids.join(", ")),
         };

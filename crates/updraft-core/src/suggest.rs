@@ -1,4 +1,5 @@
-//! "Did you mean" suggestions for misspelt names.
+//! "Did you mean" suggestions for misspelt names: DAG fields, task ids, settings, CLI
+//! arguments all use this one.
 
 /// The closest candidate within a small edit distance, if any.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
