@@ -76,6 +76,7 @@ pub enum DagsCommand {
     /// Exits 0 if and only if the run succeeded. Pools and pauses do not apply, and a
     /// failed task is not retried unless `--retries` is given.
     Test {
+        /// The DAG id (its `dag:` field).
         dag_id: String,
         /// Logical date: a date (midnight in the DAG's time zone) or an RFC 3339 timestamp. Default: now.
         #[arg(long)]
@@ -89,6 +90,7 @@ pub enum DagsCommand {
     },
     /// Create a run for the scheduler; print its run id.
     Trigger {
+        /// The DAG id (its `dag:` field).
         dag_id: String,
         /// Run configuration: a JSON object; its keys override `params`.
         #[arg(long)]
@@ -105,6 +107,7 @@ pub enum DagsCommand {
     },
     /// Print the next data intervals of the DAG's schedule.
     NextRuns {
+        /// The DAG id (its `dag:` field).
         dag_id: String,
         #[arg(long, default_value_t = 5)]
         count: usize,
@@ -116,6 +119,7 @@ pub enum DagsCommand {
     },
     /// List runs of a DAG, newest first.
     ListRuns {
+        /// The DAG id (its `dag:` field).
         dag_id: String,
         /// Only runs in this state: queued, running, success or failed.
         #[arg(long)]
@@ -126,11 +130,18 @@ pub enum DagsCommand {
         output: Output,
     },
     /// Stop creating and advancing runs of a DAG.
-    Pause { dag_id: String },
+    Pause {
+        /// The DAG id (its `dag:` field).
+        dag_id: String,
+    },
     /// Resume a DAG.
-    Unpause { dag_id: String },
+    Unpause {
+        /// The DAG id (its `dag:` field).
+        dag_id: String,
+    },
     /// Create runs for every interval that starts between two dates, and follow them.
     Backfill {
+        /// The DAG id (its `dag:` field).
         dag_id: String,
         /// First interval start (inclusive).
         #[arg(long)]
@@ -148,7 +159,9 @@ pub enum DagsCommand {
 pub enum TasksCommand {
     /// Run one task now, ignoring its dependencies; nothing is recorded.
     Test {
+        /// The DAG id (its `dag:` field).
         dag_id: String,
+        /// The task id.
         task_id: String,
         #[arg(long)]
         date: Option<String>,
@@ -157,13 +170,22 @@ pub enum TasksCommand {
     },
     /// Each task instance of a run: task id, state, try number, start, end.
     StatesForDagRun {
+        /// The DAG id (its `dag:` field).
         dag_id: String,
+        /// The run id, as `dags list-runs` shows it.
         run_id: String,
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
     /// Say in plain words why a task is not running yet (or how it ended).
-    Explain { dag_id: String, run_id: String, task_id: String },
+    Explain {
+        /// The DAG id (its `dag:` field).
+        dag_id: String,
+        /// The run id, as `dags list-runs` shows it.
+        run_id: String,
+        /// The task id.
+        task_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,13 +197,18 @@ pub enum PoolsCommand {
     },
     /// Create or resize a pool.
     Set {
+        /// The pool's name, as tasks write it in `pool:`.
         name: String,
+        /// How many tasks may hold a slot (be queued or running) at once.
         slots: u32,
         #[arg(long, default_value = "")]
         description: String,
     },
     /// Delete a pool (not `default`).
-    Delete { name: String },
+    Delete {
+        /// The pool's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
