@@ -77,6 +77,9 @@ pub struct Snapshot {
     pub runs: Vec<RunEntry>,
     /// Pools by name; `None` when pools do not apply (`dags test`).
     pub pools: Option<HashMap<String, Slots>>,
+    /// Pools another scheduler is filling right now: their tasks wait for a later
+    /// pass, without a recorded reason.
+    pub busy_pools: Vec<String>,
     /// Runner capacity; `None` when unlimited.
     pub parallelism: Option<Slots>,
     /// `dags test` runs its run even when the DAG is paused.
@@ -250,6 +253,13 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
     for candidate in ready {
         let ti = candidate.ti;
         let task = &candidate.dag.tasks()[candidate.task_idx];
+        if snapshot.busy_pools.contains(&task.pool) {
+            // Another scheduler is filling this pool; a later pass queues it.
+            if candidate.from != TaskState::Scheduled {
+                planner.set_state(ti.ti_pk, candidate.from, TaskState::Scheduled);
+            }
+            continue;
+        }
         let run_occupied = run_slots.entry(candidate.run_pk).or_default();
         let max_active_tasks = candidate.dag.spec().max_active_tasks;
         let pool = pools.as_mut().map(|pools| (pools.get_mut(&task.pool), &task.pool));

@@ -5,16 +5,16 @@
 //! watcher), or a time the plan asked for arrives (a retry, a schedule tick).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
-use updraft_core::plan::{self, DagEntry, DueDag, RunEntry, Slots, Snapshot, TaskInstanceEntry};
+use updraft_core::plan::{self, DagEntry, DagVersion, DueDag, RunEntry, Slots, Snapshot, TaskInstanceEntry};
 use updraft_core::{DagId, RunId, TaskId};
-use updraft_store::{ApplyReport, DefinitionCache, RawSnapshot, Scope, Store, StoreError};
+use updraft_store::{ApplyReport, DefinitionCache, Pass, RawSnapshot, Scope, Store, StoreError};
 
 use crate::dag_sync::DagSync;
 
@@ -33,6 +33,8 @@ pub struct SchedulerConfig {
     pub actor: String,
     /// Rung after every tick that changed something (`dags test` prints then).
     pub ticked: Option<Arc<Notify>>,
+    /// DAGs one pass takes (PostgreSQL; SQLite takes them all).
+    pub batch: u32,
 }
 
 pub struct Scheduler {
@@ -140,79 +142,114 @@ impl Scheduler {
         }
     }
 
-    /// One scheduling decision: snapshot, plan, apply.
+    /// One scheduling pass: snapshot, plan and apply, in one store transaction.
     pub async fn tick(&self) -> Result<Tick, StoreError> {
         let now = self.clock.now();
-        let raw = self.store.snapshot(self.config.scope, now).await?;
-        let snapshot = self.resolve(raw, now).await?;
-        let plan = plan::plan(&snapshot, now);
-        let report = self.store.apply(&plan.actions, &self.config.actor, now).await?;
-        if report.tasks_queued > 0 {
+        let outcome: Arc<Mutex<PlanOutcome>> = Arc::default();
+        let planner = PassPlanner {
+            definitions: self.definitions.clone(),
+            scope: self.config.scope,
+            parallelism: self.config.parallelism,
+            use_pools: self.config.use_pools,
+            ignore_pause: self.config.ignore_pause,
+            outcome: outcome.clone(),
+        };
+        let pass = Pass {
+            actor: self.config.actor.clone(),
+            batch: self.config.batch,
+            plan: Box::new(move |raw| planner.plan(raw, now)),
+        };
+        let report = self.store.schedule_pass(self.config.scope, now, pass).await?;
+        let outcome = std::mem::take(&mut *outcome.lock().expect("plan outcome lock"));
+        // Versions the pass met for the first time: load them, and look again.
+        for (dag_id, version) in &outcome.missing {
+            if let Err(error) = self.definitions.get(self.store.as_ref(), dag_id, version).await {
+                tracing::error!(%dag_id, %version, error = %chain(&error), "cannot load a DAG version");
+            }
+        }
+        let applied = &report.applied;
+        if applied.tasks_queued > 0 {
             self.runner.notify_one();
         }
         if let Some(ticked) = &self.config.ticked
-            && !plan.actions.is_empty()
+            && outcome.changed
         {
             ticked.notify_one();
         }
-        let again = report.runs_created > 0 || report.conflicts > 0;
-        Ok(Tick { report, wake_at: plan.wake_at, again })
+        let again = applied.runs_created > 0 || applied.conflicts > 0 || report.more || !outcome.missing.is_empty();
+        Ok(Tick { report: report.applied, wake_at: outcome.wake_at, again })
+    }
+}
+
+/// What the planner saw, for the caller after the pass.
+#[derive(Default)]
+struct PlanOutcome {
+    wake_at: Option<Timestamp>,
+    changed: bool,
+    /// Pinned versions not loaded yet; their runs wait for the next pass.
+    missing: Vec<(String, DagVersion)>,
+}
+
+/// Runs inside the store's transaction, so it only reads the cache: it never waits.
+struct PassPlanner {
+    definitions: Arc<DefinitionCache>,
+    scope: Scope,
+    parallelism: Option<u32>,
+    use_pools: bool,
+    ignore_pause: bool,
+    outcome: Arc<Mutex<PlanOutcome>>,
+}
+
+impl PassPlanner {
+    fn plan(self, raw: &RawSnapshot, now: Timestamp) -> Vec<plan::Action> {
+        let mut missing = Vec::new();
+        let snapshot = self.resolve(raw, now, &mut missing);
+        let plan = plan::plan(&snapshot, now);
+        let mut outcome = self.outcome.lock().expect("plan outcome lock");
+        outcome.wake_at = plan.wake_at;
+        outcome.changed = !plan.actions.is_empty();
+        outcome.missing = missing;
+        plan.actions
     }
 
-    /// Turns stored rows into the plan's input, loading pinned DAG versions.
-    async fn resolve(&self, raw: RawSnapshot, now: Timestamp) -> Result<Snapshot, StoreError> {
-        let store = self.store.as_ref();
+    /// Turns stored rows into the plan's input with the cached DAG versions.
+    fn resolve(&self, raw: &RawSnapshot, now: Timestamp, missing: &mut Vec<(String, DagVersion)>) -> Snapshot {
+        let mut lookup = |dag_id: &str, version: &DagVersion| {
+            let dag = self.definitions.cached(dag_id, version);
+            if dag.is_none() {
+                missing.push((dag_id.to_string(), version.clone()));
+            }
+            dag
+        };
         let mut dags = Vec::with_capacity(raw.dags.len());
         for row in &raw.dags {
-            let version = updraft_core::plan::DagVersion(row.latest_version.clone());
-            let latest = if row.is_active {
-                match self.definitions.get(store, &row.dag_id, &version).await {
-                    Ok(dag) => Some((version, dag)),
-                    Err(error) => {
-                        tracing::error!(dag_id = %row.dag_id, error = %chain(&error), "cannot load DAG version");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
+            let version = DagVersion(row.latest_version.clone());
+            let latest = if row.is_active { lookup(&row.dag_id, &version).map(|dag| (version, dag)) } else { None };
             let due = match row.next_due {
-                Some(next_due)
-                    if row.is_active && !row.is_paused && next_due <= now && self.config.scope == Scope::All =>
-                {
+                Some(next_due) if row.is_active && !row.is_paused && next_due <= now && self.scope == Scope::All => {
                     Some(DueDag { last_automated: row.last_automated, next_due })
                 }
                 _ => None,
             };
-            let Ok(dag_id) = DagId::new(row.dag_id.clone()) else {
-                continue;
-            };
+            let Ok(dag_id) = DagId::new(row.dag_id.clone()) else { continue };
             dags.push(DagEntry { dag_id, paused: row.is_paused, latest, due });
         }
         let mut by_run: HashMap<i64, Vec<TaskInstanceEntry>> = HashMap::new();
-        for ti in raw.task_instances {
-            let Ok(task_id) = TaskId::new(ti.task_id) else {
-                continue;
-            };
+        for ti in &raw.task_instances {
+            let Ok(task_id) = TaskId::new(ti.task_id.clone()) else { continue };
             by_run.entry(ti.run_pk).or_default().push(TaskInstanceEntry {
                 ti_pk: ti.ti_pk,
                 task_id,
                 state: ti.state,
                 try_number: ti.try_number,
                 retry_at: ti.retry_at,
-                wait_reason: ti.wait_reason,
+                wait_reason: ti.wait_reason.clone(),
             });
         }
         let mut runs = Vec::with_capacity(raw.runs.len());
-        for run in raw.runs {
-            let dag = match self.definitions.get(store, &run.dag_id, &run.version).await {
-                Ok(dag) => dag,
-                Err(error) => {
-                    tracing::error!(dag_id = %run.dag_id, run_id = %run.run_id, error = %chain(&error), "cannot load the version a run is pinned to");
-                    continue;
-                }
-            };
-            let (Ok(dag_id), Ok(run_id)) = (DagId::new(run.dag_id), RunId::new(run.run_id)) else {
+        for run in &raw.runs {
+            let Some(dag) = lookup(&run.dag_id, &run.version) else { continue };
+            let (Ok(dag_id), Ok(run_id)) = (DagId::new(run.dag_id.clone()), RunId::new(run.run_id.clone())) else {
                 continue;
             };
             runs.push(RunEntry {
@@ -225,20 +262,23 @@ impl Scheduler {
                 task_instances: by_run.remove(&run.run_pk).unwrap_or_default(),
             });
         }
-        let pools = self.config.use_pools.then(|| {
+        missing.sort();
+        missing.dedup();
+        let pools = self.use_pools.then(|| {
             raw.pools
                 .iter()
                 .map(|pool| (pool.name.clone(), Slots { limit: pool.slots, occupied: pool.occupied }))
                 .collect()
         });
-        Ok(Snapshot {
+        Snapshot {
             dags,
             runs,
             pools,
-            parallelism: self.config.parallelism.map(|limit| Slots { limit, occupied: raw.busy_slots }),
-            ignore_pause: self.config.ignore_pause,
+            busy_pools: raw.busy_pools.clone(),
+            parallelism: self.parallelism.map(|limit| Slots { limit, occupied: raw.busy_slots }),
+            ignore_pause: self.ignore_pause,
             next_dag_due: raw.next_dag_due,
-        })
+        }
     }
 }
 

@@ -58,6 +58,7 @@ impl Engine {
                 dag_sync_interval: Duration::from_secs(3600),
                 actor: "scheduler".into(),
                 ticked: None,
+                batch: 64,
             },
             definitions.clone(),
             clock.clone(),

@@ -21,6 +21,11 @@ impl DefinitionCache {
         self.dags.lock().expect("cache lock").insert(key, dag);
     }
 
+    /// The definition if it is loaded already; never touches the store.
+    pub fn cached(&self, dag_id: &str, version: &DagVersion) -> Option<Arc<Dag>> {
+        self.dags.lock().expect("cache lock").get(&(dag_id.to_string(), version.clone())).cloned()
+    }
+
     pub async fn get(&self, store: &dyn MetadataStore, dag_id: &str, version: &DagVersion) -> Result<Arc<Dag>> {
         let key = (dag_id.to_string(), version.clone());
         if let Some(dag) = self.dags.lock().expect("cache lock").get(&key) {

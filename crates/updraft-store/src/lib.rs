@@ -9,6 +9,7 @@
 
 mod definitions;
 mod error;
+mod grouped;
 pub mod model;
 pub mod sqlite;
 mod time;
@@ -74,7 +75,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn transitions(&self, run_pk: i64, ti_pk: Option<i64>, after_id: i64) -> Result<Vec<TransitionRow>>;
 
     // Scheduling.
-    async fn snapshot(&self, scope: Scope, now: Timestamp) -> Result<RawSnapshot>;
+    /// One scheduling pass in one transaction: take up to `batch` DAGs that no other
+    /// scheduler is working on (their rows locked, skipping locked ones, never
+    /// waiting), read their snapshot, let `plan` decide, and apply the decision as
+    /// `actor`. Concurrent schedulers thus work on disjoint DAGs.
+    async fn schedule_pass(&self, scope: Scope, now: Timestamp, pass: Pass) -> Result<PassReport>;
+    /// Applies actions outside a pass (tests; people marking states).
     async fn apply(&self, actions: &[Action], actor: &str, now: Timestamp) -> Result<ApplyReport>;
 
     // Running.

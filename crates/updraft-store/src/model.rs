@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use updraft_core::plan::{DagVersion, RunType};
+use updraft_core::plan::{Action, DagVersion, RunType};
 use updraft_core::{Dag, DataInterval, RunState, TaskState};
 
 /// Which runs a scheduler or runner works on.
@@ -229,6 +229,30 @@ pub struct RawSnapshot {
     pub busy_slots: u32,
     /// The earliest `next_due` still in the future.
     pub next_dag_due: Option<Timestamp>,
+    /// Pools another scheduler is filling right now: do not queue into them this pass.
+    pub busy_pools: Vec<String>,
+}
+
+/// What a scheduling pass needs from its caller.
+pub struct Pass {
+    pub actor: String,
+    /// DAGs taken per pass (PostgreSQL); more are left for the next pass or another
+    /// scheduler.
+    pub batch: u32,
+    /// The decision: runs inside the pass's transaction, so it must not block.
+    pub plan: Planner,
+}
+
+/// Decides what a pass does with what it read.
+pub type Planner = Box<dyn FnOnce(&RawSnapshot) -> Vec<Action> + Send>;
+
+/// What a scheduling pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub applied: ApplyReport,
+    /// Work was left for the next pass: the batch was full, or a pool was being
+    /// filled by another scheduler.
+    pub more: bool,
 }
 
 /// What applying a plan did.

@@ -29,6 +29,8 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub parallelism: u32,
+    /// DAGs one scheduling pass takes (PostgreSQL).
+    pub scheduler_batch: u32,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub runner_slots: u32,
@@ -80,6 +82,7 @@ struct WebserverSection {
 #[serde(deny_unknown_fields)]
 struct SchedulerSection {
     parallelism: Option<u32>,
+    batch: Option<u32>,
     heartbeat_interval: Option<DurationSetting>,
     heartbeat_timeout: Option<DurationSetting>,
 }
@@ -206,6 +209,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         host: overrides.host.or(pick!(webserver.host).map(|(host, _)| host)).unwrap_or_else(|| "127.0.0.1".to_string()),
         port: overrides.port.or(pick!(webserver.port).map(|(port, _)| port)).unwrap_or(8080),
         parallelism: pick!(scheduler.parallelism).map_or(32, |(value, _)| value).max(1),
+        scheduler_batch: pick!(scheduler.batch).map_or(64, |(value, _)| value).max(1),
         heartbeat_interval: duration(pick!(scheduler.heartbeat_interval), 5),
         heartbeat_timeout: duration(pick!(scheduler.heartbeat_timeout), 60),
         runner_slots: pick!(runner.slots).map_or(32, |(value, _)| value).max(1),

@@ -91,6 +91,7 @@ impl Engine {
                     dag_sync_interval: config.dag_sync_interval,
                     actor: format!("scheduler:{process_id}"),
                     ticked: options.ticked.clone(),
+                    batch: config.scheduler_batch,
                 },
                 definitions.clone(),
                 ctx.clock.clone(),

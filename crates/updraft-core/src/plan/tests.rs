@@ -49,7 +49,15 @@ fn run(run_pk: i64, dag: &Arc<Dag>, state: RunState, states: &[TaskState]) -> Ru
 }
 
 fn snapshot(dags: Vec<DagEntry>, runs: Vec<RunEntry>) -> Snapshot {
-    Snapshot { dags, runs, pools: None, parallelism: None, ignore_pause: false, next_dag_due: None }
+    Snapshot {
+        dags,
+        runs,
+        pools: None,
+        busy_pools: Vec::new(),
+        parallelism: None,
+        ignore_pause: false,
+        next_dag_due: None,
+    }
 }
 
 fn entry(dag: &Arc<Dag>, paused: bool) -> DagEntry {
@@ -337,4 +345,23 @@ fn run_ids_keep_sub_second_precision() {
         RunType::Manual.run_id(ts("2024-01-01T00:00:00.0123Z")).as_str(),
         "manual__2024-01-01T00:00:00.012300+00:00"
     );
+}
+
+#[test]
+fn pools_another_scheduler_fills_are_left_for_later() {
+    use TaskState::*;
+    let mut api = task("api", &[]);
+    api.pool = "api".to_string();
+    let d = dag(vec![task("a", &[]), api]);
+    let mut snap = snapshot(vec![entry(&d, false)], vec![run(1, &d, RunState::Running, &[None, None])]);
+    snap.pools = Some(HashMap::from([
+        ("default".to_string(), Slots { limit: 8, occupied: 0 }),
+        ("api".to_string(), Slots { limit: 8, occupied: 0 }),
+    ]));
+    snap.busy_pools = vec!["api".to_string()];
+    insta::assert_snapshot!(run_plan(snap), @r"
+    ti 100 none -> scheduled
+    ti 100 scheduled -> queued
+    ti 101 none -> scheduled
+    ");
 }

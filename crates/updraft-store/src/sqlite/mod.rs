@@ -10,18 +10,19 @@
 mod rows;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
-use updraft_core::plan::{Action, DagVersion, RunType};
-use updraft_core::state::{check_run_transition, check_task_transition};
+use updraft_core::plan::{Action, DagVersion};
+use updraft_core::state::check_task_transition;
 use updraft_core::{RunState, TaskState};
 
 use crate::error::{Result, StoreError};
+use crate::grouped::{StateGroup, group};
 use crate::model::*;
 use crate::time::{opt_from_db, to_db};
 use crate::{ChangeWatcher, MetadataStore};
@@ -525,53 +526,14 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn snapshot(&self, scope: Scope, now: Timestamp) -> Result<RawSnapshot> {
-        self.read(move |tx| {
-            let (runs, task_instances, dags) = match scope {
-                Scope::All => (
-                    all(tx, RUN_SELECT_ACTIVE, [], run_row)?,
-                    all(tx, TI_SELECT_ACTIVE, [], ti_row)?,
-                    all(tx, DAG_SELECT_FOR_SCHEDULING, params![to_db(now)], dag_row)?,
-                ),
-                Scope::Run(run_pk) => (
-                    all(tx, RUN_SELECT_ACTIVE_ONE, params![run_pk], run_row)?,
-                    all(tx, TI_SELECT_BY_RUN, params![run_pk], ti_row)?,
-                    all(tx, DAG_SELECT_FOR_RUN, params![run_pk], dag_row)?,
-                ),
-            };
-            // A `dags test` run ignores pools and runner capacity, and has no schedule.
-            let Scope::All = scope else {
-                return Ok(RawSnapshot { dags, runs, task_instances, ..RawSnapshot::default() });
-            };
-            let busy = all(
-                tx,
-                "SELECT t.pool, COUNT(*), SUM(CASE WHEN r.run_type <> 'test' THEN 1 ELSE 0 END)
-                 FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
-                 WHERE t.state IN ('queued', 'running') GROUP BY t.pool",
-                [],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?, row.get::<_, u32>(2)?)),
-            )?;
-            let busy_by_pool: HashMap<String, u32> = busy.iter().map(|(pool, n, _)| (pool.clone(), *n)).collect();
-            let pools = all(tx, "SELECT name, slots, description FROM pools ORDER BY name", [], |row| {
-                let name: String = row.get(0)?;
-                Ok(PoolRow {
-                    occupied: busy_by_pool.get(&name).copied().unwrap_or(0),
-                    name,
-                    slots: row.get::<_, i64>(1)?.max(0) as u32,
-                    description: row.get(2)?,
-                })
-            })?;
-            let next_dag_due: Option<i64> = tx
-                .prepare_cached("SELECT MIN(next_due) FROM dags WHERE is_active AND NOT is_paused AND next_due > ?1")?
-                .query_row(params![to_db(now)], |row| row.get(0))?;
-            Ok(RawSnapshot {
-                dags,
-                runs,
-                task_instances,
-                pools,
-                busy_slots: busy.iter().map(|(_, _, runner)| runner).sum(),
-                next_dag_due: opt_from_db(next_dag_due),
-            })
+    async fn schedule_pass(&self, scope: Scope, now: Timestamp, pass: Pass) -> Result<PassReport> {
+        // SQLite has one writer at a time: the pass takes the write lock and with it
+        // every DAG; there is no batch to leave for others.
+        self.write(move |tx| {
+            let snapshot = read_snapshot(tx, scope, now)?;
+            let actions = (pass.plan)(&snapshot);
+            let applied = apply(tx, &actions, &pass.actor, now)?;
+            Ok(PassReport { applied, more: false })
         })
         .await
     }
@@ -794,100 +756,105 @@ impl MetadataStore for SqliteStore {
     }
 }
 
-/// Applies a plan. Task-instance moves go in order per task (a task's second move
-/// after its first), each (from, to) group as one compare-and-set statement; then
-/// wait reasons (a move clears its task's reason, so reasons come after); then
-/// finished runs, whose guard reads the moved states.
+/// Active runs in scope, their task instances, the DAGs to schedule, and pools.
+fn read_snapshot(tx: &Transaction<'_>, scope: Scope, now: Timestamp) -> Result<RawSnapshot> {
+    let (runs, task_instances, dags) = match scope {
+        Scope::All => (
+            all(tx, RUN_SELECT_ACTIVE, [], run_row)?,
+            all(tx, TI_SELECT_ACTIVE, [], ti_row)?,
+            all(tx, DAG_SELECT_FOR_SCHEDULING, params![to_db(now)], dag_row)?,
+        ),
+        Scope::Run(run_pk) => (
+            all(tx, RUN_SELECT_ACTIVE_ONE, params![run_pk], run_row)?,
+            all(tx, TI_SELECT_BY_RUN, params![run_pk], ti_row)?,
+            all(tx, DAG_SELECT_FOR_RUN, params![run_pk], dag_row)?,
+        ),
+    };
+    // A `dags test` run ignores pools and runner capacity, and has no schedule.
+    let Scope::All = scope else {
+        return Ok(RawSnapshot { dags, runs, task_instances, ..RawSnapshot::default() });
+    };
+    let busy = all(
+        tx,
+        "SELECT t.pool, COUNT(*), SUM(CASE WHEN r.run_type <> 'test' THEN 1 ELSE 0 END)
+         FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
+         WHERE t.state IN ('queued', 'running') GROUP BY t.pool",
+        [],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?, row.get::<_, u32>(2)?)),
+    )?;
+    let busy_by_pool: HashMap<String, u32> = busy.iter().map(|(pool, n, _)| (pool.clone(), *n)).collect();
+    let pools = all(tx, "SELECT name, slots, description FROM pools ORDER BY name", [], |row| {
+        let name: String = row.get(0)?;
+        Ok(PoolRow {
+            occupied: busy_by_pool.get(&name).copied().unwrap_or(0),
+            name,
+            slots: row.get::<_, i64>(1)?.max(0) as u32,
+            description: row.get(2)?,
+        })
+    })?;
+    let next_dag_due: Option<i64> = tx
+        .prepare_cached("SELECT MIN(next_due) FROM dags WHERE is_active AND NOT is_paused AND next_due > ?1")?
+        .query_row(params![to_db(now)], |row| row.get(0))?;
+    Ok(RawSnapshot {
+        dags,
+        runs,
+        task_instances,
+        pools,
+        busy_slots: busy.iter().map(|(_, _, runner)| runner).sum(),
+        next_dag_due: opt_from_db(next_dag_due),
+        busy_pools: Vec::new(),
+    })
+}
+
+/// Applies a plan, grouped as `grouped::group` explains.
 fn apply(tx: &Transaction<'_>, actions: &[Action], actor: &str, now: Timestamp) -> Result<ApplyReport> {
+    let grouped = group(actions)?;
     let mut report = ApplyReport::default();
     let mut transitions = TransitionBatch::default();
-    let mut state_steps: Vec<Vec<(i64, TaskState, TaskState)>> = Vec::new();
-    let mut steps_taken: HashMap<i64, usize> = HashMap::new();
-    let mut reasons: BTreeMap<Option<String>, Vec<i64>> = BTreeMap::new();
-    let mut finishes = Vec::new();
-    for action in actions {
-        match action {
-            Action::CreateRun { dag, version, run_id, interval } => {
-                let run = NewRun {
-                    dag: dag.clone(),
-                    version: version.clone(),
-                    run_id: run_id.clone(),
-                    run_type: RunType::Scheduled,
-                    logical_date: interval.start,
-                    interval: *interval,
-                    conf: serde_json::Map::new(),
-                    owner_process: None,
-                    with_retries: true,
-                };
-                match insert_run(tx, &run, actor, now)? {
-                    Some(_) => report.runs_created += 1,
-                    None => report.conflicts += 1,
-                }
-            }
-            Action::SetDagSchedule { dag_id, last_automated, next_due } => {
-                tx.prepare_cached(
-                    "UPDATE dags SET last_automated_start = ?2, last_automated_end = ?3, next_due = ?4 WHERE dag_id = ?1",
-                )?
-                .execute(params![
-                    dag_id.as_str(),
-                    last_automated.map(|interval| to_db(interval.start)),
-                    last_automated.map(|interval| to_db(interval.end)),
-                    next_due.map(to_db),
-                ])?;
-            }
-            Action::StartRun { run_pk } => {
-                check_run_transition(RunState::Queued, RunState::Running)?;
-                let n = tx
-                    .prepare_cached(
-                        "UPDATE dag_runs SET state = 'running', start_date = ?2 WHERE id = ?1 AND state = 'queued'",
-                    )?
-                    .execute(params![run_pk, to_db(now)])?;
-                if n == 1 {
-                    transitions.push(Transition {
-                        run_pk: *run_pk,
-                        ti_pk: None,
-                        from: Some("queued"),
-                        to: "running",
-                        actor,
-                        detail: None,
-                    });
-                } else {
-                    report.conflicts += 1;
-                }
-            }
-            Action::SetTaskState { ti_pk, from, to } => {
-                check_task_transition(*from, *to)?;
-                let step = steps_taken.entry(*ti_pk).or_insert(0);
-                if state_steps.len() <= *step {
-                    state_steps.push(Vec::new());
-                }
-                state_steps[*step].push((*ti_pk, *from, *to));
-                *step += 1;
-            }
-            Action::SetWaitReason { ti_pk, reason } => {
-                reasons.entry(reason.as_ref().map(|reason| reason.to_json())).or_default().push(*ti_pk);
-            }
-            Action::FinishRun { run_pk, state } => {
-                check_run_transition(RunState::Running, *state)?;
-                finishes.push((*run_pk, *state));
-            }
+    for run in &grouped.creates {
+        match insert_run(tx, run, actor, now)? {
+            Some(_) => report.runs_created += 1,
+            None => report.conflicts += 1,
         }
     }
-    for step in state_steps {
-        let mut groups: Vec<((TaskState, TaskState), Vec<i64>)> = Vec::new();
-        for (ti_pk, from, to) in step {
-            match groups.iter_mut().find(|(key, _)| *key == (from, to)) {
-                Some((_, ids)) => ids.push(ti_pk),
-                None => groups.push(((from, to), vec![ti_pk])),
-            }
+    for (dag_id, last_automated, next_due) in &grouped.schedules {
+        tx.prepare_cached(
+            "UPDATE dags SET last_automated_start = ?2, last_automated_end = ?3, next_due = ?4 WHERE dag_id = ?1",
+        )?
+        .execute(params![
+            dag_id.as_str(),
+            last_automated.map(|interval| to_db(interval.start)),
+            last_automated.map(|interval| to_db(interval.end)),
+            next_due.map(to_db),
+        ])?;
+    }
+    for run_pk in &grouped.starts {
+        let n = tx
+            .prepare_cached(
+                "UPDATE dag_runs SET state = 'running', start_date = ?2 WHERE id = ?1 AND state = 'queued'",
+            )?
+            .execute(params![run_pk, to_db(now)])?;
+        if n == 1 {
+            transitions.push(Transition {
+                run_pk: *run_pk,
+                ti_pk: None,
+                from: Some("queued"),
+                to: "running",
+                actor,
+                detail: None,
+            });
+        } else {
+            report.conflicts += 1;
         }
-        for ((from, to), ids) in groups {
+    }
+    for step in &grouped.state_steps {
+        for StateGroup { from, to, ti_pks } in step {
             // The states are written into the SQL, not bound: a bound value compared
-            // with `state`, which partial indexes filter on, makes SQLite recompile the
-            // statement for every new value. They come from an enum, so this is safe,
-            // and each (from, to) pair is one cached statement.
+            // with `state`, which partial indexes filter on, would change the plan per
+            // value. They come from an enum, so this is safe, and each (from, to) pair
+            // is one cached statement.
             let (from_state, to_state) = (from.as_str(), to.as_str());
-            let queued_at = if to == TaskState::Queued { "?2" } else { "queued_at" };
+            let queued_at = if *to == TaskState::Queued { "?2" } else { "queued_at" };
             let end_date = if to.is_finished() { "?2" } else { "end_date" };
             let moved: HashMap<i64, i64> = all(
                 tx,
@@ -896,23 +863,23 @@ fn apply(tx: &Transaction<'_>, actions: &[Action], actor: &str, now: Timestamp) 
                          queued_at = {queued_at}, end_date = {end_date}
                      WHERE id IN (SELECT value FROM json_each(?1)) AND state = '{from_state}' RETURNING id, run_pk"
                 ),
-                params![json_ids(&ids), to_db(now)],
+                params![json_ids(ti_pks), to_db(now)],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )?
             .into_iter()
             .collect();
-            report.conflicts += ids.len() - moved.len();
-            if to == TaskState::Queued {
+            report.conflicts += ti_pks.len() - moved.len();
+            if *to == TaskState::Queued {
                 report.tasks_queued += moved.len();
             }
             // The plan's order is kept in the log.
-            for ti_pk in ids {
-                if let Some(run_pk) = moved.get(&ti_pk) {
+            for ti_pk in ti_pks {
+                if let Some(run_pk) = moved.get(ti_pk) {
                     transitions.push(Transition {
                         run_pk: *run_pk,
-                        ti_pk: Some(ti_pk),
-                        from: Some(from.as_str()),
-                        to: to.as_str(),
+                        ti_pk: Some(*ti_pk),
+                        from: Some(from_state),
+                        to: to_state,
                         actor,
                         detail: None,
                     });
@@ -920,14 +887,14 @@ fn apply(tx: &Transaction<'_>, actions: &[Action], actor: &str, now: Timestamp) 
             }
         }
     }
-    for (reason, ids) in reasons {
+    for (reason, ti_pks) in &grouped.reasons {
         tx.prepare_cached(
             "UPDATE task_instances SET wait_reason = ?2
              WHERE id IN (SELECT value FROM json_each(?1)) AND state IN ('none', 'scheduled', 'up_for_retry')",
         )?
-        .execute(params![json_ids(&ids), reason])?;
+        .execute(params![json_ids(ti_pks), reason])?;
     }
-    for (run_pk, state) in finishes {
+    for (run_pk, state) in &grouped.finishes {
         let n = tx
             .prepare_cached(&format!(
                 "UPDATE dag_runs SET state = ?2, end_date = ?3 WHERE id = ?1 AND state = 'running'
@@ -937,7 +904,7 @@ fn apply(tx: &Transaction<'_>, actions: &[Action], actor: &str, now: Timestamp) 
         if n == 1 {
             report.runs_finished += 1;
             transitions.push(Transition {
-                run_pk,
+                run_pk: *run_pk,
                 ti_pk: None,
                 from: Some("running"),
                 to: state.as_str(),
