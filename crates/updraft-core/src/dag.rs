@@ -20,6 +20,7 @@ pub mod defaults {
     pub const RETRY_DELAY: Duration = Duration::from_secs(300);
     pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(86_400);
     pub const POOL: &str = "default";
+    pub const QUEUE: &str = "default";
     pub const OWNER: &str = "updraft";
 }
 
@@ -86,7 +87,15 @@ pub struct Task {
     pub env: BTreeMap<String, String>,
     pub cwd: Option<String>,
     pub pool: String,
+    /// Only workers serving this queue run the task. (Versions stored before queues
+    /// existed read as `default`.)
+    #[serde(default = "default_queue")]
+    pub queue: String,
     pub priority: i32,
+}
+
+fn default_queue() -> String {
+    defaults::QUEUE.to_string()
 }
 
 /// What an attempt runs. Version 1 of the format has only `shell`.
@@ -373,6 +382,7 @@ pub(crate) mod tests {
             env: BTreeMap::new(),
             cwd: None,
             pool: defaults::POOL.to_string(),
+            queue: defaults::QUEUE.to_string(),
             priority: 0,
         }
     }

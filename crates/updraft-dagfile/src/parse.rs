@@ -57,6 +57,7 @@ const TASK_FIELDS: &[&str] = &[
     "env",
     "cwd",
     "pool",
+    "queue",
     "priority",
 ];
 
@@ -97,6 +98,7 @@ struct TaskFields<'a> {
     env: Option<BTreeMap<String, String>>,
     cwd: Option<String>,
     pool: Option<String>,
+    queue: Option<String>,
     priority: Option<i32>,
     kinds: Vec<(&'a str, &'a Node, &'a Node)>,
 }
@@ -380,6 +382,7 @@ impl FileParser {
                     }
                 }
                 "pool" => out.pool = self.non_empty(value, "pool"),
+                "queue" => out.queue = self.non_empty(value, "queue"),
                 "priority" => out.priority = self.integer(value, "priority"),
                 kind if in_defaults => {
                     self.error(key.span, format!("task type `{kind}` cannot be a default; set it on each task"));
@@ -432,6 +435,7 @@ impl FileParser {
             env,
             cwd,
             pool: own.pool.or_else(|| defaults.pool.clone()).unwrap_or_else(|| defaults::POOL.to_string()),
+            queue: own.queue.or_else(|| defaults.queue.clone()).unwrap_or_else(|| defaults::QUEUE.to_string()),
             priority: own.priority.or(defaults.priority).unwrap_or(0),
         };
         let nodes = TaskNodes {

@@ -35,7 +35,7 @@ fn render_folder(kind: &str) -> Vec<(String, String, usize)> {
                 out.push_str(&format!("params {}\nenv {:?}\n", serde_json::Value::Object(spec.params.clone()), spec.env));
                 for task in dag.tasks() {
                     out.push_str(&format!(
-                        "task {} {:?} deps={:?} rule={} retries={} delay={} backoff={} max_delay={} timeout={:?} pool={} priority={} cwd={:?} env={:?}\n",
+                        "task {} {:?} deps={:?} rule={} retries={} delay={} backoff={} max_delay={} timeout={:?} pool={} queue={} priority={} cwd={:?} env={:?}\n",
                         task.task_id,
                         task.kind,
                         task.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>(),
@@ -46,6 +46,7 @@ fn render_folder(kind: &str) -> Vec<(String, String, usize)> {
                         task.max_retry_delay,
                         task.timeout,
                         task.pool,
+                        task.queue,
                         task.priority,
                         task.cwd,
                         task.env,

@@ -11,12 +11,13 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use updraft_core::TaskState;
 use updraft_core::clock::Clock;
+use updraft_core::errors::chain;
 use updraft_core::retry::{AttemptOutcome, after_attempt};
 use updraft_store::{AttemptEnd, DefinitionCache, ProcessRow, ProcessState, RunningAttempt, Store, StoreError};
 
 use crate::attempt::append_note;
 use crate::procfs;
-use crate::runner::{attempt_token, log_path};
+use crate::runner::{Runner, attempt_token, log_path};
 
 pub struct Recovery {
     pub store: Store,
@@ -65,6 +66,31 @@ impl Recovery {
                 recovered.extend(self.settle(&process).await?);
             }
         }
+        // Attempts whose lease lapsed though their process may live: a worker cut off
+        // from the store, or one that lost track of an attempt.
+        let cutoff = now.checked_sub(SignedDuration::try_from(self.heartbeat_timeout).unwrap_or(SignedDuration::MAX));
+        let stale = self.store.stale_attempts(cutoff.unwrap_or(Timestamp::MIN)).await?;
+        for attempt in stale {
+            let local = attempt.hostname.as_deref() == Some(self.hostname.as_str());
+            if local && !self.kill_attempt(attempt.process_id.unwrap_or_default(), &attempt).await {
+                continue;
+            }
+            let holder = attempt.hostname.as_deref().unwrap_or("an unknown host");
+            let why = format!(
+                "attempt lost: its lease was not renewed for {}s (the runner on {holder} stopped sending heartbeats); \
+                 it counts as failed, and that runner kills it if it comes back",
+                self.heartbeat_timeout.as_secs()
+            );
+            if let Some(state) = self.fail(&attempt, why).await? {
+                recovered.push(Recovered {
+                    dag_id: attempt.dag_id.clone(),
+                    run_id: attempt.run_id.clone(),
+                    task_id: attempt.task_id.clone(),
+                    try_number: attempt.try_number,
+                    state,
+                });
+            }
+        }
         Ok(recovered)
     }
 
@@ -79,14 +105,22 @@ impl Recovery {
     async fn settle(&self, process: &ProcessRow) -> Result<Vec<Recovered>, StoreError> {
         let mut recovered = Vec::new();
         for attempt in self.store.running_attempts(process.id).await? {
-            if process.hostname == self.hostname && !self.kill_leftovers(process, &attempt).await {
+            if process.hostname == self.hostname && !self.kill_attempt(process.id, &attempt).await {
                 tracing::error!(
                     dag_id = %attempt.dag_id, task_id = %attempt.task_id, pid = ?attempt.pid,
                     "cannot confirm a lost attempt's processes are gone; leaving it for the next check"
                 );
                 continue;
             }
-            let state = self.fail(process, &attempt).await?;
+            let why = format!(
+                "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it; \
+                 its processes were killed and the attempt counts as failed",
+                process.kind.as_str(),
+                process.id,
+                process.hostname,
+                process.pid
+            );
+            let state = self.fail(&attempt, why).await?;
             if let Some(state) = state {
                 recovered.push(Recovered {
                     dag_id: attempt.dag_id.clone(),
@@ -103,11 +137,11 @@ impl Recovery {
 
     /// Kills the attempt's process group (found by pid, or by its `UPDRAFT_ATTEMPT`
     /// variable when the pid was never recorded) and waits until it is gone.
-    async fn kill_leftovers(&self, process: &ProcessRow, attempt: &RunningAttempt) -> bool {
+    async fn kill_attempt(&self, process_id: i64, attempt: &RunningAttempt) -> bool {
         let groups: Vec<(u32, Option<u64>)> = match attempt.pid {
             Some(pid) => vec![(pid, attempt.pid_start)],
             None => {
-                let token = attempt_token(process.id, attempt.ti_pk, attempt.try_number);
+                let token = attempt_token(process_id, attempt.ti_pk, attempt.try_number);
                 let mut groups: Vec<(u32, Option<u64>)> = procfs::find_by_env("UPDRAFT_ATTEMPT", &token)
                     .into_iter()
                     .filter_map(procfs::group_of)
@@ -126,7 +160,9 @@ impl Recovery {
         true
     }
 
-    async fn fail(&self, process: &ProcessRow, attempt: &RunningAttempt) -> Result<Option<TaskState>, StoreError> {
+    /// Counts a lost attempt as failed (retried if it has retries left), with `why`
+    /// and what happens next at the end of its log.
+    async fn fail(&self, attempt: &RunningAttempt, why: String) -> Result<Option<TaskState>, StoreError> {
         let now = self.clock.now();
         let task_state = match self.definitions.get(self.store.as_ref(), &attempt.dag_id, &attempt.version).await {
             Ok(dag) => match dag.task(&attempt.task_id) {
@@ -143,14 +179,7 @@ impl Recovery {
             Some(at) => format!("it will be retried at {}", at.round(jiff::Unit::Second).unwrap_or(at)),
             None => "no retries are left".to_string(),
         };
-        let reason = format!(
-            "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it; \
-             its processes were killed and the attempt counts as failed; {next}",
-            process.kind.as_str(),
-            process.id,
-            process.hostname,
-            process.pid
-        );
+        let reason = format!("{why}; {next}");
         let path = attempt.log_path.as_ref().map(PathBuf::from).unwrap_or_else(|| {
             log_path(&self.logs_folder, &attempt.dag_id, &attempt.run_id, &attempt.task_id, attempt.try_number)
         });
@@ -164,28 +193,50 @@ impl Recovery {
     }
 }
 
-/// Records this process's heartbeat every `interval` until `shutdown`. Returns early
-/// with `false` if the store says this process was declared dead meanwhile, so the
-/// caller stops its attempts instead of racing their replacements.
+/// Records this process's heartbeat every `interval` until `shutdown`, renewing the
+/// leases of its runner's attempts and stopping those it no longer holds. If the
+/// store stays unreachable for most of `timeout`, the runner stops every attempt
+/// itself: other processes will soon count them as zombies and run them again, and
+/// the old ones must be gone by then. Returns `false` early if this process was
+/// declared dead meanwhile, so the caller stops instead of racing replacements.
 pub async fn heartbeat_loop(
     store: Store,
     process_id: i64,
     clock: Arc<dyn Clock>,
     interval: Duration,
+    timeout: Duration,
+    runner: Option<Arc<Runner>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> bool {
+    let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|stop| *stop) => return true,
         }
-        match store.heartbeat(process_id, clock.now()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(process_id, "this process was declared dead by another; stopping its work");
-                return false;
+        let leases = runner.as_ref().map(|runner| runner.leases()).unwrap_or_default();
+        match store.heartbeat(process_id, &leases, clock.now()).await {
+            Ok(beat) => {
+                last_ok = tokio::time::Instant::now();
+                if let Some(runner) = &runner {
+                    runner.stop(&beat.lost, "its lease was taken over (it was counted as a zombie)");
+                }
+                if !beat.alive {
+                    tracing::error!(process_id, "this process was declared dead by another; stopping its work");
+                    if let Some(runner) = &runner {
+                        runner.stop_all("this process was declared dead");
+                    }
+                    return false;
+                }
             }
-            Err(error) => tracing::warn!(%error, "cannot record heartbeat"),
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot record heartbeat");
+                if last_ok.elapsed() > timeout * 3 / 4
+                    && let Some(runner) = &runner
+                {
+                    runner.stop_all("no heartbeat reached the store for most of the heartbeat timeout");
+                }
+            }
         }
     }
 }

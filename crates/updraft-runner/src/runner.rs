@@ -1,6 +1,7 @@
 //! The runner loop: claim queued task instances up to the slot count, run each as
 //! an attempt, write how it ended, and wake the scheduler.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use updraft_core::TaskState;
 use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
 use updraft_core::retry::after_attempt;
-use updraft_store::{AttemptEnd, AttemptProcess, Claimed, DefinitionCache, FinishedAttempt, Scope, Store};
+use updraft_store::{AttemptEnd, AttemptProcess, Claimant, Claimed, DefinitionCache, FinishedAttempt, Scope, Store};
 
 use crate::attempt::{AttemptLabel, AttemptObserver, AttemptSpec, Ending, execute};
 use crate::template::{self, RunContext};
@@ -28,6 +29,8 @@ pub struct RunnerConfig {
     /// Wake on the store's changes: for a runner without a scheduler in its process
     /// (`updraft worker`), which learns of queued work only through the store.
     pub watch_store: bool,
+    /// Queues to take tasks from; `None`: every queue (`standalone`).
+    pub queues: Option<Vec<String>>,
 }
 
 pub struct Runner {
@@ -41,6 +44,8 @@ pub struct Runner {
     wake: Arc<Notify>,
     /// Rung when an attempt ended, so the scheduler moves its downstream at once.
     scheduler: Arc<Notify>,
+    /// Attempts in flight by (task instance, try number), with their stop signal.
+    attempts: std::sync::Mutex<HashMap<(i64, u32), watch::Sender<bool>>>,
 }
 
 /// A safety net for work queued by other processes: the scheduler in this process
@@ -60,7 +65,40 @@ impl Runner {
         wake: Arc<Notify>,
         scheduler: Arc<Notify>,
     ) -> Runner {
-        Runner { store, config, definitions, observer, clock, templates: template::environment(), wake, scheduler }
+        Runner {
+            store,
+            config,
+            definitions,
+            observer,
+            clock,
+            templates: template::environment(),
+            wake,
+            scheduler,
+            attempts: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The attempts in flight, named by their fencing tokens (the try numbers).
+    pub fn leases(&self) -> Vec<(i64, u32)> {
+        self.attempts.lock().expect("attempts lock").keys().copied().collect()
+    }
+
+    /// Stops attempts this process no longer holds (failed as zombies, or replaced):
+    /// their process groups are killed, and their results will not be recorded.
+    pub fn stop(&self, lost: &[(i64, u32)], why: &str) {
+        let attempts = self.attempts.lock().expect("attempts lock");
+        for key in lost {
+            if let Some(stop) = attempts.get(key) {
+                tracing::warn!(ti = key.0, try_number = key.1, why, "stopping an attempt this process no longer holds");
+                let _ = stop.send(true);
+            }
+        }
+    }
+
+    /// Stops every attempt in flight.
+    pub fn stop_all(&self, why: &str) {
+        let lost = self.leases();
+        self.stop(&lost, why);
     }
 
     /// Runs until `shutdown` turns true, then stops every attempt in flight
@@ -68,7 +106,6 @@ impl Runner {
     /// interrupted, so it runs again later without using up a retry.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut running: JoinSet<()> = JoinSet::new();
-        let (cancel, cancelled) = watch::channel(false);
         let (outcomes, reports) = mpsc::unbounded_channel();
         let reporter = tokio::spawn(self.clone().report(reports));
         let mut watcher = match self.config.watch_store {
@@ -88,14 +125,22 @@ impl Runner {
             let free = self.config.slots.saturating_sub(running.len());
             if free > 0 {
                 let now = self.clock.now();
-                let claimed = self
-                    .store
-                    .claim(self.config.scope, self.config.process_id, &self.config.hostname, free as u32, now)
-                    .await;
+                let claimant = Claimant {
+                    process_id: self.config.process_id,
+                    hostname: self.config.hostname.clone(),
+                    queues: self.config.queues.clone(),
+                };
+                let claimed = self.store.claim(self.config.scope, &claimant, free as u32, now).await;
                 match claimed {
                     Ok(claimed) => {
                         for attempt in claimed {
-                            running.spawn(self.clone().attempt(attempt, cancelled.clone(), outcomes.clone()));
+                            // Registered before it runs, so the next heartbeat renews it.
+                            let (stop, stopped) = watch::channel(false);
+                            self.attempts
+                                .lock()
+                                .expect("attempts lock")
+                                .insert((attempt.ti_pk, attempt.try_number), stop);
+                            running.spawn(self.clone().attempt(attempt, stopped, outcomes.clone()));
                         }
                     }
                     Err(error) => {
@@ -112,7 +157,7 @@ impl Runner {
                 () = tokio::time::sleep(FALLBACK_CLAIM) => {}
             }
         }
-        let _ = cancel.send(true);
+        self.stop_all("this process is stopping");
         while running.join_next().await.is_some() {}
         // Every outcome is written before the runner returns.
         drop(outcomes);
@@ -120,6 +165,8 @@ impl Runner {
     }
 
     async fn attempt(self: Arc<Self>, claimed: Claimed, cancel: watch::Receiver<bool>, outcomes: Outcomes) {
+        // However it ends, it is no longer in flight: the heartbeat stops renewing it.
+        let _in_flight = InFlight { runner: &self, key: (claimed.ti_pk, claimed.try_number) };
         let dag = match self.definitions.get(self.store.as_ref(), &claimed.dag_id, &claimed.version).await {
             Ok(dag) => dag,
             Err(error) => {
@@ -267,6 +314,18 @@ async fn changed(watcher: &mut Option<Box<dyn updraft_store::ChangeWatcher>>) ->
     match watcher {
         Some(watcher) => watcher.changed().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Removes an attempt from the ones in flight when dropped.
+struct InFlight<'a> {
+    runner: &'a Runner,
+    key: (i64, u32),
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.runner.attempts.lock().expect("attempts lock").remove(&self.key);
     }
 }
 

@@ -12,10 +12,12 @@ use updraft_core::plan::RunType;
 use updraft_core::{DataInterval, RunId, RunState, TaskState};
 use updraft_runner::{Quiet, Runner, RunnerConfig};
 use updraft_scheduler::{DagSync, Scheduler, SchedulerConfig};
-use updraft_store::{DefinitionCache, NewProcess, NewRun, ProcessKind, Scope, Store};
+use updraft_store::{AttemptEnd, DefinitionCache, NewProcess, NewRun, ProcessKind, Scope, Store};
 
 struct Engine {
     store: Store,
+    runner: Arc<Runner>,
+    process: i64,
     dir: tempfile::TempDir,
     definitions: Arc<DefinitionCache>,
     stop: watch::Sender<bool>,
@@ -78,6 +80,7 @@ impl Engine {
                 logs_folder: dir.path().join("logs"),
                 kill_grace: Duration::from_secs(1),
                 watch_store: false,
+                queues: None,
             },
             definitions.clone(),
             Arc::new(Quiet),
@@ -88,9 +91,9 @@ impl Engine {
         let scheduler_stop = stopped.clone();
         let tasks = vec![
             tokio::spawn(async move { scheduler.run(scheduler_stop).await.unwrap() }),
-            tokio::spawn(runner.run(stopped)),
+            tokio::spawn(runner.clone().run(stopped)),
         ];
-        Engine { store, dir, definitions, stop, tasks }
+        Engine { store, runner, process, dir, definitions, stop, tasks }
     }
 
     async fn trigger(&self, dag_id: &str, run_id: &str, conf: &str) -> i64 {
@@ -273,4 +276,58 @@ async fn clean_shutdown_interrupts_and_requeues_without_using_a_retry() {
     engine.stop().await;
     let ti = &store.task_instances(run).await.unwrap()[0];
     assert_eq!((ti.state, ti.try_number, ti.max_tries), (TaskState::Scheduled, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_lease_was_taken_over_is_killed_not_finished() {
+    let dag = "dag: long\ntasks:\n  nap: {shell: 'sleep 30'}\n";
+    let engine = Engine::start(&[("long.yaml", dag)], Arc::new(SystemClock)).await;
+    let (stop_beats, beats_stopped) = watch::channel(false);
+    let beats = tokio::spawn(updraft_runner::heartbeat_loop(
+        engine.store.clone(),
+        engine.process,
+        Arc::new(SystemClock),
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+        Some(engine.runner.clone()),
+        beats_stopped,
+    ));
+    let run = engine.trigger("long", "r1", "{}").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ti = loop {
+        let ti = engine.store.task_instances(run).await.unwrap().remove(0);
+        if ti.pid.is_some() {
+            break ti;
+        }
+        assert!(std::time::Instant::now() < deadline, "the attempt never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Another process counts the attempt as a zombie and fails it.
+    let failed = AttemptEnd {
+        state: TaskState::Failed,
+        retry_at: None,
+        exit_code: None,
+        reason: Some("zombie".into()),
+        process: None,
+    };
+    assert!(
+        engine
+            .store
+            .finish_attempt(ti.ti_pk, ti.try_number, &failed, "recovery:other", Timestamp::now())
+            .await
+            .unwrap()
+    );
+    // The runner learns it on its next heartbeat and kills the process group.
+    let pgid = ti.pid.unwrap();
+    while updraft_runner::procfs::group_alive(pgid) {
+        assert!(std::time::Instant::now() < deadline, "the lost attempt was not killed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its late report changes nothing: the task instance stays as recovery left it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ti = engine.store.task_instances(run).await.unwrap().remove(0);
+    assert_eq!((ti.state, ti.exit_code), (TaskState::Failed, None));
+    stop_beats.send(true).unwrap();
+    assert!(beats.await.unwrap());
+    engine.stop().await;
 }

@@ -37,8 +37,10 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     // Processes.
     async fn register_process(&self, process: &NewProcess, now: Timestamp) -> Result<i64>;
-    /// Records a heartbeat; false when the process was declared dead meanwhile.
-    async fn heartbeat(&self, process_id: i64, now: Timestamp) -> Result<bool>;
+    /// Records a process's heartbeat and renews the leases of the attempts it runs
+    /// (each named by its fencing token, the try number). Says whether the process
+    /// is still alive and which of those attempts it no longer holds.
+    async fn heartbeat(&self, process_id: i64, attempts: &[(i64, u32)], now: Timestamp) -> Result<Heartbeat>;
     async fn set_process_state(
         &self,
         process_id: i64,
@@ -84,16 +86,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn apply(&self, actions: &[Action], actor: &str, now: Timestamp) -> Result<ApplyReport>;
 
     // Running.
-    /// Moves up to `limit` queued task instances in scope to running for `process_id`,
-    /// highest priority first, starting a new try of each.
-    async fn claim(
-        &self,
-        scope: Scope,
-        process_id: i64,
-        hostname: &str,
-        limit: u32,
-        now: Timestamp,
-    ) -> Result<Vec<Claimed>>;
+    /// Moves up to `limit` queued task instances in scope (and in the claimant's
+    /// queues) to running for the claimant, highest priority first, starting a new try
+    /// of each. Concurrent claimants take disjoint task instances and never wait.
+    async fn claim(&self, scope: Scope, claimant: &Claimant, limit: u32, now: Timestamp) -> Result<Vec<Claimed>>;
     /// Records the OS process of a claimed attempt; false if the attempt was replaced.
     async fn record_attempt_process(
         &self,
@@ -119,6 +115,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         Ok(self.finish_attempts(&ends, actor, now).await?.first().copied().unwrap_or(false))
     }
     async fn running_attempts(&self, process_id: i64) -> Result<Vec<RunningAttempt>>;
+    /// Running attempts whose lease was last renewed before `cutoff`: zombies.
+    async fn stale_attempts(&self, cutoff: Timestamp) -> Result<Vec<RunningAttempt>>;
     /// Fails the unfinished `dags test` runs of a dead process.
     async fn fail_owned_runs(&self, process_id: i64, now: Timestamp) -> Result<u64>;
 

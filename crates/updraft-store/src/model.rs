@@ -326,4 +326,25 @@ pub struct RunningAttempt {
     pub pid: Option<u32>,
     pub pid_start: Option<u64>,
     pub log_path: Option<String>,
+    /// The process holding it.
+    pub process_id: Option<i64>,
+    pub hostname: Option<String>,
+}
+
+/// Who claims: a process, where it runs, which queues it serves (`None`: all).
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub process_id: i64,
+    pub hostname: String,
+    pub queues: Option<Vec<String>>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// False once another process declared this one dead: it must stop its attempts.
+    pub alive: bool,
+    /// Attempts the process listed but no longer holds (failed as zombies, or
+    /// replaced): it must kill them, not finish them.
+    pub lost: Vec<(i64, u32)>,
 }

@@ -193,12 +193,13 @@ async fn claim_and_finish(store: Store) {
         .unwrap();
 
     // Highest priority first, and never more than asked for.
-    let claimed = store.claim(Scope::All, process, "h", 2, ts(NOW)).await.unwrap();
+    let me = Claimant { process_id: process, hostname: "h".into(), queues: None };
+    let claimed = store.claim(Scope::All, &me, 2, ts(NOW)).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(), vec!["b", "a"]);
     assert!(claimed.iter().all(|c| c.try_number == 1 && c.run_id == "r"));
-    let rest = store.claim(Scope::All, process, "h", 10, ts(NOW)).await.unwrap();
+    let rest = store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
     assert_eq!(rest.len(), 1);
-    assert!(store.claim(Scope::All, process, "h", 10, ts(NOW)).await.unwrap().is_empty());
+    assert!(store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap().is_empty());
 
     let b = &claimed[0];
     assert!(store.record_attempt_process(b.ti_pk, 1, 4242, Some(7), "/logs/b/1.log").await.unwrap());
@@ -323,12 +324,81 @@ async fn processes(store: Store) {
         )
         .await
         .unwrap();
-    assert!(store.heartbeat(id, ts("2024-06-01T12:00:05Z")).await.unwrap());
+    assert!(store.heartbeat(id, &[], ts("2024-06-01T12:00:05Z")).await.unwrap().alive);
     assert!(store.set_process_state(id, ProcessState::Running, ProcessState::Dead, ts(NOW)).await.unwrap());
     assert!(!store.set_process_state(id, ProcessState::Running, ProcessState::Dead, ts(NOW)).await.unwrap());
-    assert!(!store.heartbeat(id, ts(NOW)).await.unwrap(), "a dead process learns it from its heartbeat");
+    assert!(!store.heartbeat(id, &[], ts(NOW)).await.unwrap().alive, "a dead process learns it from its heartbeat");
     let rows = store.processes(Some(ProcessState::Dead)).await.unwrap();
     assert_eq!((rows[0].pid, rows[0].pid_start, rows[0].heartbeat_at), (10, Some(5), ts("2024-06-01T12:00:05Z")));
+}
+
+const QUEUES: &str = "dag: queues\ntasks:\n  cpu: {shell: 'true'}\n  gpu: {shell: 'true', queue: gpu}\n";
+
+/// Queues a run's task instances (none -> scheduled -> queued) and returns them.
+async fn queue_all(store: &Store, run_pk: i64) -> Vec<TaskInstanceRow> {
+    let tis = store.task_instances(run_pk).await.unwrap();
+    let mut actions = vec![Action::StartRun { run_pk }];
+    for ti in &tis {
+        actions.push(Action::SetTaskState { ti_pk: ti.ti_pk, from: TaskState::None, to: TaskState::Scheduled });
+        actions.push(Action::SetTaskState { ti_pk: ti.ti_pk, from: TaskState::Scheduled, to: TaskState::Queued });
+    }
+    store.apply(&actions, "s", ts(NOW)).await.unwrap();
+    tis
+}
+
+async fn workers_take_their_queues(store: Store) {
+    let (dag, version) = dag(QUEUES);
+    let run_pk =
+        store.create_run(&new_run(&dag, &version, "r", RunType::Manual, NOW), "t", ts(NOW)).await.unwrap().unwrap();
+    queue_all(&store, run_pk).await;
+    let new = |queues: Option<Vec<String>>| Claimant { process_id: 1, hostname: "h".into(), queues };
+    let default_only = store.claim(Scope::All, &new(Some(vec!["default".into()])), 10, ts(NOW)).await.unwrap();
+    assert_eq!(default_only.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(), vec!["cpu"]);
+    let gpu = store.claim(Scope::All, &new(Some(vec!["gpu".into(), "other".into()])), 10, ts(NOW)).await.unwrap();
+    assert_eq!(gpu.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(), vec!["gpu"]);
+}
+
+async fn leases_are_fenced_by_the_try_number(store: Store) {
+    let (chain, version) = dag(CHAIN);
+    let run_pk =
+        store.create_run(&new_run(&chain, &version, "r", RunType::Manual, NOW), "t", ts(NOW)).await.unwrap().unwrap();
+    queue_all(&store, run_pk).await;
+    let worker = store
+        .register_process(
+            &NewProcess { kind: ProcessKind::Worker, hostname: "w".into(), pid: 1, pid_start: None },
+            ts(NOW),
+        )
+        .await
+        .unwrap();
+    let me = Claimant { process_id: worker, hostname: "w".into(), queues: None };
+    let claimed = store.claim(Scope::All, &me, 1, ts(NOW)).await.unwrap();
+    let (ti_pk, try_number) = (claimed[0].ti_pk, claimed[0].try_number);
+    // Renewing with the current token holds the lease; a stale token does not.
+    let later = ts("2024-06-01T12:00:30Z");
+    let beat = store.heartbeat(worker, &[(ti_pk, try_number), (ti_pk, try_number + 7)], later).await.unwrap();
+    assert_eq!(beat, Heartbeat { alive: true, lost: vec![(ti_pk, try_number + 7)] });
+    // Nothing is stale before the cutoff passes the last renewal.
+    assert!(store.stale_attempts(ts("2024-06-01T12:00:29Z")).await.unwrap().is_empty());
+    let stale = store.stale_attempts(ts("2024-06-01T12:01:31Z")).await.unwrap();
+    assert_eq!(
+        stale.iter().map(|a| (a.ti_pk, a.try_number, a.process_id)).collect::<Vec<_>>(),
+        vec![(ti_pk, try_number, Some(worker))]
+    );
+    // The zombie is failed; the worker's next heartbeat learns it lost the attempt,
+    // and its late report changes nothing.
+    let failed = AttemptEnd {
+        state: TaskState::Failed,
+        retry_at: None,
+        exit_code: None,
+        reason: Some("zombie".into()),
+        process: None,
+    };
+    assert!(store.finish_attempt(ti_pk, try_number, &failed, "recovery", later).await.unwrap());
+    let beat = store.heartbeat(worker, &[(ti_pk, try_number)], later).await.unwrap();
+    assert_eq!(beat.lost, vec![(ti_pk, try_number)]);
+    let success =
+        AttemptEnd { state: TaskState::Success, retry_at: None, exit_code: Some(0), reason: None, process: None };
+    assert!(!store.finish_attempt(ti_pk, try_number, &success, "runner", later).await.unwrap());
 }
 
 mod sqlite {
@@ -356,7 +426,9 @@ mod sqlite {
         apply_is_compare_and_set,
         claim_and_finish,
         snapshots_and_scopes,
-        processes
+        processes,
+        workers_take_their_queues,
+        leases_are_fenced_by_the_try_number
     );
 
     #[tokio::test]

@@ -35,6 +35,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     pub runner_slots: u32,
     pub kill_grace: Duration,
+    /// Queues `updraft worker` takes tasks from.
+    pub worker_queues: Vec<String>,
     pub log_level: Option<String>,
 }
 
@@ -52,7 +54,14 @@ struct FileConfig {
     webserver: Option<WebserverSection>,
     scheduler: Option<SchedulerSection>,
     runner: Option<RunnerSection>,
+    worker: Option<WorkerSection>,
     logging: Option<LoggingSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerSection {
+    queues: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +223,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         heartbeat_timeout: duration(pick!(scheduler.heartbeat_timeout), 60),
         runner_slots: pick!(runner.slots).map_or(32, |(value, _)| value).max(1),
         kill_grace: duration(pick!(runner.kill_grace), 5),
+        worker_queues: pick!(worker.queues).map_or_else(|| vec!["default".to_string()], |(queues, _)| queues),
         log_level: pick!(logging.level).map(|(level, _)| level),
     })
 }
@@ -283,8 +293,17 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
     } else {
         toml::Value::String(value.to_string())
     };
-    // Paths and URLs stay text even when they look like numbers.
+    // Paths and URLs stay text even when they look like numbers; lists are
+    // comma-separated.
     let parsed = match (section, key) {
+        ("worker", "queues") => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|q| !q.is_empty())
+                .map(|q| toml::Value::String(q.to_string()))
+                .collect(),
+        ),
         ("core", "dags_folder" | "state_folder")
         | ("database", "url")
         | ("webserver", "host")
@@ -373,6 +392,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.port, 9090);
         assert_eq!(config.dags_folder, PathBuf::from("/srv/dags"));
+        let config = load_in(dir.path(), None, &[("UPDRAFT_WORKER__QUEUES", "default, gpu")]).unwrap();
+        assert_eq!(config.worker_queues, vec!["default", "gpu"]);
     }
 
     #[test]

@@ -108,8 +108,9 @@ impl Engine {
                 }
             });
         }
+        let mut runner = None;
         if options.parts.runner {
-            let runner = Arc::new(Runner::new(
+            let started = Arc::new(Runner::new(
                 store.clone(),
                 RunnerConfig {
                     slots: config.runner_slots as usize,
@@ -120,6 +121,8 @@ impl Engine {
                     logs_folder: config.logs_folder(),
                     kill_grace: config.kill_grace,
                     watch_store: !options.parts.scheduler,
+                    // Next to a scheduler (standalone, dags test) every queue is ours.
+                    queues: (!options.parts.scheduler).then(|| config.worker_queues.clone()),
                 },
                 definitions.clone(),
                 options.observer.clone(),
@@ -127,15 +130,17 @@ impl Engine {
                 runner_wake.clone(),
                 scheduler_wake.clone(),
             ));
-            tasks.spawn(runner.run(stopped.clone()));
+            tasks.spawn(started.clone().run(stopped.clone()));
+            runner = Some(started);
         }
         {
             let store = store.clone();
             let clock = ctx.clock.clone();
             let interval = config.heartbeat_interval;
+            let timeout = config.heartbeat_timeout;
             let stopped = stopped.clone();
             tasks.spawn(async move {
-                if !heartbeat_loop(store, process_id, clock, interval, stopped).await {
+                if !heartbeat_loop(store, process_id, clock, interval, timeout, runner, stopped).await {
                     let _ = lost_tx.send(true);
                 }
             });

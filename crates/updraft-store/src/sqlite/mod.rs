@@ -33,17 +33,20 @@ use worker::{Access, Worker};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
     (2, include_str!("../../migrations/sqlite/0002_claim_index.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_queues_and_attempt_heartbeats.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
-/// run but `dags test` runs), highest priority first.
+/// run but `dags test` runs) and in the claimant's queues (`?6`: a JSON list, or NULL
+/// for all), highest priority first.
 const CLAIM: &str = "UPDATE task_instances SET state = 'running', try_number = try_number + 1, process_id = ?2,
-         hostname = ?3, pid = NULL, pid_start = NULL, exit_code = NULL, start_date = ?4,
+         hostname = ?3, pid = NULL, pid_start = NULL, exit_code = NULL, start_date = ?4, heartbeat_at = ?4,
          end_date = NULL, retry_at = NULL, wait_reason = NULL, updated_at = ?4
      WHERE state = 'queued' AND id IN (
          SELECT t.id FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
          WHERE t.state = 'queued'
            AND CASE WHEN ?5 IS NULL THEN r.run_type <> 'test' ELSE t.run_pk = ?5 END
+           AND (?6 IS NULL OR t.queue IN (SELECT value FROM json_each(?6)))
          ORDER BY t.priority DESC, t.queued_at, t.id LIMIT ?1)
      RETURNING id, run_pk, task_id, try_number, max_tries, priority, queued_at";
 
@@ -269,12 +272,13 @@ fn insert_run(conn: &Connection, run: &NewRun, actor: &str, now: Timestamp) -> R
         .iter()
         .map(|task| {
             let max_tries = if run.with_retries { task.retries } else { 0 };
-            serde_json::json!([task.task_id.as_str(), max_tries, task.pool, task.priority])
+            serde_json::json!([task.task_id.as_str(), max_tries, task.pool, task.priority, task.queue])
         })
         .collect();
     conn.prepare_cached(
-        "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, updated_at)
-         SELECT ?1, value ->> 0, 'none', 0, value ->> 1, value ->> 2, value ->> 3, ?2 FROM json_each(?3) ORDER BY key",
+        "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, queue, updated_at)
+         SELECT ?1, value ->> 0, 'none', 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2
+         FROM json_each(?3) ORDER BY key",
     )?
     .execute(params![run_pk, to_db(now), serde_json::Value::Array(tasks).to_string()])?;
     let detail = format!("{} run created", run.run_type.as_str());
@@ -316,12 +320,27 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn heartbeat(&self, process_id: i64, now: Timestamp) -> Result<bool> {
+    async fn heartbeat(&self, process_id: i64, attempts: &[(i64, u32)], now: Timestamp) -> Result<Heartbeat> {
+        let attempts = attempts.to_vec();
         self.write(move |tx| {
-            let n = tx
+            let alive = tx
                 .prepare_cached("UPDATE processes SET heartbeat_at = ?2 WHERE id = ?1 AND state = 'running'")?
-                .execute(params![process_id, to_db(now)])?;
-            Ok(n == 1)
+                .execute(params![process_id, to_db(now)])?
+                == 1;
+            let mut lost = Vec::new();
+            for (ti_pk, try_number) in attempts {
+                // The try number fences: a replaced attempt's heartbeat renews nothing.
+                let held = tx
+                    .prepare_cached(
+                        "UPDATE task_instances SET heartbeat_at = ?4
+                         WHERE id = ?1 AND try_number = ?2 AND process_id = ?3 AND state = 'running'",
+                    )?
+                    .execute(params![ti_pk, try_number, process_id, to_db(now)])?;
+                if held == 0 {
+                    lost.push((ti_pk, try_number));
+                }
+            }
+            Ok(Heartbeat { alive, lost })
         })
         .await
     }
@@ -546,19 +565,12 @@ impl MetadataStore for SqliteStore {
         self.write(move |tx| apply(tx, &actions, &actor, now)).await
     }
 
-    async fn claim(
-        &self,
-        scope: Scope,
-        process_id: i64,
-        hostname: &str,
-        limit: u32,
-        now: Timestamp,
-    ) -> Result<Vec<Claimed>> {
+    async fn claim(&self, scope: Scope, claimant: &Claimant, limit: u32, now: Timestamp) -> Result<Vec<Claimed>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let hostname = hostname.to_string();
-        self.write(move |tx| claim(tx, scope, process_id, &hostname, limit, now)).await
+        let claimant = claimant.clone();
+        self.write(move |tx| claim(tx, scope, &claimant, limit, now)).await
     }
 
     async fn record_attempt_process(
@@ -650,32 +662,21 @@ impl MetadataStore for SqliteStore {
         self.read(move |tx| {
             all(
                 tx,
-                "SELECT t.id, t.run_pk, t.task_id, t.try_number, t.max_tries, t.pid, t.pid_start,
-                        r.dag_id, r.run_id, r.run_type, r.version, a.log_path
-                 FROM task_instances t
-                 JOIN dag_runs r ON r.id = t.run_pk
-                 LEFT JOIN task_attempts a ON a.ti_pk = t.id AND a.try_number = t.try_number
-                 WHERE t.state = 'running' AND t.process_id = ?1
-                 ORDER BY t.id",
+                &format!("{RUNNING_ATTEMPTS} AND t.process_id = ?1 ORDER BY t.id"),
                 params![process_id],
-                |row| {
-                    let run_type: String = row.get(9)?;
-                    let pid_start: Option<i64> = row.get(6)?;
-                    Ok(RunningAttempt {
-                        ti_pk: row.get(0)?,
-                        run_pk: row.get(1)?,
-                        task_id: row.get(2)?,
-                        try_number: row.get(3)?,
-                        max_tries: row.get(4)?,
-                        pid: row.get(5)?,
-                        pid_start: pid_start.map(|start| start as u64),
-                        dag_id: row.get(7)?,
-                        run_id: row.get(8)?,
-                        run_type: parse_run_type(&run_type)?,
-                        version: updraft_core::plan::DagVersion(row.get(10)?),
-                        log_path: row.get(11)?,
-                    })
-                },
+                running_attempt,
+            )
+        })
+        .await
+    }
+
+    async fn stale_attempts(&self, cutoff: Timestamp) -> Result<Vec<RunningAttempt>> {
+        self.read(move |tx| {
+            all(
+                tx,
+                &format!("{RUNNING_ATTEMPTS} AND COALESCE(t.heartbeat_at, t.start_date) < ?1 ORDER BY t.id"),
+                params![to_db(cutoff)],
+                running_attempt,
             )
         })
         .await
@@ -754,6 +755,35 @@ impl MetadataStore for SqliteStore {
         let version: i64 = connection.query_row("PRAGMA data_version", [], |row| row.get(0))?;
         Ok(Box::new(DataVersionWatcher { worker: Worker::spawn("updraft-store-watch", connection)?, version }))
     }
+}
+
+/// Running attempts with what recovery needs; callers add a condition and order.
+const RUNNING_ATTEMPTS: &str = "SELECT t.id, t.run_pk, t.task_id, t.try_number, t.max_tries, t.pid, t.pid_start,
+        r.dag_id, r.run_id, r.run_type, r.version, a.log_path, t.process_id, t.hostname
+     FROM task_instances t
+     JOIN dag_runs r ON r.id = t.run_pk
+     LEFT JOIN task_attempts a ON a.ti_pk = t.id AND a.try_number = t.try_number
+     WHERE t.state = 'running'";
+
+fn running_attempt(row: &rusqlite::Row<'_>) -> Result<RunningAttempt> {
+    let run_type: String = row.get(9)?;
+    let pid_start: Option<i64> = row.get(6)?;
+    Ok(RunningAttempt {
+        ti_pk: row.get(0)?,
+        run_pk: row.get(1)?,
+        task_id: row.get(2)?,
+        try_number: row.get(3)?,
+        max_tries: row.get(4)?,
+        pid: row.get(5)?,
+        pid_start: pid_start.map(|start| start as u64),
+        dag_id: row.get(7)?,
+        run_id: row.get(8)?,
+        run_type: parse_run_type(&run_type)?,
+        version: DagVersion(row.get(10)?),
+        log_path: row.get(11)?,
+        process_id: row.get(12)?,
+        hostname: row.get(13)?,
+    })
 }
 
 /// Active runs in scope, their task instances, the DAGs to schedule, and pools.
@@ -919,14 +949,9 @@ fn apply(tx: &Transaction<'_>, actions: &[Action], actor: &str, now: Timestamp) 
     Ok(report)
 }
 
-fn claim(
-    tx: &Transaction<'_>,
-    scope: Scope,
-    process_id: i64,
-    hostname: &str,
-    limit: u32,
-    now: Timestamp,
-) -> Result<Vec<Claimed>> {
+fn claim(tx: &Transaction<'_>, scope: Scope, claimant: &Claimant, limit: u32, now: Timestamp) -> Result<Vec<Claimed>> {
+    let process_id = claimant.process_id;
+    let queues = claimant.queues.as_ref().map(|queues| serde_json::Value::from(queues.clone()).to_string());
     let only_run = match scope {
         Scope::All => None,
         Scope::Run(run_pk) => Some(run_pk),
@@ -939,17 +964,18 @@ fn claim(
         max_tries: u32,
         order: (std::cmp::Reverse<i64>, Option<i64>, i64),
     }
-    let mut taken = all(tx, CLAIM, params![limit, process_id, hostname, to_db(now), only_run], |row| {
-        let ti_pk: i64 = row.get(0)?;
-        Ok(Taken {
-            ti_pk,
-            run_pk: row.get(1)?,
-            task_id: row.get(2)?,
-            try_number: row.get(3)?,
-            max_tries: row.get(4)?,
-            order: (std::cmp::Reverse(row.get(5)?), row.get(6)?, ti_pk),
-        })
-    })?;
+    let mut taken =
+        all(tx, CLAIM, params![limit, process_id, claimant.hostname, to_db(now), only_run, queues], |row| {
+            let ti_pk: i64 = row.get(0)?;
+            Ok(Taken {
+                ti_pk,
+                run_pk: row.get(1)?,
+                task_id: row.get(2)?,
+                try_number: row.get(3)?,
+                max_tries: row.get(4)?,
+                order: (std::cmp::Reverse(row.get(5)?), row.get(6)?, ti_pk),
+            })
+        })?;
     if taken.is_empty() {
         return Ok(Vec::new());
     }
