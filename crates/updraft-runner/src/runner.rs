@@ -88,9 +88,12 @@ impl Runner {
     pub fn stop(&self, lost: &[(i64, u32)], why: &str) {
         let attempts = self.attempts.lock().expect("attempts lock");
         for key in lost {
-            if let Some(stop) = attempts.get(key) {
+            // An attempt whose process has already ended (its outcome on the way to
+            // the store) has dropped its receiver: nothing to stop.
+            if let Some(stop) = attempts.get(key)
+                && stop.send(true).is_ok()
+            {
                 tracing::warn!(ti = key.0, try_number = key.1, why, "stopping an attempt this process no longer holds");
-                let _ = stop.send(true);
             }
         }
     }

@@ -3,10 +3,8 @@ use updraft_core::{RunState, TaskState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL `{0}`: expected `sqlite://<path>` or `sqlite::memory:`")]
+    #[error("unsupported database URL `{0}`: expected `sqlite://<path>`, `sqlite::memory:` or `postgres://...`")]
     UnsupportedUrl(String),
-    #[error("PostgreSQL is not available in this build yet (`{0}`); use `sqlite://<path>`")]
-    PostgresUnavailable(String),
     #[error("cannot create the state folder `{path}`")]
     CreateFolder {
         path: String,
@@ -19,6 +17,16 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("cannot connect to the database `{location}`")]
+    Connect {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the database schema")]
+    MigratePostgres(#[source] sqlx::migrate::MigrateError),
+    #[error("database error")]
+    Postgres(#[from] sqlx::Error),
     #[error("cannot migrate the database schema to version {version}")]
     Migrate {
         version: i64,

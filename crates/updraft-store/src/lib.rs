@@ -11,6 +11,7 @@ mod definitions;
 mod error;
 mod grouped;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 mod time;
 
@@ -138,14 +139,27 @@ pub trait ChangeWatcher: Send {
 
 pub type Store = Arc<dyn MetadataStore>;
 
-/// Opens (and creates or upgrades) the store named by `url`. Relative SQLite paths
-/// are relative to `base`.
-pub async fn open(url: &str, base: &Path) -> Result<Store> {
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// What relative SQLite paths are relative to.
+    pub base: std::path::PathBuf,
+    /// Connections per process (PostgreSQL).
+    pub pool_size: u32,
+}
+
+/// Opens (and creates or upgrades) the store named by `url`: `sqlite://<path>`,
+/// `sqlite::memory:` or `postgres://...`.
+pub async fn open_with(url: &str, options: &OpenOptions) -> Result<Store> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::PostgresUnavailable(redact(url)));
+        return Ok(Arc::new(postgres::PgStore::open(url, options.pool_size).await?));
     }
-    let store = sqlite::SqliteStore::open(url, base).await?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(sqlite::SqliteStore::open(url, &options.base).await?))
+}
+
+/// [`open_with`] with default options; relative SQLite paths are relative to `base`.
+pub async fn open(url: &str, base: &Path) -> Result<Store> {
+    open_with(url, &OpenOptions { base: base.to_path_buf(), pool_size: 10 }).await
 }
 
 /// The URL without a password, for messages.

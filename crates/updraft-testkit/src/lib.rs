@@ -2,6 +2,8 @@
 //! run inside it (with a clean environment), a long-running `standalone` with its
 //! port, and filters that make output comparable across runs.
 
+pub mod postgres;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

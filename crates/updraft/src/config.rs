@@ -24,6 +24,8 @@ pub struct Config {
     pub database_url: String,
     /// What SQLite paths in `database_url` are relative to.
     pub database_base: PathBuf,
+    /// Connections per process (PostgreSQL).
+    pub database_pool_size: u32,
     pub dags_are_paused_at_creation: bool,
     pub dag_sync_interval: Duration,
     pub host: String,
@@ -78,6 +80,7 @@ struct CoreSection {
 #[serde(deny_unknown_fields)]
 struct DatabaseSection {
     url: Option<String>,
+    pool_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +216,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         state_folder,
         database_url,
         database_base,
+        database_pool_size: pick!(database.pool_size).map_or(10, |(size, _)| size).max(2),
         dags_are_paused_at_creation: pick!(core.dags_are_paused_at_creation).is_some_and(|(value, _)| value),
         dag_sync_interval: duration(pick!(core.dag_dir_list_interval), 10),
         host: overrides.host.or(pick!(webserver.host).map(|(host, _)| host)).unwrap_or_else(|| "127.0.0.1".to_string()),

@@ -25,7 +25,11 @@ impl Ctx {
 
     /// Opens the store, creating or upgrading its schema.
     pub async fn store(&self) -> Result<Store> {
-        updraft_store::open(&self.config.database_url, &self.config.database_base).await.map_err(|error| {
+        let options = updraft_store::OpenOptions {
+            base: self.config.database_base.clone(),
+            pool_size: self.config.database_pool_size,
+        };
+        updraft_store::open_with(&self.config.database_url, &options).await.map_err(|error| {
             let hint = match &error {
                 updraft_store::StoreError::CreateFolder { .. } | updraft_store::StoreError::Open { .. } => Some(
                     "check that the state folder is writable, or set `core.state_folder` / `database.url` in updraft.toml",
