@@ -400,9 +400,13 @@ impl LogFile {
 
     /// A line of Updraft's own, marked so it stands apart from the task's output.
     fn note(&mut self, text: &str) {
-        let line = format!("[updraft {}] {text}", Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ"));
-        self.write_line(&line, true);
+        self.write_line(&note_line(text), true);
     }
+}
+
+/// A line of Updraft's own in a log, without its line break.
+pub fn note_line(text: &str) -> String {
+    format!("[updraft {}] {text}", Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
 }
 
 /// Appends a note to an attempt's log from outside the attempt (recovery).

@@ -9,10 +9,15 @@
 pub mod attempt;
 pub mod procfs;
 pub mod recovery;
+pub mod remote;
 pub mod runner;
+mod shipping;
+pub mod source;
 pub mod template;
 
 pub use attempt::{AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, Quiet, execute};
 pub use recovery::{Recovered, Recovery, heartbeat_loop};
+pub use remote::ApiSource;
 pub use runner::{Runner, RunnerConfig, attempt_token, log_path};
+pub use source::{SourceError, StoreSource, WorkSource};
 pub use template::RunContext;

@@ -13,11 +13,14 @@ use updraft_core::TaskState;
 use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
 use updraft_core::retry::{AttemptOutcome, after_attempt};
-use updraft_store::{AttemptEnd, DefinitionCache, ProcessRow, ProcessState, RunningAttempt, Store, StoreError};
+use updraft_store::{
+    AttemptEnd, DefinitionCache, LogChunk, ProcessRow, ProcessState, RunningAttempt, Store, StoreError,
+};
 
-use crate::attempt::append_note;
+use crate::attempt::{append_note, note_line};
 use crate::procfs;
 use crate::runner::{Runner, attempt_token, log_path};
+use crate::source::WorkSource;
 
 pub struct Recovery {
     pub store: Store,
@@ -183,13 +186,32 @@ impl Recovery {
         let path = attempt.log_path.as_ref().map(PathBuf::from).unwrap_or_else(|| {
             log_path(&self.logs_folder, &attempt.dag_id, &attempt.run_id, &attempt.task_id, attempt.try_number)
         });
-        append_note(&path, &reason);
+        // A remote attempt's log lives in the store; a local one, in its file.
+        match attempt.hostname.as_deref().is_none_or(|host| host == self.hostname) {
+            true => append_note(&path, &reason),
+            false => self.note_in_store(attempt, &reason).await?,
+        }
         let end = AttemptEnd { state, retry_at, exit_code: None, reason: Some(reason), process: None };
         let done = self
             .store
             .finish_attempt(attempt.ti_pk, attempt.try_number, &end, &format!("recovery:{}", self.process_id), now)
             .await?;
         Ok(done.then_some(state))
+    }
+}
+
+impl Recovery {
+    /// Appends a note after the part of a remote attempt's log that reached the store.
+    async fn note_in_store(&self, attempt: &RunningAttempt, text: &str) -> Result<(), StoreError> {
+        let stored = self.store.read_log(attempt.ti_pk, attempt.try_number, 0).await?.unwrap_or_default();
+        let mut data = Vec::new();
+        if stored.last().is_some_and(|byte| *byte != b'\n') {
+            data.push(b'\n');
+        }
+        data.extend_from_slice(note_line(text).as_bytes());
+        data.push(b'\n');
+        let note = LogChunk { ti_pk: attempt.ti_pk, try_number: attempt.try_number, offset: stored.len() as u64, data };
+        self.store.append_logs(&[note]).await
     }
 }
 
@@ -200,9 +222,8 @@ impl Recovery {
 /// the old ones must be gone by then. Returns `false` early if this process was
 /// declared dead meanwhile, so the caller stops instead of racing replacements.
 pub async fn heartbeat_loop(
-    store: Store,
+    source: Arc<dyn WorkSource>,
     process_id: i64,
-    clock: Arc<dyn Clock>,
     interval: Duration,
     timeout: Duration,
     runner: Option<Arc<Runner>>,
@@ -215,7 +236,7 @@ pub async fn heartbeat_loop(
             _ = shutdown.wait_for(|stop| *stop) => return true,
         }
         let leases = runner.as_ref().map(|runner| runner.leases()).unwrap_or_default();
-        match store.heartbeat(process_id, &leases, clock.now()).await {
+        match source.heartbeat(process_id, &leases).await {
             Ok(beat) => {
                 last_ok = tokio::time::Instant::now();
                 if let Some(runner) = &runner {

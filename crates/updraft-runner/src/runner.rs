@@ -12,9 +12,11 @@ use updraft_core::TaskState;
 use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
 use updraft_core::retry::after_attempt;
-use updraft_store::{AttemptEnd, AttemptProcess, Claimant, Claimed, DefinitionCache, FinishedAttempt, Scope, Store};
+use updraft_store::{AttemptEnd, AttemptProcess, Claimant, Claimed, FinishedAttempt, LogChunk, Scope};
 
 use crate::attempt::{AttemptLabel, AttemptObserver, AttemptSpec, Ending, execute};
+use crate::shipping::LogShipper;
+use crate::source::WorkSource;
 use crate::template::{self, RunContext};
 
 #[derive(Debug, Clone)]
@@ -26,17 +28,13 @@ pub struct RunnerConfig {
     pub dags_folder: PathBuf,
     pub logs_folder: PathBuf,
     pub kill_grace: Duration,
-    /// Wake on the store's changes: for a runner without a scheduler in its process
-    /// (`updraft worker`), which learns of queued work only through the store.
-    pub watch_store: bool,
     /// Queues to take tasks from; `None`: every queue (`standalone`).
     pub queues: Option<Vec<String>>,
 }
 
 pub struct Runner {
-    store: Store,
+    source: Arc<dyn WorkSource>,
     config: RunnerConfig,
-    definitions: Arc<DefinitionCache>,
     observer: Arc<dyn AttemptObserver>,
     clock: Arc<dyn Clock>,
     templates: minijinja::Environment<'static>,
@@ -55,20 +53,21 @@ const FALLBACK_CLAIM: Duration = Duration::from_secs(5);
 /// How long an attempt runs before its pid is written on its own.
 const RECORD_PROCESS_AFTER: Duration = Duration::from_millis(50);
 
+/// How long a long-polling source may hold a claim open.
+const CLAIM_WAIT: Duration = Duration::from_secs(20);
+
 impl Runner {
     pub fn new(
-        store: Store,
+        source: Arc<dyn WorkSource>,
         config: RunnerConfig,
-        definitions: Arc<DefinitionCache>,
         observer: Arc<dyn AttemptObserver>,
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
         scheduler: Arc<Notify>,
     ) -> Runner {
         Runner {
-            store,
+            source,
             config,
-            definitions,
             observer,
             clock,
             templates: template::environment(),
@@ -111,31 +110,40 @@ impl Runner {
         let mut running: JoinSet<()> = JoinSet::new();
         let (outcomes, reports) = mpsc::unbounded_channel();
         let reporter = tokio::spawn(self.clone().report(reports));
-        let mut watcher = match self.config.watch_store {
-            true => match self.store.change_watcher().await {
-                Ok(watcher) => Some(watcher),
-                Err(error) => {
-                    tracing::error!(error = %chain(&error), "cannot watch the store; new work is found every few seconds");
-                    None
-                }
-            },
-            false => None,
+        let mut watcher = match self.source.watcher().await {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::error!(error = %chain(&error), "cannot watch the store; new work is found every few seconds");
+                None
+            }
         };
+        let long_polls = self.source.long_polls();
+        let mut backoff = Duration::from_millis(250);
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            while running.try_join_next().is_some() {}
             let free = self.config.slots.saturating_sub(running.len());
             if free > 0 {
-                let now = self.clock.now();
                 let claimant = Claimant {
                     process_id: self.config.process_id,
                     hostname: self.config.hostname.clone(),
                     queues: self.config.queues.clone(),
                 };
-                let claimed = self.store.claim(self.config.scope, &claimant, free as u32, now).await;
+                let claim = self.source.claim(self.config.scope, &claimant, free as u32, CLAIM_WAIT);
+                // A long poll is given up at shutdown; a store claim is quick, and
+                // giving it up could leave attempts claimed that nobody runs.
+                let claimed = match long_polls {
+                    true => tokio::select! {
+                        claimed = claim => claimed,
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                    },
+                    false => claim.await,
+                };
                 match claimed {
                     Ok(claimed) => {
+                        backoff = Duration::from_millis(250);
                         for attempt in claimed {
                             // Registered before it runs, so the next heartbeat renews it.
                             let (stop, stopped) = watch::channel(false);
@@ -147,9 +155,18 @@ impl Runner {
                         }
                     }
                     Err(error) => {
-                        tracing::error!(error = %chain(&error), "cannot claim queued tasks");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tracing::error!(error = %chain(&error), "cannot claim queued tasks; trying again in {backoff:?}");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.wait_for(|stop| *stop) => break,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
                     }
+                }
+                // A long poll waits for work itself: ask again while slots are free.
+                if long_polls && self.config.slots > running.len() {
+                    continue;
                 }
             }
             tokio::select! {
@@ -170,20 +187,18 @@ impl Runner {
     async fn attempt(self: Arc<Self>, claimed: Claimed, cancel: watch::Receiver<bool>, outcomes: Outcomes) {
         // However it ends, it is no longer in flight: the heartbeat stops renewing it.
         let _in_flight = InFlight { runner: &self, key: (claimed.ti_pk, claimed.try_number) };
-        let dag = match self.definitions.get(self.store.as_ref(), &claimed.dag_id, &claimed.version).await {
+        let dag = match self.source.definition(&claimed.dag_id, &claimed.version).await {
             Ok(dag) => dag,
             Err(error) => {
                 let reason = format!("cannot load the DAG definition: {}", chain(&error));
-                let _ = outcomes.send((
-                    claimed,
-                    AttemptEnd {
-                        state: TaskState::Failed,
-                        retry_at: None,
-                        exit_code: None,
-                        reason: Some(reason),
-                        process: None,
-                    },
-                ));
+                let end = AttemptEnd {
+                    state: TaskState::Failed,
+                    retry_at: None,
+                    exit_code: None,
+                    reason: Some(reason),
+                    process: None,
+                };
+                let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
                 return;
             }
         };
@@ -212,9 +227,11 @@ impl Runner {
         // its UPDRAFT_ATTEMPT variable.
         let (spawned_tx, spawned_rx) = oneshot::channel();
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
-        let store = self.store.clone();
+        let source = self.source.clone();
         let (ti_pk, try_number) = (claimed.ti_pk, claimed.try_number);
         let log_text = log_path.display().to_string();
+        let shipper =
+            self.source.ships_logs().then(|| LogShipper::start(self.source.clone(), ti_pk, try_number, &log_path));
         let record = tokio::spawn(async move {
             let (pid, pid_start) = spawned_rx.await.ok()?;
             let process = AttemptProcess { pid, pid_start, log_path: Some(log_text) };
@@ -222,7 +239,7 @@ impl Runner {
                 _ = ended_rx => Some(process),
                 () = tokio::time::sleep(RECORD_PROCESS_AFTER) => {
                     let log_path = process.log_path.as_deref().unwrap_or_default();
-                    if let Err(error) = store.record_attempt_process(ti_pk, try_number, pid, pid_start, log_path).await {
+                    if let Err(error) = source.record_process(ti_pk, try_number, pid, pid_start, log_path).await {
                         tracing::warn!(error = %chain(&error), "cannot record the process of an attempt");
                     }
                     None
@@ -254,13 +271,17 @@ impl Runner {
                 process,
             },
         };
-        let _ = outcomes.send((claimed, end));
+        let logs = match shipper {
+            Some(shipper) => shipper.finish().await,
+            None => Vec::new(),
+        };
+        let _ = outcomes.send(Outcome { claimed, end, logs });
     }
 
     /// Writes outcomes as they come, all that have accumulated in one transaction,
     /// and wakes the scheduler once per batch: attempts that end together (a wide
     /// fan-out) cost one write and one scheduling pass, not one each.
-    async fn report(self: Arc<Self>, mut outcomes: mpsc::UnboundedReceiver<(Claimed, AttemptEnd)>) {
+    async fn report(self: Arc<Self>, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
         while let Some(first) = outcomes.recv().await {
             let mut batch = vec![first];
             while let Ok(more) = outcomes.try_recv() {
@@ -272,19 +293,20 @@ impl Runner {
 
     /// Records how attempts ended. The store may be briefly unavailable (another
     /// process holds the write lock); outcomes are retried, never dropped.
-    async fn finish(&self, batch: Vec<(Claimed, AttemptEnd)>) {
+    async fn finish(&self, batch: Vec<Outcome>) {
         let actor = format!("runner:{}", self.config.process_id);
         let ends: Vec<FinishedAttempt> = batch
             .iter()
-            .map(|(claimed, end)| FinishedAttempt {
-                ti_pk: claimed.ti_pk,
-                try_number: claimed.try_number,
-                end: end.clone(),
+            .map(|outcome| FinishedAttempt {
+                ti_pk: outcome.claimed.ti_pk,
+                try_number: outcome.claimed.try_number,
+                end: outcome.end.clone(),
             })
             .collect();
+        let logs: Vec<LogChunk> = batch.iter().flat_map(|outcome| outcome.logs.iter().cloned()).collect();
         let mut delay = Duration::from_millis(100);
         let recorded = loop {
-            match self.store.finish_attempts(&ends, &actor, self.clock.now()).await {
+            match self.source.finish(&ends, &logs, &actor).await {
                 Ok(recorded) => break recorded,
                 Err(error) => {
                     tracing::error!(error = %chain(&error), "cannot record the end of attempts; retrying");
@@ -293,7 +315,7 @@ impl Runner {
                 }
             }
         };
-        for ((claimed, end), recorded) in batch.iter().zip(recorded) {
+        for (Outcome { claimed, end, .. }, recorded) in batch.iter().zip(recorded) {
             if recorded {
                 let label = AttemptLabel {
                     dag_id: claimed.dag_id.clone(),
@@ -332,8 +354,15 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// How an attempt ended, with the last pieces of its log when they are shipped.
+struct Outcome {
+    claimed: Claimed,
+    end: AttemptEnd,
+    logs: Vec<LogChunk>,
+}
+
 /// Where attempts send how they ended.
-type Outcomes = mpsc::UnboundedSender<(Claimed, AttemptEnd)>;
+type Outcomes = mpsc::UnboundedSender<Outcome>;
 
 /// `<logs>/<dag_id>/<run_id>/<task_id>/<try_number>.log`, as the contract says.
 pub fn log_path(logs_folder: &std::path::Path, dag_id: &str, run_id: &str, task_id: &str, try_number: u32) -> PathBuf {

@@ -10,12 +10,13 @@ use tokio::sync::{Notify, watch};
 use updraft_core::clock::{Clock, SystemClock};
 use updraft_core::plan::RunType;
 use updraft_core::{DataInterval, RunId, RunState, TaskState};
-use updraft_runner::{Quiet, Runner, RunnerConfig};
+use updraft_runner::{Quiet, Runner, RunnerConfig, StoreSource};
 use updraft_scheduler::{DagSync, Scheduler, SchedulerConfig};
 use updraft_store::{AttemptEnd, DefinitionCache, NewProcess, NewRun, ProcessKind, Scope, Store};
 
 struct Engine {
     store: Store,
+    source: Arc<StoreSource>,
     runner: Arc<Runner>,
     process: i64,
     dir: tempfile::TempDir,
@@ -69,8 +70,14 @@ impl Engine {
             Some(sync),
         );
         scheduler.sync_dags().await;
+        let source = Arc::new(StoreSource {
+            store: store.clone(),
+            definitions: definitions.clone(),
+            clock: clock.clone(),
+            watch: false,
+        });
         let runner = Arc::new(Runner::new(
-            store.clone(),
+            source.clone(),
             RunnerConfig {
                 slots: 32,
                 scope: Scope::All,
@@ -79,10 +86,8 @@ impl Engine {
                 dags_folder: dir.path().join("dags"),
                 logs_folder: dir.path().join("logs"),
                 kill_grace: Duration::from_secs(1),
-                watch_store: false,
                 queues: None,
             },
-            definitions.clone(),
             Arc::new(Quiet),
             clock,
             wake_runner,
@@ -93,7 +98,7 @@ impl Engine {
             tokio::spawn(async move { scheduler.run(scheduler_stop).await.unwrap() }),
             tokio::spawn(runner.clone().run(stopped)),
         ];
-        Engine { store, runner, process, dir, definitions, stop, tasks }
+        Engine { store, source, runner, process, dir, definitions, stop, tasks }
     }
 
     async fn trigger(&self, dag_id: &str, run_id: &str, conf: &str) -> i64 {
@@ -284,9 +289,8 @@ async fn an_attempt_whose_lease_was_taken_over_is_killed_not_finished() {
     let engine = Engine::start(&[("long.yaml", dag)], Arc::new(SystemClock)).await;
     let (stop_beats, beats_stopped) = watch::channel(false);
     let beats = tokio::spawn(updraft_runner::heartbeat_loop(
-        engine.store.clone(),
+        engine.source.clone(),
         engine.process,
-        Arc::new(SystemClock),
         Duration::from_millis(50),
         Duration::from_secs(60),
         Some(engine.runner.clone()),

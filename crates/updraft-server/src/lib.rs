@@ -1,18 +1,26 @@
-//! Updraft's HTTP server: `GET /health` and a plain page listing DAGs. The web UI
-//! and REST API of a later version build on [`router`].
+//! Updraft's HTTP server: `GET /health`, a plain page listing DAGs, attempt logs,
+//! and the worker protocol remote workers use instead of database credentials.
+//! The web UI and REST API of a later version build on [`router`].
 //!
-//! The server reads the store and nothing else: it never parses DAG files and
-//! never schedules; every process serving it can be stateless.
+//! The server reads and writes the store and nothing else: it never parses DAG
+//! files and never schedules. Every process serving it is stateless (what it
+//! keeps in memory only makes waits shorter), so several can run behind a load
+//! balancer.
 
 mod error;
 mod health;
+mod logs;
 mod pages;
+mod workers;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::sync::watch;
 use updraft_core::clock::Clock;
+use updraft_core::errors::chain;
 use updraft_store::Store;
 
 pub use error::ApiError;
@@ -21,12 +29,59 @@ pub use error::ApiError;
 pub struct AppState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
+    /// The token remote workers present; `None`: the worker API is off.
+    pub worker_token: Option<Arc<str>>,
+    /// Ticks when the store changed, so a waiting claim looks again at once.
+    changes: watch::Receiver<u64>,
 }
 
+impl AppState {
+    /// Must be called within a tokio runtime: it starts the task that watches the
+    /// store for changes, which ends with the last copy of the state.
+    pub fn new(store: Store, clock: Arc<dyn Clock>, worker_token: Option<String>) -> AppState {
+        let (tick, changes) = watch::channel(0);
+        tokio::spawn(watch_store(store.clone(), tick));
+        AppState { store, clock, worker_token: worker_token.map(Arc::from), changes }
+    }
+}
+
+/// Forwards the store's change notifications to waiting claims.
+async fn watch_store(store: Store, tick: watch::Sender<u64>) {
+    let mut watcher = match store.change_watcher().await {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(error = %chain(&error), "cannot watch the store; waiting claims look every second");
+            return;
+        }
+    };
+    while !tick.is_closed() {
+        if let Err(error) = watcher.changed().await {
+            tracing::warn!(error = %chain(&error), "lost the store's change notifications; waiting claims look every second");
+            return;
+        }
+        tick.send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
+/// A finish request carries the end of several logs; a log piece is at most 1 MiB.
+const WORKER_BODY_LIMIT: usize = 64 << 20;
+
 pub fn router(state: AppState) -> Router {
+    let workers = Router::new()
+        .route("/", post(workers::register))
+        .route("/{process_id}/stop", post(workers::stop))
+        .route("/{process_id}/heartbeat", post(workers::heartbeat))
+        .route("/{process_id}/claim", post(workers::claim))
+        .route("/{process_id}/attempts/process", post(workers::attempt_process))
+        .route("/{process_id}/attempts/finish", post(workers::finish))
+        .route("/{process_id}/logs", post(workers::append_logs))
+        .layer(DefaultBodyLimit::max(WORKER_BODY_LIMIT));
     Router::new()
         .route("/", get(pages::dag_list))
         .route("/health", get(health::health))
+        .nest(updraft_protocol::WORKERS, workers)
+        .route("/api/v1/dags/{dag_id}/versions/{version}", get(workers::definition))
+        .route("/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log", get(logs::attempt_log))
         .fallback(error::not_found)
         .with_state(state)
 }

@@ -14,7 +14,7 @@ async fn state() -> (AppState, Arc<ManualClock>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = updraft_store::open("sqlite://updraft.db", dir.path()).await.unwrap();
     let clock = Arc::new(ManualClock::new("2024-06-01T12:00:00Z".parse().unwrap()));
-    (AppState { store, clock: clock.clone() }, clock, dir)
+    (AppState::new(store, clock.clone(), Some("s3cret".into())), clock, dir)
 }
 
 async fn get(state: &AppState, path: &str) -> (StatusCode, String) {

@@ -121,6 +121,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Fails the unfinished `dags test` runs of a dead process.
     async fn fail_owned_runs(&self, process_id: i64, now: Timestamp) -> Result<u64>;
 
+    // Logs of remote attempts.
+    /// Stores log pieces; a piece already stored at its offset is kept as it is.
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()>;
+    /// The stored log of an attempt from byte `from` on, up to the first piece not
+    /// yet stored; `None` if no piece of it was ever stored (not a remote attempt).
+    async fn read_log(&self, ti_pk: i64, try_number: u32, from: u64) -> Result<Option<Vec<u8>>>;
+
     // Pools.
     async fn pools(&self) -> Result<Vec<PoolRow>>;
     async fn set_pool(&self, name: &str, slots: u32, description: &str) -> Result<()>;

@@ -266,7 +266,7 @@ pub struct ApplyReport {
 }
 
 /// An attempt a runner took: everything needed to run it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Claimed {
     pub ti_pk: i64,
     pub run_pk: i64,
@@ -283,7 +283,7 @@ pub struct Claimed {
 }
 
 /// How an attempt ended, as the store records it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AttemptEnd {
     /// `success`, `failed`, `skipped`, `up_for_retry`, or `scheduled` for an attempt
     /// interrupted by a clean shutdown (it runs again without using up a retry).
@@ -297,14 +297,14 @@ pub struct AttemptEnd {
 }
 
 /// An attempt's end, addressed by task instance and try number.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FinishedAttempt {
     pub ti_pk: i64,
     pub try_number: u32,
     pub end: AttemptEnd,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AttemptProcess {
     pub pid: u32,
     pub pid_start: Option<u64>,
@@ -332,7 +332,7 @@ pub struct RunningAttempt {
 }
 
 /// Who claims: a process, where it runs, which queues it serves (`None`: all).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Claimant {
     pub process_id: i64,
     pub hostname: String,
@@ -340,11 +340,88 @@ pub struct Claimant {
 }
 
 /// The answer to a heartbeat.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Heartbeat {
     /// False once another process declared this one dead: it must stop its attempts.
     pub alive: bool,
     /// Attempts the process listed but no longer holds (failed as zombies, or
     /// replaced): it must kill them, not finish them.
     pub lost: Vec<(i64, u32)>,
+}
+
+/// A piece of an attempt's log, at its byte offset in the log file the attempt
+/// writes. Pieces of remote attempts are stored, so the API serves their logs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogChunk {
+    pub ti_pk: i64,
+    pub try_number: u32,
+    pub offset: u64,
+    /// Raw bytes (a log need not be UTF-8); base64 on the wire.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl LogChunk {
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+}
+
+/// Joins stored pieces into the log from `from` on, stopping at the first gap (a
+/// piece still on its way). Pieces may overlap: a resent piece starts earlier.
+pub fn join_log(pieces: &[(u64, Vec<u8>)], from: u64) -> Vec<u8> {
+    let mut sorted: Vec<&(u64, Vec<u8>)> = pieces.iter().collect();
+    sorted.sort_by_key(|(offset, _)| *offset);
+    let mut log = Vec::new();
+    let mut at = from;
+    for (offset, data) in sorted {
+        let end = offset + data.len() as u64;
+        if *offset > at {
+            break;
+        }
+        if end > at {
+            log.extend_from_slice(&data[(at - offset) as usize..]);
+            at = end;
+        }
+    }
+    log
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_joins_its_pieces_up_to_the_first_gap() {
+        let pieces = vec![(6, b"world\n".to_vec()), (0, b"hello ".to_vec()), (20, b"later".to_vec())];
+        assert_eq!(join_log(&pieces, 0), b"hello world\n");
+        assert_eq!(join_log(&pieces, 3), b"lo world\n");
+        assert_eq!(join_log(&pieces, 12), b"");
+        // A resent piece overlapping what is there adds only what is new.
+        let resent = vec![(0, b"hello ".to_vec()), (0, b"hello wor".to_vec()), (6, b"world".to_vec())];
+        assert_eq!(join_log(&resent, 0), b"hello world");
+    }
+
+    #[test]
+    fn a_log_chunk_carries_any_bytes_as_base64() {
+        let chunk = LogChunk { ti_pk: 1, try_number: 2, offset: 3, data: vec![0xff, 0, b'a'] };
+        let json = serde_json::to_string(&chunk).unwrap();
+        assert_eq!(json, r#"{"ti_pk":1,"try_number":2,"offset":3,"data":"/wBh"}"#);
+        assert_eq!(serde_json::from_str::<LogChunk>(&json).unwrap(), chunk);
+    }
 }

@@ -116,8 +116,14 @@ impl Project {
 
     /// Starts a long-running command and waits until its stderr shows `ready`.
     pub fn service(&self, args: &[&str], ready: &str) -> Service {
-        let mut child = self
-            .command(args)
+        self.service_with(args, &[], ready)
+    }
+
+    /// [`Project::service`] with extra environment variables for this process only.
+    pub fn service_with(&self, args: &[&str], env: &[(&str, &str)], ready: &str) -> Service {
+        let mut command = self.command(args);
+        command.envs(env.iter().copied());
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -39,6 +39,11 @@ pub struct Config {
     pub kill_grace: Duration,
     /// Queues `updraft worker` takes tasks from.
     pub worker_queues: Vec<String>,
+    /// The API server a remote worker talks to; unset: workers use the store.
+    pub worker_api_url: Option<String>,
+    /// The shared secret remote workers present and the API server expects; unset
+    /// on the server: the worker API is off.
+    pub worker_token: Option<String>,
     pub log_level: Option<String>,
 }
 
@@ -64,6 +69,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct WorkerSection {
     queues: Option<Vec<String>>,
+    api_url: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +235,8 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         runner_slots: pick!(runner.slots).map_or(32, |(value, _)| value).max(1),
         kill_grace: duration(pick!(runner.kill_grace), 5),
         worker_queues: pick!(worker.queues).map_or_else(|| vec!["default".to_string()], |(queues, _)| queues),
+        worker_api_url: pick!(worker.api_url).map(|(url, _)| url).filter(|url| !url.is_empty()),
+        worker_token: pick!(worker.token).map(|(token, _)| token).filter(|token| !token.is_empty()),
         log_level: pick!(logging.level).map(|(level, _)| level),
     })
 }
@@ -310,6 +319,7 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
         ),
         ("core", "dags_folder" | "state_folder")
         | ("database", "url")
+        | ("worker", "api_url" | "token")
         | ("webserver", "host")
         | ("logging", "level") => toml::Value::String(value.to_string()),
         _ => parsed,

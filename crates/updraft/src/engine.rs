@@ -7,9 +7,11 @@ use anyhow::Result;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use updraft_core::errors::chain;
-use updraft_runner::{AttemptObserver, Quiet, Recovery, Runner, RunnerConfig, heartbeat_loop, procfs};
+use updraft_runner::{
+    ApiSource, AttemptObserver, Quiet, Recovery, Runner, RunnerConfig, StoreSource, WorkSource, heartbeat_loop, procfs,
+};
 use updraft_scheduler::{DagSync, Scheduler, SchedulerConfig};
-use updraft_store::{DefinitionCache, NewProcess, ProcessKind, ProcessState, Scope, Store};
+use updraft_store::{DefinitionCache, NewProcess, ProcessKind, Scope, Store};
 
 use crate::context::Ctx;
 
@@ -20,9 +22,16 @@ pub struct Parts {
     pub runner: bool,
 }
 
+/// Where the parts of this process read and write: the store itself, or (a remote
+/// worker) the API server.
+pub enum Work {
+    Store(Store),
+    Api(Arc<ApiSource>),
+}
+
 /// A registered process with its running parts.
 pub struct Engine {
-    pub store: Store,
+    source: Arc<dyn WorkSource>,
     pub process_id: i64,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -47,9 +56,23 @@ impl Engine {
         Ok(store.register_process(&process, ctx.clock.now()).await?)
     }
 
-    pub async fn start(ctx: &Ctx, store: Store, process_id: i64, options: EngineOptions) -> Result<Engine> {
+    pub async fn start(ctx: &Ctx, work: Work, process_id: i64, options: EngineOptions) -> Result<Engine> {
         let config = &ctx.config;
         let definitions = Arc::new(DefinitionCache::default());
+        let (store, source): (Option<Store>, Arc<dyn WorkSource>) = match work {
+            Work::Store(store) => {
+                let source = StoreSource {
+                    store: store.clone(),
+                    definitions: definitions.clone(),
+                    clock: ctx.clock.clone(),
+                    // Without a scheduler in this process, queued work is learnt of
+                    // through the store.
+                    watch: !options.parts.scheduler,
+                };
+                (Some(store), Arc::new(source))
+            }
+            Work::Api(api) => (None, api),
+        };
         let scheduler_wake = Arc::new(Notify::new());
         let runner_wake = Arc::new(Notify::new());
         let (stop, stopped) = watch::channel(false);
@@ -57,21 +80,27 @@ impl Engine {
         let mut tasks = JoinSet::new();
         let hostname = procfs::hostname();
 
-        let recovery = Arc::new(Recovery {
-            store: store.clone(),
-            process_id,
-            hostname: hostname.clone(),
-            definitions: definitions.clone(),
-            logs_folder: config.logs_folder(),
-            heartbeat_timeout: config.heartbeat_timeout,
-            clock: ctx.clock.clone(),
+        // Recovery needs the store: a remote worker leaves it to the schedulers.
+        let recovery = store.clone().map(|store| {
+            Arc::new(Recovery {
+                store,
+                process_id,
+                hostname: hostname.clone(),
+                definitions: definitions.clone(),
+                logs_folder: config.logs_folder(),
+                heartbeat_timeout: config.heartbeat_timeout,
+                clock: ctx.clock.clone(),
+            })
         });
-        if !options.test_mode {
+        if let Some(recovery) = &recovery
+            && !options.test_mode
+        {
             // Settle what a crashed predecessor left before anything new starts.
-            run_recovery(&recovery).await;
+            run_recovery(recovery).await;
         }
 
         if options.parts.scheduler {
+            let store = store.clone().expect("a scheduler runs on the store");
             let dag_sync = (!options.test_mode).then(|| {
                 DagSync::new(
                     config.dags_folder.clone(),
@@ -111,7 +140,7 @@ impl Engine {
         let mut runner = None;
         if options.parts.runner {
             let started = Arc::new(Runner::new(
-                store.clone(),
+                source.clone(),
                 RunnerConfig {
                     slots: config.runner_slots as usize,
                     scope: options.scope,
@@ -120,11 +149,9 @@ impl Engine {
                     dags_folder: config.dags_folder.clone(),
                     logs_folder: config.logs_folder(),
                     kill_grace: config.kill_grace,
-                    watch_store: !options.parts.scheduler,
                     // Next to a scheduler (standalone, dags test) every queue is ours.
                     queues: (!options.parts.scheduler).then(|| config.worker_queues.clone()),
                 },
-                definitions.clone(),
                 options.observer.clone(),
                 ctx.clock.clone(),
                 runner_wake.clone(),
@@ -134,18 +161,20 @@ impl Engine {
             runner = Some(started);
         }
         {
-            let store = store.clone();
-            let clock = ctx.clock.clone();
+            let source = source.clone();
             let interval = config.heartbeat_interval;
             let timeout = config.heartbeat_timeout;
             let stopped = stopped.clone();
             tasks.spawn(async move {
-                if !heartbeat_loop(store, process_id, clock, interval, timeout, runner, stopped).await {
+                if !heartbeat_loop(source, process_id, interval, timeout, runner, stopped).await {
                     let _ = lost_tx.send(true);
                 }
             });
         }
-        if !options.test_mode && options.parts.scheduler {
+        if let Some(recovery) = recovery
+            && !options.test_mode
+            && options.parts.scheduler
+        {
             let mut stopped = stopped.clone();
             let interval = config.heartbeat_interval;
             tasks.spawn(async move {
@@ -161,17 +190,16 @@ impl Engine {
                 }
             });
         }
-        Ok(Engine { store, process_id, stop, tasks, lost })
+        Ok(Engine { source, process_id, stop, tasks, lost })
     }
 
     /// Stops every part; running attempts are interrupted and requeued.
-    pub async fn shutdown(mut self, clock: &dyn updraft_core::clock::Clock) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
-        let _ = self
-            .store
-            .set_process_state(self.process_id, ProcessState::Running, ProcessState::Stopped, clock.now())
-            .await;
+        if let Err(error) = self.source.deregister(self.process_id).await {
+            tracing::warn!(error = %chain(&error), "cannot record that this process stopped");
+        }
     }
 }
 

@@ -725,6 +725,53 @@ impl MetadataStore for PgStore {
         Ok(runs.len() as u64)
     }
 
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let ti_pks: Vec<i64> = chunks.iter().map(|chunk| chunk.ti_pk).collect();
+        let tries: Vec<i32> = chunks.iter().map(|chunk| chunk.try_number as i32).collect();
+        let offsets: Vec<i64> = chunks.iter().map(|chunk| chunk.offset as i64).collect();
+        let data: Vec<&[u8]> = chunks.iter().map(|chunk| chunk.data.as_slice()).collect();
+        sqlx::query(
+            "INSERT INTO task_log_chunks (ti_pk, try_number, byte_offset, data)
+             SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::bytea[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ti_pks)
+        .bind(&tries)
+        .bind(&offsets)
+        .bind(&data)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn read_log(&self, ti_pk: i64, try_number: u32, from: u64) -> Result<Option<Vec<u8>>> {
+        let rows = sqlx::query(
+            "SELECT byte_offset, data FROM task_log_chunks WHERE ti_pk = $1 AND try_number = $2
+             AND byte_offset + length(data) > $3 ORDER BY byte_offset",
+        )
+        .bind(ti_pk)
+        .bind(try_number as i32)
+        .bind(from as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            let any = sqlx::query("SELECT 1 FROM task_log_chunks WHERE ti_pk = $1 AND try_number = $2 LIMIT 1")
+                .bind(ti_pk)
+                .bind(try_number as i32)
+                .fetch_optional(&self.pool)
+                .await?;
+            return Ok(any.map(|_| Vec::new()));
+        }
+        let pieces = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<i64, _>(0)? as u64, row.try_get::<Vec<u8>, _>(1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(join_log(&pieces, from)))
+    }
+
     async fn pools(&self) -> Result<Vec<PoolRow>> {
         let rows = sqlx::query(
             "SELECT p.name, p.slots, p.description,

@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_initial.sql")),
     (2, include_str!("../../migrations/sqlite/0002_claim_index.sql")),
     (3, include_str!("../../migrations/sqlite/0003_queues_and_attempt_heartbeats.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_log_chunks.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -704,6 +705,45 @@ impl MetadataStore for SqliteStore {
             }
             transitions.flush(tx, now)?;
             Ok(runs.len() as u64)
+        })
+        .await
+    }
+
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let chunks = chunks.to_vec();
+        self.write(move |tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO task_log_chunks (ti_pk, try_number, byte_offset, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            for chunk in &chunks {
+                insert.execute(params![chunk.ti_pk, chunk.try_number, chunk.offset as i64, chunk.data])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_log(&self, ti_pk: i64, try_number: u32, from: u64) -> Result<Option<Vec<u8>>> {
+        self.read(move |tx| {
+            let pieces = all(
+                tx,
+                "SELECT byte_offset, data FROM task_log_chunks WHERE ti_pk = ?1 AND try_number = ?2
+                 AND byte_offset + length(data) > ?3 ORDER BY byte_offset",
+                params![ti_pk, try_number, from as i64],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, Vec<u8>>(1)?)),
+            )?;
+            if pieces.is_empty() {
+                let any: Option<i64> = tx
+                    .prepare_cached("SELECT 1 FROM task_log_chunks WHERE ti_pk = ?1 AND try_number = ?2 LIMIT 1")?
+                    .query_row(params![ti_pk, try_number], |row| row.get(0))
+                    .optional()?;
+                return Ok(any.map(|_| Vec::new()));
+            }
+            Ok(Some(join_log(&pieces, from)))
         })
         .await
     }

@@ -19,7 +19,7 @@ use updraft_store::{NewRun, ProcessKind, Scope, Store};
 
 use super::dags::{logical_date, parse_params, state_counts};
 use crate::context::Ctx;
-use crate::engine::{Engine, EngineOptions, Parts};
+use crate::engine::{Engine, EngineOptions, Parts, Work};
 
 pub async fn run(ctx: &Ctx, dag_id: &str, date: Option<String>, params: &[String], retries: bool) -> Result<ExitCode> {
     let started = Instant::now();
@@ -67,7 +67,7 @@ pub async fn run(ctx: &Ctx, dag_id: &str, date: Option<String>, params: &[String
         test_mode: true,
         ticked: Some(ticked.clone()),
     };
-    let engine = Engine::start(ctx, store.clone(), process_id, options).await?;
+    let engine = Engine::start(ctx, Work::Store(store.clone()), process_id, options).await?;
     let outcome = tokio::select! {
         outcome = print_until_done(&store, run_pk, events_rx, ticked) => outcome,
         () = crate::engine::termination() => {
@@ -75,7 +75,7 @@ pub async fn run(ctx: &Ctx, dag_id: &str, date: Option<String>, params: &[String
             Err(anyhow::anyhow!("interrupted"))
         }
     };
-    engine.shutdown(ctx.clock.as_ref()).await;
+    engine.shutdown().await;
     let state = outcome?;
     let tis = store.task_instances(run_pk).await?;
     crate::outln!(

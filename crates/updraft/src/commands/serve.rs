@@ -3,12 +3,16 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use updraft_server::AppState;
-use updraft_store::{ProcessKind, Store};
+
+use updraft_core::errors::chain;
+use updraft_runner::{ApiSource, SourceError, WorkSource, procfs};
+use updraft_store::{NewProcess, ProcessKind, Store};
 
 use crate::context::{Ctx, display_path};
-use crate::engine::{Engine, Parts, service_options, termination};
+use crate::engine::{Engine, Parts, Work, service_options, termination};
 use crate::error::user_error;
 
 pub async fn standalone(ctx: &Ctx) -> Result<ExitCode> {
@@ -19,8 +23,13 @@ pub async fn standalone(ctx: &Ctx) -> Result<ExitCode> {
     let process_id = Engine::register(ctx, &store, ProcessKind::Standalone).await?;
     // Serve first: `/health` answers while the DAGs folder is still being read.
     let (server, stop_server) = spawn_server(ctx, &store, listener);
-    let engine =
-        Engine::start(ctx, store.clone(), process_id, service_options(Parts { scheduler: true, runner: true })).await?;
+    let engine = Engine::start(
+        ctx,
+        Work::Store(store.clone()),
+        process_id,
+        service_options(Parts { scheduler: true, runner: true }),
+    )
+    .await?;
     let config = ctx
         .config
         .file
@@ -34,7 +43,7 @@ pub async fn standalone(ctx: &Ctx) -> Result<ExitCode> {
     wait_for_stop(&engine).await;
     crate::errln!("stopping: running tasks are interrupted and will run again at the next start");
     let _ = stop_server.send(());
-    engine.shutdown(ctx.clock.as_ref()).await;
+    engine.shutdown().await;
     let _ = server.await;
     Ok(ExitCode::SUCCESS)
 }
@@ -43,30 +52,75 @@ pub async fn scheduler(ctx: &Ctx) -> Result<ExitCode> {
     require_dags_folder(ctx)?;
     let store = ctx.store().await?;
     let process_id = Engine::register(ctx, &store, ProcessKind::Scheduler).await?;
-    let engine =
-        Engine::start(ctx, store.clone(), process_id, service_options(Parts { scheduler: true, runner: false }))
-            .await?;
+    let options = service_options(Parts { scheduler: true, runner: false });
+    let engine = Engine::start(ctx, Work::Store(store.clone()), process_id, options).await?;
     crate::errln!(
         "updraft scheduler running (DAGs: `{}`, store: `{}`)",
         display_path(&ctx.config.dags_folder, &ctx.cwd),
         store.location()
     );
     wait_for_stop(&engine).await;
-    engine.shutdown(ctx.clock.as_ref()).await;
+    engine.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn worker(ctx: &Ctx) -> Result<ExitCode> {
-    let store = ctx.store().await?;
-    let process_id = Engine::register(ctx, &store, ProcessKind::Worker).await?;
-    let engine =
-        Engine::start(ctx, store.clone(), process_id, service_options(Parts { scheduler: false, runner: true }))
-            .await?;
-    crate::errln!("updraft worker running with {} slot(s) (store: `{}`)", ctx.config.runner_slots, store.location());
+    let options = service_options(Parts { scheduler: false, runner: true });
+    let (engine, location) = match &ctx.config.worker_api_url {
+        Some(url) => {
+            let Some(token) = ctx.config.worker_token.as_deref() else {
+                return Err(user_error(
+                    "`worker.api_url` is set but `worker.token` is not",
+                    Some("set `worker.token` (or UPDRAFT_WORKER__TOKEN) to the token the API server expects"),
+                ));
+            };
+            let api = Arc::new(ApiSource::new(url, token, Arc::default())?);
+            let Some(process_id) = register_remote(api.as_ref()).await? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            (Engine::start(ctx, Work::Api(api), process_id, options).await?, format!("API server: {url}"))
+        }
+        None => {
+            let store = ctx.store().await?;
+            let process_id = Engine::register(ctx, &store, ProcessKind::Worker).await?;
+            let location = format!("store: `{}`", store.location());
+            (Engine::start(ctx, Work::Store(store), process_id, options).await?, location)
+        }
+    };
+    let queues = ctx.config.worker_queues.join(", ");
+    crate::errln!("updraft worker running with {} slot(s) on queues {queues} ({location})", ctx.config.runner_slots);
     wait_for_stop(&engine).await;
     crate::errln!("stopping: running tasks are interrupted and will run again");
-    engine.shutdown(ctx.clock.as_ref()).await;
+    engine.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Registers a remote worker, waiting for the API server to come up (as it may
+/// start after its workers); `None` if stopped meanwhile.
+async fn register_remote(api: &ApiSource) -> Result<Option<i64>> {
+    let pid = std::process::id();
+    let process =
+        NewProcess { kind: ProcessKind::Worker, hostname: procfs::hostname(), pid, pid_start: procfs::start_time(pid) };
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match api.register(&process).await {
+            Ok(process_id) => return Ok(Some(process_id)),
+            Err(error @ SourceError::Refused { .. }) => {
+                return Err(anyhow::Error::new(error).context(crate::error::UserError {
+                    message: format!("the API server at {} refused this worker", api.location()),
+                    hint: Some("check that `worker.token` matches the API server's".to_string()),
+                }));
+            }
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot register with the API server; trying again in {delay:?}");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = termination() => return Ok(None),
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 pub async fn webserver(ctx: &Ctx) -> Result<ExitCode> {
@@ -107,7 +161,7 @@ fn spawn_server(
     listener: TcpListener,
 ) -> (tokio::task::JoinHandle<std::io::Result<()>>, tokio::sync::oneshot::Sender<()>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState { store: store.clone(), clock: ctx.clock.clone() };
+    let state = AppState::new(store.clone(), ctx.clock.clone(), ctx.config.worker_token.clone());
     let server = tokio::spawn(updraft_server::serve(listener, state, async move {
         let _ = stopped.await;
     }));

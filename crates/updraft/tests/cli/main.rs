@@ -3,6 +3,7 @@
 
 mod config;
 mod dags;
+mod remote;
 mod run;
 mod standalone;
 

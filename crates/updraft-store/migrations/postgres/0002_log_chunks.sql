@@ -1,0 +1,10 @@
+-- Logs of attempts run by remote workers, shipped in pieces while they run. A
+-- piece is keyed by its byte offset in the worker's log file, so a piece sent
+-- twice (a retried request) is stored once.
+CREATE TABLE task_log_chunks (
+    ti_pk BIGINT NOT NULL REFERENCES task_instances (id) ON DELETE CASCADE,
+    try_number INTEGER NOT NULL,
+    byte_offset BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (ti_pk, try_number, byte_offset)
+);
