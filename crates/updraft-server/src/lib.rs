@@ -45,21 +45,28 @@ impl AppState {
     }
 }
 
-/// Forwards the store's change notifications to waiting claims.
+/// Forwards the store's change notifications to waiting claims. A lost connection
+/// (a database restart) is retried; meanwhile claims look every second.
 async fn watch_store(store: Store, tick: watch::Sender<u64>) {
-    let mut watcher = match store.change_watcher().await {
-        Ok(watcher) => watcher,
-        Err(error) => {
-            tracing::warn!(error = %chain(&error), "cannot watch the store; waiting claims look every second");
-            return;
-        }
-    };
+    let mut watcher: Option<Box<dyn updraft_store::ChangeWatcher>> = None;
     while !tick.is_closed() {
-        if let Err(error) = watcher.changed().await {
-            tracing::warn!(error = %chain(&error), "lost the store's change notifications; waiting claims look every second");
-            return;
+        let result = match watcher.as_mut() {
+            Some(watcher) => watcher.changed().await,
+            None => match store.change_watcher().await {
+                Ok(opened) => {
+                    watcher = Some(opened);
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            },
+        };
+        match result {
+            Ok(()) => tick.send_modify(|count| *count = count.wrapping_add(1)),
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot watch the store for changes; trying again in 1 s");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
         }
-        tick.send_modify(|count| *count = count.wrapping_add(1));
     }
 }
 
