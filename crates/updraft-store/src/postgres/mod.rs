@@ -897,10 +897,12 @@ async fn read_snapshot(
     let held = sqlx::query("SELECT name, slots, description FROM pools ORDER BY name FOR UPDATE SKIP LOCKED")
         .fetch_all(&mut **tx)
         .await?;
+    // The active `dags test` runs are looked up once, not joined: a join lets the
+    // planner scan every run ever made.
     let busy = sqlx::query(
-        "SELECT t.pool, COUNT(*), SUM(CASE WHEN r.run_type <> 'test' THEN 1 ELSE 0 END)
-         FROM task_instances t JOIN dag_runs r ON r.id = t.run_pk
-         WHERE t.state IN ('queued', 'running') GROUP BY t.pool",
+        "SELECT t.pool, COUNT(*), COUNT(*) FILTER (WHERE t.run_pk <> ALL(ARRAY(
+             SELECT id FROM dag_runs WHERE state IN ('queued', 'running') AND run_type = 'test')))
+         FROM task_instances t WHERE t.state IN ('queued', 'running') GROUP BY t.pool",
     )
     .fetch_all(&mut **tx)
     .await?;
