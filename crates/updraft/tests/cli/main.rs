@@ -3,6 +3,8 @@
 
 mod config;
 mod dags;
+mod deploy;
+mod postgres;
 mod remote;
 mod run;
 mod standalone;
