@@ -96,11 +96,11 @@ impl ApiSource {
     }
 }
 
-/// The message of an `{"error": {"message"}}` body, else the body itself.
+/// The `detail` of a problem document (RFC 9457), else the body itself.
 fn error_message(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
-        .and_then(|value| value.pointer("/error/message").and_then(|message| message.as_str().map(str::to_string)))
+        .and_then(|value| value.pointer("/detail").and_then(|message| message.as_str().map(str::to_string)))
         .unwrap_or_else(|| truncate(body))
 }
 

@@ -5,27 +5,31 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use updraft_store::ProcessState;
+use utoipa::ToSchema;
 
 use crate::AppState;
 
 /// A scheduler whose heartbeat is older than this is reported unhealthy.
 const SCHEDULER_STALE_SECS: f64 = 30.0;
 
-#[derive(Serialize)]
+/// `healthy` when the store answers and a scheduler heartbeat is under 30 s old.
+#[derive(Serialize, ToSchema)]
 pub struct Health {
+    #[schema(example = "healthy")]
     status: &'static str,
     store: StoreHealth,
     scheduler: SchedulerHealth,
 }
 
-#[derive(Serialize)]
-struct StoreHealth {
+#[derive(Serialize, ToSchema)]
+pub struct StoreHealth {
     status: &'static str,
+    /// `sqlite` or `postgres`.
     backend: &'static str,
 }
 
-#[derive(Serialize)]
-struct SchedulerHealth {
+#[derive(Serialize, ToSchema)]
+pub struct SchedulerHealth {
     status: &'static str,
     /// Seconds since the freshest scheduler heartbeat; null when none ever beat.
     heartbeat_age_seconds: Option<f64>,

@@ -1,12 +1,14 @@
-//! Updraft's HTTP server: `GET /health`, a plain page listing DAGs, attempt logs,
-//! and the worker protocol remote workers use instead of database credentials.
-//! The web UI and REST API of a later version build on [`router`].
+//! Updraft's HTTP server: the REST API under `/api/v1` (with its OpenAPI
+//! document), `GET /health`, a plain page listing DAGs, attempt logs, and the
+//! worker protocol remote workers use instead of database credentials.
 //!
 //! The server reads and writes the store and nothing else: it never parses DAG
 //! files and never schedules. Every process serving it is stateless (what it
 //! keeps in memory only makes waits shorter), so several can run behind a load
 //! balancer.
 
+mod api;
+mod caller;
 mod error;
 mod health;
 mod logs;
@@ -21,9 +23,10 @@ use axum::routing::{get, post};
 use tokio::sync::watch;
 use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
-use updraft_store::Store;
+use updraft_store::{DefinitionCache, Store};
 
-pub use error::ApiError;
+pub use caller::Caller;
+pub use error::{ApiError, Problem};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,6 +34,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// The token remote workers present; `None`: the worker API is off.
     pub worker_token: Option<Arc<str>>,
+    /// DAG versions already read, for triggering runs.
+    definitions: Arc<DefinitionCache>,
     /// Ticks when the store changed, so a waiting claim looks again at once.
     changes: watch::Receiver<u64>,
 }
@@ -41,7 +46,7 @@ impl AppState {
     pub fn new(store: Store, clock: Arc<dyn Clock>, worker_token: Option<String>) -> AppState {
         let (tick, changes) = watch::channel(0);
         tokio::spawn(watch_store(store.clone(), tick));
-        AppState { store, clock, worker_token: worker_token.map(Arc::from), changes }
+        AppState { store, clock, worker_token: worker_token.map(Arc::from), definitions: Arc::default(), changes }
     }
 }
 
@@ -83,14 +88,22 @@ pub fn router(state: AppState) -> Router {
         .route("/{process_id}/attempts/finish", post(workers::finish))
         .route("/{process_id}/logs", post(workers::append_logs))
         .layer(DefaultBodyLimit::max(WORKER_BODY_LIMIT));
+    let (api, document) = api::router();
     Router::new()
         .route("/", get(pages::dag_list))
         .route("/health", get(health::health))
+        .merge(api)
+        .merge(api::document_routes(&document))
         .nest(updraft_protocol::WORKERS, workers)
         .route("/api/v1/dags/{dag_id}/versions/{version}", get(workers::definition))
-        .route("/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log", get(logs::attempt_log))
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
+}
+
+/// The OpenAPI document of the REST API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api::router().1
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves.

@@ -8,16 +8,22 @@
 
 use std::io::SeekFrom;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::{ApiError, AppState};
+use crate::api::{Path, Query};
+use crate::error::Problem;
+use crate::{ApiError, AppState, Caller};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// The byte to start from (default 0): pass the last answer's
+    /// `X-Updraft-Log-Offset` to get only what was written since.
     #[serde(default)]
     offset: u64,
 }
@@ -25,8 +31,27 @@ pub struct LogQuery {
 /// The most one answer carries; a reader asks again from the next offset.
 const MAX_ANSWER: u64 = 8 << 20;
 
+/// An attempt's log, while it runs and after: the bytes from `offset` on (at most
+/// 8 MiB per answer). Follow a running attempt by asking again from the offset in
+/// `X-Updraft-Log-Offset` until `X-Updraft-Attempt-State` is no longer `running`.
+#[utoipa::path(
+    get, path = "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log", tag = "Task instances",
+    params(
+        ("dag_id" = String, Path), ("run_id" = String, Path), ("task_id" = String, Path),
+        ("try_number" = u32, Path, description = "The try, from 1"), LogQuery,
+    ),
+    responses(
+        (status = 200, content_type = "text/plain", body = String, headers(
+            ("x-updraft-log-offset" = u64, description = "The offset to ask from next"),
+            ("x-updraft-attempt-state" = String, description = "The attempt's state: `running` while it runs"),
+        )),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn attempt_log(
     State(state): State<AppState>,
+    _caller: Caller,
     Path((dag_id, run_id, task_id, try_number)): Path<(String, String, String, u32)>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {

@@ -55,7 +55,7 @@ pub async fn dag_list(State(state): State<AppState>) -> Result<Html<String>, Api
     Ok(Html(html))
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

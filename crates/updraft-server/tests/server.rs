@@ -75,11 +75,14 @@ async fn dag_page_lists_dags_and_parse_errors() {
 }
 
 #[tokio::test]
-async fn unknown_paths_are_json_404s() {
+async fn unknown_paths_are_problem_documents() {
     let (state, _clock, _dir) = state().await;
     let (status, body) = get(&state, "/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body, r#"{"error":{"code":"not_found","message":"no such page `/nope`"}}"#);
+    assert_eq!(
+        body,
+        r#"{"type":"about:blank","title":"Not Found","status":404,"detail":"no such page `/nope`","code":"not_found"}"#
+    );
 }
 
 #[tokio::test]

@@ -208,8 +208,8 @@ async fn worker_requests_need_the_token() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "bad_request");
-    assert!(body["error"]["message"].as_str().unwrap().contains("hostname"), "{body}");
+    assert_eq!(body["code"], "bad_request");
+    assert!(body["detail"].as_str().unwrap().contains("hostname"), "{body}");
     // A worker cannot record an end the state machine forbids.
     let right = ApiSource::new(&open.base, TOKEN, Arc::default()).unwrap();
     let process_id = right.register(&new_worker()).await.unwrap();

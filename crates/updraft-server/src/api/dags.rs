@@ -1,0 +1,92 @@
+//! `/api/v1/dags`: list, get, pause and unpause.
+
+use axum::extract::State;
+
+use super::extract::{Json, Path, Query};
+use super::model::{Dag, DagList, DagListQuery, DagPatch, page};
+use crate::error::Problem;
+use crate::{ApiError, AppState, Caller};
+
+/// DAGs, filtered and paged, in id order.
+#[utoipa::path(
+    get, path = "/api/v1/dags", tag = "DAGs", params(DagListQuery),
+    responses((status = 200, body = DagList), (status = 400, body = Problem, content_type = "application/problem+json"))
+)]
+pub async fn list_dags(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(query): Query<DagListQuery>,
+) -> Result<axum::Json<DagList>, ApiError> {
+    let (limit, offset) = page(query.limit, query.offset)?;
+    let tags: Vec<String> = query
+        .tags
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty())
+        .map(str::to_string)
+        .collect();
+    let search = query.search.as_deref().map(str::to_lowercase).filter(|text| !text.is_empty());
+    let matching: Vec<Dag> = state
+        .store
+        .list_dags()
+        .await?
+        .into_iter()
+        .filter(|dag| dag.is_active || query.include_inactive == Some(true))
+        .filter(|dag| tags.iter().all(|tag| dag.tags.contains(tag)))
+        .filter(|dag| query.owner.as_ref().is_none_or(|owner| &dag.owner == owner))
+        .filter(|dag| query.paused.is_none_or(|paused| dag.is_paused == paused))
+        .filter(|dag| {
+            search.as_ref().is_none_or(|text| {
+                dag.dag_id.to_lowercase().contains(text)
+                    || dag.description.as_deref().is_some_and(|description| description.to_lowercase().contains(text))
+            })
+        })
+        .map(Dag::from)
+        .collect();
+    let total_entries = matching.len();
+    let dags = matching.into_iter().skip(offset).take(limit).collect();
+    Ok(axum::Json(DagList { dags, total_entries }))
+}
+
+/// One DAG.
+#[utoipa::path(
+    get, path = "/api/v1/dags/{dag_id}", tag = "DAGs", params(("dag_id" = String, Path)),
+    responses((status = 200, body = Dag), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+pub async fn get_dag(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(dag_id): Path<String>,
+) -> Result<axum::Json<Dag>, ApiError> {
+    Ok(axum::Json(Dag::from(find_dag(&state, &dag_id).await?)))
+}
+
+/// Pauses or unpauses a DAG: a paused DAG gets no scheduled runs, and its runs
+/// start no new tasks.
+#[utoipa::path(
+    patch, path = "/api/v1/dags/{dag_id}", tag = "DAGs", params(("dag_id" = String, Path)), request_body = DagPatch,
+    responses(
+        (status = 200, body = Dag),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn patch_dag(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(dag_id): Path<String>,
+    Json(patch): Json<DagPatch>,
+) -> Result<axum::Json<Dag>, ApiError> {
+    find_dag(&state, &dag_id).await?;
+    state.store.set_paused(&dag_id, patch.is_paused, state.clock.now()).await?;
+    tracing::info!(%dag_id, paused = patch.is_paused, actor = %caller.actor(), "DAG paused state set");
+    Ok(axum::Json(Dag::from(find_dag(&state, &dag_id).await?)))
+}
+
+pub async fn find_dag(state: &AppState, dag_id: &str) -> Result<updraft_store::DagRow, ApiError> {
+    state.store.get_dag(dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG `{dag_id}`")))
+}

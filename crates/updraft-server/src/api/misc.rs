@@ -1,0 +1,42 @@
+//! Parse errors, pools, health and version.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+
+use super::model::{ImportErrorItem, ImportErrorList, Pool, PoolList, Version};
+use crate::health::Health;
+use crate::{ApiError, AppState, Caller};
+
+/// DAG files that do not parse, with every problem as `path:line:column: message`.
+#[utoipa::path(get, path = "/api/v1/importErrors", tag = "DAGs", responses((status = 200, body = ImportErrorList)))]
+pub async fn import_errors(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<axum::Json<ImportErrorList>, ApiError> {
+    let import_errors: Vec<ImportErrorItem> =
+        state.store.import_errors().await?.into_iter().map(ImportErrorItem::from).collect();
+    Ok(axum::Json(ImportErrorList { total_entries: import_errors.len(), import_errors }))
+}
+
+/// Pools, with how many of their slots are taken now.
+#[utoipa::path(get, path = "/api/v1/pools", tag = "Pools", responses((status = 200, body = PoolList)))]
+pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<axum::Json<PoolList>, ApiError> {
+    let pools = state.store.pools().await?.into_iter().map(Pool::from).collect();
+    Ok(axum::Json(PoolList { pools }))
+}
+
+/// Whether the store answers (else 503) and a scheduler heartbeat is fresh
+/// (`status` `healthy`; `unhealthy` when none is).
+#[utoipa::path(
+    get, path = "/api/v1/health", tag = "Monitoring",
+    responses((status = 200, body = Health), (status = 503, body = Health))
+)]
+pub async fn health(state: State<AppState>, _caller: Caller) -> (StatusCode, axum::Json<Health>) {
+    crate::health::health(state).await
+}
+
+/// This server's version.
+#[utoipa::path(get, path = "/api/v1/version", tag = "Monitoring", responses((status = 200, body = Version)))]
+pub async fn version(_caller: Caller) -> axum::Json<Version> {
+    axum::Json(Version { version: env!("CARGO_PKG_VERSION"), api: "v1" })
+}

@@ -1,0 +1,328 @@
+//! What the API sends and takes. These types are the API's contract (their
+//! schemas make the OpenAPI document), so they are separate from the store's rows:
+//! the store can change without the API changing under its users.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use updraft_store::{AttemptRow, DagRow, ImportError, PoolRow, RunRow, TaskInstanceRow};
+use utoipa::{IntoParams, ToSchema};
+
+fn time(at: Timestamp) -> String {
+    at.to_string()
+}
+
+/// The most items one page of a list carries.
+pub const MAX_LIMIT: u32 = 1000;
+pub const DEFAULT_LIMIT: u32 = 100;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dag {
+    #[schema(example = "daily_sales")]
+    pub dag_id: String,
+    pub description: Option<String>,
+    #[schema(example = "analytics")]
+    pub owner: String,
+    /// The cron expression or preset; null for a DAG run only by triggers.
+    #[schema(example = "0 6 * * *")]
+    pub schedule: Option<String>,
+    #[schema(example = "Asia/Seoul")]
+    pub timezone: String,
+    pub tags: Vec<String>,
+    pub is_paused: bool,
+    /// False once the DAG's file is gone from the DAGs folder.
+    pub is_active: bool,
+    /// The file, relative to the DAGs folder.
+    #[schema(example = "etl/daily_sales.yaml")]
+    pub fileloc: String,
+    /// The definition new runs use (a hash of it).
+    pub latest_version: String,
+    /// When the next scheduled run is due (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    pub next_dagrun: Option<String>,
+}
+
+impl From<DagRow> for Dag {
+    fn from(row: DagRow) -> Dag {
+        Dag {
+            dag_id: row.dag_id,
+            description: row.description,
+            owner: row.owner,
+            schedule: row.schedule,
+            timezone: row.timezone,
+            tags: row.tags,
+            is_paused: row.is_paused,
+            is_active: row.is_active,
+            fileloc: row.fileloc,
+            latest_version: row.latest_version,
+            next_dagrun: if row.is_active { row.next_due.map(time) } else { None },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DagList {
+    pub dags: Vec<Dag>,
+    /// How many DAGs match the filters, over all pages.
+    pub total_entries: usize,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DagListQuery {
+    /// Only DAGs with all of these tags (comma-separated).
+    #[param(example = "finance,daily")]
+    pub tags: Option<String>,
+    /// Only DAGs of this owner.
+    pub owner: Option<String>,
+    /// Only paused (true) or only unpaused (false) DAGs.
+    pub paused: Option<bool>,
+    /// Only DAGs whose id or description contains this text (any case).
+    pub search: Option<String>,
+    /// Include DAGs whose file is gone (default false).
+    pub include_inactive: Option<bool>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<u32>,
+    /// Skip this many first (default 0).
+    pub offset: Option<u32>,
+}
+
+/// A change to a DAG: only `is_paused` can change through the API.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DagPatch {
+    pub is_paused: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportErrorItem {
+    /// The file, relative to the DAGs folder.
+    pub fileloc: String,
+    /// Every problem of the file, one `path:line:column: message` per line.
+    pub message: String,
+}
+
+impl From<ImportError> for ImportErrorItem {
+    fn from(error: ImportError) -> ImportErrorItem {
+        ImportErrorItem { fileloc: error.fileloc, message: error.message }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportErrorList {
+    pub import_errors: Vec<ImportErrorItem>,
+    pub total_entries: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DagRun {
+    pub dag_id: String,
+    #[schema(example = "manual__2024-05-01T00:00:00+00:00")]
+    pub run_id: String,
+    /// `scheduled`, `manual`, `backfill` or `test`.
+    pub run_type: String,
+    /// `queued`, `running`, `success` or `failed`.
+    pub state: String,
+    #[schema(format = DateTime)]
+    pub logical_date: String,
+    #[schema(format = DateTime)]
+    pub data_interval_start: String,
+    #[schema(format = DateTime)]
+    pub data_interval_end: String,
+    /// The run's configuration, as triggered.
+    #[schema(value_type = Object)]
+    pub conf: Map<String, Value>,
+    /// The DAG version this run executes.
+    pub version: String,
+    #[schema(format = DateTime)]
+    pub queued_at: String,
+    #[schema(format = DateTime)]
+    pub start_date: Option<String>,
+    #[schema(format = DateTime)]
+    pub end_date: Option<String>,
+}
+
+impl From<RunRow> for DagRun {
+    fn from(row: RunRow) -> DagRun {
+        DagRun {
+            dag_id: row.dag_id,
+            run_id: row.run_id,
+            run_type: row.run_type.as_str().to_string(),
+            state: row.state.as_str().to_string(),
+            logical_date: time(row.logical_date),
+            data_interval_start: time(row.interval.start),
+            data_interval_end: time(row.interval.end),
+            conf: row.conf,
+            version: row.version.0,
+            queued_at: time(row.queued_at),
+            start_date: row.start_date.map(time),
+            end_date: row.end_date.map(time),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DagRunList {
+    /// Newest logical date first.
+    pub dag_runs: Vec<DagRun>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DagRunListQuery {
+    /// Only runs in this state: `queued`, `running`, `success` or `failed`.
+    pub state: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<u32>,
+    /// Skip this many first (default 0).
+    pub offset: Option<u32>,
+}
+
+/// A run to start now.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerDagRun {
+    /// Configuration for the run, available to templates as `dag_run.conf`.
+    #[schema(value_type = Option<Object>)]
+    pub conf: Option<Map<String, Value>>,
+    /// The run's logical date: RFC 3339, or a date or date-time read in the DAG's
+    /// time zone. Default: now.
+    #[schema(example = "2024-05-01")]
+    pub logical_date: Option<String>,
+    /// Default: `manual__<logical date>`.
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskInstance {
+    pub task_id: String,
+    /// `none`, `scheduled`, `queued`, `running`, `success`, `failed`, `up_for_retry`,
+    /// `upstream_failed`, `skipped` or `removed`.
+    pub state: String,
+    /// The latest try; 0 before the first.
+    pub try_number: u32,
+    /// Tries allowed before the task fails for good: retries + 1.
+    pub max_tries: u32,
+    pub pool: String,
+    pub priority: i32,
+    #[schema(format = DateTime)]
+    pub queued_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub start_date: Option<String>,
+    #[schema(format = DateTime)]
+    pub end_date: Option<String>,
+    /// When a task waiting to retry becomes runnable.
+    #[schema(format = DateTime)]
+    pub retry_at: Option<String>,
+    pub hostname: Option<String>,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    /// Why it is not running yet, as the scheduler last saw it.
+    pub wait_reason: Option<String>,
+}
+
+impl From<TaskInstanceRow> for TaskInstance {
+    fn from(row: TaskInstanceRow) -> TaskInstance {
+        TaskInstance {
+            task_id: row.task_id,
+            state: row.state.as_str().to_string(),
+            try_number: row.try_number,
+            max_tries: row.max_tries + 1,
+            pool: row.pool,
+            priority: row.priority,
+            queued_at: row.queued_at.map(time),
+            start_date: row.start_date.map(time),
+            end_date: row.end_date.map(time),
+            retry_at: row.retry_at.map(time),
+            hostname: row.hostname,
+            pid: row.pid,
+            exit_code: row.exit_code,
+            wait_reason: row.wait_reason,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskInstanceList {
+    pub task_instances: Vec<TaskInstance>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Attempt {
+    pub try_number: u32,
+    pub state: String,
+    pub hostname: Option<String>,
+    pub pid: Option<u32>,
+    #[schema(format = DateTime)]
+    pub start_date: String,
+    #[schema(format = DateTime)]
+    pub end_date: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Why it ended as it did, when not by its exit code alone.
+    pub reason: Option<String>,
+}
+
+impl From<AttemptRow> for Attempt {
+    fn from(row: AttemptRow) -> Attempt {
+        Attempt {
+            try_number: row.try_number,
+            state: row.state.as_str().to_string(),
+            hostname: row.hostname,
+            pid: row.pid,
+            start_date: time(row.start_date),
+            end_date: row.end_date.map(time),
+            exit_code: row.exit_code,
+            reason: row.reason,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskInstanceDetail {
+    #[serde(flatten)]
+    pub task_instance: TaskInstance,
+    pub dag_id: String,
+    pub run_id: String,
+    /// Every try so far, oldest first.
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pool {
+    pub name: String,
+    pub slots: u32,
+    /// Task instances queued or running in it now.
+    pub occupied: u32,
+    pub description: String,
+}
+
+impl From<PoolRow> for Pool {
+    fn from(row: PoolRow) -> Pool {
+        Pool { name: row.name, slots: row.slots, occupied: row.occupied, description: row.description }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<Pool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Version {
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
+    /// The version of the API (the `/api/v1` prefix).
+    #[schema(example = "v1")]
+    pub api: &'static str,
+}
+
+/// `limit` and `offset` checked and defaulted.
+pub fn page(limit: Option<u32>, offset: Option<u32>) -> Result<(usize, usize), crate::ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(crate::ApiError::BadRequest(format!("`limit` must be from 1 to {MAX_LIMIT}, not {limit}")));
+    }
+    Ok((limit as usize, offset.unwrap_or(0) as usize))
+}

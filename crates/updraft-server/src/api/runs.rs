@@ -1,0 +1,139 @@
+//! `/api/v1/dags/{dag_id}/runs`: list, get, trigger.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use updraft_core::plan::{DagVersion, RunType};
+use updraft_core::{RunId, RunState};
+use updraft_store::NewRun;
+
+use super::dags::find_dag;
+use super::extract::{Json, Path, Query};
+use super::model::{DagRun, DagRunList, DagRunListQuery, TriggerDagRun, page};
+use crate::error::Problem;
+use crate::{ApiError, AppState, Caller};
+
+/// Runs of a DAG, newest logical date first.
+#[utoipa::path(
+    get, path = "/api/v1/dags/{dag_id}/runs", tag = "DAG runs", params(("dag_id" = String, Path), DagRunListQuery),
+    responses(
+        (status = 200, body = DagRunList),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_runs(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(dag_id): Path<String>,
+    Query(query): Query<DagRunListQuery>,
+) -> Result<axum::Json<DagRunList>, ApiError> {
+    let (limit, offset) = page(query.limit, query.offset)?;
+    let wanted = match query.state.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<RunState>().map_err(|_| {
+            ApiError::BadRequest(format!("unknown run state `{text}`: expected queued, running, success or failed"))
+        })?),
+    };
+    find_dag(&state, &dag_id).await?;
+    let fetch = u32::try_from(offset + limit).unwrap_or(u32::MAX);
+    let runs = state.store.list_runs(&dag_id, wanted, fetch).await?;
+    let dag_runs = runs.into_iter().skip(offset).map(DagRun::from).collect();
+    Ok(axum::Json(DagRunList { dag_runs }))
+}
+
+/// One run.
+#[utoipa::path(
+    get, path = "/api/v1/dags/{dag_id}/runs/{run_id}", tag = "DAG runs",
+    params(("dag_id" = String, Path), ("run_id" = String, Path)),
+    responses((status = 200, body = DagRun), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+pub async fn get_run(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path((dag_id, run_id)): Path<(String, String)>,
+) -> Result<axum::Json<DagRun>, ApiError> {
+    Ok(axum::Json(DagRun::from(find_run(&state, &dag_id, &run_id).await?)))
+}
+
+/// Triggers a run of the DAG's current version. It starts when the scheduler
+/// next looks (at once, unless the DAG is paused or at `max_active_runs`).
+#[utoipa::path(
+    post, path = "/api/v1/dags/{dag_id}/runs", tag = "DAG runs", params(("dag_id" = String, Path)),
+    request_body = TriggerDagRun,
+    responses(
+        (status = 201, body = DagRun, headers(("location" = String, description = "The run's URL"))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn trigger_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(dag_id): Path<String>,
+    Json(request): Json<TriggerDagRun>,
+) -> Result<impl IntoResponse, ApiError> {
+    let row = find_dag(&state, &dag_id).await?;
+    if !row.is_active {
+        return Err(ApiError::Conflict(format!(
+            "DAG `{dag_id}` is not active: its file `{}` is gone from the DAGs folder",
+            row.fileloc
+        )));
+    }
+    let version = DagVersion(row.latest_version.clone());
+    let dag = state.definitions.get(state.store.as_ref(), &dag_id, &version).await?;
+    let logical_date = match request.logical_date.as_deref() {
+        None => state.clock.now(),
+        Some(text) => updraft_core::timetable::parse_date_in_zone(text, dag.tz())
+            .map_err(|error| ApiError::BadRequest(format!("invalid `logical_date` `{text}`: {error}")))?,
+    };
+    let run_id = match request.run_id {
+        None => RunType::Manual.run_id(logical_date),
+        Some(text) => RunId::new(text.clone())
+            .map_err(|error| ApiError::BadRequest(format!("invalid `run_id` `{text}`: {error}")))?,
+    };
+    let run = NewRun {
+        interval: dag.timetable().manual_interval(logical_date),
+        dag: dag.clone(),
+        version,
+        run_id: run_id.clone(),
+        run_type: RunType::Manual,
+        logical_date,
+        conf: request.conf.unwrap_or_default(),
+        owner_process: None,
+        with_retries: true,
+    };
+    let created = state.store.create_run(&run, &caller.actor(), state.clock.now()).await?;
+    if created.is_none() {
+        return Err(ApiError::Conflict(format!("DAG `{dag_id}` already has a run `{run_id}`")));
+    }
+    let run = find_run(&state, &dag_id, run_id.as_str()).await?;
+    let location = format!("/api/v1/dags/{}/runs/{}", encode(&dag_id), encode(run_id.as_str()));
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(DagRun::from(run))))
+}
+
+pub async fn find_run(state: &AppState, dag_id: &str, run_id: &str) -> Result<updraft_store::RunRow, ApiError> {
+    match state.store.get_run(dag_id, run_id).await? {
+        Some(run) => Ok(run),
+        None => {
+            find_dag(state, dag_id).await?;
+            Err(ApiError::NotFound(format!("DAG `{dag_id}` has no run `{run_id}`")))
+        }
+    }
+}
+
+/// Percent-encodes a path segment (run ids hold `:` and `+`).
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,461 @@
+//! The REST API over real HTTP on 127.0.0.1: every endpoint, its bad input, and
+//! every answer checked against the OpenAPI document the server publishes.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use updraft_core::clock::{Clock, SystemClock};
+use updraft_server::AppState;
+use updraft_store::{DagUpsert, ImportError, Store};
+
+struct Server {
+    base: String,
+    store: Store,
+    client: reqwest::Client,
+    document: Value,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+const SALES: &str = "dag: daily_sales
+description: Sales of the day, by market
+owner: analytics
+tags: [finance, daily]
+schedule: '0 6 * * *'
+timezone: Asia/Seoul
+start_date: 2024-01-01
+tasks:
+  extract: {shell: 'echo extract'}
+  load: {shell: 'echo load', depends_on: [extract]}
+";
+
+const SCORES: &str = "dag: scores
+owner: ml
+tags: [daily]
+tasks:
+  score: {shell: 'echo score'}
+";
+
+const ARCHIVE: &str = "dag: archive
+description: Moves old files away
+owner: analytics
+tasks:
+  move: {shell: 'echo move'}
+";
+
+/// A server whose store knows three DAGs (`archive` paused) and one broken file.
+async fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = updraft_store::open("sqlite://updraft.db", dir.path()).await.unwrap();
+    let now = SystemClock.now();
+    let mut upserts = Vec::new();
+    for (text, file) in [(SALES, "etl/daily_sales.yaml"), (SCORES, "scores.yaml"), (ARCHIVE, "archive.yaml")] {
+        let parsed = updraft_dagfile::parse_dag(text, file);
+        let dag = Arc::new(parsed.dag.unwrap_or_else(|| panic!("{file}: {:?}", parsed.diagnostics)));
+        upserts.push(DagUpsert { version: updraft_dagfile::version_of(&dag), dag, paused_if_new: false });
+    }
+    store.upsert_dags(&upserts, now).await.unwrap();
+    store.set_paused("archive", true, now).await.unwrap();
+    let broken =
+        ImportError { fileloc: "broken.yaml".into(), message: "broken.yaml:3:5: unknown field `depend_on`".into() };
+    store.replace_import_errors(&[broken], now).await.unwrap();
+    let state = AppState::new(store.clone(), Arc::new(SystemClock), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(updraft_server::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let document: Value = client.get(format!("{base}/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    Server { base, store, client, document, stop: Some(stop), _dir: dir }
+}
+
+impl Server {
+    /// Sends a request and checks the answer against the document: a documented
+    /// status, and a body that fits the documented schema for it.
+    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.client.request(method.to_uppercase().parse().unwrap(), &url);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+        let text = response.text().await.unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(content_type.as_deref(), Some("application/problem+json"), "{method} {path}: {text}");
+        }
+        let operation = operation(&self.document, method, path.split('?').next().unwrap())
+            .unwrap_or_else(|| panic!("{method} {path} is not in the OpenAPI document"));
+        let response = &operation["responses"][status.as_str()];
+        assert!(response.is_object(), "{method} {path}: status {status} is not documented; body {text}");
+        if let Some(schema) = response["content"].as_object().and_then(|content| content.values().next()) {
+            let problems = check(&self.document, &schema["schema"], &value, "body");
+            assert!(problems.is_empty(), "{method} {path} ({status}) does not fit its schema: {problems:?}\n{text}");
+        }
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call("get", path, None).await
+    }
+}
+
+/// The documented operation whose path template matches `path`.
+fn operation<'a>(document: &'a Value, method: &str, path: &str) -> Option<&'a Value> {
+    let segments: Vec<&str> = path.split('/').collect();
+    document["paths"].as_object()?.iter().find_map(|(template, item)| {
+        let parts: Vec<&str> = template.split('/').collect();
+        let matches = parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment);
+        (matches && item[method].is_object()).then(|| &item[method])
+    })
+}
+
+/// Where `value` breaks `schema`: type, required fields, fields the schema does not
+/// name. Enough of JSON Schema for what utoipa writes.
+fn check(document: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.rsplit('/').next().unwrap();
+        return check(document, &document["components"]["schemas"][name], value, at);
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        let mut merged = json!({"type": "object", "properties": {}, "required": []});
+        for part in all {
+            let part = match part["$ref"].as_str() {
+                Some(reference) => &document["components"]["schemas"][reference.rsplit('/').next().unwrap()],
+                None => part,
+            };
+            for (name, property) in part["properties"].as_object().into_iter().flatten() {
+                merged["properties"][name] = property.clone();
+            }
+            for name in part["required"].as_array().into_iter().flatten() {
+                merged["required"].as_array_mut().unwrap().push(name.clone());
+            }
+        }
+        return check(document, &merged, value, at);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            let fits = options.iter().any(|option| check(document, option, value, at).is_empty());
+            return if fits { Vec::new() } else { vec![format!("{at}: fits none of {key}")] };
+        }
+    }
+    let kinds: Vec<&str> = match &schema["type"] {
+        Value::String(kind) => vec![kind.as_str()],
+        Value::Array(kinds) => kinds.iter().filter_map(Value::as_str).collect(),
+        _ => return Vec::new(),
+    };
+    let kind_of = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(number) if number.is_i64() || number.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let fits = kinds.iter().any(|kind| *kind == kind_of || (*kind == "number" && kind_of == "integer"));
+    if !fits {
+        return vec![format!("{at}: {kind_of}, documented as {kinds:?}")];
+    }
+    let mut problems = Vec::new();
+    match value {
+        Value::Object(fields) => {
+            let properties = schema["properties"].as_object();
+            for name in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                if !fields.contains_key(name) {
+                    problems.push(format!("{at}: `{name}` is required but missing"));
+                }
+            }
+            if let Some(properties) = properties {
+                for (name, field) in fields {
+                    match properties.get(name) {
+                        Some(property) => problems.extend(check(document, property, field, &format!("{at}.{name}"))),
+                        None => problems.push(format!("{at}: `{name}` is not documented")),
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                problems.extend(check(document, &schema["items"], item, &format!("{at}[{index}]")));
+            }
+        }
+        _ => {}
+    }
+    problems
+}
+
+fn ids(list: &Value) -> Vec<&str> {
+    list["dags"].as_array().unwrap().iter().map(|dag| dag["dag_id"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn dags_are_listed_filtered_and_paged() {
+    let s = server().await;
+    let (status, all) = s.get("/api/v1/dags").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&all), ["archive", "daily_sales", "scores"]);
+    assert_eq!(all["total_entries"], 3);
+    let sales = &all["dags"][1];
+    assert_eq!(sales["schedule"], "0 6 * * *");
+    assert_eq!(sales["timezone"], "Asia/Seoul");
+    assert_eq!(sales["fileloc"], "etl/daily_sales.yaml");
+    assert!(sales["next_dagrun"].as_str().unwrap().ends_with('Z'), "{sales}");
+
+    assert_eq!(ids(&s.get("/api/v1/dags?tags=daily").await.1), ["daily_sales", "scores"]);
+    assert_eq!(ids(&s.get("/api/v1/dags?tags=daily,finance").await.1), ["daily_sales"]);
+    assert_eq!(ids(&s.get("/api/v1/dags?owner=analytics").await.1), ["archive", "daily_sales"]);
+    assert_eq!(ids(&s.get("/api/v1/dags?paused=true").await.1), ["archive"]);
+    assert_eq!(ids(&s.get("/api/v1/dags?paused=false").await.1), ["daily_sales", "scores"]);
+    assert_eq!(ids(&s.get("/api/v1/dags?search=MARKET").await.1), ["daily_sales"], "description, any case");
+    let (_, page) = s.get("/api/v1/dags?limit=1&offset=1").await;
+    assert_eq!(ids(&page), ["daily_sales"]);
+    assert_eq!(page["total_entries"], 3, "the total counts every page");
+
+    for bad in ["limit=0", "limit=1001", "paused=maybe", "limit=-1", "colour=red"] {
+        let (status, problem) = s.get(&format!("/api/v1/dags?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+        assert_eq!(problem["status"], 400);
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_dag_is_read_paused_and_unpaused() {
+    let s = server().await;
+    let (status, dag) = s.get("/api/v1/dags/daily_sales").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dag["owner"], "analytics");
+    assert_eq!(dag["is_paused"], false);
+
+    let (status, problem) = s.get("/api/v1/dags/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(problem["detail"], "no DAG `nope`");
+    assert_eq!(problem["code"], "not_found");
+
+    let (status, dag) = s.call("patch", "/api/v1/dags/daily_sales", Some(r#"{"is_paused": true}"#)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dag["is_paused"], true);
+    assert!(s.store.get_dag("daily_sales").await.unwrap().unwrap().is_paused, "the store has it");
+    let (_, dag) = s.call("patch", "/api/v1/dags/daily_sales", Some(r#"{"is_paused": false}"#)).await;
+    assert_eq!(dag["is_paused"], false);
+
+    let (status, _) = s.call("patch", "/api/v1/dags/nope", Some(r#"{"is_paused": true}"#)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for (body, expected) in [
+        ("{\"is_paused\": tru", StatusCode::BAD_REQUEST),
+        (r#"{"is_paused": "yes"}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (r#"{"is_paused": true, "owner": "me"}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        ("{}", StatusCode::UNPROCESSABLE_ENTITY),
+        ("[]", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (status, problem) = s.call("patch", "/api/v1/dags/daily_sales", Some(body)).await;
+        assert_eq!(status, expected, "{body}: {problem}");
+    }
+    // No content type: 415, not a guess.
+    let response = s
+        .client
+        .patch(format!("{}/api/v1/dags/daily_sales", s.base))
+        .body(r#"{"is_paused": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(!s.store.get_dag("daily_sales").await.unwrap().unwrap().is_paused, "refused changes change nothing");
+}
+
+#[tokio::test]
+async fn runs_are_triggered_listed_and_read() {
+    let s = server().await;
+    let body = r#"{"conf": {"market": "KOSDAQ"}, "logical_date": "2024-05-01"}"#;
+    let response = s
+        .client
+        .post(format!("{}/api/v1/dags/daily_sales/runs", s.base))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let run: Value = response.json().await.unwrap();
+    // 2024-05-01 in Asia/Seoul.
+    assert_eq!(run["logical_date"], "2024-04-30T15:00:00Z");
+    assert_eq!(run["run_id"], "manual__2024-04-30T15:00:00+00:00");
+    assert_eq!(run["run_type"], "manual");
+    assert_eq!(run["state"], "queued");
+    assert_eq!(run["conf"]["market"], "KOSDAQ");
+    assert_eq!(location, "/api/v1/dags/daily_sales/runs/manual__2024-04-30T15%3A00%3A00%2B00%3A00");
+    let (status, same) = s.get(&location).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(same["run_id"], run["run_id"]);
+
+    let (status, problem) = s.call("post", "/api/v1/dags/daily_sales/runs", Some(body)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "the same logical date twice: {problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("already has a run"));
+    let (status, named) = s.call("post", "/api/v1/dags/daily_sales/runs", Some(r#"{"run_id": "by_hand"}"#)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(named["run_id"], "by_hand");
+    assert_eq!(named["conf"], json!({}));
+
+    for (body, expected) in [
+        (r#"{"logical_date": "yesterday"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"run_id": "a/b"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"run_id": ""}"#, StatusCode::BAD_REQUEST),
+        (r#"{"conf": [1, 2]}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (r#"{"conf": {}, "params": {}}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        ("not json", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, problem) = s.call("post", "/api/v1/dags/daily_sales/runs", Some(body)).await;
+        assert_eq!(status, expected, "{body}: {problem}");
+    }
+    let (status, _) = s.call("post", "/api/v1/dags/nope/runs", Some("{}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, list) = s.get("/api/v1/dags/daily_sales/runs").await;
+    assert_eq!(status, StatusCode::OK);
+    let run_ids: Vec<&str> =
+        list["dag_runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    assert_eq!(run_ids.len(), 2);
+    assert_eq!(run_ids[1], "manual__2024-04-30T15:00:00+00:00", "newest logical date first");
+    let (_, queued) = s.get("/api/v1/dags/daily_sales/runs?state=queued&limit=1").await;
+    assert_eq!(queued["dag_runs"].as_array().unwrap().len(), 1);
+    let (_, none) = s.get("/api/v1/dags/daily_sales/runs?state=success").await;
+    assert_eq!(none["dag_runs"], json!([]));
+    let (status, _) = s.get("/api/v1/dags/daily_sales/runs?state=done").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = s.get("/api/v1/dags/nope/runs").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, problem) = s.get("/api/v1/dags/daily_sales/runs/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(problem["detail"], "DAG `daily_sales` has no run `nope`");
+}
+
+#[tokio::test]
+async fn task_instances_and_their_attempts_are_read() {
+    let s = server().await;
+    let (_, run) = s.call("post", "/api/v1/dags/daily_sales/runs", Some(r#"{"run_id": "r1"}"#)).await;
+    assert_eq!(run["run_id"], "r1");
+    let (status, list) = s.get("/api/v1/dags/daily_sales/runs/r1/tasks").await;
+    assert_eq!(status, StatusCode::OK);
+    let tasks: Vec<(&str, &str)> = list["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ti| (ti["task_id"].as_str().unwrap(), ti["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tasks, [("extract", "none"), ("load", "none")]);
+    let (status, extract) = s.get("/api/v1/dags/daily_sales/runs/r1/tasks/extract").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(extract["dag_id"], "daily_sales");
+    assert_eq!(extract["try_number"], 0);
+    assert_eq!(extract["attempts"], json!([]));
+
+    let (status, problem) = s.get("/api/v1/dags/daily_sales/runs/r1/tasks/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(problem["detail"], "run `r1` of DAG `daily_sales` has no task `nope`");
+    let (status, _) = s.get("/api/v1/dags/daily_sales/runs/nope/tasks").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.get("/api/v1/dags/daily_sales/runs/r1/tasks/extract/tries/1/log").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no try yet");
+    let (status, problem) = s.get("/api/v1/dags/daily_sales/runs/r1/tasks/extract/tries/first/log").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    let (status, _) = s.get("/api/v1/dags/daily_sales/runs/r1/tasks/extract/tries/1/log?offset=x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn parse_errors_pools_health_and_version() {
+    let s = server().await;
+    let (status, errors) = s.get("/api/v1/importErrors").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(errors["total_entries"], 1);
+    assert_eq!(errors["import_errors"][0]["fileloc"], "broken.yaml");
+    assert!(errors["import_errors"][0]["message"].as_str().unwrap().starts_with("broken.yaml:3:5:"));
+
+    let (_, pools) = s.get("/api/v1/pools").await;
+    assert_eq!(pools["pools"][0]["name"], "default");
+    assert_eq!(pools["pools"][0]["slots"], 128);
+    assert_eq!(pools["pools"][0]["occupied"], 0);
+
+    // No scheduler runs here: the store answers (200), the scheduler is unhealthy.
+    let (status, health) = s.get("/api/v1/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(health["store"]["status"], "healthy");
+    assert_eq!(health["scheduler"]["status"], "unhealthy");
+
+    let (_, version) = s.get("/api/v1/version").await;
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+
+    let response = s.client.delete(format!("{}/api/v1/version", s.base)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_exactly_the_api() {
+    let s = server().await;
+    assert!(s.document["openapi"].as_str().unwrap().starts_with("3.1"), "{}", s.document["openapi"]);
+    assert_eq!(s.document["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let mut operations: Vec<String> = Vec::new();
+    for (path, item) in s.document["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item[method].is_object() {
+                operations.push(format!("{} {path}", method.to_uppercase()));
+                assert!(item[method]["summary"].is_string(), "{method} {path} has no summary");
+            }
+        }
+    }
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "GET /api/v1/dags",
+            "GET /api/v1/dags/{dag_id}",
+            "GET /api/v1/dags/{dag_id}/runs",
+            "GET /api/v1/dags/{dag_id}/runs/{run_id}",
+            "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks",
+            "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
+            "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log",
+            "GET /api/v1/health",
+            "GET /api/v1/importErrors",
+            "GET /api/v1/pools",
+            "GET /api/v1/version",
+            "PATCH /api/v1/dags/{dag_id}",
+            "POST /api/v1/dags/{dag_id}/runs",
+        ]
+    );
+    // Every documented operation is served (not the fallback's "no such page").
+    for operation in &operations {
+        let (method, path) = operation.split_once(' ').unwrap();
+        let path = path.replace("{dag_id}", "nope").replace("{run_id}", "r").replace("{task_id}", "t");
+        let path = path.replace("{try_number}", "1");
+        let response = s.client.request(method.parse().unwrap(), format!("{}{path}", s.base)).send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let fallback = body["detail"].as_str().is_some_and(|detail| detail.starts_with("no such page"));
+        assert!(!fallback && status != StatusCode::METHOD_NOT_ALLOWED, "{operation} is not served: {body}");
+    }
+
+    let page = s.client.get(format!("{}/api/v1/docs", s.base)).send().await.unwrap().text().await.unwrap();
+    for operation in &operations {
+        let path = operation.split_once(' ').unwrap().1;
+        assert!(page.contains(&format!("<code>{path}</code>")), "the reference page lists {path}");
+    }
+    assert!(page.contains("id=\"schema-DagRun\""));
+}
