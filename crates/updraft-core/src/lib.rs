@@ -12,6 +12,7 @@ pub mod dag;
 pub mod duration;
 pub mod errors;
 pub mod id;
+pub mod intervene;
 pub mod plan;
 pub mod reason;
 pub mod retry;

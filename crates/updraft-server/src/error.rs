@@ -47,7 +47,9 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
             // A request asked for a state change the state machine forbids.
-            StoreError::IllegalTask(_) | StoreError::IllegalRun(_) => ApiError::Conflict(error.to_string()),
+            StoreError::IllegalTask(_) | StoreError::IllegalRun(_) | StoreError::Changed(_) => {
+                ApiError::Conflict(error.to_string())
+            }
             _ => ApiError::Internal(updraft_core::errors::chain(&error)),
         }
     }

@@ -378,6 +378,95 @@ async fn task_instances_and_their_attempts_are_read() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+fn states(list: &Value) -> Vec<(&str, &str)> {
+    list["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ti| (ti["task_id"].as_str().unwrap(), ti["state"].as_str().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn operators_mark_clear_and_delete() {
+    use updraft_core::TaskState;
+    use updraft_core::plan::Action;
+    let s = server().await;
+    s.call("post", "/api/v1/dags/daily_sales/runs", Some(r#"{"run_id": "r1"}"#)).await;
+    let base = "/api/v1/dags/daily_sales/runs/r1";
+    let (status, extract) = s.call("patch", &format!("{base}/tasks/extract"), Some(r#"{"state": "success"}"#)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(extract["state"], "success");
+    for (body, expected) in [
+        (r#"{"state": "running"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"state": "bogus"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"state": 1}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        ("{}", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (status, problem) = s.call("patch", &format!("{base}/tasks/extract"), Some(body)).await;
+        assert_eq!(status, expected, "{body}: {problem}");
+    }
+    let (status, _) = s.call("patch", &format!("{base}/tasks/nope"), Some(r#"{"state": "success"}"#)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A queued task is left alone: its attempt may be starting on a worker.
+    let run = s.store.get_run("daily_sales", "r1").await.unwrap().unwrap();
+    let load = s.store.task_instances(run.run_pk).await.unwrap()[1].ti_pk;
+    let queue = [
+        Action::StartRun { run_pk: run.run_pk },
+        Action::SetTaskState { ti_pk: load, from: TaskState::None, to: TaskState::Scheduled },
+        Action::SetTaskState { ti_pk: load, from: TaskState::Scheduled, to: TaskState::Queued },
+    ];
+    s.store.apply(&queue, "test", SystemClock.now()).await.unwrap();
+    let (status, problem) = s.call("patch", &format!("{base}/tasks/load"), Some(r#"{"state": "failed"}"#)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(problem["detail"].as_str().unwrap().contains("`load` is queued"), "{problem}");
+    let clear = r#"{"task_ids": ["extract"], "downstream": true}"#;
+    let (status, _) = s.call("post", &format!("{base}/clear"), Some(clear)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "the downstream `load` is queued");
+    let (status, _) = s.call("patch", base, Some(r#"{"state": "failed"}"#)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let back = [Action::SetTaskState { ti_pk: load, from: TaskState::Queued, to: TaskState::Scheduled }];
+    s.store.apply(&back, "test", SystemClock.now()).await.unwrap();
+
+    // Mark the run failed: what had not run is skipped.
+    let (status, run) = s.call("patch", base, Some(r#"{"state": "failed"}"#)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(run["state"], "failed");
+    assert_eq!(states(&s.get(&format!("{base}/tasks")).await.1), [("extract", "success"), ("load", "skipped")]);
+    let (status, problem) = s.call("patch", base, Some(r#"{"state": "failed"}"#)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    let (status, _) = s.call("patch", base, Some(r#"{"state": "running"}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Clear with downstream: both run again, the run is queued for the scheduler.
+    let (status, list) = s.call("post", &format!("{base}/clear"), Some(clear)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(states(&list), [("extract", "none"), ("load", "none")]);
+    assert_eq!(s.get(base).await.1["state"], "queued");
+    let log = s.store.transitions(s.store.get_run("daily_sales", "r1").await.unwrap().unwrap().run_pk, None, 0);
+    assert!(log.await.unwrap().iter().any(|t| t.actor == "api:anonymous" && t.to_state == "none"));
+    for (body, expected) in [
+        (r#"{"task_ids": []}"#, StatusCode::BAD_REQUEST),
+        (r#"{"task_ids": ["nope"]}"#, StatusCode::NOT_FOUND),
+        (r#"{"downstream": true}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        (r#"{"task_ids": "extract"}"#, StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (status, problem) = s.call("post", &format!("{base}/clear"), Some(body)).await;
+        assert_eq!(status, expected, "{body}: {problem}");
+    }
+
+    // Only a finished run is deleted.
+    let (status, problem) = s.call("delete", base, None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(problem["detail"].as_str().unwrap().contains("only a finished run"), "{problem}");
+    s.call("patch", base, Some(r#"{"state": "success"}"#)).await;
+    let (status, _) = s.call("delete", base, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(s.get(base).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.call("delete", base, None).await.0, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn parse_errors_pools_health_and_version() {
     let s = server().await;
@@ -425,6 +514,7 @@ async fn the_openapi_document_describes_exactly_the_api() {
     assert_eq!(
         operations,
         [
+            "DELETE /api/v1/dags/{dag_id}/runs/{run_id}",
             "GET /api/v1/dags",
             "GET /api/v1/dags/{dag_id}",
             "GET /api/v1/dags/{dag_id}/runs",
@@ -437,7 +527,10 @@ async fn the_openapi_document_describes_exactly_the_api() {
             "GET /api/v1/pools",
             "GET /api/v1/version",
             "PATCH /api/v1/dags/{dag_id}",
+            "PATCH /api/v1/dags/{dag_id}/runs/{run_id}",
+            "PATCH /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
             "POST /api/v1/dags/{dag_id}/runs",
+            "POST /api/v1/dags/{dag_id}/runs/{run_id}/clear",
         ]
     );
     // Every documented operation is served (not the fallback's "no such page").

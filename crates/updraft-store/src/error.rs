@@ -41,6 +41,10 @@ pub enum StoreError {
     Thread(String),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// A compare-and-set of an operator's change missed: someone changed the state
+    /// meanwhile, and nothing was written.
+    #[error("{0} changed meanwhile; nothing was changed, look again and retry")]
+    Changed(String),
     #[error(transparent)]
     IllegalTask(#[from] IllegalTransition<TaskState>),
     #[error(transparent)]

@@ -88,3 +88,21 @@ pub fn group(actions: &[Action]) -> Result<Grouped<'_>> {
     grouped.reasons = reasons.into_iter().collect();
     Ok(grouped)
 }
+
+/// Checks an operator's change against the operator's legal moves, before any
+/// write: the store refuses what `updraft_core::intervene` would never produce.
+pub fn check_intervention(change: &updraft_core::intervene::Intervention) -> Result<()> {
+    use updraft_core::intervene::{check_operator_run_transition, check_operator_transition};
+    use updraft_core::state::IllegalTransition;
+    for (_, from, to) in &change.tasks {
+        if !check_operator_transition(*from, *to) {
+            return Err(IllegalTransition { from: *from, to: *to }.into());
+        }
+    }
+    if let Some((from, to)) = change.run
+        && !check_operator_run_transition(from, to)
+    {
+        return Err(IllegalTransition { from, to }.into());
+    }
+    Ok(())
+}

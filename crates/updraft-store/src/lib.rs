@@ -21,6 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use updraft_core::RunState;
+use updraft_core::intervene::Intervention;
 use updraft_core::plan::Action;
 
 pub use definitions::DefinitionCache;
@@ -74,6 +75,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_run_by_pk(&self, run_pk: i64) -> Result<Option<RunRow>>;
     async fn task_instances(&self, run_pk: i64) -> Result<Vec<TaskInstanceRow>>;
     async fn task_attempts(&self, ti_pk: i64) -> Result<Vec<AttemptRow>>;
+    /// Applies an operator's change to a run (`updraft_core::intervene`) in one
+    /// transaction, each move compare-and-set; if any misses, nothing is written
+    /// and the answer is [`StoreError::Changed`].
+    async fn intervene(&self, run_pk: i64, change: &Intervention, actor: &str, now: Timestamp) -> Result<()>;
+    /// Deletes a finished run with its task instances, attempts, logs and
+    /// transitions; false if there is no such finished run.
+    async fn delete_run(&self, run_pk: i64) -> Result<bool>;
     /// The run's transition log (or one task instance's), oldest first, after row `after_id`.
     async fn transitions(&self, run_pk: i64, ti_pk: Option<i64>, after_id: i64) -> Result<Vec<TransitionRow>>;
 

@@ -420,6 +420,62 @@ async fn logs_of_remote_attempts(store: Store) {
     assert_eq!(store.read_log(ti_pk, 2, 0).await.unwrap(), None, "another try has its own log");
 }
 
+async fn operator_changes_are_all_or_nothing(store: Store) {
+    use updraft_core::intervene::Intervention;
+    let (chain, version) = dag(CHAIN);
+    let run_pk =
+        store.create_run(&new_run(&chain, &version, "r", RunType::Manual, NOW), "t", ts(NOW)).await.unwrap().unwrap();
+    let tis = store.task_instances(run_pk).await.unwrap();
+    let (a, b) = (tis[0].ti_pk, tis[1].ti_pk);
+    // Marks a failed; the move of b expects the wrong state, so neither happens.
+    let missed = Intervention {
+        tasks: vec![(a, TaskState::None, TaskState::Failed), (b, TaskState::Failed, TaskState::Success)],
+        ..Intervention::default()
+    };
+    let error = store.intervene(run_pk, &missed, "api:me", ts(NOW)).await.unwrap_err();
+    assert!(matches!(error, StoreError::Changed(_)), "{error}");
+    assert_eq!(store.task_instances(run_pk).await.unwrap()[0].state, TaskState::None, "rolled back");
+    // Moves an operator may not make are refused before any write.
+    let illegal = Intervention { tasks: vec![(a, TaskState::None, TaskState::Running)], ..Intervention::default() };
+    assert!(matches!(store.intervene(run_pk, &illegal, "api:me", ts(NOW)).await, Err(StoreError::IllegalTask(_))));
+
+    // Mark the run failed: its tasks skipped, the run failed, all logged.
+    store.apply(&[Action::StartRun { run_pk }], "s", ts(NOW)).await.unwrap();
+    let end = Intervention {
+        tasks: tis.iter().map(|ti| (ti.ti_pk, TaskState::None, TaskState::Skipped)).collect(),
+        run: Some((RunState::Running, RunState::Failed)),
+        ..Intervention::default()
+    };
+    store.intervene(run_pk, &end, "api:me", ts(NOW)).await.unwrap();
+    let run = store.get_run_by_pk(run_pk).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Failed);
+    assert_eq!(run.end_date, Some(ts(NOW)));
+    assert!(store.task_instances(run_pk).await.unwrap().iter().all(|ti| ti.state == TaskState::Skipped));
+    let log = store.transitions(run_pk, None, 0).await.unwrap();
+    assert_eq!(log.iter().filter(|t| t.actor == "api:me").count(), 4, "three tasks and the run");
+
+    // Clear a: back to none with tries renewed, the run queued again.
+    let clear = Intervention {
+        tasks: vec![(a, TaskState::Skipped, TaskState::None)],
+        max_tries: vec![(a, 3)],
+        run: Some((RunState::Failed, RunState::Queued)),
+    };
+    store.intervene(run_pk, &clear, "api:me", ts(NOW)).await.unwrap();
+    let cleared = store.task_instances(run_pk).await.unwrap();
+    assert_eq!((cleared[0].state, cleared[0].max_tries, cleared[0].end_date), (TaskState::None, 3, None));
+    let run = store.get_run_by_pk(run_pk).await.unwrap().unwrap();
+    assert_eq!((run.state, run.end_date), (RunState::Queued, None));
+
+    // Only a finished run can be deleted; everything of it goes.
+    assert!(!store.delete_run(run_pk).await.unwrap(), "the run is queued");
+    let end = Intervention { run: Some((RunState::Queued, RunState::Success)), ..Intervention::default() };
+    store.intervene(run_pk, &end, "api:me", ts(NOW)).await.unwrap();
+    assert!(store.delete_run(run_pk).await.unwrap());
+    assert!(store.get_run_by_pk(run_pk).await.unwrap().is_none());
+    assert!(store.task_instances(run_pk).await.unwrap().is_empty());
+    assert!(store.transitions(run_pk, None, 0).await.unwrap().is_empty());
+}
+
 mod sqlite {
     use super::*;
 
@@ -449,6 +505,7 @@ mod sqlite {
         workers_take_their_queues,
         leases_are_fenced_by_the_try_number,
         logs_of_remote_attempts,
+        operator_changes_are_all_or_nothing,
     );
 
     #[tokio::test]
@@ -545,6 +602,7 @@ mod postgres {
         workers_take_their_queues,
         leases_are_fenced_by_the_try_number,
         logs_of_remote_attempts,
+        operator_changes_are_all_or_nothing,
     );
 
     #[tokio::test]

@@ -326,3 +326,34 @@ pub fn page(limit: Option<u32>, offset: Option<u32>) -> Result<(usize, usize), c
     }
     Ok((limit as usize, offset.unwrap_or(0) as usize))
 }
+
+/// Runs task instances again: each goes back to `none` with its retries renewed,
+/// and a finished run is queued again.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClearTaskInstances {
+    #[schema(example = json!(["transform"]))]
+    pub task_ids: Vec<String>,
+    /// Also every task downstream of them (default false).
+    #[serde(default)]
+    pub downstream: bool,
+}
+
+/// An operator's verdict on a task instance that is not queued or running.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInstancePatch {
+    /// `success`, `failed` or `skipped`.
+    #[schema(example = "success")]
+    pub state: String,
+}
+
+/// An operator's verdict on a whole run: unfinished tasks become `success`
+/// (marking success) or `skipped` (marking failed).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DagRunPatch {
+    /// `success` or `failed`.
+    #[schema(example = "failed")]
+    pub state: String,
+}

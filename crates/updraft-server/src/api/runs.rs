@@ -1,4 +1,4 @@
-//! `/api/v1/dags/{dag_id}/runs`: list, get, trigger.
+//! `/api/v1/dags/{dag_id}/runs`: list, get, trigger, mark, delete.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -9,7 +9,7 @@ use updraft_store::NewRun;
 
 use super::dags::find_dag;
 use super::extract::{Json, Path, Query};
-use super::model::{DagRun, DagRunList, DagRunListQuery, TriggerDagRun, page};
+use super::model::{DagRun, DagRunList, DagRunListQuery, DagRunPatch, TriggerDagRun, page};
 use crate::error::Problem;
 use crate::{ApiError, AppState, Caller};
 
@@ -136,4 +136,96 @@ fn encode(segment: &str) -> String {
         }
     }
     out
+}
+
+/// Applies an operator's request to a run: decided by `updraft_core::intervene`
+/// from the run's current states, written all or nothing.
+pub async fn intervene(
+    state: &AppState,
+    caller: &Caller,
+    run: &updraft_store::RunRow,
+    request: updraft_core::intervene::Request,
+) -> Result<(), ApiError> {
+    use updraft_core::intervene::{Refusal, TaskInstanceState};
+    let dag = state.definitions.get(state.store.as_ref(), &run.dag_id, &run.version).await?;
+    let task_instances: Vec<TaskInstanceState> = state
+        .store
+        .task_instances(run.run_pk)
+        .await?
+        .into_iter()
+        .map(|ti| TaskInstanceState {
+            ti_pk: ti.ti_pk,
+            task_id: ti.task_id,
+            state: ti.state,
+            try_number: ti.try_number,
+        })
+        .collect();
+    let change = updraft_core::intervene::intervene(&dag, run.state, &task_instances, &request).map_err(|refusal| {
+        let detail = format!("run `{}` of DAG `{}`: {refusal}", run.run_id, run.dag_id);
+        match refusal {
+            Refusal::UnknownTask(_) => ApiError::NotFound(detail),
+            Refusal::Busy { .. } | Refusal::RunAlready(_) => ApiError::Conflict(detail),
+            Refusal::BadMark(_) | Refusal::BadRunMark(_) | Refusal::NoTasks => ApiError::BadRequest(detail),
+        }
+    })?;
+    if change.is_empty() {
+        return Ok(());
+    }
+    state.store.intervene(run.run_pk, &change, &caller.actor(), state.clock.now()).await?;
+    tracing::info!(dag_id = %run.dag_id, run_id = %run.run_id, actor = %caller.actor(), ?request, "operator change applied");
+    Ok(())
+}
+
+/// Marks a run `success` or `failed` (refused while any of its tasks is queued or
+/// running).
+#[utoipa::path(
+    patch, path = "/api/v1/dags/{dag_id}/runs/{run_id}", tag = "DAG runs",
+    params(("dag_id" = String, Path), ("run_id" = String, Path)), request_body = DagRunPatch,
+    responses(
+        (status = 200, body = DagRun),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn patch_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    Json(patch): Json<DagRunPatch>,
+) -> Result<axum::Json<DagRun>, ApiError> {
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let to = patch.state.parse::<RunState>().ok().filter(|to| to.is_finished()).ok_or_else(|| {
+        ApiError::BadRequest(format!("a run can be marked `success` or `failed`, not `{}`", patch.state))
+    })?;
+    intervene(&state, &caller, &run, updraft_core::intervene::Request::MarkRun { to }).await?;
+    Ok(axum::Json(DagRun::from(find_run(&state, &dag_id, &run_id).await?)))
+}
+
+/// Deletes a finished run with its task instances, attempts and logs.
+#[utoipa::path(
+    delete, path = "/api/v1/dags/{dag_id}/runs/{run_id}", tag = "DAG runs",
+    params(("dag_id" = String, Path), ("run_id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((dag_id, run_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    if !state.store.delete_run(run.run_pk).await? {
+        return Err(ApiError::Conflict(format!(
+            "run `{run_id}` of DAG `{dag_id}` is {}: only a finished run can be deleted; mark it success or failed first",
+            run.state
+        )));
+    }
+    tracing::info!(%dag_id, %run_id, actor = %caller.actor(), "run deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

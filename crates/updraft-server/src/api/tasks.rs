@@ -1,10 +1,15 @@
-//! `/api/v1/dags/{dag_id}/runs/{run_id}/tasks`: the task instances of a run.
+//! `/api/v1/dags/{dag_id}/runs/{run_id}/tasks`: the task instances of a run, and
+//! an operator's changes to them (mark, clear).
 
 use axum::extract::State;
+use updraft_core::TaskState;
+use updraft_core::intervene::Request;
 
-use super::extract::Path;
-use super::model::{Attempt, TaskInstance, TaskInstanceDetail, TaskInstanceList};
-use super::runs::find_run;
+use super::extract::{Json, Path};
+use super::model::{
+    Attempt, ClearTaskInstances, TaskInstance, TaskInstanceDetail, TaskInstanceList, TaskInstancePatch,
+};
+use super::runs::{find_run, intervene};
 use crate::error::Problem;
 use crate::{ApiError, AppState, Caller};
 
@@ -60,4 +65,60 @@ pub async fn find_task_instance(
         .into_iter()
         .find(|task_instance| task_instance.task_id == task_id)
         .ok_or_else(|| ApiError::NotFound(format!("run `{run_id}` of DAG `{dag_id}` has no task `{task_id}`")))
+}
+
+/// Runs task instances of a run again (refused if any of them, or of their
+/// downstream when asked, is queued or running).
+#[utoipa::path(
+    post, path = "/api/v1/dags/{dag_id}/runs/{run_id}/clear", tag = "Task instances",
+    params(("dag_id" = String, Path), ("run_id" = String, Path)), request_body = ClearTaskInstances,
+    responses(
+        (status = 200, body = TaskInstanceList, description = "The run's task instances after the change"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn clear(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    Json(request): Json<ClearTaskInstances>,
+) -> Result<axum::Json<TaskInstanceList>, ApiError> {
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let request = Request::Clear { task_ids: request.task_ids, downstream: request.downstream };
+    intervene(&state, &caller, &run, request).await?;
+    let task_instances = state.store.task_instances(run.run_pk).await?.into_iter().map(TaskInstance::from).collect();
+    Ok(axum::Json(TaskInstanceList { task_instances }))
+}
+
+/// Marks a task instance `success`, `failed` or `skipped` (refused while it is
+/// queued or running); the scheduler carries on from there.
+#[utoipa::path(
+    patch, path = "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", tag = "Task instances",
+    params(("dag_id" = String, Path), ("run_id" = String, Path), ("task_id" = String, Path)),
+    request_body = TaskInstancePatch,
+    responses(
+        (status = 200, body = TaskInstance),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn patch_task_instance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Json(patch): Json<TaskInstancePatch>,
+) -> Result<axum::Json<TaskInstance>, ApiError> {
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let to = patch.state.parse::<TaskState>().map_err(|_| {
+        ApiError::BadRequest(format!("a task can be marked `success`, `failed` or `skipped`, not `{}`", patch.state))
+    })?;
+    intervene(&state, &caller, &run, Request::MarkTasks { task_ids: vec![task_id.clone()], to }).await?;
+    Ok(axum::Json(TaskInstance::from(find_task_instance(&state, &dag_id, &run_id, &task_id).await?)))
 }

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
+use updraft_core::intervene::Intervention;
 use updraft_core::plan::{Action, DagVersion};
 use updraft_core::state::check_task_transition;
 use updraft_core::{RunState, TaskState};
@@ -480,6 +481,72 @@ impl MetadataStore for PgStore {
         notify(&mut tx).await?;
         tx.commit().await?;
         Ok(report)
+    }
+
+    async fn intervene(&self, run_pk: i64, change: &Intervention, actor: &str, now: Timestamp) -> Result<()> {
+        crate::grouped::check_intervention(change)?;
+        let mut tx = self.pool.begin().await?;
+        let mut transitions = TransitionBatch::default();
+        for (ti_pk, from, to) in &change.tasks {
+            let end_date = to.is_finished().then(|| to_db(now));
+            // Back to `none`: the next try starts from a clean row.
+            let moved = sqlx::query(
+                "UPDATE task_instances SET state = $3, updated_at = $4, end_date = $5, wait_reason = NULL,
+                     retry_at = NULL,
+                     queued_at = CASE WHEN $3 = 'none' THEN NULL ELSE queued_at END,
+                     start_date = CASE WHEN $3 = 'none' THEN NULL ELSE start_date END,
+                     exit_code = CASE WHEN $3 = 'none' THEN NULL ELSE exit_code END
+                 WHERE id = $1 AND run_pk = $6 AND state = $2",
+            )
+            .bind(ti_pk)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(to_db(now))
+            .bind(end_date)
+            .bind(run_pk)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() != 1 {
+                return Err(StoreError::Changed(format!("task instance {ti_pk}")));
+            }
+            transitions.push(run_pk, Some(*ti_pk), Some(from.as_str()), to.as_str(), actor, Some("set by an operator"));
+        }
+        for (ti_pk, max_tries) in &change.max_tries {
+            sqlx::query("UPDATE task_instances SET max_tries = $2 WHERE id = $1")
+                .bind(ti_pk)
+                .bind(*max_tries as i32)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((from, to)) = change.run {
+            let end_date = to.is_finished().then(|| to_db(now));
+            let moved = sqlx::query("UPDATE dag_runs SET state = $3, end_date = $4 WHERE id = $1 AND state = $2")
+                .bind(run_pk)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(end_date)
+                .execute(&mut *tx)
+                .await?;
+            if moved.rows_affected() != 1 {
+                return Err(StoreError::Changed(format!("run {run_pk}")));
+            }
+            transitions.push(run_pk, None, Some(from.as_str()), to.as_str(), actor, Some("set by an operator"));
+        }
+        transitions.flush(&mut tx, now).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_run(&self, run_pk: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM dag_runs WHERE id = $1 AND state IN ('success', 'failed')")
+            .bind(run_pk)
+            .execute(&mut *tx)
+            .await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() > 0)
     }
 
     async fn claim(&self, scope: Scope, claimant: &Claimant, limit: u32, now: Timestamp) -> Result<Vec<Claimed>> {

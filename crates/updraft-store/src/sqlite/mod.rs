@@ -17,6 +17,7 @@ use std::time::Duration as StdDuration;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use updraft_core::intervene::Intervention;
 use updraft_core::plan::{Action, DagVersion};
 use updraft_core::state::check_task_transition;
 use updraft_core::{RunState, TaskState};
@@ -778,6 +779,72 @@ impl MetadataStore for SqliteStore {
             )?
             .execute(params![name, slots, description])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn intervene(&self, run_pk: i64, change: &Intervention, actor: &str, now: Timestamp) -> Result<()> {
+        crate::grouped::check_intervention(change)?;
+        let (change, actor) = (change.clone(), actor.to_string());
+        self.write(move |tx| {
+            let mut transitions = TransitionBatch::default();
+            for (ti_pk, from, to) in &change.tasks {
+                let end_date = if to.is_finished() { Some(to_db(now)) } else { None };
+                // Back to `none`: the next try starts from a clean row.
+                let moved = tx
+                    .prepare_cached(
+                        "UPDATE task_instances SET state = ?3, updated_at = ?4, end_date = ?5, wait_reason = NULL,
+                             retry_at = NULL,
+                             queued_at = CASE WHEN ?3 = 'none' THEN NULL ELSE queued_at END,
+                             start_date = CASE WHEN ?3 = 'none' THEN NULL ELSE start_date END,
+                             exit_code = CASE WHEN ?3 = 'none' THEN NULL ELSE exit_code END
+                         WHERE id = ?1 AND run_pk = ?6 AND state = ?2",
+                    )?
+                    .execute(params![ti_pk, from.as_str(), to.as_str(), to_db(now), end_date, run_pk])?;
+                if moved != 1 {
+                    return Err(StoreError::Changed(format!("task instance {ti_pk}")));
+                }
+                transitions.push(Transition {
+                    run_pk,
+                    ti_pk: Some(*ti_pk),
+                    from: Some(from.as_str()),
+                    to: to.as_str(),
+                    actor: &actor,
+                    detail: Some("set by an operator"),
+                });
+            }
+            for (ti_pk, max_tries) in &change.max_tries {
+                tx.prepare_cached("UPDATE task_instances SET max_tries = ?2 WHERE id = ?1")?
+                    .execute(params![ti_pk, max_tries])?;
+            }
+            if let Some((from, to)) = change.run {
+                let end_date = if to.is_finished() { Some(to_db(now)) } else { None };
+                let moved = tx
+                    .prepare_cached("UPDATE dag_runs SET state = ?3, end_date = ?4 WHERE id = ?1 AND state = ?2")?
+                    .execute(params![run_pk, from.as_str(), to.as_str(), end_date])?;
+                if moved != 1 {
+                    return Err(StoreError::Changed(format!("run {run_pk}")));
+                }
+                transitions.push(Transition {
+                    run_pk,
+                    ti_pk: None,
+                    from: Some(from.as_str()),
+                    to: to.as_str(),
+                    actor: &actor,
+                    detail: Some("set by an operator"),
+                });
+            }
+            transitions.flush(tx, now)
+        })
+        .await
+    }
+
+    async fn delete_run(&self, run_pk: i64) -> Result<bool> {
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached("DELETE FROM dag_runs WHERE id = ?1 AND state IN ('success', 'failed')")?
+                .execute(params![run_pk])?
+                > 0)
         })
         .await
     }
