@@ -49,6 +49,8 @@ pub struct DagFile {
 pub struct LoadedDag {
     pub dag: Arc<Dag>,
     pub version: DagVersion,
+    /// The file's text, as read.
+    pub source: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -267,7 +269,7 @@ fn parse_file(path: &Path, fileloc: &str, display: &str, cached: Option<&Arc<Par
         .collect();
     let dag = parsed.dag.map(|dag| {
         let version = version_of(&dag);
-        LoadedDag { dag: Arc::new(dag), version }
+        LoadedDag { dag: Arc::new(dag), version, source: Arc::from(text) }
     });
     Arc::new(ParsedFile { dag, diagnostics, dag_id_at: parsed.dag_id_span.map(locate), stamp })
 }

@@ -89,6 +89,7 @@ impl DagSync {
                     dag: loaded.dag.clone(),
                     version: loaded.version.clone(),
                     paused_if_new: self.paused_at_creation,
+                    source: Some(loaded.source.clone()),
                 });
             }
             present.insert(dag_id, entry);

@@ -61,7 +61,8 @@ async fn server() -> Server {
     for (text, file) in [(SALES, "etl/daily_sales.yaml"), (SCORES, "scores.yaml"), (ARCHIVE, "archive.yaml")] {
         let parsed = updraft_dagfile::parse_dag(text, file);
         let dag = Arc::new(parsed.dag.unwrap_or_else(|| panic!("{file}: {:?}", parsed.diagnostics)));
-        upserts.push(DagUpsert { version: updraft_dagfile::version_of(&dag), dag, paused_if_new: false });
+        let (version, source) = (updraft_dagfile::version_of(&dag), Some(Arc::from(text)));
+        upserts.push(DagUpsert { version, dag, paused_if_new: false, source });
     }
     store.upsert_dags(&upserts, now).await.unwrap();
     store.set_paused("archive", true, now).await.unwrap();
@@ -245,6 +246,18 @@ async fn a_dag_is_read_paused_and_unpaused() {
     let (status, problem) = s.get("/api/v1/dags/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(problem["detail"], "no DAG `nope`");
+
+    let (status, source) = s.get("/api/v1/dags/daily_sales/source").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(source["source"], SALES, "the file as written, comments and all");
+    assert_eq!(source["version"], dag["latest_version"]);
+    let (status, same) =
+        s.get(&format!("/api/v1/dags/daily_sales/source?version={}", dag["latest_version"].as_str().unwrap())).await;
+    assert_eq!((status, &same["source"]), (StatusCode::OK, &source["source"]));
+    let (status, _) = s.get("/api/v1/dags/daily_sales/source?version=0000").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.get("/api/v1/dags/nope/source").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(problem["code"], "not_found");
 
     let (status, dag) = s.call("patch", "/api/v1/dags/daily_sales", Some(r#"{"is_paused": true}"#)).await;
@@ -522,6 +535,7 @@ async fn the_openapi_document_describes_exactly_the_api() {
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks",
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log",
+            "GET /api/v1/dags/{dag_id}/source",
             "GET /api/v1/health",
             "GET /api/v1/importErrors",
             "GET /api/v1/pools",

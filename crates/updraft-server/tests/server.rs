@@ -57,7 +57,11 @@ async fn dag_page_lists_dags_and_parse_errors() {
     let parsed = updraft_dagfile::parse_dag("dag: etl\ntasks:\n  a: {shell: 'true'}\n", "etl.yaml");
     let dag = Arc::new(parsed.dag.unwrap());
     let version = updraft_dagfile::version_of(&dag);
-    state.store.upsert_dags(&[DagUpsert { dag, version, paused_if_new: true }], clock.now()).await.unwrap();
+    state
+        .store
+        .upsert_dags(&[DagUpsert { dag, version, paused_if_new: true, source: None }], clock.now())
+        .await
+        .unwrap();
     state
         .store
         .replace_import_errors(

@@ -55,7 +55,10 @@ async fn one_run(store: &Store) -> (i64, i64, updraft_core::plan::DagVersion) {
     let version = updraft_dagfile::version_of(&dag);
     let now = SystemClock.now();
     store
-        .upsert_dags(&[DagUpsert { dag: dag.clone(), version: version.clone(), paused_if_new: false }], now)
+        .upsert_dags(
+            &[DagUpsert { dag: dag.clone(), version: version.clone(), paused_if_new: false, source: None }],
+            now,
+        )
         .await
         .unwrap();
     let run = NewRun {

@@ -64,6 +64,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Returns false when the DAG is unknown.
     async fn set_paused(&self, dag_id: &str, paused: bool, now: Timestamp) -> Result<bool>;
     async fn dag_definition(&self, dag_id: &str, version: &str) -> Result<Option<String>>;
+    /// The text of the file a version was read from, if it was recorded.
+    async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<String>>;
 
     // Runs.
     /// Creates a queued run and its task instances; `None` if the run id (or, for

@@ -97,6 +97,8 @@ pub struct DagUpsert {
     pub version: DagVersion,
     /// Paused state for a DAG seen for the first time.
     pub paused_if_new: bool,
+    /// The file's text, kept with the version (for the UI's code view).
+    pub source: Option<Arc<str>>,
 }
 
 /// What the scheduler needs to know to keep the `dags` table in step with files.

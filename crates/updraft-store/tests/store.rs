@@ -41,13 +41,22 @@ fn new_run(dag: &Arc<Dag>, version: &DagVersion, run_id: &str, run_type: RunType
 async fn dags_and_versions(store: Store) {
     let (chain, version) = dag(CHAIN);
     store
-        .upsert_dags(&[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: true }], ts(NOW))
+        .upsert_dags(
+            &[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: true, source: None }],
+            ts(NOW),
+        )
         .await
         .unwrap();
     let row = store.get_dag("chain").await.unwrap().unwrap();
     assert!(row.is_paused && row.is_active);
     assert_eq!(row.latest_version, version.0);
     assert_eq!(row.next_due, Some(ts(NOW)), "a new DAG is due at once");
+    assert_eq!(store.dag_source("chain", &version.0).await.unwrap(), None, "recorded without its text");
+    let source: Arc<str> = Arc::from(CHAIN);
+    let with_text =
+        DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: true, source: Some(source) };
+    store.upsert_dags(&[with_text], ts(NOW)).await.unwrap();
+    assert_eq!(store.dag_source("chain", &version.0).await.unwrap().as_deref(), Some(CHAIN), "filled in later");
     let definition = store.dag_definition("chain", &version.0).await.unwrap().unwrap();
     assert_eq!(Dag::from_json(&definition).unwrap().to_json(), chain.to_json());
 
@@ -65,7 +74,10 @@ async fn dags_and_versions(store: Store) {
         .await
         .unwrap();
     store
-        .upsert_dags(&[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: false }], ts(NOW))
+        .upsert_dags(
+            &[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: false, source: None }],
+            ts(NOW),
+        )
         .await
         .unwrap();
     let row = store.get_dag("chain").await.unwrap().unwrap();
@@ -76,7 +88,10 @@ async fn dags_and_versions(store: Store) {
     let (changed, changed_version) = dag(&CHAIN.replace("priority: 5", "priority: 6"));
     assert_ne!(changed_version, version);
     store
-        .upsert_dags(&[DagUpsert { dag: changed, version: changed_version.clone(), paused_if_new: false }], ts(NOW))
+        .upsert_dags(
+            &[DagUpsert { dag: changed, version: changed_version.clone(), paused_if_new: false, source: None }],
+            ts(NOW),
+        )
         .await
         .unwrap();
     let row = store.get_dag("chain").await.unwrap().unwrap();
@@ -266,7 +281,10 @@ async fn snapshot(store: &Store, scope: Scope) -> RawSnapshot {
 async fn snapshots_and_scopes(store: Store) {
     let (chain, version) = dag(CHAIN);
     store
-        .upsert_dags(&[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: false }], ts(NOW))
+        .upsert_dags(
+            &[DagUpsert { dag: chain.clone(), version: version.clone(), paused_if_new: false, source: None }],
+            ts(NOW),
+        )
         .await
         .unwrap();
     let manual =
@@ -512,7 +530,10 @@ mod sqlite {
     async fn reopening_keeps_data_and_skips_migration() {
         let (store, dir) = store().await;
         let (chain, version) = dag(CHAIN);
-        store.upsert_dags(&[DagUpsert { dag: chain, version, paused_if_new: false }], ts(NOW)).await.unwrap();
+        store
+            .upsert_dags(&[DagUpsert { dag: chain, version, paused_if_new: false, source: None }], ts(NOW))
+            .await
+            .unwrap();
         drop(store);
         let again = updraft_store::open("sqlite://state/updraft.db", dir.path()).await.unwrap();
         assert_eq!(again.list_dags().await.unwrap().len(), 1);
@@ -525,7 +546,10 @@ mod sqlite {
         let mut watcher = store.change_watcher().await.unwrap();
         let other = updraft_store::open("sqlite://state/updraft.db", dir.path()).await.unwrap();
         let (chain, version) = dag(CHAIN);
-        other.upsert_dags(&[DagUpsert { dag: chain, version, paused_if_new: false }], ts(NOW)).await.unwrap();
+        other
+            .upsert_dags(&[DagUpsert { dag: chain, version, paused_if_new: false, source: None }], ts(NOW))
+            .await
+            .unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), watcher.changed())
             .await
             .expect("watcher woke")
@@ -611,7 +635,10 @@ mod postgres {
         let mut watcher = store.change_watcher().await.unwrap();
         let other = updraft_store::open(&database.url, std::path::Path::new(".")).await.unwrap();
         let (chain, version) = dag(CHAIN);
-        other.upsert_dags(&[DagUpsert { dag: chain, version, paused_if_new: false }], ts(NOW)).await.unwrap();
+        other
+            .upsert_dags(&[DagUpsert { dag: chain, version, paused_if_new: false, source: None }], ts(NOW))
+            .await
+            .unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), watcher.changed())
             .await
             .expect("watcher woke")
@@ -626,7 +653,7 @@ mod postgres {
         let mut upserts = Vec::new();
         for i in 0..6 {
             let (dag, version) = dag(&CHAIN.replace("dag: chain", &format!("dag: chain{i}")));
-            upserts.push(DagUpsert { dag, version, paused_if_new: false });
+            upserts.push(DagUpsert { dag, version, paused_if_new: false, source: None });
         }
         runtime().block_on(store.upsert_dags(&upserts, ts(NOW))).unwrap();
         drop(store);

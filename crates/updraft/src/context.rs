@@ -90,6 +90,7 @@ impl Ctx {
             dag: loaded.dag.clone(),
             version: loaded.version.clone(),
             paused_if_new: self.config.dags_are_paused_at_creation,
+            source: Some(loaded.source.clone()),
         };
         store.upsert_dags(&[upsert], self.clock.now()).await?;
         Ok(())

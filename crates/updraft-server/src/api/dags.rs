@@ -3,7 +3,7 @@
 use axum::extract::State;
 
 use super::extract::{Json, Path, Query};
-use super::model::{Dag, DagList, DagListQuery, DagPatch, page};
+use super::model::{Dag, DagList, DagListQuery, DagPatch, DagSource, DagSourceQuery, page};
 use crate::error::Problem;
 use crate::{ApiError, AppState, Caller};
 
@@ -85,6 +85,26 @@ pub async fn patch_dag(
     state.store.set_paused(&dag_id, patch.is_paused, state.clock.now()).await?;
     tracing::info!(%dag_id, paused = patch.is_paused, actor = %caller.actor(), "DAG paused state set");
     Ok(axum::Json(Dag::from(find_dag(&state, &dag_id).await?)))
+}
+
+/// The DAG file's text, as read for a version (default: the latest).
+#[utoipa::path(
+    get, path = "/api/v1/dags/{dag_id}/source", tag = "DAGs", params(("dag_id" = String, Path), DagSourceQuery),
+    responses((status = 200, body = DagSource), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+pub async fn dag_source(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(dag_id): Path<String>,
+    Query(query): Query<DagSourceQuery>,
+) -> Result<axum::Json<DagSource>, ApiError> {
+    let dag = find_dag(&state, &dag_id).await?;
+    let version = query.version.unwrap_or(dag.latest_version);
+    let source =
+        state.store.dag_source(&dag_id, &version).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("no source of version `{version}` of DAG `{dag_id}` is recorded"))
+        })?;
+    Ok(axum::Json(DagSource { dag_id, version, fileloc: dag.fileloc, source }))
 }
 
 pub async fn find_dag(state: &AppState, dag_id: &str) -> Result<updraft_store::DagRow, ApiError> {

@@ -48,6 +48,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(dags::list_dags))
         .routes(routes!(dags::get_dag, dags::patch_dag))
+        .routes(routes!(dags::dag_source))
         .routes(routes!(misc::import_errors))
         .routes(routes!(runs::list_runs, runs::trigger_run))
         .routes(routes!(runs::get_run, runs::patch_run, runs::delete_run))

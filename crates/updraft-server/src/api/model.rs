@@ -95,6 +95,23 @@ pub struct DagPatch {
     pub is_paused: bool,
 }
 
+/// The text of the file a DAG version was read from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DagSource {
+    pub dag_id: String,
+    pub version: String,
+    pub fileloc: String,
+    pub source: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DagSourceQuery {
+    /// A version the DAG had (a run's `version`); default: the latest.
+    pub version: Option<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImportErrorItem {
     /// The file, relative to the DAGs folder.

@@ -130,13 +130,22 @@ impl TransitionBatch {
     }
 }
 
-async fn insert_version(tx: &mut Tx<'_>, dag: &updraft_core::Dag, version: &DagVersion, now: Timestamp) -> Result<()> {
+async fn insert_version(
+    tx: &mut Tx<'_>,
+    dag: &updraft_core::Dag,
+    version: &DagVersion,
+    source: Option<&str>,
+    now: Timestamp,
+) -> Result<()> {
     sqlx::query(
-        "INSERT INTO dag_versions (dag_id, version, definition, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO dag_versions (dag_id, version, definition, source, created_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (dag_id, version) DO UPDATE SET source = excluded.source
+         WHERE dag_versions.source IS NULL AND excluded.source IS NOT NULL",
     )
     .bind(dag.dag_id().as_str())
     .bind(&version.0)
     .bind(dag.to_json())
+    .bind(source)
     .bind(to_db(now))
     .execute(&mut **tx)
     .await?;
@@ -144,7 +153,7 @@ async fn insert_version(tx: &mut Tx<'_>, dag: &updraft_core::Dag, version: &DagV
 }
 
 async fn insert_run(tx: &mut Tx<'_>, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
-    insert_version(tx, &run.dag, &run.version, now).await?;
+    insert_version(tx, &run.dag, &run.version, None, now).await?;
     let conf = serde_json::Value::Object(run.conf.clone()).to_string();
     let run_pk: Option<i64> = sqlx::query_scalar(
         "INSERT INTO dag_runs (dag_id, run_id, run_type, state, version, logical_date, data_interval_start,
@@ -293,7 +302,7 @@ impl MetadataStore for PgStore {
         for upsert in dags {
             let dag = &upsert.dag;
             let spec = dag.spec();
-            insert_version(&mut tx, dag, &upsert.version, now).await?;
+            insert_version(&mut tx, dag, &upsert.version, upsert.source.as_deref(), now).await?;
             sqlx::query(
                 "INSERT INTO dags (dag_id, fileloc, owner, description, schedule, timezone, tags, is_paused,
                                    is_active, latest_version, next_due, created_at, updated_at)
@@ -380,6 +389,17 @@ impl MetadataStore for PgStore {
         notify(&mut tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar::<_, Option<String>>(
+            "SELECT source FROM dag_versions WHERE dag_id = $1 AND version = $2",
+        )
+        .bind(dag_id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
     }
 
     async fn dag_definition(&self, dag_id: &str, version: &str) -> Result<Option<String>> {

@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_claim_index.sql")),
     (3, include_str!("../../migrations/sqlite/0003_queues_and_attempt_heartbeats.sql")),
     (4, include_str!("../../migrations/sqlite/0004_log_chunks.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_dag_source.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -232,16 +233,24 @@ fn insert_transition(conn: &Connection, transition: Transition<'_>, now: Timesta
 }
 
 /// Stores a version's definition once; runs pinned to it read it back.
-fn insert_version(conn: &Connection, dag: &updraft_core::Dag, version: &DagVersion, now: Timestamp) -> Result<()> {
+fn insert_version(
+    conn: &Connection,
+    dag: &updraft_core::Dag,
+    version: &DagVersion,
+    source: Option<&str>,
+    now: Timestamp,
+) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO dag_versions (dag_id, version, definition, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        "INSERT INTO dag_versions (dag_id, version, definition, source, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (dag_id, version) DO UPDATE SET source = excluded.source
+         WHERE dag_versions.source IS NULL AND excluded.source IS NOT NULL",
     )?
-    .execute(params![dag.dag_id().as_str(), version.0, dag.to_json(), to_db(now)])?;
+    .execute(params![dag.dag_id().as_str(), version.0, dag.to_json(), source, to_db(now)])?;
     Ok(())
 }
 
 fn insert_run(conn: &Connection, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
-    insert_version(conn, &run.dag, &run.version, now)?;
+    insert_version(conn, &run.dag, &run.version, None, now)?;
     let conf = serde_json::Value::Object(run.conf.clone()).to_string();
     let run_pk: Option<i64> = conn
         .prepare_cached(
@@ -392,7 +401,7 @@ impl MetadataStore for SqliteStore {
             for upsert in &dags {
                 let dag = &upsert.dag;
                 let spec = dag.spec();
-                insert_version(tx, dag, &upsert.version, now)?;
+                insert_version(tx, dag, &upsert.version, upsert.source.as_deref(), now)?;
                 let tags = serde_json::to_string(&spec.tags).expect("tags serialise");
                 tx.prepare_cached(
                     "INSERT INTO dags (dag_id, fileloc, owner, description, schedule, timezone, tags, is_paused,
@@ -481,6 +490,18 @@ impl MetadataStore for SqliteStore {
                 .prepare_cached("UPDATE dags SET is_paused = ?2, updated_at = ?3 WHERE dag_id = ?1")?
                 .execute(params![dag_id, paused, to_db(now)])?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<String>> {
+        let (dag_id, version) = (dag_id.to_string(), version.to_string());
+        self.read(move |tx| {
+            Ok(tx
+                .prepare_cached("SELECT source FROM dag_versions WHERE dag_id = ?1 AND version = ?2")?
+                .query_row(params![dag_id, version], |row| row.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten())
         })
         .await
     }
