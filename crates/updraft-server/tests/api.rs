@@ -480,6 +480,107 @@ async fn operators_mark_clear_and_delete() {
     assert_eq!(s.call("delete", base, None).await.0, StatusCode::NOT_FOUND);
 }
 
+/// Runs `extract` of a new run `r1` as a remote worker would: claimed, its log
+/// shipped to the store. Returns the task instance's key.
+async fn running_extract(s: &Server) -> i64 {
+    use updraft_core::TaskState;
+    use updraft_core::plan::Action;
+    s.call("post", "/api/v1/dags/daily_sales/runs", Some(r#"{"run_id": "r1"}"#)).await;
+    let run = s.store.get_run("daily_sales", "r1").await.unwrap().unwrap();
+    let extract = s.store.task_instances(run.run_pk).await.unwrap()[0].ti_pk;
+    let queue = [
+        Action::StartRun { run_pk: run.run_pk },
+        Action::SetTaskState { ti_pk: extract, from: TaskState::None, to: TaskState::Scheduled },
+        Action::SetTaskState { ti_pk: extract, from: TaskState::Scheduled, to: TaskState::Queued },
+    ];
+    s.store.apply(&queue, "test", SystemClock.now()).await.unwrap();
+    let claimant = updraft_store::Claimant { process_id: 7, hostname: "worker-1".into(), queues: None };
+    let claimed = s.store.claim(updraft_store::Scope::All, &claimant, 1, SystemClock.now()).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    extract
+}
+
+async fn ship(s: &Server, ti_pk: i64, offset: u64, text: &str) {
+    let piece = updraft_store::LogChunk { ti_pk, try_number: 1, offset, data: text.as_bytes().to_vec() };
+    s.store.append_logs(&[piece]).await.unwrap();
+}
+
+#[tokio::test]
+async fn logs_are_read_by_range_and_tail() {
+    let s = server().await;
+    let ti_pk = running_extract(&s).await;
+    ship(&s, ti_pk, 0, "one\ntwo\nthree\n").await;
+    let log = "/api/v1/dags/daily_sales/runs/r1/tasks/extract/tries/1/log";
+    let read = |query: &'static str| {
+        let url = format!("{}{log}{query}", s.base);
+        let client = s.client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            let status = response.status();
+            let offset = response.headers().get("x-updraft-log-offset").map(|v| v.to_str().unwrap().to_string());
+            let state = response.headers().get("x-updraft-attempt-state").map(|v| v.to_str().unwrap().to_string());
+            (status, response.text().await.unwrap(), offset, state)
+        }
+    };
+    let (status, text, offset, state) = read("").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "one\ntwo\nthree\n"));
+    assert_eq!((offset.as_deref(), state.as_deref()), (Some("14"), Some("running")));
+    assert_eq!(read("?offset=4").await.1, "two\nthree\n");
+    let (_, text, offset, _) = read("?offset=4&limit=3").await;
+    assert_eq!((text.as_str(), offset.as_deref()), ("two", Some("7")));
+    let (_, text, offset, _) = read("?tail=1").await;
+    assert_eq!((text.as_str(), offset.as_deref()), ("three\n", Some("14")), "the offset to follow from");
+    assert_eq!(read("?tail=2").await.1, "two\nthree\n");
+    assert_eq!(read("?offset=100").await.1, "");
+    assert_eq!(s.get(&format!("{log}?tail=1&offset=0")).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(s.get(&format!("{log}?tail=-1")).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(s.get("/api/v1/dags/daily_sales/runs/r1/tasks/extract/tries/2/log").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_running_log_is_followed_live_until_the_attempt_ends() {
+    let s = server().await;
+    let ti_pk = running_extract(&s).await;
+    ship(&s, ti_pk, 0, "one\ntwo\n").await;
+    let url = format!("{}/api/v1/dags/daily_sales/runs/r1/tasks/extract/tries/1/log/stream?offset=4", s.base);
+    let mut response = s.client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut seen = String::new();
+    let mut read_until = async |wanted: &str, seen: &mut String| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !seen.contains(wanted) {
+            assert!(std::time::Instant::now() < deadline, "no `{wanted}` in the stream: {seen}");
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Ok(None)) => break,
+                other => panic!("stream broke: {other:?}; so far: {seen}"),
+            }
+        }
+    };
+    read_until("id: 8", &mut seen).await;
+    assert!(seen.contains("event: log\n") && seen.contains("data: two\n"), "from the offset on: {seen}");
+    assert!(!seen.contains("one"), "{seen}");
+    // More text arrives while it runs, then the attempt ends.
+    ship(&s, ti_pk, 8, "three\n").await;
+    read_until("data: three", &mut seen).await;
+    let end = updraft_store::AttemptEnd {
+        state: updraft_core::TaskState::Success,
+        retry_at: None,
+        exit_code: Some(0),
+        reason: None,
+        process: None,
+    };
+    let finished = updraft_store::FinishedAttempt { ti_pk, try_number: 1, end };
+    s.store.finish_attempts(&[finished], "test", SystemClock.now()).await.unwrap();
+    read_until("event: end", &mut seen).await;
+    read_until("data: success", &mut seen).await;
+    // The stream ends by itself.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), response.chunk()).await.unwrap().unwrap();
+    assert!(rest.is_none(), "{rest:?}");
+}
+
 #[tokio::test]
 async fn parse_errors_pools_health_and_version() {
     let s = server().await;
@@ -535,6 +636,7 @@ async fn the_openapi_document_describes_exactly_the_api() {
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks",
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log",
+            "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log/stream",
             "GET /api/v1/dags/{dag_id}/source",
             "GET /api/v1/health",
             "GET /api/v1/importErrors",

@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 
 pub use extract::{Path, Query};
+pub use tasks::find_task_instance;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,6 +57,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tasks::list_task_instances))
         .routes(routes!(tasks::get_task_instance, tasks::patch_task_instance))
         .routes(routes!(crate::logs::attempt_log))
+        .routes(routes!(crate::logs::attempt_log_stream))
         .routes(routes!(misc::pools))
         .routes(routes!(misc::health))
         .routes(routes!(misc::version))
