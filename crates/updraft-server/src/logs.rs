@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use updraft_core::TaskState;
 use updraft_store::AttemptRow;
 
+use crate::api::model::{LogEvent, LogEventKind};
 use crate::api::{Path, Query};
 use crate::error::Problem;
 use crate::{ApiError, AppState, Caller};
@@ -30,11 +31,14 @@ use crate::{ApiError, AppState, Caller};
 pub struct LogQuery {
     /// The byte to start from (default 0): pass the last answer's
     /// `X-Updraft-Log-Offset` to get only what was written since.
-    offset: Option<u64>,
+    #[param(minimum = 0)]
+    offset: Option<i64>,
     /// At most this many bytes (default and most: 8 MiB).
-    limit: Option<u64>,
-    /// Only the last this many lines (instead of `offset`).
-    tail: Option<usize>,
+    #[param(minimum = 0, maximum = 8388608)]
+    limit: Option<i64>,
+    /// Only the last this many lines (of the text from `offset` on).
+    #[param(minimum = 0, maximum = 1000000)]
+    tail: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -43,7 +47,8 @@ pub struct LogQuery {
 pub struct StreamQuery {
     /// The byte to start from (default 0), e.g. after a `tail` request.
     #[serde(default)]
-    offset: u64,
+    #[param(minimum = 0)]
+    offset: i64,
 }
 
 /// The most one answer carries; a reader asks again from the next offset.
@@ -80,19 +85,26 @@ pub async fn attempt_log(
     Path(attempt): Path<Attempt>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    if query.tail.is_some() && query.offset.is_some() {
-        return Err(ApiError::BadRequest("give `offset` or `tail`, not both".into()));
+    let offset = non_negative("offset", query.offset)?;
+    let limit = non_negative("limit", query.limit)?.unwrap_or(MAX_ANSWER);
+    if limit > MAX_ANSWER {
+        return Err(ApiError::BadRequest(format!("`limit` must be at most {MAX_ANSWER}, not {limit}")));
     }
-    let limit = query.limit.unwrap_or(MAX_ANSWER).min(MAX_ANSWER);
+    let tail = match non_negative("tail", query.tail)? {
+        Some(lines) if lines > 1_000_000 => {
+            return Err(ApiError::BadRequest(format!("`tail` must be at most 1000000, not {lines}")));
+        }
+        other => other.map(|lines| lines as usize),
+    };
     let (ti_pk, row) = find_attempt(&state, &attempt).await?;
-    let (start, data) = match query.tail {
+    let (start, data) = match tail {
         Some(lines) => {
-            let (start, data) = read(&state, ti_pk, &row, None).await?;
+            let (start, data) = read(&state, ti_pk, &row, offset).await?;
             let cut = tail_start(&data, lines);
             (start + cut as u64, data[cut..].to_vec())
         }
         None => {
-            let offset = query.offset.unwrap_or(0);
+            let offset = offset.unwrap_or(0);
             let mut data = read(&state, ti_pk, &row, Some(offset)).await?.1;
             data.truncate(limit as usize);
             (offset, data)
@@ -119,7 +131,7 @@ pub async fn attempt_log(
         ("try_number" = u32, Path, description = "The try, from 1"), StreamQuery,
     ),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String),
+        (status = 200, content_type = "text/event-stream", body = crate::api::model::LogEvent),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
@@ -130,8 +142,9 @@ pub async fn attempt_log_stream(
     Path(attempt): Path<Attempt>,
     Query(query): Query<StreamQuery>,
 ) -> Result<Response, ApiError> {
+    let offset = non_negative("offset", Some(query.offset))?.unwrap_or(0);
     let (ti_pk, _) = find_attempt(&state, &attempt).await?;
-    let start = Follow { state, attempt, ti_pk, offset: query.offset, done: false };
+    let start = Follow { state, attempt, ti_pk, offset, done: false };
     let events = futures_util::stream::unfold(start, |mut follow| async move {
         if follow.done {
             return None;
@@ -166,11 +179,12 @@ impl Follow {
             };
             if !data.is_empty() {
                 self.offset += data.len() as u64;
-                return Event::default().event("log").id(self.offset.to_string()).data(String::from_utf8_lossy(&data));
+                let text = String::from_utf8_lossy(&data).into_owned();
+                return LogEvent { event: LogEventKind::Log, id: Some(self.offset.to_string()), data: text }.into();
             }
             if row.state != TaskState::Running {
                 self.done = true;
-                return Event::default().event("end").data(row.state.as_str());
+                return LogEvent { event: LogEventKind::End, id: None, data: row.state.as_str().to_string() }.into();
             }
             tokio::select! {
                 _ = changes.changed() => {}
@@ -185,7 +199,14 @@ impl Follow {
             ApiError::NotFound(detail) => detail,
             _ => "cannot read the log; see the server log".to_string(),
         };
-        Event::default().event("error").data(detail)
+        LogEvent { event: LogEventKind::Error, id: None, data: detail }.into()
+    }
+}
+
+fn non_negative(name: &str, value: Option<i64>) -> Result<Option<u64>, ApiError> {
+    match value {
+        Some(number) if number < 0 => Err(ApiError::BadRequest(format!("`{name}` must be 0 or more, not {number}"))),
+        other => Ok(other.map(|number| number as u64)),
     }
 }
 

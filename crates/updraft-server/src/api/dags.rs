@@ -90,7 +90,11 @@ pub async fn patch_dag(
 /// The DAG file's text, as read for a version (default: the latest).
 #[utoipa::path(
     get, path = "/api/v1/dags/{dag_id}/source", tag = "DAGs", params(("dag_id" = String, Path), DagSourceQuery),
-    responses((status = 200, body = DagSource), (status = 404, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 200, body = DagSource),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn dag_source(
     State(state): State<AppState>,

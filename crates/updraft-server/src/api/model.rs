@@ -83,9 +83,11 @@ pub struct DagListQuery {
     /// Include DAGs whose file is gone (default false).
     pub include_inactive: Option<bool>,
     /// At most this many (1 to 1000, default 100).
-    pub limit: Option<u32>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
     /// Skip this many first (default 0).
-    pub offset: Option<u32>,
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
 }
 
 /// A change to a DAG: only `is_paused` can change through the API.
@@ -189,12 +191,36 @@ pub struct DagRunList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DagRunListQuery {
-    /// Only runs in this state: `queued`, `running`, `success` or `failed`.
-    pub state: Option<String>,
+    /// Only runs in this state.
+    #[param(inline)]
+    pub state: Option<RunStateName>,
     /// At most this many (1 to 1000, default 100).
-    pub limit: Option<u32>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
     /// Skip this many first (default 0).
-    pub offset: Option<u32>,
+    #[param(minimum = 0)]
+    pub offset: Option<i64>,
+}
+
+/// A run's state, as a name.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStateName {
+    Queued,
+    Running,
+    Success,
+    Failed,
+}
+
+impl From<RunStateName> for updraft_core::RunState {
+    fn from(name: RunStateName) -> updraft_core::RunState {
+        match name {
+            RunStateName::Queued => updraft_core::RunState::Queued,
+            RunStateName::Running => updraft_core::RunState::Running,
+            RunStateName::Success => updraft_core::RunState::Success,
+            RunStateName::Failed => updraft_core::RunState::Failed,
+        }
+    }
 }
 
 /// A run to start now.
@@ -204,11 +230,12 @@ pub struct TriggerDagRun {
     /// Configuration for the run, available to templates as `dag_run.conf`.
     #[schema(value_type = Option<Object>)]
     pub conf: Option<Map<String, Value>>,
-    /// The run's logical date: RFC 3339, or a date or date-time read in the DAG's
-    /// time zone. Default: now.
-    #[schema(example = "2024-05-01")]
+    /// The run's logical date (RFC 3339; a plain date such as `2024-05-01` is also
+    /// taken, read in the DAG's time zone). Default: now.
+    #[schema(format = DateTime, example = "2024-05-01T00:00:00+09:00")]
     pub logical_date: Option<String>,
     /// Default: `manual__<logical date>`.
+    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9_.+:~-]{0,249}$", example = "rerun_after_fix")]
     pub run_id: Option<String>,
 }
 
@@ -336,12 +363,15 @@ pub struct Version {
 }
 
 /// `limit` and `offset` checked and defaulted.
-pub fn page(limit: Option<u32>, offset: Option<u32>) -> Result<(usize, usize), crate::ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(usize, usize), crate::ApiError> {
+    let limit = limit.unwrap_or(i64::from(DEFAULT_LIMIT));
+    if !(1..=i64::from(MAX_LIMIT)).contains(&limit) {
         return Err(crate::ApiError::BadRequest(format!("`limit` must be from 1 to {MAX_LIMIT}, not {limit}")));
     }
-    Ok((limit as usize, offset.unwrap_or(0) as usize))
+    let offset = offset.unwrap_or(0);
+    let offset = usize::try_from(offset)
+        .map_err(|_| crate::ApiError::BadRequest(format!("`offset` must be 0 or more, not {offset}")))?;
+    Ok((limit as usize, offset))
 }
 
 /// Runs task instances again: each goes back to `none` with its retries renewed,
@@ -349,7 +379,7 @@ pub fn page(limit: Option<u32>, offset: Option<u32>) -> Result<(usize, usize), c
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClearTaskInstances {
-    #[schema(example = json!(["transform"]))]
+    #[schema(min_items = 1, example = json!(["transform"]))]
     pub task_ids: Vec<String>,
     /// Also every task downstream of them (default false).
     #[serde(default)]
@@ -360,9 +390,26 @@ pub struct ClearTaskInstances {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskInstancePatch {
-    /// `success`, `failed` or `skipped`.
-    #[schema(example = "success")]
-    pub state: String,
+    pub state: TaskMark,
+}
+
+/// What an operator can mark a task instance.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskMark {
+    Success,
+    Failed,
+    Skipped,
+}
+
+impl From<TaskMark> for updraft_core::TaskState {
+    fn from(mark: TaskMark) -> updraft_core::TaskState {
+        match mark {
+            TaskMark::Success => updraft_core::TaskState::Success,
+            TaskMark::Failed => updraft_core::TaskState::Failed,
+            TaskMark::Skipped => updraft_core::TaskState::Skipped,
+        }
+    }
 }
 
 /// An operator's verdict on a whole run: unfinished tasks become `success`
@@ -370,7 +417,55 @@ pub struct TaskInstancePatch {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DagRunPatch {
-    /// `success` or `failed`.
-    #[schema(example = "failed")]
-    pub state: String,
+    pub state: RunMark,
+}
+
+/// What an operator can mark a run.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMark {
+    Success,
+    Failed,
+}
+
+impl From<RunMark> for updraft_core::RunState {
+    fn from(mark: RunMark) -> updraft_core::RunState {
+        match mark {
+            RunMark::Success => updraft_core::RunState::Success,
+            RunMark::Failed => updraft_core::RunState::Failed,
+        }
+    }
+}
+
+/// One Server-Sent Event of a followed log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogEvent {
+    /// `log` (new text), `end` (the attempt ended; `data` is its state) or `error`.
+    pub event: LogEventKind,
+    /// For `log`: the offset after this text, to resume from.
+    pub id: Option<String>,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogEventKind {
+    Log,
+    End,
+    Error,
+}
+
+impl From<LogEvent> for axum::response::sse::Event {
+    fn from(event: LogEvent) -> axum::response::sse::Event {
+        let name = match event.event {
+            LogEventKind::Log => "log",
+            LogEventKind::End => "end",
+            LogEventKind::Error => "error",
+        };
+        let sse = axum::response::sse::Event::default().event(name).data(event.data);
+        match event.id {
+            Some(id) => sse.id(id),
+            None => sse,
+        }
+    }
 }

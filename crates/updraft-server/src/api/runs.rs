@@ -29,12 +29,7 @@ pub async fn list_runs(
     Query(query): Query<DagRunListQuery>,
 ) -> Result<axum::Json<DagRunList>, ApiError> {
     let (limit, offset) = page(query.limit, query.offset)?;
-    let wanted = match query.state.as_deref() {
-        None => None,
-        Some(text) => Some(text.parse::<RunState>().map_err(|_| {
-            ApiError::BadRequest(format!("unknown run state `{text}`: expected queued, running, success or failed"))
-        })?),
-    };
+    let wanted = query.state.map(RunState::from);
     find_dag(&state, &dag_id).await?;
     let fetch = u32::try_from(offset + limit).unwrap_or(u32::MAX);
     let runs = state.store.list_runs(&dag_id, wanted, fetch).await?;
@@ -92,8 +87,7 @@ pub async fn trigger_run(
     };
     let run_id = match request.run_id {
         None => RunType::Manual.run_id(logical_date),
-        Some(text) => RunId::new(text.clone())
-            .map_err(|error| ApiError::BadRequest(format!("invalid `run_id` `{text}`: {error}")))?,
+        Some(text) => run_id(&text)?,
     };
     let run = NewRun {
         interval: dag.timetable().manual_interval(logical_date),
@@ -123,6 +117,20 @@ pub async fn find_run(state: &AppState, dag_id: &str, run_id: &str) -> Result<up
             Err(ApiError::NotFound(format!("DAG `{dag_id}` has no run `{run_id}`")))
         }
     }
+}
+
+/// A run id given by the caller, held to the pattern `TriggerDagRun` documents
+/// (stricter than run ids in general: no spaces, so it is safe in any URL).
+fn run_id(text: &str) -> Result<RunId, ApiError> {
+    let mut chars = text.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "_.+:~-".contains(c));
+    if !first_ok || !rest_ok || text.len() > 250 {
+        return Err(ApiError::BadRequest(format!(
+            "invalid `run_id` `{text}`: use up to 250 letters, digits and `_.+:~-`, starting with a letter, digit or `_`"
+        )));
+    }
+    RunId::new(text).map_err(|error| ApiError::BadRequest(format!("invalid `run_id` `{text}`: {error}")))
 }
 
 /// Percent-encodes a path segment (run ids hold `:` and `+`).
@@ -163,7 +171,8 @@ pub async fn intervene(
     let change = updraft_core::intervene::intervene(&dag, run.state, &task_instances, &request).map_err(|refusal| {
         let detail = format!("run `{}` of DAG `{}`: {refusal}", run.run_id, run.dag_id);
         match refusal {
-            Refusal::UnknownTask(_) => ApiError::NotFound(detail),
+            // The run exists; the request names tasks it does not have.
+            Refusal::UnknownTask(_) => ApiError::Rejected(StatusCode::UNPROCESSABLE_ENTITY, detail),
             Refusal::Busy { .. } | Refusal::RunAlready(_) => ApiError::Conflict(detail),
             Refusal::BadMark(_) | Refusal::BadRunMark(_) | Refusal::NoTasks => ApiError::BadRequest(detail),
         }
@@ -197,9 +206,7 @@ pub async fn patch_run(
     Json(patch): Json<DagRunPatch>,
 ) -> Result<axum::Json<DagRun>, ApiError> {
     let run = find_run(&state, &dag_id, &run_id).await?;
-    let to = patch.state.parse::<RunState>().ok().filter(|to| to.is_finished()).ok_or_else(|| {
-        ApiError::BadRequest(format!("a run can be marked `success` or `failed`, not `{}`", patch.state))
-    })?;
+    let to = RunState::from(patch.state);
     intervene(&state, &caller, &run, updraft_core::intervene::Request::MarkRun { to }).await?;
     Ok(axum::Json(DagRun::from(find_run(&state, &dag_id, &run_id).await?)))
 }

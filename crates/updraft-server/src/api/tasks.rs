@@ -116,9 +116,8 @@ pub async fn patch_task_instance(
     Json(patch): Json<TaskInstancePatch>,
 ) -> Result<axum::Json<TaskInstance>, ApiError> {
     let run = find_run(&state, &dag_id, &run_id).await?;
-    let to = patch.state.parse::<TaskState>().map_err(|_| {
-        ApiError::BadRequest(format!("a task can be marked `success`, `failed` or `skipped`, not `{}`", patch.state))
-    })?;
+    find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
+    let to = TaskState::from(patch.state);
     intervene(&state, &caller, &run, Request::MarkTasks { task_ids: vec![task_id.clone()], to }).await?;
     Ok(axum::Json(TaskInstance::from(find_task_instance(&state, &dag_id, &run_id, &task_id).await?)))
 }
