@@ -525,3 +525,112 @@ mod tests {
         assert!(check("2024-13-01").contains("is not a date"));
     }
 }
+
+/// A schedule in words for people (`0 6 * * 1-5` -> "on weekdays at 06:00"), for
+/// the common shapes; anything else is shown as its cron expression.
+pub fn describe_schedule(text: &str) -> String {
+    let text = text.trim();
+    let preset = match text {
+        "@once" => Some("once"),
+        "@hourly" => Some("every hour"),
+        "@daily" | "@midnight" => Some("every day at 00:00"),
+        "@weekly" => Some("every Sunday at 00:00"),
+        "@monthly" => Some("on day 1 of every month at 00:00"),
+        "@yearly" | "@annually" => Some("every year on 1 January at 00:00"),
+        _ => None,
+    };
+    if let Some(words) = preset {
+        return words.to_string();
+    }
+    let fallback = || format!("cron `{text}`");
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [minute, hour, day, month, weekday] = fields[..] else { return fallback() };
+    let number = |field: &str, max: u32| field.parse::<u32>().ok().filter(|n| *n <= max);
+    let every = |field: &str| field.strip_prefix("*/").and_then(|n| n.parse::<u32>().ok()).filter(|n| *n > 0);
+    let any = |field: &str| field == "*";
+    if !any(month) {
+        return fallback();
+    }
+    // Minute-level shapes first.
+    if any(day) && any(weekday) {
+        match (minute, hour) {
+            ("*", "*") => return "every minute".to_string(),
+            (m, "*") if every(m).is_some() => return format!("every {} minutes", every(m).unwrap_or(1)),
+            (m, "*") if number(m, 59).is_some() => {
+                return format!("every hour at minute {}", number(m, 59).unwrap_or(0));
+            }
+            (m, h) if number(m, 59).is_some() && every(h).is_some() => {
+                return format!("every {} hours at minute {}", every(h).unwrap_or(1), number(m, 59).unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+    let Some(minute) = number(minute, 59) else { return fallback() };
+    let hours: Option<Vec<u32>> = hour.split(',').map(|h| number(h, 23)).collect();
+    let Some(hours) = hours else { return fallback() };
+    let times: Vec<String> = hours.iter().map(|h| format!("{h:02}:{minute:02}")).collect();
+    let at = match times.as_slice() {
+        [one] => format!("at {one}"),
+        [rest @ .., last] => format!("at {} and {last}", rest.join(", ")),
+        [] => return fallback(),
+    };
+    const DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+    let day_name = |field: &str| -> Option<&'static str> {
+        let index = match field.to_ascii_lowercase().as_str() {
+            "sun" => 0,
+            "mon" => 1,
+            "tue" => 2,
+            "wed" => 3,
+            "thu" => 4,
+            "fri" => 5,
+            "sat" => 6,
+            other => other.parse::<usize>().ok().filter(|n| *n <= 7)? % 7,
+        };
+        Some(DAYS[index])
+    };
+    match (day, weekday) {
+        ("*", "*") => format!("every day {at}"),
+        ("*", "1-5") | ("*", "mon-fri") | ("*", "MON-FRI") => format!("on weekdays {at}"),
+        ("*", "0,6") | ("*", "6,0") | ("*", "sat,sun") | ("*", "SAT,SUN") => format!("on weekends {at}"),
+        ("*", days) => {
+            let names: Option<Vec<&str>> = days.split(',').map(day_name).collect();
+            match names.as_deref() {
+                Some([one]) => format!("every {one} {at}"),
+                Some(many) if !many.is_empty() => format!("on {} {at}", many.join(", ")),
+                _ => fallback(),
+            }
+        }
+        (dom, "*") => match number(dom, 31).filter(|n| *n >= 1) {
+            Some(dom) => format!("on day {dom} of every month {at}"),
+            None => fallback(),
+        },
+        _ => fallback(),
+    }
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::describe_schedule;
+
+    #[test]
+    fn schedules_in_words() {
+        for (cron, words) in [
+            ("@daily", "every day at 00:00"),
+            ("@hourly", "every hour"),
+            ("* * * * *", "every minute"),
+            ("*/15 * * * *", "every 15 minutes"),
+            ("5 * * * *", "every hour at minute 5"),
+            ("0 */6 * * *", "every 6 hours at minute 0"),
+            ("0 6 * * *", "every day at 06:00"),
+            ("30 6,18 * * *", "every day at 06:30 and 18:30"),
+            ("0 6 * * 1-5", "on weekdays at 06:00"),
+            ("0 9 * * 1", "every Monday at 09:00"),
+            ("0 9 * * mon,thu", "on Monday, Thursday at 09:00"),
+            ("0 0 1 * *", "on day 1 of every month at 00:00"),
+            ("0 0 1 1 *", "cron `0 0 1 1 *`"),
+            ("0 0 L * *", "cron `0 0 L * *`"),
+        ] {
+            assert_eq!(describe_schedule(cron), words, "{cron}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ mod caller;
 mod error;
 mod health;
 mod logs;
-mod pages;
+mod ui;
 mod workers;
 
 use std::sync::Arc;
@@ -90,7 +90,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(WORKER_BODY_LIMIT));
     let (api, document) = api::router();
     Router::new()
-        .route("/", get(pages::dag_list))
+        .merge(ui::router())
         .route("/health", get(health::health))
         .merge(api)
         .merge(api::document_routes(&document))

@@ -58,7 +58,7 @@ const MAX_ANSWER: u64 = 8 << 20;
 /// log file grows without telling the store).
 const STREAM_POLL: Duration = Duration::from_millis(500);
 
-type Attempt = (String, String, String, u32);
+pub type Attempt = (String, String, String, u32);
 
 /// An attempt's log, while it runs and after: a byte range, or the last lines.
 /// Follow a running attempt by asking again from the offset in
@@ -201,6 +201,19 @@ impl Follow {
         };
         LogEvent { event: LogEventKind::Error, id: None, data: detail }.into()
     }
+}
+
+/// The last `lines` lines of an attempt's log for a page: the text, the offset
+/// after it (to follow from), and the attempt's state.
+pub async fn tail_for_page(
+    state: &AppState,
+    attempt: &Attempt,
+    lines: usize,
+) -> Result<(Vec<u8>, u64, TaskState), ApiError> {
+    let (ti_pk, row) = find_attempt(state, attempt).await?;
+    let (start, data) = read(state, ti_pk, &row, None).await?;
+    let cut = tail_start(&data, lines);
+    Ok((data[cut..].to_vec(), start + data.len() as u64, row.state))
 }
 
 fn non_negative(name: &str, value: Option<i64>) -> Result<Option<u64>, ApiError> {

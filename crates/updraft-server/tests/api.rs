@@ -668,3 +668,54 @@ async fn the_openapi_document_describes_exactly_the_api() {
     }
     assert!(page.contains("id=\"schema-DagRun\""));
 }
+
+#[tokio::test]
+async fn ui_pages_and_forms() {
+    let s = server().await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let get = |path: &str| client.get(format!("{}{path}", s.base)).send();
+    let page = get("/").await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"data-dag="daily_sales""#) && html.contains("every day at 06:00"), "{html}");
+    assert!(html.contains("1 DAG file cannot be read"), "the parse-error banner on every page");
+    let filtered = get("/?q=moves&paused=yes").await.unwrap().text().await.unwrap();
+    assert!(filtered.contains(r#"data-dag="archive""#) && !filtered.contains(r#"data-dag="daily_sales""#));
+
+    let missing = get("/dags/nope").await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert!(missing.text().await.unwrap().contains("no DAG `nope`"));
+    let code = get("/dags/daily_sales?tab=code").await.unwrap().text().await.unwrap();
+    assert!(code.contains(r#"<span class="k">dag</span>: daily_sales"#), "{code}");
+    let form = get("/dags/daily_sales/trigger").await.unwrap().text().await.unwrap();
+    assert!(form.contains(r#"name="logical_date""#), "{form}");
+
+    let post = |path: &str, body: &'static str| {
+        client
+            .post(format!("{}{path}", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let bad = post("/dags/daily_sales/trigger", "conf=%5B1%5D").await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(bad.text().await.unwrap().contains("must be a JSON object"));
+    let made =
+        post("/dags/daily_sales/trigger", "run_id=from_ui&conf=%7B%22market%22%3A+%22KOSDAQ%22%7D").await.unwrap();
+    assert_eq!(made.status(), StatusCode::SEE_OTHER);
+    assert!(made.headers()["location"].to_str().unwrap().starts_with("/dags/daily_sales?note=Triggered"));
+    let run = s.store.get_run("daily_sales", "from_ui").await.unwrap().unwrap();
+    assert_eq!(run.conf["market"], "KOSDAQ");
+    let paused = post("/dags/daily_sales/paused", "paused=true&back=https%3A%2F%2Fevil.example").await.unwrap();
+    assert_eq!(paused.status(), StatusCode::SEE_OTHER);
+    assert!(paused.headers()["location"].to_str().unwrap().starts_with("/dags/daily_sales?"), "only back to this site");
+    assert!(s.store.get_dag("daily_sales").await.unwrap().unwrap().is_paused);
+    let busy = post("/dags/daily_sales/runs/from_ui/tasks/nope/state", "state=success").await.unwrap();
+    assert_eq!(busy.status(), StatusCode::NOT_FOUND);
+    let task = get("/dags/daily_sales/runs/from_ui/tasks/extract").await.unwrap().text().await.unwrap();
+    assert!(task.contains("No try yet."), "{task}");
+    let marked = post("/dags/daily_sales/runs/from_ui/tasks/extract/state", "state=skipped").await.unwrap();
+    assert_eq!(marked.status(), StatusCode::SEE_OTHER);
+    let js = get("/static/app.js").await.unwrap();
+    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+}

@@ -72,10 +72,12 @@ async fn dag_page_lists_dags_and_parse_errors() {
         .unwrap();
     let (status, body) = get(&state, "/").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body.contains("<code>etl</code>"), "{body}");
-    assert!(body.contains("paused"));
-    assert!(body.contains("dags/bad.yaml:1:1: &lt;oops&gt;"), "errors are shown, escaped");
+    assert!(body.contains(r#"<a href="/dags/etl"><strong>etl</strong></a>"#), "{body}");
+    assert!(body.contains("Paused"));
+    assert!(body.contains("1 DAG file cannot be read"), "the banner: {body}");
     assert!(body.len() < 100_000);
+    let (_, errors) = get(&state, "/import-errors").await;
+    assert!(errors.contains("dags/bad.yaml:1:1: &lt;oops&gt;"), "errors are shown, escaped: {errors}");
 }
 
 #[tokio::test]

@@ -18,33 +18,23 @@ pub async fn list_dags(
     Query(query): Query<DagListQuery>,
 ) -> Result<axum::Json<DagList>, ApiError> {
     let (limit, offset) = page(query.limit, query.offset)?;
-    let tags: Vec<String> = query
-        .tags
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|tag| !tag.is_empty())
-        .map(str::to_string)
-        .collect();
-    let search = query.search.as_deref().map(str::to_lowercase).filter(|text| !text.is_empty());
-    let matching: Vec<Dag> = state
-        .store
-        .list_dags()
-        .await?
-        .into_iter()
-        .filter(|dag| dag.is_active || query.include_inactive == Some(true))
-        .filter(|dag| tags.iter().all(|tag| dag.tags.contains(tag)))
-        .filter(|dag| query.owner.as_ref().is_none_or(|owner| &dag.owner == owner))
-        .filter(|dag| query.paused.is_none_or(|paused| dag.is_paused == paused))
-        .filter(|dag| {
-            search.as_ref().is_none_or(|text| {
-                dag.dag_id.to_lowercase().contains(text)
-                    || dag.description.as_deref().is_some_and(|description| description.to_lowercase().contains(text))
-            })
-        })
-        .map(Dag::from)
-        .collect();
+    let filter = DagFilter {
+        tags: query
+            .tags
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|tag| !tag.is_empty())
+            .map(str::to_string)
+            .collect(),
+        owner: query.owner,
+        paused: query.paused,
+        search: query.search,
+        include_inactive: query.include_inactive == Some(true),
+    };
+    let matching: Vec<Dag> =
+        state.store.list_dags().await?.into_iter().filter(|dag| filter.matches(dag)).map(Dag::from).collect();
     let total_entries = matching.len();
     let dags = matching.into_iter().skip(offset).take(limit).collect();
     Ok(axum::Json(DagList { dags, total_entries }))
@@ -109,6 +99,32 @@ pub async fn dag_source(
             ApiError::NotFound(format!("no source of version `{version}` of DAG `{dag_id}` is recorded"))
         })?;
     Ok(axum::Json(DagSource { dag_id, version, fileloc: dag.fileloc, source }))
+}
+
+/// Which DAGs a list shows (the API's and the UI's).
+#[derive(Debug, Default)]
+pub struct DagFilter {
+    /// All of these.
+    pub tags: Vec<String>,
+    pub owner: Option<String>,
+    pub paused: Option<bool>,
+    /// In the id or the description, any case.
+    pub search: Option<String>,
+    pub include_inactive: bool,
+}
+
+impl DagFilter {
+    pub fn matches(&self, dag: &updraft_store::DagRow) -> bool {
+        let search = self.search.as_deref().map(str::to_lowercase).filter(|text| !text.is_empty());
+        (dag.is_active || self.include_inactive)
+            && self.tags.iter().all(|tag| dag.tags.contains(tag))
+            && self.owner.as_ref().is_none_or(|owner| &dag.owner == owner)
+            && self.paused.is_none_or(|paused| dag.is_paused == paused)
+            && search.is_none_or(|text| {
+                dag.dag_id.to_lowercase().contains(&text)
+                    || dag.description.as_deref().is_some_and(|description| description.to_lowercase().contains(&text))
+            })
+    }
 }
 
 pub async fn find_dag(state: &AppState, dag_id: &str) -> Result<updraft_store::DagRow, ApiError> {

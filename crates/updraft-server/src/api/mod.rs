@@ -22,7 +22,9 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
+pub use dags::{DagFilter, find_dag};
 pub use extract::{Path, Query};
+pub use runs::{encode, find_run, intervene, trigger};
 pub use tasks::find_task_instance;
 
 #[derive(OpenApi)]

@@ -5,8 +5,6 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::pages::escape;
-
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 pub fn render(document: &Value) -> String {
@@ -179,4 +177,19 @@ fn type_html(schema: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(" or ")
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

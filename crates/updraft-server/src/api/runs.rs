@@ -71,7 +71,20 @@ pub async fn trigger_run(
     Path(dag_id): Path<String>,
     Json(request): Json<TriggerDagRun>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let row = find_dag(&state, &dag_id).await?;
+    let run = trigger(&state, &caller, &dag_id, request).await?;
+    let location = format!("/api/v1/dags/{}/runs/{}", encode(&dag_id), encode(&run.run_id));
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(DagRun::from(run))))
+}
+
+/// Creates a manual run of the DAG's current version (the API's and the UI's
+/// trigger).
+pub async fn trigger(
+    state: &AppState,
+    caller: &Caller,
+    dag_id: &str,
+    request: TriggerDagRun,
+) -> Result<updraft_store::RunRow, ApiError> {
+    let row = find_dag(state, dag_id).await?;
     if !row.is_active {
         return Err(ApiError::Conflict(format!(
             "DAG `{dag_id}` is not active: its file `{}` is gone from the DAGs folder",
@@ -79,7 +92,7 @@ pub async fn trigger_run(
         )));
     }
     let version = DagVersion(row.latest_version.clone());
-    let dag = state.definitions.get(state.store.as_ref(), &dag_id, &version).await?;
+    let dag = state.definitions.get(state.store.as_ref(), dag_id, &version).await?;
     let logical_date = match request.logical_date.as_deref() {
         None => state.clock.now(),
         Some(text) => updraft_core::timetable::parse_date_in_zone(text, dag.tz())
@@ -104,9 +117,7 @@ pub async fn trigger_run(
     if created.is_none() {
         return Err(ApiError::Conflict(format!("DAG `{dag_id}` already has a run `{run_id}`")));
     }
-    let run = find_run(&state, &dag_id, run_id.as_str()).await?;
-    let location = format!("/api/v1/dags/{}/runs/{}", encode(&dag_id), encode(run_id.as_str()));
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(DagRun::from(run))))
+    find_run(state, dag_id, run_id.as_str()).await
 }
 
 pub async fn find_run(state: &AppState, dag_id: &str, run_id: &str) -> Result<updraft_store::RunRow, ApiError> {
@@ -134,7 +145,7 @@ fn run_id(text: &str) -> Result<RunId, ApiError> {
 }
 
 /// Percent-encodes a path segment (run ids hold `:` and `+`).
-fn encode(segment: &str) -> String {
+pub fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {

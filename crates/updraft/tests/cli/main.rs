@@ -9,6 +9,7 @@ mod postgres;
 mod remote;
 mod run;
 mod standalone;
+mod ui;
 
 use updraft_testkit::{Output, Project};
 

@@ -1,0 +1,810 @@
+//! The pages and the forms they post.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+use updraft_core::intervene::Request;
+use updraft_core::plan::DagVersion;
+use updraft_core::timetable::describe_schedule;
+use updraft_core::{Dag, RunState, TaskState};
+use updraft_store::{DagRow, RunRow, TaskInstanceRow};
+
+use super::layout::{dag_url, duration, error_page, highlight_yaml, page, run_url, state_badge, task_url, time};
+use crate::api::model::TriggerDagRun;
+use crate::api::{DagFilter, encode, find_dag, find_run, find_task_instance, intervene};
+use crate::{ApiError, AppState, Caller};
+
+/// A page or an error page with the right status.
+pub struct UiError(ApiError);
+
+impl From<ApiError> for UiError {
+    fn from(error: ApiError) -> UiError {
+        UiError(error)
+    }
+}
+
+impl From<updraft_store::StoreError> for UiError {
+    fn from(error: updraft_store::StoreError) -> UiError {
+        UiError(error.into())
+    }
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let (status, detail) = match self.0 {
+            ApiError::BadRequest(detail) => (StatusCode::BAD_REQUEST, detail),
+            ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, detail),
+            ApiError::Conflict(detail) => (StatusCode::CONFLICT, detail),
+            ApiError::Rejected(status, detail) => (status, detail),
+            ApiError::Unauthorized(detail) => (StatusCode::UNAUTHORIZED, detail),
+            ApiError::Forbidden(detail) => (StatusCode::FORBIDDEN, detail),
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "page failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log".to_string())
+            }
+        };
+        (status, Html(error_page(status.as_u16(), &detail).into_string())).into_response()
+    }
+}
+
+type PageResult = Result<Html<String>, UiError>;
+
+/// Runs shown in a DAG's grid and history.
+const GRID_RUNS: u32 = 25;
+const HISTORY_RUNS: u32 = 50;
+/// Lines of log a task page starts with; a running log then follows live.
+const LOG_LINES: usize = 2000;
+
+async fn broken_files(state: &AppState) -> Result<usize, UiError> {
+    Ok(state.store.import_errors().await?.len())
+}
+
+fn note(query: &HashMap<String, String>) -> Option<&str> {
+    query.get("note").map(String::as_str).filter(|note| !note.is_empty())
+}
+
+/// Back to `url` with a message for the page.
+fn back(url: &str, note: &str) -> Redirect {
+    Redirect::to(&format!("{url}?note={}", encode(note)))
+}
+
+async fn definition(state: &AppState, dag_id: &str, version: &str) -> Result<Arc<Dag>, UiError> {
+    Ok(state.definitions.get(state.store.as_ref(), dag_id, &DagVersion(version.to_string())).await?)
+}
+
+fn schedule_words(dag: &DagRow) -> Markup {
+    match &dag.schedule {
+        None => html! { span.muted { "only when triggered" } },
+        Some(cron) => html! { (describe_schedule(cron)) br; code.muted { (cron) } },
+    }
+}
+
+// ---------------------------------------------------------------- DAG list
+
+#[derive(Debug, Deserialize, Default)]
+pub struct ListParams {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    paused: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(params): Query<ListParams>) -> PageResult {
+    let filter = DagFilter {
+        tags: params.tag.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect(),
+        paused: match params.paused.as_str() {
+            "yes" => Some(true),
+            "no" => Some(false),
+            _ => None,
+        },
+        search: Some(params.q.clone()),
+        ..DagFilter::default()
+    };
+    let all = state.store.list_dags().await?;
+    let mut tags: Vec<&str> = all.iter().flat_map(|dag| dag.tags.iter().map(String::as_str)).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    let dags: Vec<&DagRow> = all.iter().filter(|dag| filter.matches(dag)).collect();
+    let mut recent: HashMap<&str, Vec<RunRow>> = HashMap::new();
+    for dag in &dags {
+        let mut runs = state.store.list_runs(&dag.dag_id, None, 10).await?;
+        runs.reverse();
+        recent.insert(&dag.dag_id, runs);
+    }
+    let body = html! {
+        h1 { "DAGs" }
+        form.filters method="get" action="/" role="search" {
+            input type="search" name="q" value=(params.q) placeholder="Search DAGs" aria-label="Search DAGs";
+            select name="tag" aria-label="Tag" {
+                option value="" { "All tags" }
+                @for tag in &tags { option value=(tag) selected[params.tag == *tag] { (tag) } }
+            }
+            select name="paused" aria-label="Paused" {
+                option value="" { "Active and paused" }
+                option value="no" selected[params.paused == "no"] { "Active only" }
+                option value="yes" selected[params.paused == "yes"] { "Paused only" }
+            }
+            button type="submit" { "Filter" }
+            span.muted { (dags.len()) " of " (all.iter().filter(|dag| dag.is_active).count()) " DAGs" }
+        }
+        @if all.is_empty() {
+            p.muted { "No DAGs yet: put YAML files in the DAGs folder, and the scheduler reads them within seconds." }
+        }
+        table.list id="dags" {
+            thead { tr {
+                th { "Paused" } th { "DAG" } th.wide { "Owner" } th.wide { "Tags" } th.wide { "Schedule" }
+                th.wide { "Next run" } th { "Runs" } th { "" }
+            } }
+            tbody {
+                @for dag in &dags {
+                    tr data-dag=(dag.dag_id) {
+                        td { (paused_toggle(dag, "/")) }
+                        td.name {
+                            a href=(dag_url(&dag.dag_id)) { strong { (dag.dag_id) } }
+                            @if let Some(description) = &dag.description { br; span.muted { (description) } }
+                        }
+                        td.wide { (dag.owner) }
+                        td.wide { @for tag in &dag.tags { span.tag { (tag) } } }
+                        td.wide { (schedule_words(dag)) }
+                        td.wide { (time(dag.next_due.filter(|_| dag.schedule.is_some()), &dag.timezone)) }
+                        td.dots {
+                            @for run in recent.get(dag.dag_id.as_str()).into_iter().flatten() {
+                                a.dot.(format!("s-{}", run.state)) href=(run_url(&run.dag_id, &run.run_id))
+                                    title=(format!("{} — {}", run.run_id, run.state)) {}
+                            }
+                        }
+                        td { a.button href=(format!("{}/trigger", dag_url(&dag.dag_id))) { "Trigger" } }
+                    }
+                }
+            }
+        }
+    };
+    let note = Some(params.note.as_str()).filter(|note| !note.is_empty());
+    Ok(Html(page("DAGs", broken_files(&state).await?, note, body).into_string()))
+}
+
+fn paused_toggle(dag: &DagRow, back_to: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(format!("{}/paused", dag_url(&dag.dag_id))) {
+            input type="hidden" name="paused" value=(if dag.is_paused { "false" } else { "true" });
+            input type="hidden" name="back" value=(back_to);
+            @if dag.is_paused {
+                button.switch.on type="submit" title="Paused: click to unpause" aria-pressed="true" { "Paused" }
+            } @else {
+                button.switch type="submit" title="Active: click to pause" aria-pressed="false" { "Active" }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PausedForm {
+    paused: bool,
+    #[serde(default)]
+    back: String,
+}
+
+pub async fn set_paused(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(dag_id): Path<String>,
+    Form(form): Form<PausedForm>,
+) -> Result<Redirect, UiError> {
+    find_dag(&state, &dag_id).await?;
+    state.store.set_paused(&dag_id, form.paused, state.clock.now()).await?;
+    tracing::info!(%dag_id, paused = form.paused, actor = %caller.actor(), "DAG paused state set");
+    // Only back to a page of this site.
+    let back_to = if form.back.starts_with('/') && !form.back.starts_with("//") { form.back } else { dag_url(&dag_id) };
+    let what = if form.paused { "paused" } else { "unpaused" };
+    Ok(back(&back_to, &format!("DAG {dag_id} {what}")))
+}
+
+// ---------------------------------------------------------------- DAG page
+
+#[derive(Debug, Deserialize, Default)]
+pub struct DagParams {
+    #[serde(default)]
+    tab: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn dag_page(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(dag_id): Path<String>,
+    Query(params): Query<DagParams>,
+) -> PageResult {
+    let row = find_dag(&state, &dag_id).await?;
+    let dag = definition(&state, &dag_id, &row.latest_version).await?;
+    let tab = match params.tab.as_str() {
+        "graph" | "code" | "runs" => params.tab.as_str(),
+        _ => "grid",
+    };
+    let content = match tab {
+        "graph" => graph_tab(&state, &row, &dag).await?,
+        "code" => code_tab(&state, &row).await?,
+        "runs" => runs_tab(&state, &row).await?,
+        _ => grid(&state, &row, &dag).await?,
+    };
+    let url = dag_url(&dag_id);
+    let body = html! {
+        h1 { (dag_id) " " @if row.is_paused { span.state.s-up_for_retry { "paused" } } }
+        @if let Some(description) = &row.description { p.muted { (description) } }
+        div.meta {
+            div { span { "Owner" } (row.owner) }
+            div { span { "Schedule" } (schedule_words(&row)) }
+            div { span { "Time zone" } (row.timezone) }
+            div { span { "Next run" } (time(row.next_due.filter(|_| row.schedule.is_some()), &row.timezone)) }
+            div { span { "Tags" } @for tag in &row.tags { span.tag { (tag) } } }
+            div { span { "File" } code { (row.fileloc) } }
+        }
+        div.filters {
+            (paused_toggle(&row, &url))
+            a.button.primary href=(format!("{url}/trigger")) { "Trigger" }
+        }
+        nav.tabs {
+            @for (name, label) in [("grid", "Grid"), ("graph", "Graph"), ("code", "Code"), ("runs", "Run history")] {
+                a.active[tab == name] href=(format!("{url}?tab={name}")) { (label) }
+            }
+        }
+        (content)
+    };
+    let note = Some(params.note.as_str()).filter(|note| !note.is_empty());
+    Ok(Html(page(&dag_id, broken_files(&state).await?, note, body).into_string()))
+}
+
+/// The grid fragment alone, for the live refresh.
+pub async fn grid_fragment(State(state): State<AppState>, _caller: Caller, Path(dag_id): Path<String>) -> PageResult {
+    let row = find_dag(&state, &dag_id).await?;
+    let dag = definition(&state, &dag_id, &row.latest_version).await?;
+    Ok(Html(grid(&state, &row, &dag).await?.into_string()))
+}
+
+/// Runs (columns, oldest first) by tasks (rows, in dependency order).
+async fn grid(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiError> {
+    let mut runs = state.store.list_runs(&row.dag_id, None, GRID_RUNS).await?;
+    runs.reverse();
+    let mut cells: Vec<HashMap<String, TaskInstanceRow>> = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let tis = state.store.task_instances(run.run_pk).await?;
+        cells.push(tis.into_iter().map(|ti| (ti.task_id.clone(), ti)).collect());
+    }
+    let live = runs.iter().any(|run| !run.state.is_finished());
+    let order: Vec<&str> = dag.graph().topo_order.iter().map(|&idx| dag.tasks()[idx].task_id.as_str()).collect();
+    Ok(html! {
+        div.grid-wrap id="grid" data-refresh=(format!("{}/grid", dag_url(&row.dag_id))) data-live=(live) {
+            @if runs.is_empty() {
+                p.muted { "No runs yet. Trigger one, or wait for the schedule." }
+            } @else {
+                table.grid {
+                    thead { tr {
+                        th {}
+                        @for run in &runs {
+                            th { a.runhead.(format!("s-{}", run.state)) href=(run_url(&run.dag_id, &run.run_id))
+                                title=(format!("{} — {}", run.run_id, run.state)) data-run=(run.run_id) data-state=(run.state) {} }
+                        }
+                    } }
+                    tbody {
+                        @for task_id in &order {
+                            tr {
+                                th.task { (task_id) }
+                                @for (run, tis) in runs.iter().zip(&cells) {
+                                    td {
+                                        @if let Some(ti) = tis.get(*task_id) {
+                                            a.cell.(format!("s-{}", ti.state)) href=(task_url(&run.dag_id, &run.run_id, task_id))
+                                                title=(format!("{task_id} — {} — {}", run.run_id, ti.state))
+                                                data-task=(task_id) data-state=(ti.state) {}
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The DAG as an SVG: tasks in layers by dependency depth, coloured by their state
+/// in the latest run.
+async fn graph_tab(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiError> {
+    let latest = state.store.list_runs(&row.dag_id, None, 1).await?.into_iter().next();
+    let states: HashMap<String, TaskState> = match &latest {
+        Some(run) => {
+            state.store.task_instances(run.run_pk).await?.into_iter().map(|ti| (ti.task_id, ti.state)).collect()
+        }
+        None => HashMap::new(),
+    };
+    let graph = dag.graph();
+    let mut layer = vec![0usize; dag.tasks().len()];
+    for &idx in &graph.topo_order {
+        layer[idx] = graph.upstream[idx].iter().map(|&up| layer[up] + 1).max().unwrap_or(0);
+    }
+    let mut slot = vec![0usize; dag.tasks().len()];
+    let mut filled: HashMap<usize, usize> = HashMap::new();
+    for &idx in &graph.topo_order {
+        let count = filled.entry(layer[idx]).or_insert(0);
+        slot[idx] = *count;
+        *count += 1;
+    }
+    let (node_w, node_h, gap_x, gap_y) = (160.0, 30.0, 60.0, 14.0);
+    let x = |idx: usize| 10.0 + layer[idx] as f64 * (node_w + gap_x);
+    let y = |idx: usize| 10.0 + slot[idx] as f64 * (node_h + gap_y);
+    let width = 20.0 + (layer.iter().max().copied().unwrap_or(0) + 1) as f64 * (node_w + gap_x);
+    let height = 20.0 + filled.values().max().copied().unwrap_or(1) as f64 * (node_h + gap_y);
+    Ok(html! {
+        p.muted {
+            @match &latest {
+                Some(run) => { "States of the latest run, " a href=(run_url(&run.dag_id, &run.run_id)) { (run.run_id) } "." }
+                None => "No runs yet.",
+            }
+        }
+        div.grid-wrap {
+            svg id="graph" xmlns="http://www.w3.org/2000/svg" width=(width) height=(height) role="img"
+                aria-label=(format!("Tasks of {}", row.dag_id)) {
+                defs {
+                    marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto" {
+                        path d="M0,0 L10,5 L0,10 z" fill="#9aa4b2" {}
+                    }
+                }
+                @for (idx, ups) in graph.upstream.iter().enumerate() {
+                    @for &up in ups {
+                        @let (x1, y1, x2, y2) = (x(up) + node_w, y(up) + node_h / 2.0, x(idx), y(idx) + node_h / 2.0);
+                        path d=(format!("M{x1},{y1} C{},{y1} {},{y2} {x2},{y2}", x1 + gap_x / 2.0, x2 - gap_x / 2.0))
+                            fill="none" stroke="#9aa4b2" stroke-width="1.5" marker-end="url(#arrow)" {}
+                    }
+                }
+                @for (idx, task) in dag.tasks().iter().enumerate() {
+                    @let task_state = states.get(task.task_id.as_str()).map_or("none", |state| state.as_str());
+                    @let fill = format!("var(--{task_state})");
+                    g data-task=(task.task_id.as_str()) data-state=(task_state) {
+                        @if let Some(run) = &latest {
+                            a href=(task_url(&run.dag_id, &run.run_id, task.task_id.as_str())) {
+                                rect x=(x(idx)) y=(y(idx)) width=(node_w) height=(node_h) rx="5" fill=(fill) stroke="#667085" {}
+                            }
+                        } @else {
+                            rect x=(x(idx)) y=(y(idx)) width=(node_w) height=(node_h) rx="5" fill=(fill) stroke="#667085" {}
+                        }
+                        text x=(x(idx) + 8.0) y=(y(idx) + 19.0) pointer-events="none" { (task.task_id.as_str()) }
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn code_tab(state: &AppState, row: &DagRow) -> Result<Markup, UiError> {
+    let source = state.store.dag_source(&row.dag_id, &row.latest_version).await?;
+    Ok(html! {
+        p.muted { code { (row.fileloc) } ", version " code { (row.latest_version) } }
+        @match source {
+            Some(source) => pre.code id="code" { (highlight_yaml(&source)) },
+            None => p.muted { "The text of this version was not recorded (it predates this Updraft)." },
+        }
+    })
+}
+
+/// The last runs: a chart of their durations and a table.
+async fn runs_tab(state: &AppState, row: &DagRow) -> Result<Markup, UiError> {
+    let runs = state.store.list_runs(&row.dag_id, None, HISTORY_RUNS).await?;
+    let seconds = |run: &RunRow| match (run.start_date, run.end_date) {
+        (Some(start), Some(end)) => end.duration_since(start).as_secs_f64().max(0.0),
+        _ => 0.0,
+    };
+    let longest = runs.iter().map(seconds).fold(0.0_f64, f64::max).max(0.001);
+    let (bar_w, chart_h) = (14.0, 120.0);
+    let chronological: Vec<&RunRow> = runs.iter().rev().collect();
+    Ok(html! {
+        @if runs.is_empty() { p.muted { "No runs yet." } } @else {
+            div.grid-wrap {
+                svg id="durations" xmlns="http://www.w3.org/2000/svg" width=(chronological.len() as f64 * (bar_w + 4.0) + 60.0)
+                    height=(chart_h + 30.0) role="img" aria-label="Run durations" {
+                    text x="0" y="12" { (format!("{longest:.1}s")) }
+                    line x1="50" y1=(chart_h + 10.0) x2=(chronological.len() as f64 * (bar_w + 4.0) + 55.0) y2=(chart_h + 10.0) stroke="#c5ccd6" {}
+                    @for (i, run) in chronological.iter().enumerate() {
+                        @let h = (seconds(run) / longest * chart_h).max(2.0);
+                        a href=(run_url(&run.dag_id, &run.run_id)) {
+                            rect x=(55.0 + i as f64 * (bar_w + 4.0)) y=(chart_h + 10.0 - h) width=(bar_w) height=(h)
+                                fill=(format!("var(--{})", run.state)) {
+                                title { (format!("{} — {} — {}", run.run_id, run.state, duration(run.start_date, run.end_date))) }
+                            }
+                        }
+                    }
+                }
+            }
+            table.list {
+                thead { tr { th { "Run" } th { "State" } th.wide { "Type" } th { "Logical date" } th.wide { "Started" } th { "Duration" } } }
+                tbody {
+                    @for run in &runs {
+                        tr {
+                            td { a href=(run_url(&run.dag_id, &run.run_id)) { (run.run_id) } }
+                            td { (state_badge(run.state.as_str())) }
+                            td.wide { (run.run_type.as_str()) }
+                            td { (time(Some(run.logical_date), &row.timezone)) }
+                            td.wide { (time(run.start_date, &row.timezone)) }
+                            td { (duration(run.start_date, run.end_date)) }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------- trigger
+
+pub async fn trigger_form(State(state): State<AppState>, _caller: Caller, Path(dag_id): Path<String>) -> PageResult {
+    let row = find_dag(&state, &dag_id).await?;
+    let dag = definition(&state, &dag_id, &row.latest_version).await?;
+    let params = &dag.spec().params;
+    let body = html! {
+        h1 { "Trigger " (dag_id) }
+        form method="post" action=(format!("{}/trigger", dag_url(&dag_id))) id="trigger" {
+            @if !params.is_empty() {
+                h2 { "Params" }
+                table.list {
+                    @for (name, default) in params {
+                        tr {
+                            th { label for=(format!("param-{name}")) { (name) } }
+                            td { input type="text" id=(format!("param-{name}")) name=(format!("param.{name}"))
+                                value=(param_text(default)); }
+                        }
+                    }
+                }
+            }
+            h2 { "Options" }
+            p { label { "Logical date (in " (row.timezone) "; empty: now) " br;
+                input type="text" name="logical_date" placeholder="2024-05-01 or 2024-05-01T06:00:00+09:00"; } }
+            p { label { "Run id (empty: generated) " br; input type="text" name="run_id"; } }
+            p { label { "More configuration (a JSON object) " br; textarea name="conf" { "{}" } } }
+            button.primary type="submit" { "Trigger" }
+            " " a href=(dag_url(&dag_id)) { "Cancel" }
+        }
+    };
+    Ok(Html(page(&format!("Trigger {dag_id}"), broken_files(&state).await?, None, body).into_string()))
+}
+
+fn param_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub async fn trigger_submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(dag_id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Result<Redirect, UiError> {
+    let mut conf = serde_json::Map::new();
+    let mut request = TriggerDagRun::default();
+    for (name, value) in form {
+        match name.as_str() {
+            "conf" if !value.trim().is_empty() => match serde_json::from_str::<serde_json::Value>(&value) {
+                Ok(serde_json::Value::Object(more)) => conf.extend(more),
+                Ok(_) => return Err(ApiError::BadRequest("the configuration must be a JSON object".into()).into()),
+                Err(error) => {
+                    return Err(ApiError::BadRequest(format!("the configuration is not JSON: {error}")).into());
+                }
+            },
+            "logical_date" if !value.trim().is_empty() => request.logical_date = Some(value.trim().to_string()),
+            "run_id" if !value.trim().is_empty() => request.run_id = Some(value.trim().to_string()),
+            other => {
+                if let Some(param) = other.strip_prefix("param.") {
+                    // A number, boolean, list or object stays one; anything else is text.
+                    let parsed = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+                    conf.insert(param.to_string(), parsed);
+                }
+            }
+        }
+    }
+    request.conf = Some(conf);
+    let run = crate::api::trigger(&state, &caller, &dag_id, request).await?;
+    Ok(back(&dag_url(&dag_id), &format!("Triggered run {}", run.run_id)))
+}
+
+// ---------------------------------------------------------------- run page
+
+pub async fn run_page(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
+    let dag_row = find_dag(&state, &dag_id).await?;
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let dag = definition(&state, &dag_id, &run.version.0).await?;
+    let tis = state.store.task_instances(run.run_pk).await?;
+    let order: HashMap<&str, usize> = dag
+        .graph()
+        .topo_order
+        .iter()
+        .enumerate()
+        .map(|(position, &idx)| (dag.tasks()[idx].task_id.as_str(), position))
+        .collect();
+    let mut sorted: Vec<&TaskInstanceRow> = tis.iter().collect();
+    sorted.sort_by_key(|ti| order.get(ti.task_id.as_str()).copied().unwrap_or(usize::MAX));
+    let zone = &dag_row.timezone;
+    let url = run_url(&dag_id, &run_id);
+    let body = html! {
+        p { a href=(dag_url(&dag_id)) { "← " (dag_id) } }
+        h1 { "Run " (run_id) " " (state_badge(run.state.as_str())) }
+        div.meta {
+            div { span { "Type" } (run.run_type.as_str()) }
+            div { span { "Logical date" } (time(Some(run.logical_date), zone)) }
+            div { span { "Data interval" } (time(Some(run.interval.start), zone)) " – " (time(Some(run.interval.end), zone)) }
+            div { span { "Started" } (time(run.start_date, zone)) }
+            div { span { "Ended" } (time(run.end_date, zone)) }
+            div { span { "Duration" } (duration(run.start_date, run.end_date)) }
+        }
+        @if !run.conf.is_empty() { p { "Configuration: " code { (serde_json::Value::Object(run.conf.clone())) } } }
+        @if !run.state.is_finished() {
+            div.filters {
+                @for (to, label) in [("success", "Mark success"), ("failed", "Mark failed")] {
+                    form.inline method="post" action=(format!("{url}/state")) data-confirm=(format!("{label} this run?")) {
+                        input type="hidden" name="state" value=(to);
+                        button.danger[to == "failed"] type="submit" { (label) }
+                    }
+                }
+            }
+        }
+        h2 { "Gantt" }
+        (gantt(&run, &sorted))
+        h2 { "Tasks" }
+        table.list id="tasks" {
+            thead { tr { th { "Task" } th { "State" } th { "Try" } th.wide { "Started" } th { "Duration" } th.wide { "Host" } } }
+            tbody {
+                @for ti in &sorted {
+                    tr data-task=(ti.task_id) {
+                        td { a href=(task_url(&dag_id, &run_id, &ti.task_id)) { (ti.task_id) } }
+                        td { (state_badge(ti.state.as_str())) }
+                        td { (ti.try_number) " / " (ti.max_tries + 1) }
+                        td.wide { (time(ti.start_date, zone)) }
+                        td { (duration(ti.start_date, ti.end_date)) }
+                        td.wide { (ti.hostname.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    };
+    let note = note(&query);
+    Ok(Html(page(&format!("{dag_id} {run_id}"), broken_files(&state).await?, note, body).into_string()))
+}
+
+/// Bars from each task's start to its end, on the run's time line.
+fn gantt(run: &RunRow, tis: &[&TaskInstanceRow]) -> Markup {
+    let started: Vec<_> = tis.iter().filter_map(|ti| ti.start_date.map(|start| (ti, start))).collect();
+    let Some(origin) = started.iter().map(|(_, start)| *start).min().or(run.start_date) else {
+        return html! { p.muted { "Nothing has started yet." } };
+    };
+    let end_of = |ti: &TaskInstanceRow| ti.end_date.unwrap_or_else(|| ti.start_date.unwrap_or(origin).max(origin));
+    let last = tis.iter().map(|ti| end_of(ti)).chain(run.end_date).max().unwrap_or(origin);
+    let span = last.duration_since(origin).as_secs_f64().max(0.001);
+    let (label_w, chart_w, row_h) = (170.0, 620.0, 20.0);
+    html! {
+        div.grid-wrap {
+            svg id="gantt" xmlns="http://www.w3.org/2000/svg" width=(label_w + chart_w + 70.0)
+                height=(tis.len() as f64 * row_h + 24.0) role="img" aria-label="Gantt chart of the run" {
+                @for (row, ti) in tis.iter().enumerate() {
+                    @let y = 4.0 + row as f64 * row_h;
+                    text x="0" y=(y + 13.0) { (ti.task_id) }
+                    @if let Some(start) = ti.start_date {
+                        @let x = label_w + start.duration_since(origin).as_secs_f64() / span * chart_w;
+                        @let w = (end_of(ti).duration_since(start).as_secs_f64() / span * chart_w).max(2.0);
+                        rect x=(x) y=(y + 2.0) width=(w) height=(row_h - 6.0) rx="2" fill=(format!("var(--{})", ti.state)) {
+                            title { (format!("{} — {} — {}", ti.task_id, ti.state, duration(ti.start_date, ti.end_date))) }
+                        }
+                    }
+                }
+                text x=(label_w) y=(tis.len() as f64 * row_h + 20.0) { "0s" }
+                text x=(label_w + chart_w - 30.0) y=(tis.len() as f64 * row_h + 20.0) { (format!("{span:.1}s")) }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StateForm {
+    state: String,
+}
+
+pub async fn mark_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((dag_id, run_id)): Path<(String, String)>,
+    Form(form): Form<StateForm>,
+) -> Result<Redirect, UiError> {
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let to = match form.state.as_str() {
+        "success" => RunState::Success,
+        "failed" => RunState::Failed,
+        other => {
+            return Err(ApiError::BadRequest(format!("a run can be marked success or failed, not `{other}`")).into());
+        }
+    };
+    intervene(&state, &caller, &run, Request::MarkRun { to }).await?;
+    Ok(back(&run_url(&dag_id, &run_id), &format!("Run marked {to}")))
+}
+
+// ---------------------------------------------------------------- task page
+
+pub async fn task_page(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
+    let dag_row = find_dag(&state, &dag_id).await?;
+    let ti = find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
+    let attempts = state.store.task_attempts(ti.ti_pk).await?;
+    let chosen = query.get("try").and_then(|text| text.parse::<u32>().ok()).unwrap_or(ti.try_number);
+    let zone = &dag_row.timezone;
+    let log = if chosen >= 1 && attempts.iter().any(|attempt| attempt.try_number == chosen) {
+        let key = (dag_id.clone(), run_id.clone(), task_id.clone(), chosen);
+        Some(crate::logs::tail_for_page(&state, &key, LOG_LINES).await)
+    } else {
+        None
+    };
+    let log_url = format!(
+        "/api/v1/dags/{}/runs/{}/tasks/{}/tries/{chosen}/log",
+        encode(&dag_id),
+        encode(&run_id),
+        encode(&task_id)
+    );
+    let url = task_url(&dag_id, &run_id, &task_id);
+    let busy = matches!(ti.state, TaskState::Queued | TaskState::Running);
+    let body = html! {
+        p { a href=(dag_url(&dag_id)) { (dag_id) } " / " a href=(run_url(&dag_id, &run_id)) { (run_id) } }
+        h1 { (task_id) " " (state_badge(ti.state.as_str())) }
+        div.meta {
+            div { span { "Try" } (ti.try_number) " of " (ti.max_tries + 1) }
+            div { span { "Pool" } (ti.pool) }
+            div { span { "Started" } (time(ti.start_date, zone)) }
+            div { span { "Ended" } (time(ti.end_date, zone)) }
+            div { span { "Duration" } (duration(ti.start_date, ti.end_date)) }
+            div { span { "Host" } (ti.hostname.as_deref().unwrap_or("—")) }
+            @if let Some(reason) = &ti.wait_reason { div { span { "Waiting because" } (reason) } }
+        }
+        div.filters {
+            @if busy {
+                span.muted { "It is " (ti.state) ": it can be changed once its attempt ends." }
+            } @else {
+                form.inline method="post" action=(format!("{url}/clear")) data-confirm="Run this task again?" {
+                    label { input type="checkbox" name="downstream" value="true"; " with downstream " }
+                    button.primary type="submit" { "Clear" }
+                }
+                @for (to, label) in [("success", "Mark success"), ("failed", "Mark failed"), ("skipped", "Mark skipped")] {
+                    @if ti.state.as_str() != to {
+                        form.inline method="post" action=(format!("{url}/state")) {
+                            input type="hidden" name="state" value=(to);
+                            button.danger[to == "failed"] type="submit" { (label) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Log" }
+        @if attempts.is_empty() {
+            p.muted { "No try yet." }
+        } @else {
+            p.attempts { "Try: "
+                @for attempt in &attempts {
+                    @if attempt.try_number == chosen { strong { (attempt.try_number) } " " }
+                    @else { a href=(format!("{url}?try={}", attempt.try_number)) { (attempt.try_number) } " " }
+                }
+                @if let Some(attempt) = attempts.iter().find(|attempt| attempt.try_number == chosen) {
+                    span id="attempt-state" class=(format!("state s-{}", attempt.state)) { (attempt.state) }
+                    @if let Some(reason) = &attempt.reason { " " span.muted { (reason) } }
+                }
+            }
+            @match log {
+                Some(Ok((text, offset, attempt_state))) => {
+                    pre.log id="log" data-stream=(format!("{log_url}/stream")) data-offset=(offset)
+                        data-state=(attempt_state) aria-live="polite" { (log_lines(&text)) }
+                    p.muted { a href=(log_url) { "Raw log" } }
+                }
+                Some(Err(error)) => p.muted { (problem_text(error)) },
+                None => p.muted { "No such try." },
+            }
+        }
+    };
+    let note = note(&query);
+    Ok(Html(page(&format!("{task_id} — {dag_id}"), broken_files(&state).await?, note, body).into_string()))
+}
+
+fn problem_text(error: ApiError) -> String {
+    match error {
+        ApiError::NotFound(detail) | ApiError::BadRequest(detail) | ApiError::Conflict(detail) => detail,
+        _ => "the log cannot be read; see the server log".to_string(),
+    }
+}
+
+/// Log lines with Updraft's own lines and likely errors marked.
+fn log_lines(data: &[u8]) -> Markup {
+    let text = String::from_utf8_lossy(data);
+    html! {
+        @for line in text.split_inclusive('\n') {
+            @if line.starts_with("[updraft ") { span.sys { (line) } }
+            @else if is_error_line(line) { span.err { (line) } }
+            @else { (line) }
+        }
+    }
+}
+
+fn is_error_line(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    ["error", "exception", "traceback", "failed", "fatal", "panic"].iter().any(|word| lower.contains(word))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClearForm {
+    #[serde(default)]
+    downstream: Option<String>,
+}
+
+pub async fn clear_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Form(form): Form<ClearForm>,
+) -> Result<Redirect, UiError> {
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let downstream = form.downstream.is_some();
+    let request = Request::Clear { task_ids: vec![task_id.clone()], downstream };
+    intervene(&state, &caller, &run, request).await?;
+    let what = if downstream { " and its downstream" } else { "" };
+    Ok(back(&task_url(&dag_id, &run_id, &task_id), &format!("Cleared {task_id}{what}: it runs again")))
+}
+
+pub async fn mark_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Form(form): Form<StateForm>,
+) -> Result<Redirect, UiError> {
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
+    let to = match form.state.as_str() {
+        "success" => TaskState::Success,
+        "failed" => TaskState::Failed,
+        "skipped" => TaskState::Skipped,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "a task can be marked success, failed or skipped, not `{other}`"
+            ))
+            .into());
+        }
+    };
+    intervene(&state, &caller, &run, Request::MarkTasks { task_ids: vec![task_id.clone()], to }).await?;
+    Ok(back(&task_url(&dag_id, &run_id, &task_id), &format!("Marked {task_id} {to}")))
+}
+
+// ---------------------------------------------------------------- parse errors
+
+pub async fn import_errors(State(state): State<AppState>, _caller: Caller) -> PageResult {
+    let errors = state.store.import_errors().await?;
+    let body = html! {
+        h1 { "Parse errors" }
+        @if errors.is_empty() {
+            p { "Every DAG file reads cleanly." }
+        }
+        @for error in &errors {
+            h2 { code { (error.fileloc) } }
+            pre.code { (error.message) }
+        }
+    };
+    Ok(Html(page("Parse errors", errors.len(), None, body).into_string()))
+}
