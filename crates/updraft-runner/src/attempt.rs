@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 use updraft_core::retry::AttemptOutcome;
-use updraft_core::{Dag, Task, TaskKind};
+use updraft_core::{Dag, Task};
 
 use crate::procfs;
 use crate::template::{self, Names, RunContext};
@@ -228,23 +228,22 @@ struct Prepared {
 fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) -> Result<Prepared, String> {
     let dag = spec.dag.as_ref();
     let names = Names::new(dag, &spec.run);
-    let context = template::context(dag, &spec.run, &names, &spec.task_id, spec.try_number);
-    let render = |field: &str, text: &str| {
-        template::render(templates, text, &context).map_err(|error| format!("cannot render `{field}`: {error}"))
-    };
-    let TaskKind::Shell { command } = &task.kind;
-    let command = render("shell", command)?;
     let dag_folder = dag_folder(&spec.dags_folder, &dag.spec().fileloc);
-    let cwd = match &task.cwd {
-        Some(cwd) => dag_folder.join(render("cwd", cwd)?),
-        None => dag_folder,
-    };
+    let (mut command, mut cwd, mut env) = (String::new(), dag_folder.clone(), Vec::new());
+    for (field, value) in template::render_fields(templates, dag, task, &spec.run, spec.try_number) {
+        let value = value.map_err(|error| format!("cannot render `{field}`: {error}"))?;
+        match field.as_str() {
+            "shell" => command = value,
+            "cwd" => cwd = dag_folder.join(value),
+            other => {
+                if let Some(name) = other.strip_prefix("env.") {
+                    env.push((name.to_string(), value));
+                }
+            }
+        }
+    }
     if !cwd.is_dir() {
         return Err(format!("cannot start: working folder `{}` does not exist", cwd.display()));
-    }
-    let mut env = Vec::new();
-    for (name, value) in dag.spec().env.iter().chain(&task.env) {
-        env.push((name.clone(), render(&format!("env.{name}"), value)?));
     }
     env.extend([
         ("UPDRAFT_DAG_ID".to_string(), dag.dag_id().to_string()),

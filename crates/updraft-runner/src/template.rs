@@ -7,7 +7,7 @@ use std::sync::Arc;
 use minijinja::value::{Object, Serde, Value};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior};
 use updraft_core::timetable::format_in_zone;
-use updraft_core::{Dag, DataInterval};
+use updraft_core::{Dag, DataInterval, Task, TaskKind};
 
 /// The run an attempt belongs to, as templates and `UPDRAFT_*` variables see it.
 #[derive(Debug, Clone)]
@@ -86,6 +86,29 @@ pub fn context(dag: &Dag, run: &RunContext, names: &Names, task_id: &str, try_nu
         dag_run => Value::from(Serde(&dag_run)),
         macros => Value::from_object(Macros),
     }
+}
+
+/// A task's templated fields (`shell`, `cwd`, `env.<NAME>`, in that order; a
+/// task's `env` after its DAG's) rendered for one try, as its attempt renders
+/// them; the UI shows the same.
+pub fn render_fields(
+    env: &Environment<'static>,
+    dag: &Dag,
+    task: &Task,
+    run: &RunContext,
+    try_number: u32,
+) -> Vec<(String, Result<String, String>)> {
+    let names = Names::new(dag, run);
+    let context = context(dag, run, &names, task.task_id.as_str(), try_number);
+    let TaskKind::Shell { command } = &task.kind;
+    let mut fields = vec![("shell".to_string(), render(env, command, &context))];
+    if let Some(cwd) = &task.cwd {
+        fields.push(("cwd".to_string(), render(env, cwd, &context)));
+    }
+    for (name, value) in dag.spec().env.iter().chain(&task.env) {
+        fields.push((format!("env.{name}"), render(env, value, &context)));
+    }
+    fields
 }
 
 pub fn render(env: &Environment<'static>, text: &str, context: &Value) -> Result<String, String> {

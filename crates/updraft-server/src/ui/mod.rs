@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/import-errors", get(pages::import_errors))
         .route("/dags/{dag_id}", get(pages::dag_page))
         .route("/dags/{dag_id}/grid", get(pages::grid_fragment))
+        .route("/dags/{dag_id}/graph", get(pages::graph_fragment))
         .route("/dags/{dag_id}/paused", post(pages::set_paused))
         .route("/dags/{dag_id}/trigger", get(pages::trigger_form).post(pages::trigger_submit))
         .route("/dags/{dag_id}/runs/{run_id}", get(pages::run_page))

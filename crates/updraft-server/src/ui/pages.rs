@@ -232,7 +232,7 @@ pub async fn dag_page(
         _ => "grid",
     };
     let content = match tab {
-        "graph" => graph_tab(&state, &row, &dag).await?,
+        "graph" => graph(&state, &row, &dag).await?,
         "code" => code_tab(&state, &row).await?,
         "runs" => runs_tab(&state, &row).await?,
         _ => grid(&state, &row, &dag).await?,
@@ -317,9 +317,16 @@ async fn grid(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiErr
     })
 }
 
+/// The graph fragment alone, for the live refresh.
+pub async fn graph_fragment(State(state): State<AppState>, _caller: Caller, Path(dag_id): Path<String>) -> PageResult {
+    let row = find_dag(&state, &dag_id).await?;
+    let dag = definition(&state, &dag_id, &row.latest_version).await?;
+    Ok(Html(graph(&state, &row, &dag).await?.into_string()))
+}
+
 /// The DAG as an SVG: tasks in layers by dependency depth, coloured by their state
-/// in the latest run.
-async fn graph_tab(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiError> {
+/// in the latest run (live while it runs).
+async fn graph(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiError> {
     let latest = state.store.list_runs(&row.dag_id, None, 1).await?.into_iter().next();
     let states: HashMap<String, TaskState> = match &latest {
         Some(run) => {
@@ -344,7 +351,9 @@ async fn graph_tab(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, 
     let y = |idx: usize| 10.0 + slot[idx] as f64 * (node_h + gap_y);
     let width = 20.0 + (layer.iter().max().copied().unwrap_or(0) + 1) as f64 * (node_w + gap_x);
     let height = 20.0 + filled.values().max().copied().unwrap_or(1) as f64 * (node_h + gap_y);
+    let live = latest.as_ref().is_some_and(|run| !run.state.is_finished());
     Ok(html! {
+        div id="graph-wrap" data-refresh=(format!("{}/graph", dag_url(&row.dag_id))) data-live=(live) {
         p.muted {
             @match &latest {
                 Some(run) => { "States of the latest run, " a href=(run_url(&run.dag_id, &run.run_id)) { (run.run_id) } "." }
@@ -381,6 +390,7 @@ async fn graph_tab(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, 
                     }
                 }
             }
+        }
         }
     })
 }
@@ -666,6 +676,19 @@ pub async fn task_page(
     );
     let url = task_url(&dag_id, &run_id, &task_id);
     let busy = matches!(ti.state, TaskState::Queued | TaskState::Running);
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let dag = definition(&state, &dag_id, &run.version.0).await?;
+    let rendered = dag.task(&task_id).map(|task| {
+        let context = updraft_runner::template::RunContext {
+            run_id: run.run_id.clone(),
+            run_type: run.run_type.as_str().to_string(),
+            logical_date: run.logical_date,
+            interval: run.interval,
+            conf: run.conf.clone(),
+        };
+        let templates = updraft_runner::template::environment();
+        updraft_runner::template::render_fields(&templates, &dag, task, &context, chosen.max(1))
+    });
     let body = html! {
         p { a href=(dag_url(&dag_id)) { (dag_id) } " / " a href=(run_url(&dag_id, &run_id)) { (run_id) } }
         h1 { (task_id) " " (state_badge(ti.state.as_str())) }
@@ -695,6 +718,23 @@ pub async fn task_page(
                     }
                 }
             }
+        }
+        h2 { "Rendered" }
+        @match &rendered {
+            Some(fields) => {
+                table.list id="rendered" {
+                    @for (field, value) in fields {
+                        tr {
+                            th { code { (field) } }
+                            td { @match value {
+                                Ok(text) => pre.code { (text) },
+                                Err(error) => span.state.s-failed { "cannot render: " (error) },
+                            } }
+                        }
+                    }
+                }
+            }
+            None => p.muted { "This version of the DAG has no task " code { (task_id) } "." },
         }
         h2 { "Log" }
         @if attempts.is_empty() {

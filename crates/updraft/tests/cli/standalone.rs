@@ -25,7 +25,7 @@ fn serves_health_and_runs_triggered_dags() {
     assert!(health["scheduler"]["heartbeat_age_seconds"].as_f64().unwrap() < 10.0);
     let (status, page) = standalone.get("/");
     assert_eq!(status, 200);
-    assert!(page.contains("<code>chain</code>"), "{page}");
+    assert!(page.contains(r#"data-dag="chain""#), "{page}");
 
     let output = p.run(&["dags", "trigger", "chain", "--wait"]);
     assert_eq!(output.code, 0, "{}", output.stderr);

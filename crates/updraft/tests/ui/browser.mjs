@@ -70,6 +70,8 @@ try {
     await page.locator("#log").waitFor();
     const log = await page.locator("#log").textContent();
     if (!log.includes("loaded total")) throw new Error("log: " + log.slice(0, 200));
+    const rendered = await page.locator("#rendered").textContent();
+    if (!rendered.includes("sales_by_day.csv")) throw new Error("rendered: " + rendered.slice(0, 200));
     await shot("04-task-log");
   });
 
