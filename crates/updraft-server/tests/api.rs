@@ -719,3 +719,31 @@ async fn ui_pages_and_forms() {
     let js = get("/static/app.js").await.unwrap();
     assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
 }
+
+#[tokio::test]
+async fn the_ui_list_pages_through_many_dags_and_flags_a_broken_file() {
+    let s = server().await;
+    let mut upserts = Vec::new();
+    for i in 0..120 {
+        let parsed =
+            updraft_dagfile::parse_dag(&format!("dag: bulk_{i:03}\ntasks:\n  t: {{shell: 'true'}}\n"), "bulk.yaml");
+        let dag = Arc::new(parsed.dag.unwrap());
+        upserts.push(DagUpsert { version: updraft_dagfile::version_of(&dag), dag, paused_if_new: false, source: None });
+    }
+    s.store.upsert_dags(&upserts, SystemClock.now()).await.unwrap();
+    let rows = |html: &str| html.matches("<tr data-dag=").count();
+    let first = s.client.get(format!("{}/?q=bulk", s.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(rows(&first), 100);
+    assert!(first.contains("Page 1 of 2") && first.contains("120 of 123 DAGs"), "{first}");
+    let second = s.client.get(format!("{}/?q=bulk&page=1", s.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(rows(&second), 20);
+    assert!(second.contains(r#"data-dag="bulk_119""#));
+    let beyond = s.client.get(format!("{}/?q=bulk&page=9", s.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(rows(&beyond), 20, "past the end: the last page");
+
+    // A DAG whose file stops reading says so on its page.
+    let broken = ImportError { fileloc: "scores.yaml".into(), message: "scores.yaml:2:1: unknown field".into() };
+    s.store.replace_import_errors(&[broken], SystemClock.now()).await.unwrap();
+    let page = s.client.get(format!("{}/dags/scores", s.base)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("does not read now") && page.contains("scores.yaml:2:1: unknown field"), "{page}");
+}

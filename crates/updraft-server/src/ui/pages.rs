@@ -97,7 +97,12 @@ pub struct ListParams {
     paused: String,
     #[serde(default)]
     note: String,
+    #[serde(default)]
+    page: usize,
 }
+
+/// DAGs on one page of the list.
+const LIST_PAGE: usize = 100;
 
 pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(params): Query<ListParams>) -> PageResult {
     let filter = DagFilter {
@@ -114,7 +119,13 @@ pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(para
     let mut tags: Vec<&str> = all.iter().flat_map(|dag| dag.tags.iter().map(String::as_str)).collect();
     tags.sort_unstable();
     tags.dedup();
-    let dags: Vec<&DagRow> = all.iter().filter(|dag| filter.matches(dag)).collect();
+    let matching: Vec<&DagRow> = all.iter().filter(|dag| filter.matches(dag)).collect();
+    let pages = matching.len().div_ceil(LIST_PAGE).max(1);
+    let current = params.page.min(pages - 1);
+    let dags: Vec<&DagRow> = matching.iter().skip(current * LIST_PAGE).take(LIST_PAGE).copied().collect();
+    let page_url = |page: usize| {
+        format!("/?q={}&tag={}&paused={}&page={page}", encode(&params.q), encode(&params.tag), encode(&params.paused))
+    };
     let mut recent: HashMap<&str, Vec<RunRow>> = HashMap::new();
     for dag in &dags {
         let mut runs = state.store.list_runs(&dag.dag_id, None, 10).await?;
@@ -135,7 +146,7 @@ pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(para
                 option value="yes" selected[params.paused == "yes"] { "Paused only" }
             }
             button type="submit" { "Filter" }
-            span.muted { (dags.len()) " of " (all.iter().filter(|dag| dag.is_active).count()) " DAGs" }
+            span.muted { (matching.len()) " of " (all.iter().filter(|dag| dag.is_active).count()) " DAGs" }
         }
         @if all.is_empty() {
             p.muted { "No DAGs yet: put YAML files in the DAGs folder, and the scheduler reads them within seconds." }
@@ -166,6 +177,13 @@ pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(para
                         td { a.button href=(format!("{}/trigger", dag_url(&dag.dag_id))) { "Trigger" } }
                     }
                 }
+            }
+        }
+        @if pages > 1 {
+            p.filters {
+                @if current > 0 { a.button href=(page_url(current - 1)) rel="prev" { "← Previous" } }
+                span.muted { "Page " (current + 1) " of " (pages) }
+                @if current + 1 < pages { a.button href=(page_url(current + 1)) rel="next" { "Next →" } }
             }
         }
     };
@@ -238,7 +256,14 @@ pub async fn dag_page(
         _ => grid(&state, &row, &dag).await?,
     };
     let url = dag_url(&dag_id);
+    let file_errors = state.store.import_errors().await?.into_iter().find(|error| error.fileloc == row.fileloc);
     let body = html! {
+        @if let Some(error) = &file_errors {
+            div.banner role="alert" {
+                strong { "This DAG's file does not read now; runs use the last version that did." }
+                pre.code { (error.message) }
+            }
+        }
         h1 { (dag_id) " " @if row.is_paused { span.state.s-up_for_retry { "paused" } } }
         @if let Some(description) = &row.description { p.muted { (description) } }
         div.meta {
