@@ -33,8 +33,9 @@ tags: [finance, daily]
 schedule: '0 6 * * *'
 timezone: Asia/Seoul
 start_date: 2024-01-01
+params: {market: KOSPI, limit: 10}
 tasks:
-  extract: {shell: 'echo extract'}
+  extract: {shell: 'echo extract {{ params.market }}'}
   load: {shell: 'echo load', depends_on: [extract]}
 ";
 
@@ -689,6 +690,7 @@ async fn ui_pages_and_forms() {
     assert!(code.contains(r#"<span class="k">dag</span>: daily_sales"#), "{code}");
     let form = get("/dags/daily_sales/trigger").await.unwrap().text().await.unwrap();
     assert!(form.contains(r#"name="logical_date""#), "{form}");
+    assert!(form.contains(r#"name="param.market" value="KOSPI""#), "the params form, with defaults: {form}");
 
     let post = |path: &str, body: &'static str| {
         client
@@ -700,12 +702,14 @@ async fn ui_pages_and_forms() {
     let bad = post("/dags/daily_sales/trigger", "conf=%5B1%5D").await.unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     assert!(bad.text().await.unwrap().contains("must be a JSON object"));
-    let made =
-        post("/dags/daily_sales/trigger", "run_id=from_ui&conf=%7B%22market%22%3A+%22KOSDAQ%22%7D").await.unwrap();
+    let form = "run_id=from_ui&param.market=KOSDAQ&param.limit=20&conf=%7B%22x%22%3A+1%7D";
+    let made = post("/dags/daily_sales/trigger", form).await.unwrap();
     assert_eq!(made.status(), StatusCode::SEE_OTHER);
     assert!(made.headers()["location"].to_str().unwrap().starts_with("/dags/daily_sales?note=Triggered"));
     let run = s.store.get_run("daily_sales", "from_ui").await.unwrap().unwrap();
     assert_eq!(run.conf["market"], "KOSDAQ");
+    assert_eq!(run.conf["limit"], 20, "a number stays a number");
+    assert_eq!(run.conf["x"], 1);
     let paused = post("/dags/daily_sales/paused", "paused=true&back=https%3A%2F%2Fevil.example").await.unwrap();
     assert_eq!(paused.status(), StatusCode::SEE_OTHER);
     assert!(paused.headers()["location"].to_str().unwrap().starts_with("/dags/daily_sales?"), "only back to this site");
@@ -714,6 +718,7 @@ async fn ui_pages_and_forms() {
     assert_eq!(busy.status(), StatusCode::NOT_FOUND);
     let task = get("/dags/daily_sales/runs/from_ui/tasks/extract").await.unwrap().text().await.unwrap();
     assert!(task.contains("No try yet."), "{task}");
+    assert!(task.contains("echo extract KOSDAQ"), "rendered with the run's params: {task}");
     let marked = post("/dags/daily_sales/runs/from_ui/tasks/extract/state", "state=skipped").await.unwrap();
     assert_eq!(marked.status(), StatusCode::SEE_OTHER);
     let js = get("/static/app.js").await.unwrap();
