@@ -263,6 +263,37 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::process
 
 /// `2024-01-01T00:00:00+00:00`, `...Z`, and fractional forms become `[TIME]`, except
 /// dates before 2025, which tests choose on purpose.
+/// Copies a folder tree (a fixture, the example DAGs) into a test's folder.
+pub fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).expect("create folder");
+        for entry in std::fs::read_dir(from).expect("read folder") {
+            let entry = entry.expect("folder entry");
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap_or_else(|error| panic!("copy {}: {error}", from.display()));
+    }
+}
+
+/// Runs an outside tool (Schemathesis, node) to completion with its output
+/// captured; kills it and panics when it outlives `limit`.
+pub fn run_tool(mut command: std::process::Command, limit: Duration) -> std::process::Output {
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the tool");
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(output) => output.expect("the tool's output"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            panic!("{:?} ran for more than {}s", command.get_program(), limit.as_secs());
+        }
+    }
+}
+
 pub fn mask_timestamps(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());

@@ -12,24 +12,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use updraft_testkit::{copy_tree, run_tool};
+
 use crate::project;
 
 fn schemathesis() -> Option<String> {
     let candidate = std::env::var("UPDRAFT_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".to_string());
     let works = Command::new(&candidate).arg("--version").output().is_ok_and(|output| output.status.success());
     works.then_some(candidate)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    if from.is_dir() {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        }
-    } else {
-        std::fs::copy(from, to).unwrap();
-    }
 }
 
 #[test]
@@ -51,28 +41,16 @@ fn the_api_conforms_to_its_openapi_document() {
     let server = p.standalone();
     let base = format!("http://{}", server.address);
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml");
-    let child = Command::new(&schemathesis)
+    let mut command = Command::new(&schemathesis);
+    command
         .arg("--no-color")
         .arg("--config-file")
         .arg(&config)
         .args(["run", &format!("{base}/api/v1/openapi.json"), "--url", &base])
         .args(["--checks", "all", "--max-examples", "25", "--seed", "20261126", "--request-timeout", "10"])
-        .current_dir(p.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start schemathesis");
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
+        .current_dir(p.path());
     // Bounded: the run takes about ten seconds.
-    let Ok(output) = finished.recv_timeout(Duration::from_secs(300)) else {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-        panic!("schemathesis ran for more than 5 minutes");
-    };
-    let output = output.unwrap();
+    let output = run_tool(command, Duration::from_secs(300));
     let status = output.status;
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(status.success(), "schemathesis found problems:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use updraft_testkit::copy_tree;
 use updraft_testkit::postgres::{TestDatabase, psql};
 
 use crate::project;
@@ -207,18 +208,6 @@ fn dockerfile_copies_what_exists_and_runs_the_binary_it_builds() {
     let listed = p.run(&["dags", "list"]);
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     assert!(listed.stdout.contains("daily_sales"), "{}", listed.stdout);
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    if from.is_dir() {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        }
-    } else {
-        std::fs::copy(from, to).unwrap();
-    }
 }
 
 #[test]

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use updraft_testkit::{copy_tree, run_tool};
+
 use crate::project;
 
 fn playwright() -> Result<PathBuf, String> {
@@ -21,18 +23,6 @@ fn playwright() -> Result<PathBuf, String> {
         return Err("no /usr/bin/chromium".into());
     }
     Ok(dir)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    if from.is_dir() {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            copy_tree(&entry.path(), &to.join(entry.file_name()));
-        }
-    } else {
-        std::fs::copy(from, to).unwrap();
-    }
 }
 
 #[test]
@@ -58,25 +48,9 @@ fn the_ui_in_a_real_browser() {
     // The script is run from the folder holding node_modules, so its import resolves.
     let copy = modules.join("updraft-browser.mjs");
     std::fs::copy(&script, &copy).unwrap();
-    let child = Command::new("node")
-        .arg(&copy)
-        .arg(format!("http://{}", server.address))
-        .arg(&shots)
-        .current_dir(&modules)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start node");
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    let Ok(output) = finished.recv_timeout(Duration::from_secs(240)) else {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-        panic!("the browser test ran for more than 4 minutes");
-    };
-    let output = output.unwrap();
+    let mut command = Command::new("node");
+    command.arg(&copy).arg(format!("http://{}", server.address)).arg(&shots).current_dir(&modules);
+    let output = run_tool(command, Duration::from_secs(240));
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "browser steps failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(report.contains("ok   a DAG is paused from the list"), "{report}");
