@@ -67,6 +67,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The text of the file a version was read from, if it was recorded.
     async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<String>>;
 
+    // Accounts.
+    /// `None` when the username is taken.
+    async fn create_user(&self, user: &NewUser, now: Timestamp) -> Result<Option<i64>>;
+    /// By username.
+    async fn users(&self) -> Result<Vec<UserRow>>;
+    async fn get_user(&self, username: &str) -> Result<Option<UserRow>>;
+    async fn delete_user(&self, username: &str) -> Result<bool>;
+    /// Sets a new password hash and clears failed logins and any lock.
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<bool>;
+
     // Runs.
     /// Creates a queued run and its task instances; `None` if the run id (or, for
     /// scheduled and backfill runs, the logical date) is taken.

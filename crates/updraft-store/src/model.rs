@@ -101,6 +101,29 @@ pub struct DagUpsert {
     pub source: Option<Arc<str>>,
 }
 
+/// An account to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// `admin`, `op`, `user` or `viewer`.
+    pub role: String,
+    pub teams: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub user_id: i64,
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub teams: Vec<String>,
+    pub created_at: Timestamp,
+    pub failed_logins: u32,
+    pub locked_until: Option<Timestamp>,
+}
+
 /// What the scheduler needs to know to keep the `dags` table in step with files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DagIndexRow {

@@ -494,6 +494,31 @@ async fn operator_changes_are_all_or_nothing(store: Store) {
     assert!(store.transitions(run_pk, None, 0).await.unwrap().is_empty());
 }
 
+async fn accounts(store: Store) {
+    let user = |name: &str, role: &str, teams: &[&str]| NewUser {
+        username: name.to_string(),
+        password_hash: format!("$argon2id$fake${name}"),
+        role: role.to_string(),
+        teams: teams.iter().map(|team| team.to_string()).collect(),
+    };
+    let alice = store.create_user(&user("alice", "user", &["finance", "ml"]), ts(NOW)).await.unwrap();
+    assert!(alice.is_some());
+    assert_eq!(store.create_user(&user("alice", "admin", &[]), ts(NOW)).await.unwrap(), None, "the name is taken");
+    store.create_user(&user("bob", "viewer", &[]), ts(NOW)).await.unwrap().unwrap();
+    let found = store.get_user("alice").await.unwrap().unwrap();
+    assert_eq!((found.role.as_str(), found.teams.clone()), ("user", vec!["finance".to_string(), "ml".to_string()]));
+    assert_eq!(found.created_at, ts(NOW));
+    assert_eq!((found.failed_logins, found.locked_until), (0, None));
+    let names: Vec<String> = store.users().await.unwrap().into_iter().map(|user| user.username).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert!(store.set_password("alice", "$argon2id$new").await.unwrap());
+    assert_eq!(store.get_user("alice").await.unwrap().unwrap().password_hash, "$argon2id$new");
+    assert!(!store.set_password("carol", "x").await.unwrap());
+    assert!(store.delete_user("bob").await.unwrap());
+    assert!(!store.delete_user("bob").await.unwrap());
+    assert!(store.get_user("bob").await.unwrap().is_none());
+}
+
 mod sqlite {
     use super::*;
 
@@ -524,6 +549,7 @@ mod sqlite {
         leases_are_fenced_by_the_try_number,
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
+        accounts,
     );
 
     #[tokio::test]
@@ -627,6 +653,7 @@ mod postgres {
         leases_are_fenced_by_the_try_number,
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
+        accounts,
     );
 
     #[tokio::test]

@@ -32,6 +32,9 @@ pub enum Command {
     /// Manage pools, which cap how many tasks run at once across DAGs.
     #[command(subcommand)]
     Pools(PoolsCommand),
+    /// Manage accounts: who may sign in, with which role, for which teams.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Manage the metadata database.
     #[command(subcommand)]
     Db(DbCommand),
@@ -208,6 +211,38 @@ pub enum PoolsCommand {
     Delete {
         /// The pool's name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create an account. Without `--password-stdin` a random password is made and
+    /// printed once.
+    Create {
+        username: String,
+        /// `admin`, `op`, `user` or `viewer` (Airflow's meanings).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// A team whose DAGs (by `owner`) the account may see; repeat for several.
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List accounts (never their passwords).
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete an account.
+    Delete { username: String },
+    /// Set a new password (random and printed once, or from standard input), and
+    /// lift any lock from failed sign-ins.
+    ResetPassword {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 

@@ -34,7 +34,7 @@ use updraft_core::{RunState, TaskState};
 use crate::error::{Result, StoreError};
 use crate::grouped::{StateGroup, group};
 use crate::model::*;
-use crate::time::{opt_from_db, to_db};
+use crate::time::{from_db, opt_from_db, to_db};
 use crate::{ChangeWatcher, MetadataStore};
 use rows::*;
 
@@ -70,6 +70,22 @@ impl PgStore {
         MIGRATOR.run(&pool).await.map_err(StoreError::MigratePostgres)?;
         Ok(PgStore { pool, location })
     }
+}
+
+fn user_row(row: &sqlx::postgres::PgRow) -> Result<UserRow> {
+    let teams: String = row.try_get(4)?;
+    let failed: i32 = row.try_get(6)?;
+    Ok(UserRow {
+        user_id: row.try_get(0)?,
+        username: row.try_get(1)?,
+        password_hash: row.try_get(2)?,
+        role: row.try_get(3)?,
+        teams: serde_json::from_str(&teams)
+            .map_err(|error| StoreError::Corrupt(format!("teams `{teams}`: {error}")))?,
+        created_at: from_db(row.try_get(5)?),
+        failed_logins: u32::try_from(failed).unwrap_or(0),
+        locked_until: opt_from_db(row.try_get(7)?),
+    })
 }
 
 async fn notify(tx: &mut Tx<'_>) -> Result<()> {
@@ -408,6 +424,58 @@ impl MetadataStore for PgStore {
             .bind(version)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    async fn create_user(&self, user: &NewUser, now: Timestamp) -> Result<Option<i64>> {
+        let teams = serde_json::to_string(&user.teams).expect("teams serialise");
+        Ok(sqlx::query_scalar(
+            "INSERT INTO users (username, password_hash, role, teams, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (username) DO NOTHING RETURNING id",
+        )
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(&user.role)
+        .bind(teams)
+        .bind(to_db(now))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn users(&self) -> Result<Vec<UserRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT id, username, password_hash, role, teams, created_at, failed_logins, locked_until ",
+            "FROM users ORDER BY username"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_row).collect()
+    }
+
+    async fn get_user(&self, username: &str) -> Result<Option<UserRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT id, username, password_hash, role, teams, created_at, failed_logins, locked_until ",
+            "FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_row).transpose()
+    }
+
+    async fn delete_user(&self, username: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM users WHERE username = $1").bind(username).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $2, failed_logins = 0, locked_until = NULL WHERE username = $1",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn create_run(&self, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {

@@ -25,7 +25,7 @@ use updraft_core::{RunState, TaskState};
 use crate::error::{Result, StoreError};
 use crate::grouped::{StateGroup, group};
 use crate::model::*;
-use crate::time::{opt_from_db, to_db};
+use crate::time::{from_db, opt_from_db, to_db};
 use crate::{ChangeWatcher, MetadataStore};
 use rows::*;
 use worker::{Access, Worker};
@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/sqlite/0003_queues_and_attempt_heartbeats.sql")),
     (4, include_str!("../../migrations/sqlite/0004_log_chunks.sql")),
     (5, include_str!("../../migrations/sqlite/0005_dag_source.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_users.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -181,6 +182,27 @@ fn all<T>(
 
 fn json_ids(ids: &[i64]) -> String {
     serde_json::Value::from(ids.to_vec()).to_string()
+}
+
+/// A `users` row, from the columns every user query selects in this order.
+fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<UserRow>> {
+    let teams: String = row.get(4)?;
+    let locked_until: Option<i64> = row.get(7)?;
+    let created_at: i64 = row.get(5)?;
+    let failed: i64 = row.get(6)?;
+    Ok((|| {
+        Ok(UserRow {
+            user_id: row.get(0)?,
+            username: row.get(1)?,
+            password_hash: row.get(2)?,
+            role: row.get(3)?,
+            teams: serde_json::from_str(&teams)
+                .map_err(|error| StoreError::Corrupt(format!("teams `{teams}`: {error}")))?,
+            created_at: from_db(created_at),
+            failed_logins: u32::try_from(failed).unwrap_or(0),
+            locked_until: opt_from_db(locked_until),
+        })
+    })())
 }
 
 /// One row of the state-transition log.
@@ -513,6 +535,69 @@ impl MetadataStore for SqliteStore {
                 .prepare_cached("SELECT definition FROM dag_versions WHERE dag_id = ?1 AND version = ?2")?
                 .query_row(params![dag_id, version], |row| row.get(0))
                 .optional()?)
+        })
+        .await
+    }
+
+    async fn create_user(&self, user: &NewUser, now: Timestamp) -> Result<Option<i64>> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let teams = serde_json::to_string(&user.teams).expect("teams serialise");
+            Ok(tx
+                .prepare_cached(
+                    "INSERT INTO users (username, password_hash, role, teams, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (username) DO NOTHING RETURNING id",
+                )?
+                .query_row(params![user.username, user.password_hash, user.role, teams, to_db(now)], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn users(&self) -> Result<Vec<UserRow>> {
+        self.read(move |tx| {
+            let mut statement = tx.prepare_cached(concat!(
+                "SELECT id, username, password_hash, role, teams, created_at, failed_logins, locked_until ",
+                "FROM users ORDER BY username"
+            ))?;
+            let rows = statement.query_map([], user_row)?;
+            rows.map(|row| row.map_err(StoreError::from).and_then(|row| row)).collect()
+        })
+        .await
+    }
+
+    async fn get_user(&self, username: &str) -> Result<Option<UserRow>> {
+        let username = username.to_string();
+        self.read(move |tx| {
+            let found = tx
+                .prepare_cached(concat!(
+                    "SELECT id, username, password_hash, role, teams, created_at, failed_logins, locked_until ",
+                    "FROM users WHERE username = ?1"
+                ))?
+                .query_row(params![username], user_row)
+                .optional()?;
+            found.transpose()
+        })
+        .await
+    }
+
+    async fn delete_user(&self, username: &str) -> Result<bool> {
+        let username = username.to_string();
+        self.write(move |tx| {
+            Ok(tx.prepare_cached("DELETE FROM users WHERE username = ?1")?.execute(params![username])? > 0)
+        })
+        .await
+    }
+
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<bool> {
+        let (username, hash) = (username.to_string(), password_hash.to_string());
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "UPDATE users SET password_hash = ?2, failed_logins = 0, locked_until = NULL WHERE username = ?1",
+                )?
+                .execute(params![username, hash])?
+                > 0)
         })
         .await
     }

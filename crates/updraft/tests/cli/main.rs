@@ -10,6 +10,7 @@ mod remote;
 mod run;
 mod standalone;
 mod ui;
+mod users;
 
 use updraft_testkit::{Output, Project};
 

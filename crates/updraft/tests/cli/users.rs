@@ -1,0 +1,81 @@
+//! `updraft users ...`: accounts, with passwords stored only as argon2id hashes.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::project;
+
+/// Every byte of the SQLite database, WAL included.
+fn database_bytes(p: &updraft_testkit::Project) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for file in ["updraft.db", "updraft.db-wal"] {
+        if let Ok(mut more) = std::fs::read(p.path().join(".updraft").join(file)) {
+            bytes.append(&mut more);
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
+}
+
+#[test]
+fn accounts_are_created_listed_reset_and_deleted() {
+    let p = project();
+    let created = p.run(&["users", "create", "alice", "--role", "user", "--team", "finance", "--team", "ml"]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let password = created.stdout.trim().to_string();
+    assert_eq!(password.len(), 32, "a generated password, shown once: {password}");
+    assert!(created.stderr.contains("shown once"), "{}", created.stderr);
+    let stored = database_bytes(&p);
+    assert!(contains(&stored, "$argon2id$"), "the hash is stored");
+    assert!(!contains(&stored, &password), "the password itself is not");
+
+    let listed = p.run(&["users", "list", "-o", "json"]);
+    let users: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(users[0]["username"], "alice");
+    assert_eq!(users[0]["role"], "user");
+    assert_eq!(users[0]["teams"], serde_json::json!(["finance", "ml"]));
+    assert!(!listed.stdout.contains("argon2"), "hashes are not listed");
+
+    let again = p.run(&["users", "create", "alice"]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("there is already a user `alice`"), "{}", again.stderr);
+    let bad_role = p.run(&["users", "create", "bob", "--role", "root"]);
+    assert_eq!(bad_role.code, 1);
+    assert!(bad_role.stderr.contains("unknown role `root`"), "{}", bad_role.stderr);
+    let bad_name = p.run(&["users", "create", "bob smith"]);
+    assert_eq!(bad_name.code, 1);
+
+    // A password from standard input, never echoed.
+    let mut child = p
+        .command(&["users", "reset-password", "alice", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a long enough secret\n").unwrap();
+    let reset = child.wait_with_output().unwrap();
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    assert!(!String::from_utf8_lossy(&reset.stdout).contains("secret"));
+    assert!(!contains(&database_bytes(&p), "a long enough secret"));
+
+    let mut child = p
+        .command(&["users", "create", "carol", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let short = child.wait_with_output().unwrap();
+    assert_eq!(short.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 10 characters"));
+
+    assert_eq!(p.run(&["users", "reset-password", "nobody"]).code, 1);
+    assert_eq!(p.run(&["users", "delete", "alice"]).code, 0);
+    let gone = p.run(&["users", "delete", "alice"]);
+    assert_eq!(gone.code, 1);
+    assert!(gone.stderr.contains("no user `alice`"), "{}", gone.stderr);
+}
