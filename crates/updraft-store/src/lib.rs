@@ -76,6 +76,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_user(&self, username: &str) -> Result<bool>;
     /// Sets a new password hash and clears failed logins and any lock.
     async fn set_password(&self, username: &str, password_hash: &str) -> Result<bool>;
+    /// Records failed sign-ins in a row and the lock they earned.
+    async fn set_login_state(&self, username: &str, failed_logins: u32, locked_until: Option<Timestamp>) -> Result<()>;
+    /// A signed-in browser; expired sessions are dropped on the way.
+    async fn create_session(&self, token_hash: &str, user_id: i64, expires_at: Timestamp, now: Timestamp)
+    -> Result<()>;
+    /// The user of an unexpired session.
+    async fn session_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<UserRow>>;
+    async fn delete_session(&self, token_hash: &str) -> Result<()>;
 
     // Runs.
     /// Creates a queued run and its task instances; `None` if the run id (or, for

@@ -517,6 +517,26 @@ async fn accounts(store: Store) {
     assert!(store.delete_user("bob").await.unwrap());
     assert!(!store.delete_user("bob").await.unwrap());
     assert!(store.get_user("bob").await.unwrap().is_none());
+
+    // Sign-in bookkeeping; a new password lifts the lock.
+    store.set_login_state("alice", 5, Some(ts("2024-06-01T12:15:00Z"))).await.unwrap();
+    let locked = store.get_user("alice").await.unwrap().unwrap();
+    assert_eq!((locked.failed_logins, locked.locked_until), (5, Some(ts("2024-06-01T12:15:00Z"))));
+    store.set_password("alice", "$argon2id$again").await.unwrap();
+    assert_eq!(store.get_user("alice").await.unwrap().unwrap().locked_until, None);
+
+    // Sessions: found while unexpired, gone when deleted or with their user.
+    let alice_id = alice.unwrap();
+    store.create_session("hash-1", alice_id, ts("2024-06-01T13:00:00Z"), ts(NOW)).await.unwrap();
+    let who = store.session_user("hash-1", ts(NOW)).await.unwrap().unwrap();
+    assert_eq!(who.username, "alice");
+    assert!(store.session_user("hash-1", ts("2024-06-01T13:00:01Z")).await.unwrap().is_none(), "expired");
+    assert!(store.session_user("hash-2", ts(NOW)).await.unwrap().is_none());
+    store.delete_session("hash-1").await.unwrap();
+    assert!(store.session_user("hash-1", ts(NOW)).await.unwrap().is_none());
+    store.create_session("hash-3", alice_id, ts("2024-06-01T13:00:00Z"), ts(NOW)).await.unwrap();
+    store.delete_user("alice").await.unwrap();
+    assert!(store.session_user("hash-3", ts(NOW)).await.unwrap().is_none(), "a deleted user's sessions end");
 }
 
 mod sqlite {

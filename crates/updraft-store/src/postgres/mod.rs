@@ -478,6 +478,54 @@ impl MetadataStore for PgStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn set_login_state(&self, username: &str, failed_logins: u32, locked_until: Option<Timestamp>) -> Result<()> {
+        sqlx::query("UPDATE users SET failed_logins = $2, locked_until = $3 WHERE username = $1")
+            .bind(username)
+            .bind(failed_logins as i32)
+            .bind(locked_until.map(to_db))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1").bind(to_db(now)).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(to_db(now))
+            .bind(to_db(expires_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<UserRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT u.id, u.username, u.password_hash, u.role, u.teams, u.created_at, u.failed_logins, ",
+            "u.locked_until FROM sessions s JOIN users u ON u.id = s.user_id ",
+            "WHERE s.token_hash = $1 AND s.expires_at > $2"
+        ))
+        .bind(token_hash)
+        .bind(to_db(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_row).transpose()
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash).execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn create_run(&self, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await?;
         let run_pk = insert_run(&mut tx, run, actor, now).await?;

@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/sqlite/0004_log_chunks.sql")),
     (5, include_str!("../../migrations/sqlite/0005_dag_source.sql")),
     (6, include_str!("../../migrations/sqlite/0006_users.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_sessions.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -598,6 +599,60 @@ impl MetadataStore for SqliteStore {
                 )?
                 .execute(params![username, hash])?
                 > 0)
+        })
+        .await
+    }
+
+    async fn set_login_state(&self, username: &str, failed_logins: u32, locked_until: Option<Timestamp>) -> Result<()> {
+        let username = username.to_string();
+        self.write(move |tx| {
+            tx.prepare_cached("UPDATE users SET failed_logins = ?2, locked_until = ?3 WHERE username = ?1")?
+                .execute(params![username, failed_logins, locked_until.map(to_db)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
+        let token_hash = token_hash.to_string();
+        self.write(move |tx| {
+            tx.prepare_cached("DELETE FROM sessions WHERE expires_at < ?1")?.execute(params![to_db(now)])?;
+            tx.prepare_cached(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![token_hash, user_id, to_db(now), to_db(expires_at)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<UserRow>> {
+        let token_hash = token_hash.to_string();
+        self.read(move |tx| {
+            let found = tx
+                .prepare_cached(concat!(
+                    "SELECT u.id, u.username, u.password_hash, u.role, u.teams, u.created_at, u.failed_logins, ",
+                    "u.locked_until FROM sessions s JOIN users u ON u.id = s.user_id ",
+                    "WHERE s.token_hash = ?1 AND s.expires_at > ?2"
+                ))?
+                .query_row(params![token_hash, to_db(now)], user_row)
+                .optional()?;
+            found.transpose()
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        let token_hash = token_hash.to_string();
+        self.write(move |tx| {
+            tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?.execute(params![token_hash])?;
+            Ok(())
         })
         .await
     }
