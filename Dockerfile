@@ -19,7 +19,8 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/updraft /usr/local/bin/updraft
 COPY examples/dags /opt/updraft/dags
 ENV UPDRAFT_DAGS_FOLDER=/opt/updraft/dags \
-    UPDRAFT_CORE__STATE_FOLDER=/var/lib/updraft
+    UPDRAFT_CORE__STATE_FOLDER=/var/lib/updraft \
+    UPDRAFT_WEBSERVER__AUTH=password
 USER updraft
 WORKDIR /var/lib/updraft
 EXPOSE 8080

@@ -9,6 +9,7 @@
 
 mod api;
 mod caller;
+mod csrf;
 mod error;
 mod health;
 mod logs;
@@ -34,6 +35,10 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// The token remote workers present; `None`: the worker API is off.
     pub worker_token: Option<Arc<str>>,
+    /// How callers are authenticated.
+    pub auth: AuthMode,
+    /// Cookies only over HTTPS (behind a TLS proxy).
+    pub secure_cookies: bool,
     /// DAG versions already read, for triggering runs.
     definitions: Arc<DefinitionCache>,
     /// Ticks when the store changed, so a waiting claim looks again at once.
@@ -46,7 +51,33 @@ impl AppState {
     pub fn new(store: Store, clock: Arc<dyn Clock>, worker_token: Option<String>) -> AppState {
         let (tick, changes) = watch::channel(0);
         tokio::spawn(watch_store(store.clone(), tick));
-        AppState { store, clock, worker_token: worker_token.map(Arc::from), definitions: Arc::default(), changes }
+        AppState {
+            store,
+            clock,
+            worker_token: worker_token.map(Arc::from),
+            auth: AuthMode::None,
+            secure_cookies: false,
+            definitions: Arc::default(),
+            changes,
+        }
+    }
+}
+
+/// How the server knows who calls (`webserver.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Everyone is `anonymous` with every right: for a laptop, on loopback only.
+    None,
+    /// Accounts with passwords; browsers sign in and hold a session cookie.
+    Password,
+}
+
+impl AppState {
+    /// The same state with `auth` and whether cookies need HTTPS.
+    pub fn with_auth(mut self, auth: AuthMode, secure_cookies: bool) -> AppState {
+        self.auth = auth;
+        self.secure_cookies = secure_cookies;
+        self
     }
 }
 
@@ -98,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dags/{dag_id}/versions/{version}", get(workers::definition))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), csrf::guard))
         .with_state(state)
 }
 

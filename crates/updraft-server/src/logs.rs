@@ -81,10 +81,11 @@ pub type Attempt = (String, String, String, u32);
 )]
 pub async fn attempt_log(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(attempt): Path<Attempt>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
+    crate::api::readable_dag(&state, &caller, &attempt.0).await?;
     let offset = non_negative("offset", query.offset)?;
     let limit = non_negative("limit", query.limit)?.unwrap_or(MAX_ANSWER);
     if limit > MAX_ANSWER {
@@ -138,10 +139,11 @@ pub async fn attempt_log(
 )]
 pub async fn attempt_log_stream(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(attempt): Path<Attempt>,
     Query(query): Query<StreamQuery>,
 ) -> Result<Response, ApiError> {
+    crate::api::readable_dag(&state, &caller, &attempt.0).await?;
     let offset = non_negative("offset", Some(query.offset))?.unwrap_or(0);
     let (ti_pk, _) = find_attempt(&state, &attempt).await?;
     let start = Follow { state, attempt, ti_pk, offset, done: false };

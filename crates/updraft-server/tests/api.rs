@@ -677,7 +677,15 @@ async fn ui_pages_and_forms() {
     let get = |path: &str| client.get(format!("{}{path}", s.base)).send();
     let page = get("/").await.unwrap();
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    // Security headers on every answer; a CSRF cookie for forms.
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    let csrf = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
     let html = page.text().await.unwrap();
+    assert!(html.contains(&format!(r#"name="csrf" value="{csrf}""#)), "forms carry the token");
     assert!(html.contains(r#"data-dag="daily_sales""#) && html.contains("every day at 06:00"), "{html}");
     assert!(html.contains("1 DAG file cannot be read"), "the parse-error banner on every page");
     let filtered = get("/?q=moves&paused=yes").await.unwrap().text().await.unwrap();
@@ -696,9 +704,21 @@ async fn ui_pages_and_forms() {
         client
             .post(format!("{}{path}", s.base))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
+            .header("cookie", format!("updraft_csrf={csrf}"))
+            .body(format!("csrf={csrf}&{body}"))
             .send()
     };
+    // Without the token (a form from another site), nothing happens.
+    let forged = client
+        .post(format!("{}/dags/daily_sales/paused", s.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", format!("updraft_csrf={csrf}"))
+        .body("paused=true&csrf=guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(!s.store.get_dag("daily_sales").await.unwrap().unwrap().is_paused);
     let bad = post("/dags/daily_sales/trigger", "conf=%5B1%5D").await.unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     assert!(bad.text().await.unwrap().contains("must be a JSON object"));

@@ -30,6 +30,10 @@ pub struct Config {
     pub dag_sync_interval: Duration,
     pub host: String,
     pub port: u16,
+    /// `none` (loopback only) or `password`.
+    pub auth: String,
+    /// Session and CSRF cookies only over HTTPS.
+    pub secure_cookies: bool,
     pub parallelism: u32,
     /// DAGs one scheduling pass takes (PostgreSQL).
     pub scheduler_batch: u32,
@@ -95,6 +99,8 @@ struct DatabaseSection {
 struct WebserverSection {
     host: Option<String>,
     port: Option<u16>,
+    auth: Option<String>,
+    secure_cookies: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +234,8 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         dag_sync_interval: duration(pick!(core.dag_dir_list_interval), 10),
         host: overrides.host.or(pick!(webserver.host).map(|(host, _)| host)).unwrap_or_else(|| "127.0.0.1".to_string()),
         port: overrides.port.or(pick!(webserver.port).map(|(port, _)| port)).unwrap_or(8080),
+        auth: pick!(webserver.auth).map_or_else(|| "none".to_string(), |(auth, _)| auth),
+        secure_cookies: pick!(webserver.secure_cookies).is_some_and(|(secure, _)| secure),
         parallelism: pick!(scheduler.parallelism).map_or(32, |(value, _)| value).max(1),
         scheduler_batch: pick!(scheduler.batch).map_or(64, |(value, _)| value).max(1),
         heartbeat_interval: duration(pick!(scheduler.heartbeat_interval), 5),
@@ -320,7 +328,7 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
         ("core", "dags_folder" | "state_folder")
         | ("database", "url")
         | ("worker", "api_url" | "token")
-        | ("webserver", "host")
+        | ("webserver", "host" | "auth")
         | ("logging", "level") => toml::Value::String(value.to_string()),
         _ => parsed,
     };

@@ -5,6 +5,8 @@ use axum::extract::State;
 use super::extract::{Json, Path, Query};
 use super::model::{Dag, DagList, DagListQuery, DagPatch, DagSource, DagSourceQuery, page};
 use crate::error::Problem;
+use updraft_auth::Action;
+
 use crate::{ApiError, AppState, Caller};
 
 /// DAGs, filtered and paged, in id order.
@@ -14,7 +16,7 @@ use crate::{ApiError, AppState, Caller};
 )]
 pub async fn list_dags(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Query(query): Query<DagListQuery>,
 ) -> Result<axum::Json<DagList>, ApiError> {
     let (limit, offset) = page(query.limit, query.offset)?;
@@ -33,8 +35,14 @@ pub async fn list_dags(
         search: query.search,
         include_inactive: query.include_inactive == Some(true),
     };
-    let matching: Vec<Dag> =
-        state.store.list_dags().await?.into_iter().filter(|dag| filter.matches(dag)).map(Dag::from).collect();
+    let matching: Vec<Dag> = state
+        .store
+        .list_dags()
+        .await?
+        .into_iter()
+        .filter(|dag| filter.matches(dag) && caller.may(Action::ReadDag { owner: &dag.owner }))
+        .map(Dag::from)
+        .collect();
     let total_entries = matching.len();
     let dags = matching.into_iter().skip(offset).take(limit).collect();
     Ok(axum::Json(DagList { dags, total_entries }))
@@ -47,10 +55,10 @@ pub async fn list_dags(
 )]
 pub async fn get_dag(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(dag_id): Path<String>,
 ) -> Result<axum::Json<Dag>, ApiError> {
-    Ok(axum::Json(Dag::from(find_dag(&state, &dag_id).await?)))
+    Ok(axum::Json(Dag::from(readable_dag(&state, &caller, &dag_id).await?)))
 }
 
 /// Pauses or unpauses a DAG: a paused DAG gets no scheduled runs, and its runs
@@ -71,7 +79,7 @@ pub async fn patch_dag(
     Path(dag_id): Path<String>,
     Json(patch): Json<DagPatch>,
 ) -> Result<axum::Json<Dag>, ApiError> {
-    find_dag(&state, &dag_id).await?;
+    editable_dag(&state, &caller, &dag_id).await?;
     state.store.set_paused(&dag_id, patch.is_paused, state.clock.now()).await?;
     tracing::info!(%dag_id, paused = patch.is_paused, actor = %caller.actor(), "DAG paused state set");
     Ok(axum::Json(Dag::from(find_dag(&state, &dag_id).await?)))
@@ -88,11 +96,11 @@ pub async fn patch_dag(
 )]
 pub async fn dag_source(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(dag_id): Path<String>,
     Query(query): Query<DagSourceQuery>,
 ) -> Result<axum::Json<DagSource>, ApiError> {
-    let dag = find_dag(&state, &dag_id).await?;
+    let dag = readable_dag(&state, &caller, &dag_id).await?;
     let version = query.version.unwrap_or(dag.latest_version);
     let source =
         state.store.dag_source(&dag_id, &version).await?.ok_or_else(|| {
@@ -125,6 +133,20 @@ impl DagFilter {
                     || dag.description.as_deref().is_some_and(|description| description.to_lowercase().contains(&text))
             })
     }
+}
+
+/// A DAG the caller may see: 404 if there is none, 403 if it is another team's.
+pub async fn readable_dag(state: &AppState, caller: &Caller, dag_id: &str) -> Result<updraft_store::DagRow, ApiError> {
+    let dag = find_dag(state, dag_id).await?;
+    caller.require(Action::ReadDag { owner: &dag.owner })?;
+    Ok(dag)
+}
+
+/// A DAG the caller may change (trigger, pause, clear, mark, delete runs).
+pub async fn editable_dag(state: &AppState, caller: &Caller, dag_id: &str) -> Result<updraft_store::DagRow, ApiError> {
+    let dag = find_dag(state, dag_id).await?;
+    caller.require(Action::EditDag { owner: &dag.owner })?;
+    Ok(dag)
 }
 
 pub async fn find_dag(state: &AppState, dag_id: &str) -> Result<updraft_store::DagRow, ApiError> {

@@ -31,12 +31,14 @@ pub async fn pools(State(state): State<AppState>, _caller: Caller) -> Result<axu
     get, path = "/api/v1/health", tag = "Monitoring",
     responses((status = 200, body = Health), (status = 503, body = Health))
 )]
-pub async fn health(state: State<AppState>, _caller: Caller) -> (StatusCode, axum::Json<Health>) {
+/// Public: load balancers and monitors ask it without an account.
+pub async fn health(state: State<AppState>) -> (StatusCode, axum::Json<Health>) {
     crate::health::health(state).await
 }
 
 /// This server's version.
 #[utoipa::path(get, path = "/api/v1/version", tag = "Monitoring", responses((status = 200, body = Version)))]
-pub async fn version(_caller: Caller) -> axum::Json<Version> {
+/// Public, like `health`.
+pub async fn version() -> axum::Json<Version> {
     axum::Json(Version { version: env!("CARGO_PKG_VERSION"), api: "v1" })
 }

@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
-pub use dags::{DagFilter, find_dag};
+pub use dags::{DagFilter, editable_dag, readable_dag};
 pub use extract::{Path, Query};
 pub use runs::{encode, find_run, intervene, trigger};
 pub use tasks::find_task_instance;

@@ -7,7 +7,7 @@ use updraft_core::plan::{DagVersion, RunType};
 use updraft_core::{RunId, RunState};
 use updraft_store::NewRun;
 
-use super::dags::find_dag;
+use super::dags::{editable_dag, find_dag, readable_dag};
 use super::extract::{Json, Path, Query};
 use super::model::{DagRun, DagRunList, DagRunListQuery, DagRunPatch, TriggerDagRun, page};
 use crate::error::Problem;
@@ -24,10 +24,11 @@ use crate::{ApiError, AppState, Caller};
 )]
 pub async fn list_runs(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(dag_id): Path<String>,
     Query(query): Query<DagRunListQuery>,
 ) -> Result<axum::Json<DagRunList>, ApiError> {
+    readable_dag(&state, &caller, &dag_id).await?;
     let (limit, offset) = page(query.limit, query.offset)?;
     let wanted = query.state.map(RunState::from);
     find_dag(&state, &dag_id).await?;
@@ -45,9 +46,10 @@ pub async fn list_runs(
 )]
 pub async fn get_run(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path((dag_id, run_id)): Path<(String, String)>,
 ) -> Result<axum::Json<DagRun>, ApiError> {
+    readable_dag(&state, &caller, &dag_id).await?;
     Ok(axum::Json(DagRun::from(find_run(&state, &dag_id, &run_id).await?)))
 }
 
@@ -84,7 +86,7 @@ pub async fn trigger(
     dag_id: &str,
     request: TriggerDagRun,
 ) -> Result<updraft_store::RunRow, ApiError> {
-    let row = find_dag(state, dag_id).await?;
+    let row = editable_dag(state, caller, dag_id).await?;
     if !row.is_active {
         return Err(ApiError::Conflict(format!(
             "DAG `{dag_id}` is not active: its file `{}` is gone from the DAGs folder",
@@ -216,6 +218,7 @@ pub async fn patch_run(
     Path((dag_id, run_id)): Path<(String, String)>,
     Json(patch): Json<DagRunPatch>,
 ) -> Result<axum::Json<DagRun>, ApiError> {
+    editable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     let to = RunState::from(patch.state);
     intervene(&state, &caller, &run, updraft_core::intervene::Request::MarkRun { to }).await?;
@@ -237,6 +240,7 @@ pub async fn delete_run(
     caller: Caller,
     Path((dag_id, run_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    editable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     if !state.store.delete_run(run.run_pk).await? {
         return Err(ApiError::Conflict(format!(

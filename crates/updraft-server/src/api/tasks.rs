@@ -5,6 +5,7 @@ use axum::extract::State;
 use updraft_core::TaskState;
 use updraft_core::intervene::Request;
 
+use super::dags::{editable_dag, readable_dag};
 use super::extract::{Json, Path};
 use super::model::{
     Attempt, ClearTaskInstances, TaskInstance, TaskInstanceDetail, TaskInstanceList, TaskInstancePatch,
@@ -24,9 +25,10 @@ use crate::{ApiError, AppState, Caller};
 )]
 pub async fn list_task_instances(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path((dag_id, run_id)): Path<(String, String)>,
 ) -> Result<axum::Json<TaskInstanceList>, ApiError> {
+    readable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     let task_instances = state.store.task_instances(run.run_pk).await?.into_iter().map(TaskInstance::from).collect();
     Ok(axum::Json(TaskInstanceList { task_instances }))
@@ -43,9 +45,10 @@ pub async fn list_task_instances(
 )]
 pub async fn get_task_instance(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
 ) -> Result<axum::Json<TaskInstanceDetail>, ApiError> {
+    readable_dag(&state, &caller, &dag_id).await?;
     let task_instance = find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
     let attempts = state.store.task_attempts(task_instance.ti_pk).await?.into_iter().map(Attempt::from).collect();
     Ok(axum::Json(TaskInstanceDetail { task_instance: TaskInstance::from(task_instance), dag_id, run_id, attempts }))
@@ -87,6 +90,7 @@ pub async fn clear(
     Path((dag_id, run_id)): Path<(String, String)>,
     Json(request): Json<ClearTaskInstances>,
 ) -> Result<axum::Json<TaskInstanceList>, ApiError> {
+    editable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     let request = Request::Clear { task_ids: request.task_ids, downstream: request.downstream };
     intervene(&state, &caller, &run, request).await?;
@@ -115,6 +119,7 @@ pub async fn patch_task_instance(
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
     Json(patch): Json<TaskInstancePatch>,
 ) -> Result<axum::Json<TaskInstance>, ApiError> {
+    editable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
     let to = TaskState::from(patch.state);

@@ -3,11 +3,12 @@
 use jiff::Timestamp;
 use maud::{DOCTYPE, Markup, html};
 
+use crate::Caller;
 use crate::api::encode;
 
 /// A whole page: header, the parse-error banner when any DAG file is broken,
 /// an optional message, and `body`.
-pub fn page(title: &str, broken_files: usize, flash: Option<&str>, body: Markup) -> Markup {
+pub fn page(title: &str, caller: Option<&Caller>, broken_files: usize, flash: Option<&str>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -25,6 +26,13 @@ pub fn page(title: &str, broken_files: usize, flash: Option<&str>, body: Markup)
                     a href="/" { "DAGs" }
                     a href="/import-errors" { "Parse errors" }
                     a href="/api/v1/docs" { "API" }
+                    @if let Some(caller) = caller.filter(|caller| caller.signed_in) {
+                        span.who { (caller.principal.username) " (" (caller.principal.role) ")" }
+                        form.inline method="post" action="/logout" {
+                            (csrf_field(caller))
+                            button.link type="submit" { "Sign out" }
+                        }
+                    }
                 }
                 main {
                     @if broken_files > 0 {
@@ -47,6 +55,7 @@ pub fn page(title: &str, broken_files: usize, flash: Option<&str>, body: Markup)
 pub fn error_page(status: u16, detail: &str) -> Markup {
     page(
         "Error",
+        None,
         0,
         None,
         html! {
@@ -55,6 +64,11 @@ pub fn error_page(status: u16, detail: &str) -> Markup {
             p { a href="/" { "Back to the DAGs" } }
         },
     )
+}
+
+/// The hidden field every form carries (see `csrf.rs`).
+pub fn csrf_field(caller: &Caller) -> Markup {
+    html! { input type="hidden" name="csrf" value=(caller.csrf); }
 }
 
 /// A time for the viewer's zone (the script rewrites it; without the script it

@@ -5,6 +5,7 @@
 //! API (`crate::api`), so the UI can do nothing the API could not.
 
 mod layout;
+mod login;
 mod pages;
 
 use axum::Router;
@@ -20,6 +21,8 @@ const APP_CSS: &str = include_str!("../../assets/app.css");
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(pages::dag_list))
+        .route("/login", get(login::login_form).post(login::login))
+        .route("/logout", post(login::logout))
         .route("/import-errors", get(pages::import_errors))
         .route("/dags/{dag_id}", get(pages::dag_page))
         .route("/dags/{dag_id}/grid", get(pages::grid_fragment))
@@ -33,6 +36,11 @@ pub fn router() -> Router<AppState> {
         .route("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/state", post(pages::mark_task))
         .route("/static/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/static/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
+}
+
+/// An error page as HTML, for refusals outside the pages (`csrf.rs`).
+pub fn error_page_html(status: u16, detail: &str) -> String {
+    layout::error_page(status, detail).into_string()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {

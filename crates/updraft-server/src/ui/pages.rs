@@ -9,15 +9,18 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
+use updraft_auth::Action;
 use updraft_core::intervene::Request;
 use updraft_core::plan::DagVersion;
 use updraft_core::timetable::describe_schedule;
 use updraft_core::{Dag, RunState, TaskState};
 use updraft_store::{DagRow, RunRow, TaskInstanceRow};
 
-use super::layout::{dag_url, duration, error_page, highlight_yaml, page, run_url, state_badge, task_url, time};
+use super::layout::{
+    csrf_field, dag_url, duration, error_page, highlight_yaml, page, run_url, state_badge, task_url, time,
+};
 use crate::api::model::TriggerDagRun;
-use crate::api::{DagFilter, encode, find_dag, find_run, find_task_instance, intervene};
+use crate::api::{DagFilter, editable_dag, encode, find_run, find_task_instance, intervene, readable_dag};
 use crate::{ApiError, AppState, Caller};
 
 /// A page or an error page with the right status.
@@ -104,7 +107,7 @@ pub struct ListParams {
 /// DAGs on one page of the list.
 const LIST_PAGE: usize = 100;
 
-pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(params): Query<ListParams>) -> PageResult {
+pub async fn dag_list(State(state): State<AppState>, caller: Caller, Query(params): Query<ListParams>) -> PageResult {
     let filter = DagFilter {
         tags: params.tag.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect(),
         paused: match params.paused.as_str() {
@@ -115,7 +118,13 @@ pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(para
         search: Some(params.q.clone()),
         ..DagFilter::default()
     };
-    let all = state.store.list_dags().await?;
+    let all: Vec<DagRow> = state
+        .store
+        .list_dags()
+        .await?
+        .into_iter()
+        .filter(|dag| caller.may(Action::ReadDag { owner: &dag.owner }))
+        .collect();
     let mut tags: Vec<&str> = all.iter().flat_map(|dag| dag.tags.iter().map(String::as_str)).collect();
     tags.sort_unstable();
     tags.dedup();
@@ -159,7 +168,7 @@ pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(para
             tbody {
                 @for dag in &dags {
                     tr data-dag=(dag.dag_id) {
-                        td { (paused_toggle(dag, "/")) }
+                        td { (paused_toggle(dag, "/", &caller)) }
                         td.name {
                             a href=(dag_url(&dag.dag_id)) { strong { (dag.dag_id) } }
                             @if let Some(description) = &dag.description { br; span.muted { (description) } }
@@ -188,12 +197,13 @@ pub async fn dag_list(State(state): State<AppState>, _caller: Caller, Query(para
         }
     };
     let note = Some(params.note.as_str()).filter(|note| !note.is_empty());
-    Ok(Html(page("DAGs", broken_files(&state).await?, note, body).into_string()))
+    Ok(Html(page("DAGs", Some(&caller), broken_files(&state).await?, note, body).into_string()))
 }
 
-fn paused_toggle(dag: &DagRow, back_to: &str) -> Markup {
+fn paused_toggle(dag: &DagRow, back_to: &str, caller: &Caller) -> Markup {
     html! {
         form.inline method="post" action=(format!("{}/paused", dag_url(&dag.dag_id))) {
+            (csrf_field(caller))
             input type="hidden" name="paused" value=(if dag.is_paused { "false" } else { "true" });
             input type="hidden" name="back" value=(back_to);
             @if dag.is_paused {
@@ -218,7 +228,7 @@ pub async fn set_paused(
     Path(dag_id): Path<String>,
     Form(form): Form<PausedForm>,
 ) -> Result<Redirect, UiError> {
-    find_dag(&state, &dag_id).await?;
+    editable_dag(&state, &caller, &dag_id).await?;
     state.store.set_paused(&dag_id, form.paused, state.clock.now()).await?;
     tracing::info!(%dag_id, paused = form.paused, actor = %caller.actor(), "DAG paused state set");
     // Only back to a page of this site.
@@ -239,11 +249,11 @@ pub struct DagParams {
 
 pub async fn dag_page(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(dag_id): Path<String>,
     Query(params): Query<DagParams>,
 ) -> PageResult {
-    let row = find_dag(&state, &dag_id).await?;
+    let row = readable_dag(&state, &caller, &dag_id).await?;
     let dag = definition(&state, &dag_id, &row.latest_version).await?;
     let tab = match params.tab.as_str() {
         "graph" | "code" | "runs" => params.tab.as_str(),
@@ -275,7 +285,7 @@ pub async fn dag_page(
             div { span { "File" } code { (row.fileloc) } }
         }
         div.filters {
-            (paused_toggle(&row, &url))
+            (paused_toggle(&row, &url, &caller))
             a.button.primary href=(format!("{url}/trigger")) { "Trigger" }
         }
         nav.tabs {
@@ -286,12 +296,12 @@ pub async fn dag_page(
         (content)
     };
     let note = Some(params.note.as_str()).filter(|note| !note.is_empty());
-    Ok(Html(page(&dag_id, broken_files(&state).await?, note, body).into_string()))
+    Ok(Html(page(&dag_id, Some(&caller), broken_files(&state).await?, note, body).into_string()))
 }
 
 /// The grid fragment alone, for the live refresh.
-pub async fn grid_fragment(State(state): State<AppState>, _caller: Caller, Path(dag_id): Path<String>) -> PageResult {
-    let row = find_dag(&state, &dag_id).await?;
+pub async fn grid_fragment(State(state): State<AppState>, caller: Caller, Path(dag_id): Path<String>) -> PageResult {
+    let row = readable_dag(&state, &caller, &dag_id).await?;
     let dag = definition(&state, &dag_id, &row.latest_version).await?;
     Ok(Html(grid(&state, &row, &dag).await?.into_string()))
 }
@@ -343,8 +353,8 @@ async fn grid(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiErr
 }
 
 /// The graph fragment alone, for the live refresh.
-pub async fn graph_fragment(State(state): State<AppState>, _caller: Caller, Path(dag_id): Path<String>) -> PageResult {
-    let row = find_dag(&state, &dag_id).await?;
+pub async fn graph_fragment(State(state): State<AppState>, caller: Caller, Path(dag_id): Path<String>) -> PageResult {
+    let row = readable_dag(&state, &caller, &dag_id).await?;
     let dag = definition(&state, &dag_id, &row.latest_version).await?;
     Ok(Html(graph(&state, &row, &dag).await?.into_string()))
 }
@@ -480,13 +490,14 @@ async fn runs_tab(state: &AppState, row: &DagRow) -> Result<Markup, UiError> {
 
 // ---------------------------------------------------------------- trigger
 
-pub async fn trigger_form(State(state): State<AppState>, _caller: Caller, Path(dag_id): Path<String>) -> PageResult {
-    let row = find_dag(&state, &dag_id).await?;
+pub async fn trigger_form(State(state): State<AppState>, caller: Caller, Path(dag_id): Path<String>) -> PageResult {
+    let row = readable_dag(&state, &caller, &dag_id).await?;
     let dag = definition(&state, &dag_id, &row.latest_version).await?;
     let params = &dag.spec().params;
     let body = html! {
         h1 { "Trigger " (dag_id) }
         form method="post" action=(format!("{}/trigger", dag_url(&dag_id))) id="trigger" {
+            (csrf_field(&caller))
             @if !params.is_empty() {
                 h2 { "Params" }
                 table.list {
@@ -508,7 +519,7 @@ pub async fn trigger_form(State(state): State<AppState>, _caller: Caller, Path(d
             " " a href=(dag_url(&dag_id)) { "Cancel" }
         }
     };
-    Ok(Html(page(&format!("Trigger {dag_id}"), broken_files(&state).await?, None, body).into_string()))
+    Ok(Html(page(&format!("Trigger {dag_id}"), Some(&caller), broken_files(&state).await?, None, body).into_string()))
 }
 
 fn param_text(value: &serde_json::Value) -> String {
@@ -547,6 +558,7 @@ pub async fn trigger_submit(
         }
     }
     request.conf = Some(conf);
+    editable_dag(&state, &caller, &dag_id).await?;
     let run = crate::api::trigger(&state, &caller, &dag_id, request).await?;
     Ok(back(&dag_url(&dag_id), &format!("Triggered run {}", run.run_id)))
 }
@@ -555,11 +567,11 @@ pub async fn trigger_submit(
 
 pub async fn run_page(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path((dag_id, run_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> PageResult {
-    let dag_row = find_dag(&state, &dag_id).await?;
+    let dag_row = readable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     let dag = definition(&state, &dag_id, &run.version.0).await?;
     let tis = state.store.task_instances(run.run_pk).await?;
@@ -590,6 +602,7 @@ pub async fn run_page(
             div.filters {
                 @for (to, label) in [("success", "Mark success"), ("failed", "Mark failed")] {
                     form.inline method="post" action=(format!("{url}/state")) data-confirm=(format!("{label} this run?")) {
+                        (csrf_field(&caller))
                         input type="hidden" name="state" value=(to);
                         button.danger[to == "failed"] type="submit" { (label) }
                     }
@@ -616,7 +629,7 @@ pub async fn run_page(
         }
     };
     let note = note(&query);
-    Ok(Html(page(&format!("{dag_id} {run_id}"), broken_files(&state).await?, note, body).into_string()))
+    Ok(Html(page(&format!("{dag_id} {run_id}"), Some(&caller), broken_files(&state).await?, note, body).into_string()))
 }
 
 /// Bars from each task's start to its end, on the run's time line.
@@ -662,6 +675,7 @@ pub async fn mark_run(
     Path((dag_id, run_id)): Path<(String, String)>,
     Form(form): Form<StateForm>,
 ) -> Result<Redirect, UiError> {
+    editable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     let to = match form.state.as_str() {
         "success" => RunState::Success,
@@ -678,11 +692,11 @@ pub async fn mark_run(
 
 pub async fn task_page(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> PageResult {
-    let dag_row = find_dag(&state, &dag_id).await?;
+    let dag_row = readable_dag(&state, &caller, &dag_id).await?;
     let ti = find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
     let attempts = state.store.task_attempts(ti.ti_pk).await?;
     let chosen = query.get("try").and_then(|text| text.parse::<u32>().ok()).unwrap_or(ti.try_number);
@@ -731,12 +745,14 @@ pub async fn task_page(
                 span.muted { "It is " (ti.state) ": it can be changed once its attempt ends." }
             } @else {
                 form.inline method="post" action=(format!("{url}/clear")) data-confirm="Run this task again?" {
+                    (csrf_field(&caller))
                     label { input type="checkbox" name="downstream" value="true"; " with downstream " }
                     button.primary type="submit" { "Clear" }
                 }
                 @for (to, label) in [("success", "Mark success"), ("failed", "Mark failed"), ("skipped", "Mark skipped")] {
                     @if ti.state.as_str() != to {
                         form.inline method="post" action=(format!("{url}/state")) {
+                            (csrf_field(&caller))
                             input type="hidden" name="state" value=(to);
                             button.danger[to == "failed"] type="submit" { (label) }
                         }
@@ -787,7 +803,9 @@ pub async fn task_page(
         }
     };
     let note = note(&query);
-    Ok(Html(page(&format!("{task_id} — {dag_id}"), broken_files(&state).await?, note, body).into_string()))
+    Ok(Html(
+        page(&format!("{task_id} — {dag_id}"), Some(&caller), broken_files(&state).await?, note, body).into_string(),
+    ))
 }
 
 fn problem_text(error: ApiError) -> String {
@@ -826,6 +844,7 @@ pub async fn clear_task(
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
     Form(form): Form<ClearForm>,
 ) -> Result<Redirect, UiError> {
+    editable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     let downstream = form.downstream.is_some();
     let request = Request::Clear { task_ids: vec![task_id.clone()], downstream };
@@ -840,6 +859,7 @@ pub async fn mark_task(
     Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
     Form(form): Form<StateForm>,
 ) -> Result<Redirect, UiError> {
+    editable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
     let to = match form.state.as_str() {
@@ -859,7 +879,7 @@ pub async fn mark_task(
 
 // ---------------------------------------------------------------- parse errors
 
-pub async fn import_errors(State(state): State<AppState>, _caller: Caller) -> PageResult {
+pub async fn import_errors(State(state): State<AppState>, caller: Caller) -> PageResult {
     let errors = state.store.import_errors().await?;
     let body = html! {
         h1 { "Parse errors" }
@@ -871,5 +891,5 @@ pub async fn import_errors(State(state): State<AppState>, _caller: Caller) -> Pa
             pre.code { (error.message) }
         }
     };
-    Ok(Html(page("Parse errors", errors.len(), None, body).into_string()))
+    Ok(Html(page("Parse errors", Some(&caller), errors.len(), None, body).into_string()))
 }

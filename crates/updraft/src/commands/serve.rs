@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use updraft_server::AppState;
+use updraft_server::{AppState, AuthMode};
 
 use updraft_core::errors::chain;
 use updraft_runner::{ApiSource, SourceError, WorkSource, procfs};
@@ -145,7 +145,34 @@ fn require_dags_folder(ctx: &Ctx) -> Result<()> {
     ))
 }
 
+/// How the web server authenticates, checked before it listens: without sign-in
+/// it serves only this machine.
+fn auth_mode(ctx: &Ctx) -> Result<AuthMode> {
+    let mode = match ctx.config.auth.as_str() {
+        "none" => AuthMode::None,
+        "password" => AuthMode::Password,
+        other => {
+            return Err(user_error(
+                format!("unknown `webserver.auth` `{other}`"),
+                Some("use `none` (this machine only) or `password` (accounts, `updraft users create`)"),
+            ));
+        }
+    };
+    let host = ctx.config.host.as_str();
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if mode == AuthMode::None && !loopback {
+        return Err(user_error(
+            format!("refusing to serve on `{host}` without sign-in: anyone who can reach it could run anything"),
+            Some(
+                "set `webserver.auth = \"password\"` (UPDRAFT_WEBSERVER__AUTH=password) and create accounts with `updraft users create`",
+            ),
+        ));
+    }
+    Ok(mode)
+}
+
 async fn bind(ctx: &Ctx) -> Result<TcpListener> {
+    auth_mode(ctx)?;
     let (host, port) = (ctx.config.host.as_str(), ctx.config.port);
     TcpListener::bind((host, port)).await.map_err(|error| {
         anyhow::Error::new(error).context(crate::error::UserError {
@@ -161,7 +188,9 @@ fn spawn_server(
     listener: TcpListener,
 ) -> (tokio::task::JoinHandle<std::io::Result<()>>, tokio::sync::oneshot::Sender<()>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState::new(store.clone(), ctx.clock.clone(), ctx.config.worker_token.clone());
+    let mode = auth_mode(ctx).unwrap_or(AuthMode::Password);
+    let state = AppState::new(store.clone(), ctx.clock.clone(), ctx.config.worker_token.clone())
+        .with_auth(mode, ctx.config.secure_cookies);
     let server = tokio::spawn(updraft_server::serve(listener, state, async move {
         let _ = stopped.await;
     }));

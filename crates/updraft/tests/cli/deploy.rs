@@ -126,6 +126,7 @@ fn compose_file_describes_the_production_layout() {
     let api_env = environment(api);
     assert_eq!(api_env["UPDRAFT_DATABASE_URL"], database_url);
     assert_eq!(api_env["UPDRAFT_WORKER__TOKEN"], "compose-worker-token");
+    assert_eq!(api_env["UPDRAFT_WEBSERVER__AUTH"], "password", "a server others reach requires sign-in");
     for (name, worker) in &workers {
         let env = environment(worker);
         assert_eq!(env["UPDRAFT_WORKER__API_URL"], format!("http://{api_name}:{api_port}"), "{name}");

@@ -79,3 +79,17 @@ fn accounts_are_created_listed_reset_and_deleted() {
     assert_eq!(gone.code, 1);
     assert!(gone.stderr.contains("no user `alice`"), "{}", gone.stderr);
 }
+
+#[test]
+fn a_server_others_can_reach_requires_sign_in() {
+    let p = project();
+    let refused = p.run(&["webserver", "--host", "0.0.0.0", "--port", "0"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("refusing to serve on `0.0.0.0` without sign-in"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("UPDRAFT_WEBSERVER__AUTH=password"), "{}", refused.stderr);
+    let mut p = project();
+    p.env("UPDRAFT_WEBSERVER__AUTH", "passwords");
+    let typo = p.run(&["webserver", "--port", "0"]);
+    assert_eq!(typo.code, 1);
+    assert!(typo.stderr.contains("unknown `webserver.auth` `passwords`"), "{}", typo.stderr);
+}

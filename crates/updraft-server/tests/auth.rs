@@ -1,0 +1,344 @@
+//! Sign-in and permissions with `webserver.auth = "password"`, over real HTTP:
+//! every API route against every role (a table that must cover the whole OpenAPI
+//! document), sessions, lockout, CSRF, and nothing leaked in refusals.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use updraft_core::clock::{Clock, SystemClock};
+use updraft_server::{AppState, AuthMode};
+use updraft_store::{DagUpsert, NewUser, Store};
+
+const PASSWORD: &str = "a long test password";
+
+struct Server {
+    base: String,
+    store: Store,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// DAGs `sales` and `archive` (team analytics) and `scores` (team ml), a run `r1`
+/// of `sales`, and one account per role.
+async fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = updraft_store::open("sqlite://updraft.db", dir.path()).await.unwrap();
+    let now = SystemClock.now();
+    let mut upserts = Vec::new();
+    for (dag, owner) in [("sales", "analytics"), ("archive", "analytics"), ("scores", "ml")] {
+        let text = format!(
+            "dag: {dag}\nowner: {owner}\ntasks:\n  a: {{shell: 'echo a'}}\n  b: {{shell: 'echo b', depends_on: [a]}}\n"
+        );
+        let dag = Arc::new(updraft_dagfile::parse_dag(&text, &format!("{dag}.yaml")).dag.unwrap());
+        upserts.push(DagUpsert { version: updraft_dagfile::version_of(&dag), dag, paused_if_new: false, source: None });
+    }
+    store.upsert_dags(&upserts, now).await.unwrap();
+    let hash = updraft_auth::hash_password(PASSWORD).unwrap();
+    for (name, role, teams) in [
+        ("viewer", "viewer", vec!["analytics"]),
+        ("analyst", "user", vec!["analytics"]),
+        ("scientist", "user", vec!["ml"]),
+        ("operator", "op", vec![]),
+        ("admin", "admin", vec![]),
+    ] {
+        let user = NewUser {
+            username: name.into(),
+            password_hash: hash.clone(),
+            role: role.into(),
+            teams: teams.into_iter().map(String::from).collect(),
+        };
+        store.create_user(&user, now).await.unwrap().unwrap();
+    }
+    let state = AppState::new(store.clone(), Arc::new(SystemClock), None).with_auth(AuthMode::Password, false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(updraft_server::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let server = Server { base, store, client, stop: Some(stop), _dir: dir };
+    // A run to act on, made by the admin.
+    let admin = server.sign_in("admin", PASSWORD).await.unwrap();
+    let made = server.call(&admin, "POST", "/api/v1/dags/sales/runs", Some(r#"{"run_id": "r1"}"#)).await;
+    assert_eq!(made.0, StatusCode::CREATED);
+    server
+}
+
+/// A browser's cookies: session and CSRF.
+#[derive(Debug)]
+struct Session {
+    cookie: String,
+}
+
+impl Server {
+    async fn csrf(&self) -> String {
+        let page = self.client.get(format!("{}/login", self.base)).send().await.unwrap();
+        let cookie = page.headers()["set-cookie"].to_str().unwrap();
+        cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string()
+    }
+
+    /// Signs in; the session's cookies, or the page that refused.
+    async fn sign_in(&self, username: &str, password: &str) -> Result<Session, String> {
+        let csrf = self.csrf().await;
+        let body =
+            serde_urlencoded::to_string([("csrf", csrf.as_str()), ("username", username), ("password", password)])
+                .unwrap();
+        let answer = self
+            .client
+            .post(format!("{}/login", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", format!("updraft_csrf={csrf}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let session = answer
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find(|value| value.starts_with("updraft_session=") && !value.starts_with("updraft_session=;"))
+            .map(|value| value.split(';').next().unwrap().to_string());
+        match session {
+            Some(session) => {
+                let flags = answer.headers()["set-cookie"].to_str().unwrap().to_string();
+                assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+                let all: Vec<&str> =
+                    answer.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+                let session_flags = all.iter().find(|value| value.starts_with("updraft_session=")).unwrap();
+                assert!(session_flags.contains("HttpOnly") && session_flags.contains("SameSite=Lax"), "{flags}");
+                Ok(Session { cookie: format!("{session}; updraft_csrf={csrf}") })
+            }
+            None => Err(answer.text().await.unwrap()),
+        }
+    }
+
+    async fn call(&self, session: &Session, method: &str, path: &str, body: Option<&str>) -> (StatusCode, String) {
+        let mut request = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .header("cookie", &session.cookie);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let answer = request.send().await.unwrap();
+        (answer.status(), answer.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn without_a_session_the_api_says_401_and_pages_ask_to_sign_in() {
+    let s = server().await;
+    let api = s.client.get(format!("{}/api/v1/dags", s.base)).send().await.unwrap();
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(api.headers()["www-authenticate"], "Bearer");
+    let body = api.text().await.unwrap();
+    assert!(!body.contains("sales"), "nothing leaked: {body}");
+    let page = s.client.get(format!("{}/dags/sales?tab=code", s.base)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(page.headers()["location"], "/login?next=%2Fdags%2Fsales%3Ftab%3Dcode");
+    // Monitoring stays open; a made-up session is no session.
+    assert_eq!(s.client.get(format!("{}/api/v1/health", s.base)).send().await.unwrap().status(), StatusCode::OK);
+    let fake = Session { cookie: "updraft_session=session_0000".into() };
+    assert_eq!(s.call(&fake, "GET", "/api/v1/dags", None).await.0, StatusCode::UNAUTHORIZED);
+}
+
+/// Whether a role may: `R` read analytics DAGs, `E` edit them, `P` every signed-in
+/// caller, `A` everyone (public).
+#[derive(Clone, Copy)]
+enum Needs {
+    ReadAnalytics,
+    EditAnalytics,
+    SignedIn,
+    Public,
+}
+
+#[tokio::test]
+async fn every_api_route_checks_every_role() {
+    use Needs::*;
+    let s = server().await;
+    // (method, path template, concrete path, body, what it needs)
+    let routes: Vec<(&str, &str, &str, Option<&str>, Needs)> = vec![
+        ("GET", "/api/v1/dags", "/api/v1/dags", None, SignedIn),
+        ("GET", "/api/v1/dags/{dag_id}", "/api/v1/dags/sales", None, ReadAnalytics),
+        ("PATCH", "/api/v1/dags/{dag_id}", "/api/v1/dags/sales", Some(r#"{"is_paused": false}"#), EditAnalytics),
+        ("GET", "/api/v1/dags/{dag_id}/source", "/api/v1/dags/sales/source", None, ReadAnalytics),
+        ("GET", "/api/v1/importErrors", "/api/v1/importErrors", None, SignedIn),
+        ("GET", "/api/v1/dags/{dag_id}/runs", "/api/v1/dags/sales/runs", None, ReadAnalytics),
+        ("POST", "/api/v1/dags/{dag_id}/runs", "/api/v1/dags/sales/runs", Some("{}"), EditAnalytics),
+        ("GET", "/api/v1/dags/{dag_id}/runs/{run_id}", "/api/v1/dags/sales/runs/r1", None, ReadAnalytics),
+        (
+            "PATCH",
+            "/api/v1/dags/{dag_id}/runs/{run_id}",
+            "/api/v1/dags/sales/runs/r1",
+            Some(r#"{"state": "bogus"}"#),
+            SignedIn,
+        ),
+        ("DELETE", "/api/v1/dags/{dag_id}/runs/{run_id}", "/api/v1/dags/sales/runs/r1", None, EditAnalytics),
+        ("GET", "/api/v1/dags/{dag_id}/runs/{run_id}/tasks", "/api/v1/dags/sales/runs/r1/tasks", None, ReadAnalytics),
+        (
+            "GET",
+            "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
+            "/api/v1/dags/sales/runs/r1/tasks/a",
+            None,
+            ReadAnalytics,
+        ),
+        (
+            "PATCH",
+            "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
+            "/api/v1/dags/sales/runs/r1/tasks/zzz",
+            Some(r#"{"state": "success"}"#),
+            EditAnalytics,
+        ),
+        (
+            "POST",
+            "/api/v1/dags/{dag_id}/runs/{run_id}/clear",
+            "/api/v1/dags/sales/runs/r1/clear",
+            Some(r#"{"task_ids": ["zzz"]}"#),
+            EditAnalytics,
+        ),
+        (
+            "GET",
+            "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log",
+            "/api/v1/dags/sales/runs/r1/tasks/a/tries/1/log",
+            None,
+            ReadAnalytics,
+        ),
+        (
+            "GET",
+            "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log/stream",
+            "/api/v1/dags/sales/runs/r1/tasks/a/tries/1/log/stream",
+            None,
+            ReadAnalytics,
+        ),
+        ("GET", "/api/v1/pools", "/api/v1/pools", None, SignedIn),
+        ("GET", "/api/v1/health", "/api/v1/health", None, Public),
+        ("GET", "/api/v1/version", "/api/v1/version", None, Public),
+    ];
+    // The table covers the whole API: a new route without a row fails here.
+    let document: Value =
+        s.client.get(format!("{}/api/v1/openapi.json", s.base)).send().await.unwrap().json().await.unwrap();
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item[method].is_object() {
+                documented.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    let mut covered: Vec<String> = routes.iter().map(|(method, template, ..)| format!("{method} {template}")).collect();
+    documented.sort();
+    covered.sort();
+    assert_eq!(covered, documented, "every route has a row");
+
+    // (user, reads analytics, edits analytics)
+    let roles = [
+        ("viewer", true, false),
+        ("analyst", true, true),
+        ("scientist", false, false),
+        ("operator", false, false),
+        ("admin", true, true),
+    ];
+    let anonymous = Session { cookie: String::new() };
+    for (user, reads, edits) in roles {
+        let session = s.sign_in(user, PASSWORD).await.unwrap();
+        for (method, _, path, body, needs) in &routes {
+            let (status, text) = s.call(&session, method, path, *body).await;
+            let allowed = match needs {
+                ReadAnalytics => reads,
+                EditAnalytics => edits,
+                SignedIn | Public => true,
+            };
+            if allowed {
+                assert!(
+                    status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                    "{user} {method} {path}: {status} {text}"
+                );
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{user} {method} {path}: {text}");
+                assert!(!text.contains("\"a\"") && !text.contains("echo"), "a refusal leaks nothing: {text}");
+            }
+            let (status, _) = s.call(&anonymous, method, path, *body).await;
+            let expected = if matches!(needs, Public) { status } else { StatusCode::UNAUTHORIZED };
+            assert_eq!(status, expected, "anonymous {method} {path}");
+        }
+    }
+    // Lists show only the caller's teams.
+    for (user, dags) in [("viewer", 2), ("scientist", 1), ("operator", 0), ("admin", 3)] {
+        let session = s.sign_in(user, PASSWORD).await.unwrap();
+        let (_, text) = s.call(&session, "GET", "/api/v1/dags", None).await;
+        let list: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(list["total_entries"], dags, "{user}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn sessions_end_at_sign_out_and_repeated_failures_lock_an_account() {
+    let s = server().await;
+    let session = s.sign_in("analyst", PASSWORD).await.unwrap();
+    assert_eq!(s.call(&session, "GET", "/api/v1/dags", None).await.0, StatusCode::OK);
+    let page = s.client.get(format!("{}/", s.base)).header("cookie", &session.cookie).send().await.unwrap();
+    let html = page.text().await.unwrap();
+    assert!(html.contains("analyst (user)") && html.contains("Sign out"), "{html}");
+    let csrf = session.cookie.split("updraft_csrf=").nth(1).unwrap().to_string();
+    let out = s
+        .client
+        .post(format!("{}/logout", s.base))
+        .header("cookie", &session.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(s.call(&session, "GET", "/api/v1/dags", None).await.0, StatusCode::UNAUTHORIZED, "the session is gone");
+
+    // Wrong passwords and unknown accounts read the same.
+    let wrong = s.sign_in("analyst", "not the password").await.unwrap_err();
+    let unknown = s.sign_in("nobody", "not the password").await.unwrap_err();
+    let message = "Wrong username or password";
+    assert!(wrong.contains(message) && unknown.contains(message));
+    for _ in 0..4 {
+        s.sign_in("analyst", "not the password").await.unwrap_err();
+    }
+    let locked = s.sign_in("analyst", PASSWORD).await.unwrap_err();
+    assert!(locked.contains(message), "locked after five failures, even with the right password");
+    assert!(s.store.get_user("analyst").await.unwrap().unwrap().locked_until.is_some());
+    // An admin's reset lifts the lock.
+    s.store.set_password("analyst", &updraft_auth::hash_password(PASSWORD).unwrap()).await.unwrap();
+    assert!(s.sign_in("analyst", PASSWORD).await.is_ok());
+}
+
+#[tokio::test]
+async fn pages_follow_the_same_permissions() {
+    let s = server().await;
+    let viewer = s.sign_in("viewer", PASSWORD).await.unwrap();
+    let get = |path: &str| s.client.get(format!("{}{path}", s.base)).header("cookie", &viewer.cookie).send();
+    let list = get("/").await.unwrap().text().await.unwrap();
+    assert!(list.contains(r#"data-dag="sales""#) && !list.contains(r#"data-dag="scores""#), "{list}");
+    assert_eq!(get("/dags/scores").await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(get("/dags/sales").await.unwrap().status(), StatusCode::OK);
+    let csrf = viewer.cookie.split("updraft_csrf=").nth(1).unwrap().to_string();
+    let pause = s
+        .client
+        .post(format!("{}/dags/sales/paused", s.base))
+        .header("cookie", &viewer.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&paused=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), StatusCode::FORBIDDEN, "a viewer cannot pause");
+    assert!(!s.store.get_dag("sales").await.unwrap().unwrap().is_paused);
+}
