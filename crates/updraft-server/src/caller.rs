@@ -1,7 +1,7 @@
 //! Who is calling, for every API handler and page: the one place requests are
 //! authenticated. With `webserver.auth = "none"` (loopback only) everyone is
-//! `anonymous` with an Admin's rights; with `"password"` a caller is the user of
-//! a signed-in session cookie. What a caller may do is `updraft_auth::permits`.
+//! `anonymous` with an Admin's rights; with `"password"` a caller is the owner of
+//! an API token (`Authorization: Bearer`) or the user of a session cookie. What a caller may do is `updraft_auth::permits`.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -71,6 +71,12 @@ impl IntoResponse for NoCaller {
     }
 }
 
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts
         .headers
@@ -106,6 +112,21 @@ impl FromRequestParts<AppState> for Caller {
                 NoCaller::Page(next)
             }
         };
+        if let Some(secret) = bearer(parts) {
+            let found = state
+                .store
+                .api_token_user(&token_hash(secret), state.clock.now())
+                .await
+                .map_err(|error| NoCaller::Api(error.into()))?;
+            let Some((user, scope)) = found else {
+                return Err(NoCaller::Api(ApiError::Unauthorized("the token is unknown, revoked or expired".into())));
+            };
+            let Ok(role) = Role::parse(&user.role) else { return Err(refuse()) };
+            // A read-only token reads, whatever its owner may do.
+            let role = if scope == "read" { role.min(Role::Viewer) } else { role };
+            let principal = Principal { username: user.username, role, teams: user.teams };
+            return Ok(Caller { principal, csrf, signed_in: true });
+        }
         let Some(secret) = cookie(parts, SESSION_COOKIE) else { return Err(refuse()) };
         let user = state
             .store

@@ -342,3 +342,50 @@ async fn pages_follow_the_same_permissions() {
     assert_eq!(pause.status(), StatusCode::FORBIDDEN, "a viewer cannot pause");
     assert!(!s.store.get_dag("sales").await.unwrap().unwrap().is_paused);
 }
+
+#[tokio::test]
+async fn api_tokens_carry_their_owners_rights_capped_by_their_scope() {
+    let s = server().await;
+    let now = SystemClock.now();
+    let token = |username: &'static str, scope: &'static str, expires: Option<jiff::Timestamp>| {
+        let store = s.store.clone();
+        async move {
+            let (secret, hash) = updraft_auth::new_token("updraft").unwrap();
+            let id = store.create_api_token(username, "test", &hash, scope, expires, now).await.unwrap().unwrap();
+            (id, secret)
+        }
+    };
+    let call = |secret: String, method: &'static str, path: &'static str, body: Option<&'static str>| {
+        let client = s.client.clone();
+        let url = format!("{}{path}", s.base);
+        async move {
+            let mut request = client.request(method.parse().unwrap(), url).bearer_auth(secret);
+            if let Some(body) = body {
+                request = request.header("content-type", "application/json").body(body);
+            }
+            let answer = request.send().await.unwrap();
+            (answer.status(), answer.text().await.unwrap())
+        }
+    };
+    let pause = Some(r#"{"is_paused": false}"#);
+    let (write_id, write) = token("analyst", "write", Some(now + jiff::SignedDuration::from_hours(1))).await;
+    assert_eq!(call(write.clone(), "GET", "/api/v1/dags/sales", None).await.0, StatusCode::OK);
+    assert_eq!(call(write.clone(), "PATCH", "/api/v1/dags/sales", pause).await.0, StatusCode::OK);
+    let (status, text) = call(write.clone(), "GET", "/api/v1/dags/scores", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another team's DAG");
+    assert!(!text.contains("ml"), "nothing about it leaks: {text}");
+    let used = s.store.api_tokens(Some("analyst")).await.unwrap();
+    assert!(used.iter().any(|row| row.token_id == write_id && row.last_used_at.is_some()));
+
+    let (_, read) = token("analyst", "read", None).await;
+    assert_eq!(call(read.clone(), "GET", "/api/v1/dags/sales", None).await.0, StatusCode::OK);
+    assert_eq!(call(read, "PATCH", "/api/v1/dags/sales", pause).await.0, StatusCode::FORBIDDEN, "read scope");
+
+    let (_, expired) = token("analyst", "write", Some(now - jiff::SignedDuration::from_secs(1))).await;
+    let (status, text) = call(expired, "GET", "/api/v1/dags/sales", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(text.contains("unknown, revoked or expired"), "{text}");
+    assert_eq!(call("updraft_bogus".into(), "GET", "/api/v1/dags", None).await.0, StatusCode::UNAUTHORIZED);
+    assert!(s.store.delete_api_token(write_id).await.unwrap());
+    assert_eq!(call(write, "GET", "/api/v1/dags/sales", None).await.0, StatusCode::UNAUTHORIZED, "revoked");
+}

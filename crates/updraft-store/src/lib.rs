@@ -84,6 +84,21 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The user of an unexpired session.
     async fn session_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<UserRow>>;
     async fn delete_session(&self, token_hash: &str) -> Result<()>;
+    /// A new API token of a user; `None` if there is no such user.
+    async fn create_api_token(
+        &self,
+        username: &str,
+        name: &str,
+        token_hash: &str,
+        scope: &str,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<i64>>;
+    /// Tokens, of one user or all, newest first.
+    async fn api_tokens(&self, username: Option<&str>) -> Result<Vec<ApiTokenRow>>;
+    /// The user and scope of an unexpired token, noting its use.
+    async fn api_token_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<(UserRow, String)>>;
+    async fn delete_api_token(&self, token_id: i64) -> Result<bool>;
 
     // Runs.
     /// Creates a queued run and its task instances; `None` if the run id (or, for

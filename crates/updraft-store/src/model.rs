@@ -124,6 +124,19 @@ pub struct UserRow {
     pub locked_until: Option<Timestamp>,
 }
 
+/// A personal API token, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenRow {
+    pub token_id: i64,
+    pub username: String,
+    pub name: String,
+    /// `read` or `write`.
+    pub scope: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
 /// What the scheduler needs to know to keep the `dags` table in step with files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DagIndexRow {

@@ -535,7 +535,21 @@ async fn accounts(store: Store) {
     store.delete_session("hash-1").await.unwrap();
     assert!(store.session_user("hash-1", ts(NOW)).await.unwrap().is_none());
     store.create_session("hash-3", alice_id, ts("2024-06-01T13:00:00Z"), ts(NOW)).await.unwrap();
+    // API tokens: found while unexpired (noting their use), revoked, gone with their user.
+    let token = store.create_api_token("alice", "ci", "token-1", "read", None, ts(NOW)).await.unwrap().unwrap();
+    let old = store.create_api_token("alice", "old", "token-2", "write", Some(ts(NOW)), ts(NOW)).await.unwrap();
+    assert!(store.create_api_token("nobody", "x", "token-3", "read", None, ts(NOW)).await.unwrap().is_none());
+    let (owner, scope) = store.api_token_user("token-1", ts(NOW)).await.unwrap().unwrap();
+    assert_eq!((owner.username.as_str(), scope.as_str()), ("alice", "read"));
+    assert!(store.api_token_user("token-2", ts(NOW)).await.unwrap().is_none(), "expired");
+    let listed = store.api_tokens(Some("alice")).await.unwrap();
+    assert_eq!(listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["old", "ci"]);
+    assert_eq!(listed[1].last_used_at, Some(ts(NOW)));
+    assert!(store.delete_api_token(old.unwrap()).await.unwrap());
+    assert_eq!(store.api_tokens(None).await.unwrap().len(), 1);
     store.delete_user("alice").await.unwrap();
+    assert!(store.api_token_user("token-1", ts(NOW)).await.unwrap().is_none(), "gone with its user");
+    let _ = token;
     assert!(store.session_user("hash-3", ts(NOW)).await.unwrap().is_none(), "a deleted user's sessions end");
 }
 

@@ -35,6 +35,9 @@ pub enum Command {
     /// Manage accounts: who may sign in, with which role, for which teams.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Manage personal API tokens (`Authorization: Bearer`).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Manage the metadata database.
     #[command(subcommand)]
     Db(DbCommand),
@@ -244,6 +247,33 @@ pub enum UsersCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a token for a user; it is printed once and stored only as a hash.
+    Create {
+        username: String,
+        /// What the token is for (shown in lists).
+        #[arg(long)]
+        name: String,
+        /// `read` (a viewer's rights at most) or `write` (the user's rights).
+        #[arg(long, default_value = "read")]
+        scope: String,
+        /// How long it lasts, e.g. `30d`, `12w`; `never` for no expiry.
+        #[arg(long, default_value = "90d")]
+        expires_in: String,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Revoke a token by its id.
+    Revoke { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]

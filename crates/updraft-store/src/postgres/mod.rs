@@ -526,6 +526,78 @@ impl MetadataStore for PgStore {
         Ok(())
     }
 
+    async fn create_api_token(
+        &self,
+        username: &str,
+        name: &str,
+        token_hash: &str,
+        scope: &str,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO api_tokens (user_id, name, token_hash, scope, created_at, expires_at)
+             SELECT id, $2, $3, $4, $5, $6 FROM users WHERE username = $1 RETURNING id",
+        )
+        .bind(username)
+        .bind(name)
+        .bind(token_hash)
+        .bind(scope)
+        .bind(to_db(now))
+        .bind(expires_at.map(to_db))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn api_tokens(&self, username: Option<&str>) -> Result<Vec<ApiTokenRow>> {
+        let rows = sqlx::query(
+            "SELECT t.id, u.username, t.name, t.scope, t.created_at, t.expires_at, t.last_used_at
+             FROM api_tokens t JOIN users u ON u.id = t.user_id
+             WHERE $1::text IS NULL OR u.username = $1 ORDER BY t.id DESC",
+        )
+        .bind(username)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ApiTokenRow {
+                    token_id: row.try_get(0)?,
+                    username: row.try_get(1)?,
+                    name: row.try_get(2)?,
+                    scope: row.try_get(3)?,
+                    created_at: from_db(row.try_get(4)?),
+                    expires_at: opt_from_db(row.try_get(5)?),
+                    last_used_at: opt_from_db(row.try_get(6)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn api_token_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<(UserRow, String)>> {
+        let found: Option<(i64, String)> = sqlx::query_as(
+            "UPDATE api_tokens SET last_used_at = $2
+             WHERE token_hash = $1 AND (expires_at IS NULL OR expires_at > $2) RETURNING user_id, scope",
+        )
+        .bind(token_hash)
+        .bind(to_db(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((user_id, scope)) = found else { return Ok(None) };
+        let row = sqlx::query(concat!(
+            "SELECT id, username, password_hash, role, teams, created_at, failed_logins, locked_until ",
+            "FROM users WHERE id = $1"
+        ))
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_row).transpose()?.map(|user| (user, scope)))
+    }
+
+    async fn delete_api_token(&self, token_id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM api_tokens WHERE id = $1").bind(token_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn create_run(&self, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await?;
         let run_pk = insert_run(&mut tx, run, actor, now).await?;

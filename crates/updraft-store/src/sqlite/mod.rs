@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/sqlite/0005_dag_source.sql")),
     (6, include_str!("../../migrations/sqlite/0006_users.sql")),
     (7, include_str!("../../migrations/sqlite/0007_sessions.sql")),
+    (8, include_str!("../../migrations/sqlite/0008_api_tokens.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -653,6 +654,84 @@ impl MetadataStore for SqliteStore {
         self.write(move |tx| {
             tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?.execute(params![token_hash])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn create_api_token(
+        &self,
+        username: &str,
+        name: &str,
+        token_hash: &str,
+        scope: &str,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<i64>> {
+        let (username, name, hash, scope) =
+            (username.to_string(), name.to_string(), token_hash.to_string(), scope.to_string());
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "INSERT INTO api_tokens (user_id, name, token_hash, scope, created_at, expires_at)
+                     SELECT id, ?2, ?3, ?4, ?5, ?6 FROM users WHERE username = ?1 RETURNING id",
+                )?
+                .query_row(params![username, name, hash, scope, to_db(now), expires_at.map(to_db)], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn api_tokens(&self, username: Option<&str>) -> Result<Vec<ApiTokenRow>> {
+        let username = username.map(str::to_string);
+        self.read(move |tx| {
+            let mut statement = tx.prepare_cached(
+                "SELECT t.id, u.username, t.name, t.scope, t.created_at, t.expires_at, t.last_used_at
+                 FROM api_tokens t JOIN users u ON u.id = t.user_id
+                 WHERE ?1 IS NULL OR u.username = ?1 ORDER BY t.id DESC",
+            )?;
+            let rows = statement.query_map(params![username], |row| {
+                Ok(ApiTokenRow {
+                    token_id: row.get(0)?,
+                    username: row.get(1)?,
+                    name: row.get(2)?,
+                    scope: row.get(3)?,
+                    created_at: from_db(row.get(4)?),
+                    expires_at: opt_from_db(row.get(5)?),
+                    last_used_at: opt_from_db(row.get(6)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn api_token_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<(UserRow, String)>> {
+        let token_hash = token_hash.to_string();
+        self.write(move |tx| {
+            let found = tx
+                .prepare_cached(
+                    "UPDATE api_tokens SET last_used_at = ?2
+                     WHERE token_hash = ?1 AND (expires_at IS NULL OR expires_at > ?2) RETURNING user_id, scope",
+                )?
+                .query_row(params![token_hash, to_db(now)], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+                .optional()?;
+            let Some((user_id, scope)) = found else { return Ok(None) };
+            let user = tx
+                .prepare_cached(concat!(
+                    "SELECT id, username, password_hash, role, teams, created_at, failed_logins, locked_until ",
+                    "FROM users WHERE id = ?1"
+                ))?
+                .query_row(params![user_id], user_row)
+                .optional()?
+                .transpose()?;
+            Ok(user.map(|user| (user, scope)))
+        })
+        .await
+    }
+
+    async fn delete_api_token(&self, token_id: i64) -> Result<bool> {
+        self.write(move |tx| {
+            Ok(tx.prepare_cached("DELETE FROM api_tokens WHERE id = ?1")?.execute(params![token_id])? > 0)
         })
         .await
     }

@@ -6,6 +6,7 @@ mod dags;
 mod pools;
 mod serve;
 mod tasks;
+mod tokens;
 mod users;
 
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Tasks(command) => tasks::run(ctx, command).await,
         Command::Pools(command) => pools::run(ctx, command).await,
         Command::Users(command) => users::run(ctx, command).await,
+        Command::Tokens(command) => tokens::run(ctx, command).await,
         Command::Db(DbCommand::Migrate) => {
             let store = ctx.store().await?;
             crate::errln!("metadata schema is up to date in `{}`", store.location());

@@ -93,3 +93,27 @@ fn a_server_others_can_reach_requires_sign_in() {
     assert_eq!(typo.code, 1);
     assert!(typo.stderr.contains("unknown `webserver.auth` `passwords`"), "{}", typo.stderr);
 }
+
+#[test]
+fn tokens_are_shown_once_listed_without_secrets_and_revoked() {
+    let p = project();
+    assert_eq!(p.run(&["users", "create", "alice", "--role", "user"]).code, 0);
+    let made = p.run(&["tokens", "create", "alice", "--name", "ci", "--scope", "write", "--expires-in", "30d"]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let secret = made.stdout.trim().to_string();
+    assert!(secret.starts_with("updraft_") && secret.len() == 72, "{secret}");
+    assert!(made.stderr.contains("shown once"), "{}", made.stderr);
+    assert!(!contains(&database_bytes(&p), &secret), "only the hash is stored");
+    let listed = p.run(&["tokens", "list", "-o", "json"]);
+    let tokens: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(tokens[0]["name"], "ci");
+    assert_eq!(tokens[0]["scope"], "write");
+    assert!(tokens[0]["expires_at"].is_string());
+    assert!(!listed.stdout.contains(&secret[8..]));
+    assert_eq!(p.run(&["tokens", "create", "nobody", "--name", "x"]).code, 1);
+    let bad = p.run(&["tokens", "create", "alice", "--name", "x", "--scope", "admin"]);
+    assert!(bad.stderr.contains("unknown scope `admin`"), "{}", bad.stderr);
+    let id = tokens[0]["id"].to_string();
+    assert_eq!(p.run(&["tokens", "revoke", &id]).code, 0);
+    assert_eq!(p.run(&["tokens", "revoke", &id]).code, 1);
+}
