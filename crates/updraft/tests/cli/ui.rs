@@ -55,4 +55,26 @@ fn the_ui_in_a_real_browser() {
     assert!(output.status.success(), "browser steps failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(report.contains("ok   a DAG is paused from the list"), "{report}");
     drop(server);
+
+    // The same UI with accounts: sign in, a team's DAGs only, CSRF, sign out.
+    let mut p = project();
+    copy_tree(&repo.join("examples/dags"), &p.path().join("dags"));
+    p.env("UPDRAFT_WEBSERVER__AUTH", "password");
+    let password = "a browser test password";
+    let mut create =
+        p.command(&["users", "create", "alice", "--role", "user", "--team", "analytics", "--password-stdin"]);
+    let mut child = create.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{password}\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let server = p.standalone();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/login.mjs");
+    let copy = modules.join("updraft-login.mjs");
+    std::fs::copy(&script, &copy).unwrap();
+    let mut command = Command::new("node");
+    command.arg(&copy).arg(format!("http://{}", server.address)).arg(&shots).arg(password).current_dir(&modules);
+    let output = run_tool(command, Duration::from_secs(240));
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "sign-in steps failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(report.contains("ok   signing out ends the session"), "{report}");
+    drop(server);
 }
