@@ -8,6 +8,7 @@
 //! balancer.
 
 mod api;
+mod audit;
 mod caller;
 mod csrf;
 mod error;

@@ -630,6 +630,7 @@ async fn the_openapi_document_describes_exactly_the_api() {
         operations,
         [
             "DELETE /api/v1/dags/{dag_id}/runs/{run_id}",
+            "GET /api/v1/auditLog",
             "GET /api/v1/dags",
             "GET /api/v1/dags/{dag_id}",
             "GET /api/v1/dags/{dag_id}/runs",

@@ -162,6 +162,7 @@ enum Needs {
     EditAnalytics,
     SignedIn,
     Public,
+    AdminOnly,
 }
 
 #[tokio::test]
@@ -225,6 +226,7 @@ async fn every_api_route_checks_every_role() {
         ("GET", "/api/v1/pools", "/api/v1/pools", None, SignedIn),
         ("GET", "/api/v1/health", "/api/v1/health", None, Public),
         ("GET", "/api/v1/version", "/api/v1/version", None, Public),
+        ("GET", "/api/v1/auditLog", "/api/v1/auditLog", None, AdminOnly),
     ];
     // The table covers the whole API: a new route without a row fails here.
     let document: Value =
@@ -259,6 +261,7 @@ async fn every_api_route_checks_every_role() {
                 ReadAnalytics => reads,
                 EditAnalytics => edits,
                 SignedIn | Public => true,
+                AdminOnly => user == "admin",
             };
             if allowed {
                 assert!(
@@ -388,4 +391,41 @@ async fn api_tokens_carry_their_owners_rights_capped_by_their_scope() {
     assert_eq!(call("updraft_bogus".into(), "GET", "/api/v1/dags", None).await.0, StatusCode::UNAUTHORIZED);
     assert!(s.store.delete_api_token(write_id).await.unwrap());
     assert_eq!(call(write, "GET", "/api/v1/dags/sales", None).await.0, StatusCode::UNAUTHORIZED, "revoked");
+}
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what_for_admins_only() {
+    let s = server().await;
+    let analyst = s.sign_in("analyst", PASSWORD).await.unwrap();
+    s.call(&analyst, "PATCH", "/api/v1/dags/sales", Some(r#"{"is_paused": true}"#)).await;
+    s.sign_in("analyst", "wrong password").await.unwrap_err();
+    assert_eq!(s.call(&analyst, "GET", "/api/v1/auditLog", None).await.0, StatusCode::FORBIDDEN);
+    let admin = s.sign_in("admin", PASSWORD).await.unwrap();
+    let (status, text) = s.call(&admin, "GET", "/api/v1/auditLog?limit=50", None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let log: Value = serde_json::from_str(&text).unwrap();
+    let entries: Vec<(String, String, String)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let field = |name: &str| entry[name].as_str().unwrap().to_string();
+            (field("actor"), field("action"), field("target"))
+        })
+        .collect();
+    for expected in [
+        ("admin", "sign_in", "admin"),
+        ("api:admin", "trigger", "sales/r1"),
+        ("analyst", "sign_in", "analyst"),
+        ("api:analyst", "pause", "sales"),
+        ("analyst", "sign_in_failed", "analyst"),
+    ] {
+        let expected = (expected.0.to_string(), expected.1.to_string(), expected.2.to_string());
+        assert!(entries.contains(&expected), "{expected:?} in {entries:?}");
+    }
+    assert!(!text.contains(PASSWORD) && !text.contains("wrong password"), "no password in the log");
+    let page = s.client.get(format!("{}/audit", s.base)).header("cookie", &admin.cookie).send().await.unwrap();
+    assert!(page.text().await.unwrap().contains("sign_in_failed"));
+    let refused = s.client.get(format!("{}/audit", s.base)).header("cookie", &analyst.cookie).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }

@@ -100,6 +100,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn api_token_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<(UserRow, String)>>;
     async fn delete_api_token(&self, token_id: i64) -> Result<bool>;
 
+    // The audit log.
+    async fn audit(&self, entry: &AuditEntry, now: Timestamp) -> Result<()>;
+    /// Newest first, before row `before_id` if given.
+    async fn audit_log(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<AuditRow>>;
+
     // Runs.
     /// Creates a queued run and its task instances; `None` if the run id (or, for
     /// scheduled and backfill runs, the logical date) is taken.

@@ -137,6 +137,26 @@ pub struct ApiTokenRow {
     pub last_used_at: Option<Timestamp>,
 }
 
+/// One thing someone did, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// `api:<user>`, `cli`, or the name given at sign-in.
+    pub actor: String,
+    /// `trigger`, `pause`, `unpause`, `clear`, `mark`, `delete_run`, `sign_in`,
+    /// `sign_in_failed`, `sign_out`, `user_create`, ...
+    pub action: String,
+    /// What it was done to: `dag/run/task`, a username, a token id.
+    pub target: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: Timestamp,
+    pub entry: AuditEntry,
+}
+
 /// What the scheduler needs to know to keep the `dags` table in step with files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DagIndexRow {

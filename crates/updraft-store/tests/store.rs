@@ -550,6 +550,17 @@ async fn accounts(store: Store) {
     store.delete_user("alice").await.unwrap();
     assert!(store.api_token_user("token-1", ts(NOW)).await.unwrap().is_none(), "gone with its user");
     let _ = token;
+
+    // The audit log: newest first, paged by id.
+    for action in ["trigger", "pause", "clear"] {
+        let entry = AuditEntry { actor: "api:alice".into(), action: action.into(), target: "etl".into(), detail: None };
+        store.audit(&entry, ts(NOW)).await.unwrap();
+    }
+    let log = store.audit_log(None, 2).await.unwrap();
+    assert_eq!(log.iter().map(|row| row.entry.action.as_str()).collect::<Vec<_>>(), ["clear", "pause"]);
+    let older = store.audit_log(Some(log[1].id), 10).await.unwrap();
+    assert_eq!(older.iter().map(|row| row.entry.action.as_str()).collect::<Vec<_>>(), ["trigger"]);
+    assert_eq!(older[0].at, ts(NOW));
     assert!(store.session_user("hash-3", ts(NOW)).await.unwrap().is_none(), "a deleted user's sessions end");
 }
 

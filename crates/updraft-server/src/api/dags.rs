@@ -82,6 +82,8 @@ pub async fn patch_dag(
     editable_dag(&state, &caller, &dag_id).await?;
     state.store.set_paused(&dag_id, patch.is_paused, state.clock.now()).await?;
     tracing::info!(%dag_id, paused = patch.is_paused, actor = %caller.actor(), "DAG paused state set");
+    let action = if patch.is_paused { "pause" } else { "unpause" };
+    crate::audit::record(&state, &caller.actor(), action, &dag_id, None).await;
     Ok(axum::Json(Dag::from(find_dag(&state, &dag_id).await?)))
 }
 

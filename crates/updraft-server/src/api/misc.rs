@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 
-use super::model::{ImportErrorItem, ImportErrorList, Pool, PoolList, Version};
+use super::extract::Query;
+use super::model::{AuditEntry, AuditLog, AuditQuery, ImportErrorItem, ImportErrorList, Pool, PoolList, Version, page};
+use crate::error::Problem;
 use crate::health::Health;
 use crate::{ApiError, AppState, Caller};
 
@@ -16,6 +18,29 @@ pub async fn import_errors(
     let import_errors: Vec<ImportErrorItem> =
         state.store.import_errors().await?.into_iter().map(ImportErrorItem::from).collect();
     Ok(axum::Json(ImportErrorList { total_entries: import_errors.len(), import_errors }))
+}
+
+/// Who did what and when (admins only).
+#[utoipa::path(
+    get, path = "/api/v1/auditLog", tag = "Monitoring", params(AuditQuery),
+    responses(
+        (status = 200, body = AuditLog),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<AuditQuery>,
+) -> Result<axum::Json<AuditLog>, ApiError> {
+    caller.require(updraft_auth::Action::Administer)?;
+    let (limit, _) = page(query.limit, None)?;
+    if query.before.is_some_and(|before| before < 1) {
+        return Err(ApiError::BadRequest("`before` must be 1 or more".into()));
+    }
+    let rows = state.store.audit_log(query.before, limit as u32).await?;
+    Ok(axum::Json(AuditLog { entries: rows.into_iter().map(AuditEntry::from).collect() }))
 }
 
 /// Pools, with how many of their slots are taken now.

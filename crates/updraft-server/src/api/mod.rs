@@ -63,6 +63,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(misc::pools))
         .routes(routes!(misc::health))
         .routes(routes!(misc::version))
+        .routes(routes!(misc::audit_log))
         .split_for_parts();
     document.info.version = env!("CARGO_PKG_VERSION").to_string();
     (router, document)

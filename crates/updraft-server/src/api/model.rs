@@ -362,6 +362,53 @@ pub struct Version {
     pub api: &'static str,
 }
 
+/// One entry of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// Who: `api:<user>`, `cli`, or the name given at sign-in.
+    pub actor: String,
+    /// `trigger`, `pause`, `unpause`, `clear`, `mark`, `mark_run`, `delete_run`,
+    /// `sign_in`, `sign_in_failed`, `sign_out`, `user_create`, `user_delete`,
+    /// `password_reset`, `token_create`, `token_revoke`.
+    pub action: String,
+    pub target: String,
+    pub detail: Option<String>,
+}
+
+impl From<updraft_store::AuditRow> for AuditEntry {
+    fn from(row: updraft_store::AuditRow) -> AuditEntry {
+        AuditEntry {
+            id: row.id,
+            at: time(row.at),
+            actor: row.entry.actor,
+            action: row.entry.action,
+            target: row.entry.target,
+            detail: row.entry.detail,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditLog {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// Only entries older than this id (the last id of the previous page).
+    #[param(minimum = 1)]
+    pub before: Option<i64>,
+}
+
 /// `limit` and `offset` checked and defaulted.
 pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(usize, usize), crate::ApiError> {
     let limit = limit.unwrap_or(i64::from(DEFAULT_LIMIT));

@@ -119,6 +119,7 @@ pub async fn trigger(
     if created.is_none() {
         return Err(ApiError::Conflict(format!("DAG `{dag_id}` already has a run `{run_id}`")));
     }
+    crate::audit::record(state, &caller.actor(), "trigger", &format!("{dag_id}/{run_id}"), None).await;
     find_run(state, dag_id, run_id.as_str()).await
 }
 
@@ -194,6 +195,17 @@ pub async fn intervene(
         return Ok(());
     }
     state.store.intervene(run.run_pk, &change, &caller.actor(), state.clock.now()).await?;
+    let (action, detail) = match &request {
+        updraft_core::intervene::Request::MarkTasks { task_ids, to } => {
+            ("mark", format!("{} -> {to}", task_ids.join(", ")))
+        }
+        updraft_core::intervene::Request::Clear { task_ids, downstream } => {
+            ("clear", format!("{}{}", task_ids.join(", "), if *downstream { " and downstream" } else { "" }))
+        }
+        updraft_core::intervene::Request::MarkRun { to } => ("mark_run", format!("-> {to}")),
+    };
+    let target = format!("{}/{}", run.dag_id, run.run_id);
+    crate::audit::record(state, &caller.actor(), action, &target, Some(detail)).await;
     tracing::info!(dag_id = %run.dag_id, run_id = %run.run_id, actor = %caller.actor(), ?request, "operator change applied");
     Ok(())
 }
@@ -249,5 +261,6 @@ pub async fn delete_run(
         )));
     }
     tracing::info!(%dag_id, %run_id, actor = %caller.actor(), "run deleted");
+    crate::audit::record(&state, &caller.actor(), "delete_run", &format!("{dag_id}/{run_id}"), None).await;
     Ok(StatusCode::NO_CONTENT)
 }

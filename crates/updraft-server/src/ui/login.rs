@@ -96,6 +96,7 @@ pub async fn login(
     let Some(user) = user else {
         verify_password(&credentials.password, dummy_hash());
         tracing::warn!(username = %credentials.username, "sign-in failed: no such account");
+        crate::audit::record(&state, &credentials.username, "sign_in_failed", &credentials.username, None).await;
         return failed();
     };
     let locked = user.locked_until.is_some_and(|until| until > now);
@@ -106,7 +107,10 @@ pub async fn login(
         if let Err(error) = state.store.set_login_state(&user.username, failures, lock).await {
             return crate::ApiError::from(error).into_response();
         }
-        tracing::warn!(username = %user.username, locked = lock.is_some_and(|until| until > now), "sign-in failed");
+        let locked_now = lock.is_some_and(|until| until > now);
+        tracing::warn!(username = %user.username, locked = locked_now, "sign-in failed");
+        let detail = locked_now.then(|| "the account is locked".to_string());
+        crate::audit::record(&state, &user.username, "sign_in_failed", &user.username, detail).await;
         return failed();
     }
     let Ok((secret, hash)) = new_token("session") else {
@@ -120,6 +124,7 @@ pub async fn login(
         return crate::ApiError::from(error).into_response();
     }
     tracing::info!(username = %user.username, "signed in");
+    crate::audit::record(&state, &user.username, "sign_in", &user.username, None).await;
     let secure = if state.secure_cookies { "; Secure" } else { "" };
     let cookie =
         format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", SESSION_FOR.as_secs());
@@ -139,10 +144,14 @@ pub async fn logout(State(state): State<AppState>, headers: axum::http::HeaderMa
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == SESSION_COOKIE)
         .map(|(_, value)| value.to_string());
-    if let Some(secret) = secret
-        && let Err(error) = state.store.delete_session(&token_hash(&secret)).await
-    {
-        return crate::ApiError::from(error).into_response();
+    if let Some(secret) = secret {
+        let hash = token_hash(&secret);
+        if let Ok(Some(user)) = state.store.session_user(&hash, state.clock.now()).await {
+            crate::audit::record(&state, &user.username, "sign_out", &user.username, None).await;
+        }
+        if let Err(error) = state.store.delete_session(&hash).await {
+            return crate::ApiError::from(error).into_response();
+        }
     }
     let mut response = Redirect::to("/login").into_response();
     let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");

@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(login::login_form).post(login::login))
         .route("/logout", post(login::logout))
         .route("/import-errors", get(pages::import_errors))
+        .route("/audit", get(pages::audit_page))
         .route("/dags/{dag_id}", get(pages::dag_page))
         .route("/dags/{dag_id}/grid", get(pages::grid_fragment))
         .route("/dags/{dag_id}/graph", get(pages::graph_fragment))

@@ -231,6 +231,8 @@ pub async fn set_paused(
     editable_dag(&state, &caller, &dag_id).await?;
     state.store.set_paused(&dag_id, form.paused, state.clock.now()).await?;
     tracing::info!(%dag_id, paused = form.paused, actor = %caller.actor(), "DAG paused state set");
+    let action = if form.paused { "pause" } else { "unpause" };
+    crate::audit::record(&state, &caller.actor(), action, &dag_id, None).await;
     // Only back to a page of this site.
     let back_to = if form.back.starts_with('/') && !form.back.starts_with("//") { form.back } else { dag_url(&dag_id) };
     let what = if form.paused { "paused" } else { "unpaused" };
@@ -875,6 +877,41 @@ pub async fn mark_task(
     };
     intervene(&state, &caller, &run, Request::MarkTasks { task_ids: vec![task_id.clone()], to }).await?;
     Ok(back(&task_url(&dag_id, &run_id, &task_id), &format!("Marked {task_id} {to}")))
+}
+
+// ---------------------------------------------------------------- audit log
+
+pub async fn audit_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
+    caller.require(Action::Administer)?;
+    let before = query.get("before").and_then(|text| text.parse::<i64>().ok());
+    let rows = state.store.audit_log(before, 100).await?;
+    let body = html! {
+        h1 { "Audit log" }
+        table.list id="audit" {
+            thead { tr { th { "When" } th { "Who" } th { "What" } th { "On" } th.wide { "Detail" } } }
+            tbody {
+                @for row in &rows {
+                    tr {
+                        td { (time(Some(row.at), "UTC")) }
+                        td { (row.entry.actor) }
+                        td { code { (row.entry.action) } }
+                        td { (row.entry.target) }
+                        td.wide { (row.entry.detail.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+        @if rows.len() == 100 {
+            @if let Some(last) = rows.last() {
+                p { a.button href=(format!("/audit?before={}", last.id)) { "Older →" } }
+            }
+        }
+    };
+    Ok(Html(page("Audit log", Some(&caller), broken_files(&state).await?, None, body).into_string()))
 }
 
 // ---------------------------------------------------------------- parse errors

@@ -598,6 +598,43 @@ impl MetadataStore for PgStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn audit(&self, entry: &AuditEntry, now: Timestamp) -> Result<()> {
+        sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(to_db(now))
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(&entry.target)
+            .bind(&entry.detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, detail FROM audit_log
+             WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRow {
+                    id: row.try_get(0)?,
+                    at: from_db(row.try_get(1)?),
+                    entry: AuditEntry {
+                        actor: row.try_get(2)?,
+                        action: row.try_get(3)?,
+                        target: row.try_get(4)?,
+                        detail: row.try_get(5)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
     async fn create_run(&self, run: &NewRun, actor: &str, now: Timestamp) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await?;
         let run_pk = insert_run(&mut tx, run, actor, now).await?;

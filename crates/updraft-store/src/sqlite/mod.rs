@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/sqlite/0006_users.sql")),
     (7, include_str!("../../migrations/sqlite/0007_sessions.sql")),
     (8, include_str!("../../migrations/sqlite/0008_api_tokens.sql")),
+    (9, include_str!("../../migrations/sqlite/0009_audit_log.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -732,6 +733,39 @@ impl MetadataStore for SqliteStore {
     async fn delete_api_token(&self, token_id: i64) -> Result<bool> {
         self.write(move |tx| {
             Ok(tx.prepare_cached("DELETE FROM api_tokens WHERE id = ?1")?.execute(params![token_id])? > 0)
+        })
+        .await
+    }
+
+    async fn audit(&self, entry: &AuditEntry, now: Timestamp) -> Result<()> {
+        let entry = entry.clone();
+        self.write(move |tx| {
+            tx.prepare_cached("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![to_db(now), entry.actor, entry.action, entry.target, entry.detail])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, before_id: Option<i64>, limit: u32) -> Result<Vec<AuditRow>> {
+        self.read(move |tx| {
+            let mut statement = tx.prepare_cached(
+                "SELECT id, at, actor, action, target, detail FROM audit_log
+                 WHERE ?1 IS NULL OR id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![before_id, limit], |row| {
+                Ok(AuditRow {
+                    id: row.get(0)?,
+                    at: from_db(row.get(1)?),
+                    entry: AuditEntry {
+                        actor: row.get(2)?,
+                        action: row.get(3)?,
+                        target: row.get(4)?,
+                        detail: row.get(5)?,
+                    },
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -35,6 +35,14 @@ pub async fn run(ctx: &Ctx, command: TokensCommand) -> Result<ExitCode> {
             crate::outln!("{secret}");
             let until = expires_at.map_or("never expires".to_string(), |at| format!("expires {at}"));
             crate::errln!("token {id} `{name}` for `{username}` ({scope}, {until}); shown once, stored only as a hash");
+            super::users::audit(
+                ctx,
+                &store,
+                "token_create",
+                &id.to_string(),
+                Some(format!("`{name}` for {username}, {scope}")),
+            )
+            .await;
         }
         TokensCommand::List { user, output } => {
             let tokens = store.api_tokens(user.as_deref()).await?;
@@ -77,6 +85,7 @@ pub async fn run(ctx: &Ctx, command: TokensCommand) -> Result<ExitCode> {
                 return Err(user_error(format!("no token {id}"), Some("`updraft tokens list` shows every token")));
             }
             crate::errln!("token {id} revoked");
+            super::users::audit(ctx, &store, "token_revoke", &id.to_string(), None).await;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -38,6 +38,7 @@ pub async fn run(ctx: &Ctx, command: UsersCommand) -> Result<ExitCode> {
                 ));
             }
             crate::errln!("user `{username}` created with role {role}");
+            audit(ctx, &store, "user_create", &username, Some(format!("role {role}"))).await;
             if generated {
                 crate::outln!("{password}");
                 crate::errln!("the password above is shown once; it is stored only as a hash");
@@ -74,6 +75,7 @@ pub async fn run(ctx: &Ctx, command: UsersCommand) -> Result<ExitCode> {
                 return Err(user_error(format!("no user `{username}`"), Some("`updraft users list` shows every user")));
             }
             crate::errln!("user `{username}` deleted");
+            audit(ctx, &store, "user_delete", &username, None).await;
         }
         UsersCommand::ResetPassword { username, password_stdin } => {
             if store.get_user(&username).await?.is_none() {
@@ -83,6 +85,7 @@ pub async fn run(ctx: &Ctx, command: UsersCommand) -> Result<ExitCode> {
             let hash = hash_password(&password).map_err(|error| user_error(error.to_string(), None))?;
             store.set_password(&username, &hash).await?;
             crate::errln!("password of `{username}` set");
+            audit(ctx, &store, "password_reset", &username, None).await;
             if generated {
                 crate::outln!("{password}");
                 crate::errln!("the password above is shown once; it is stored only as a hash");
@@ -90,6 +93,19 @@ pub async fn run(ctx: &Ctx, command: UsersCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records an account change made from the command line.
+pub async fn audit(ctx: &Ctx, store: &updraft_store::Store, action: &str, target: &str, detail: Option<String>) {
+    let entry = updraft_store::AuditEntry {
+        actor: "cli".to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        detail,
+    };
+    if let Err(error) = store.audit(&entry, ctx.clock.now()).await {
+        tracing::error!(error = %updraft_core::errors::chain(&error), "cannot write the audit log");
+    }
 }
 
 fn check_username(username: &str) -> Result<()> {
