@@ -25,6 +25,48 @@ pub enum AuthError {
     UnknownRole(String),
     #[error("a password needs at least {MIN_PASSWORD} characters")]
     ShortPassword,
+    #[error("`core.fernet_key` key {0} is not a Fernet key (32 bytes, URL-safe base64)")]
+    BadKey(usize),
+    #[error("no `core.fernet_key` is set: secrets cannot be stored or read")]
+    NoKey,
+    #[error(
+        "a stored secret cannot be decrypted with `core.fernet_key`: was the key changed without `updraft rotate-fernet-key`?"
+    )]
+    Undecryptable,
+}
+
+/// Encrypts secrets at rest (variables, connection passwords and extras) with
+/// Fernet, as Airflow does, so an export moves between the two. Several keys,
+/// comma-separated: the first encrypts, any decrypts (to rotate keys).
+pub struct Cipher(fernet::MultiFernet);
+
+impl Cipher {
+    pub fn from_keys(keys: &str) -> Result<Cipher, AuthError> {
+        let keys: Vec<&str> = keys.split(',').map(str::trim).filter(|key| !key.is_empty()).collect();
+        if keys.is_empty() {
+            return Err(AuthError::NoKey);
+        }
+        let fernets = keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| fernet::Fernet::new(key).ok_or(AuthError::BadKey(index + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Cipher(fernet::MultiFernet::new(fernets)))
+    }
+
+    /// A new random key.
+    pub fn generate_key() -> String {
+        fernet::Fernet::generate_key()
+    }
+
+    pub fn encrypt(&self, plain: &str) -> String {
+        self.0.encrypt(plain.as_bytes())
+    }
+
+    pub fn decrypt(&self, token: &str) -> Result<String, AuthError> {
+        let bytes = self.0.decrypt(token).map_err(|_| AuthError::Undecryptable)?;
+        String::from_utf8(bytes).map_err(|_| AuthError::Undecryptable)
+    }
 }
 
 /// Shorter passwords are refused.
@@ -146,6 +188,23 @@ mod tests {
         assert!(!verify_password("anything", "not a hash"));
         assert_ne!(hash, hash_password("correct horse battery").unwrap(), "a fresh salt each time");
         assert!(matches!(hash_password("short"), Err(AuthError::ShortPassword)));
+    }
+
+    #[test]
+    fn fernet_round_trips_and_rotates() {
+        let (old, new) = (Cipher::generate_key(), Cipher::generate_key());
+        let before = Cipher::from_keys(&old).unwrap();
+        let token = before.encrypt("s3cret pa55");
+        assert!(!token.contains("s3cret"));
+        assert_eq!(before.decrypt(&token).unwrap(), "s3cret pa55");
+        // New key first: old tokens still read; new ones use the new key only.
+        let rotating = Cipher::from_keys(&format!("{new}, {old}")).unwrap();
+        assert_eq!(rotating.decrypt(&token).unwrap(), "s3cret pa55");
+        let fresh = rotating.encrypt("s3cret pa55");
+        assert!(Cipher::from_keys(&new).unwrap().decrypt(&fresh).is_ok());
+        assert!(matches!(before.decrypt(&fresh), Err(AuthError::Undecryptable)));
+        assert!(matches!(Cipher::from_keys(&format!("{new},not-a-key")), Err(AuthError::BadKey(2))));
+        assert!(matches!(Cipher::from_keys(" "), Err(AuthError::NoKey)));
     }
 
     #[test]

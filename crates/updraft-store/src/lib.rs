@@ -100,6 +100,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn api_token_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<(UserRow, String)>>;
     async fn delete_api_token(&self, token_id: i64) -> Result<bool>;
 
+    // Variables and connections (their secrets already encrypted by the caller).
+    async fn set_variable(&self, key: &str, value: &str, description: &str, now: Timestamp) -> Result<()>;
+    async fn variables(&self) -> Result<Vec<VariableRow>>;
+    async fn variable(&self, key: &str) -> Result<Option<VariableRow>>;
+    async fn delete_variable(&self, key: &str) -> Result<bool>;
+    async fn set_connection(&self, connection: &ConnectionRow, now: Timestamp) -> Result<()>;
+    async fn connections(&self) -> Result<Vec<ConnectionRow>>;
+    async fn connection(&self, conn_id: &str) -> Result<Option<ConnectionRow>>;
+    async fn delete_connection(&self, conn_id: &str) -> Result<bool>;
+
     // The audit log.
     async fn audit(&self, entry: &AuditEntry, now: Timestamp) -> Result<()>;
     /// Newest first, before row `before_id` if given.

@@ -137,6 +137,29 @@ pub struct ApiTokenRow {
     pub last_used_at: Option<Timestamp>,
 }
 
+/// A variable; `value` is a Fernet token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariableRow {
+    pub key: String,
+    pub value: String,
+    pub description: String,
+    pub updated_at: Timestamp,
+}
+
+/// A connection; `password` and `extra` are Fernet tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConnectionRow {
+    pub conn_id: String,
+    pub conn_type: String,
+    pub host: Option<String>,
+    pub schema: Option<String>,
+    pub login: Option<String>,
+    pub password: Option<String>,
+    pub port: Option<u16>,
+    pub extra: Option<String>,
+    pub description: String,
+}
+
 /// One thing someone did, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {

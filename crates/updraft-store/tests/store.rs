@@ -564,6 +564,37 @@ async fn accounts(store: Store) {
     assert!(store.session_user("hash-3", ts(NOW)).await.unwrap().is_none(), "a deleted user's sessions end");
 }
 
+async fn variables_and_connections(store: Store) {
+    store.set_variable("api", "gAAAA-token-1", "vendor", ts(NOW)).await.unwrap();
+    store.set_variable("api", "gAAAA-token-2", "vendor key", ts(NOW)).await.unwrap();
+    store.set_variable("other", "gAAAA-token-3", "", ts(NOW)).await.unwrap();
+    let api = store.variable("api").await.unwrap().unwrap();
+    assert_eq!((api.value.as_str(), api.description.as_str()), ("gAAAA-token-2", "vendor key"), "set replaces");
+    assert_eq!(store.variables().await.unwrap().len(), 2);
+    assert!(store.delete_variable("other").await.unwrap());
+    assert!(!store.delete_variable("other").await.unwrap());
+    assert!(store.variable("other").await.unwrap().is_none());
+
+    let warehouse = ConnectionRow {
+        conn_id: "warehouse".into(),
+        conn_type: "postgres".into(),
+        host: Some("db".into()),
+        schema: Some("dw".into()),
+        login: Some("loader".into()),
+        password: Some("gAAAA-secret".into()),
+        port: Some(5432),
+        extra: None,
+        description: "the warehouse".into(),
+    };
+    store.set_connection(&warehouse, ts(NOW)).await.unwrap();
+    assert_eq!(store.connection("warehouse").await.unwrap().unwrap(), warehouse);
+    let moved = ConnectionRow { host: Some("db2".into()), port: None, ..warehouse.clone() };
+    store.set_connection(&moved, ts(NOW)).await.unwrap();
+    assert_eq!(store.connections().await.unwrap(), vec![moved]);
+    assert!(store.delete_connection("warehouse").await.unwrap());
+    assert!(store.connection("warehouse").await.unwrap().is_none());
+}
+
 mod sqlite {
     use super::*;
 
@@ -595,6 +626,7 @@ mod sqlite {
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
         accounts,
+        variables_and_connections,
     );
 
     #[tokio::test]
@@ -699,6 +731,7 @@ mod postgres {
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
         accounts,
+        variables_and_connections,
     );
 
     #[tokio::test]

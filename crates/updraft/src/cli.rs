@@ -35,6 +35,14 @@ pub enum Command {
     /// Manage accounts: who may sign in, with which role, for which teams.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Manage variables (encrypted at rest), for templates as `{{ var.value.<key> }}`.
+    #[command(subcommand)]
+    Variables(VariablesCommand),
+    /// Manage connections (passwords and extras encrypted at rest).
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
+    /// Re-encrypt every stored secret with the first key of `core.fernet_key`.
+    RotateFernetKey,
     /// Manage personal API tokens (`Authorization: Bearer`).
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -246,6 +254,92 @@ pub enum UsersCommand {
         username: String,
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VariablesCommand {
+    /// Create or change a variable.
+    Set {
+        key: String,
+        /// The value; or `--value-stdin`.
+        value: Option<String>,
+        #[arg(long)]
+        value_stdin: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Print a variable's value.
+    Get {
+        key: String,
+    },
+    /// List keys and descriptions (never values).
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    Delete {
+        key: String,
+    },
+    /// Write every variable to a JSON file in Airflow's format (values in clear:
+    /// keep the file safe).
+    Export {
+        file: std::path::PathBuf,
+    },
+    /// Read variables from a JSON file in Airflow's format.
+    Import {
+        file: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Create or change a connection, from a URI or from parts.
+    Add {
+        conn_id: String,
+        /// e.g. `postgres://user:password@host:5432/db?sslmode=require`
+        #[arg(long)]
+        conn_uri: Option<String>,
+        #[arg(long)]
+        conn_type: Option<String>,
+        #[arg(long)]
+        conn_host: Option<String>,
+        #[arg(long)]
+        conn_login: Option<String>,
+        #[arg(long)]
+        conn_password: Option<String>,
+        #[arg(long)]
+        conn_schema: Option<String>,
+        #[arg(long)]
+        conn_port: Option<u16>,
+        /// A JSON object.
+        #[arg(long)]
+        conn_extra: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show a connection (the password as `***` unless `--show-secrets`).
+    Get {
+        conn_id: String,
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// List connections (never passwords).
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    Delete {
+        conn_id: String,
+    },
+    /// Write every connection to a JSON file in Airflow's format (secrets in
+    /// clear: keep the file safe).
+    Export {
+        file: std::path::PathBuf,
+    },
+    /// Read connections from a JSON file in Airflow's format.
+    Import {
+        file: std::path::PathBuf,
     },
 }
 

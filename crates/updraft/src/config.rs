@@ -28,6 +28,8 @@ pub struct Config {
     pub database_pool_size: u32,
     pub dags_are_paused_at_creation: bool,
     pub dag_sync_interval: Duration,
+    /// Fernet keys for variables and connections; never printed.
+    pub fernet_key: Option<String>,
     pub host: String,
     pub port: u16,
     /// `none` (loopback only) or `password`.
@@ -85,6 +87,8 @@ struct CoreSection {
     dags_are_paused_at_creation: Option<bool>,
     /// How often the scheduler looks at the DAGs folder for changes.
     dag_dir_list_interval: Option<DurationSetting>,
+    /// Fernet keys for secrets at rest, comma-separated (the first encrypts).
+    fernet_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +235,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         database_base,
         database_pool_size: pick!(database.pool_size).map_or(10, |(size, _)| size).max(2),
         dags_are_paused_at_creation: pick!(core.dags_are_paused_at_creation).is_some_and(|(value, _)| value),
+        fernet_key: pick!(core.fernet_key).map(|(key, _)| key).filter(|key| !key.trim().is_empty()),
         dag_sync_interval: duration(pick!(core.dag_dir_list_interval), 10),
         host: overrides.host.or(pick!(webserver.host).map(|(host, _)| host)).unwrap_or_else(|| "127.0.0.1".to_string()),
         port: overrides.port.or(pick!(webserver.port).map(|(port, _)| port)).unwrap_or(8080),
@@ -325,7 +330,7 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
                 .map(|q| toml::Value::String(q.to_string()))
                 .collect(),
         ),
-        ("core", "dags_folder" | "state_folder")
+        ("core", "dags_folder" | "state_folder" | "fernet_key")
         | ("database", "url")
         | ("worker", "api_url" | "token")
         | ("webserver", "host" | "auth")

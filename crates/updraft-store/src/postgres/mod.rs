@@ -88,6 +88,30 @@ fn user_row(row: &sqlx::postgres::PgRow) -> Result<UserRow> {
     })
 }
 
+fn variable_row(row: &sqlx::postgres::PgRow) -> Result<VariableRow> {
+    Ok(VariableRow {
+        key: row.try_get(0)?,
+        value: row.try_get(1)?,
+        description: row.try_get(2)?,
+        updated_at: from_db(row.try_get(3)?),
+    })
+}
+
+fn connection_row(row: &sqlx::postgres::PgRow) -> Result<ConnectionRow> {
+    let port: Option<i32> = row.try_get(6)?;
+    Ok(ConnectionRow {
+        conn_id: row.try_get(0)?,
+        conn_type: row.try_get(1)?,
+        host: row.try_get(2)?,
+        schema: row.try_get(3)?,
+        login: row.try_get(4)?,
+        password: row.try_get(5)?,
+        port: port.and_then(|port| u16::try_from(port).ok()),
+        extra: row.try_get(7)?,
+        description: row.try_get(8)?,
+    })
+}
+
 async fn notify(tx: &mut Tx<'_>) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut **tx).await?;
     Ok(())
@@ -595,6 +619,92 @@ impl MetadataStore for PgStore {
 
     async fn delete_api_token(&self, token_id: i64) -> Result<bool> {
         let done = sqlx::query("DELETE FROM api_tokens WHERE id = $1").bind(token_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_variable(&self, key: &str, value: &str, description: &str, now: Timestamp) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO variables (key, value, description, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, description = excluded.description,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(description)
+        .bind(to_db(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn variables(&self) -> Result<Vec<VariableRow>> {
+        let rows = sqlx::query("SELECT key, value, description, updated_at FROM variables ORDER BY key")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(variable_row).collect()
+    }
+
+    async fn variable(&self, key: &str) -> Result<Option<VariableRow>> {
+        let row = sqlx::query("SELECT key, value, description, updated_at FROM variables WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(variable_row).transpose()
+    }
+
+    async fn delete_variable(&self, key: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM variables WHERE key = $1").bind(key).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_connection(&self, c: &ConnectionRow, now: Timestamp) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO connections (conn_id, conn_type, host, schema_name, login, password, port, extra,
+                                      description, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (conn_id) DO UPDATE SET conn_type = excluded.conn_type, host = excluded.host,
+                 schema_name = excluded.schema_name, login = excluded.login, password = excluded.password,
+                 port = excluded.port, extra = excluded.extra, description = excluded.description,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(&c.conn_id)
+        .bind(&c.conn_type)
+        .bind(&c.host)
+        .bind(&c.schema)
+        .bind(&c.login)
+        .bind(&c.password)
+        .bind(c.port.map(i32::from))
+        .bind(&c.extra)
+        .bind(&c.description)
+        .bind(to_db(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn connections(&self) -> Result<Vec<ConnectionRow>> {
+        let rows = sqlx::query(concat!(
+            "SELECT conn_id, conn_type, host, schema_name, login, password, port, extra, description ",
+            "FROM connections ORDER BY conn_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(connection_row).collect()
+    }
+
+    async fn connection(&self, conn_id: &str) -> Result<Option<ConnectionRow>> {
+        let row = sqlx::query(concat!(
+            "SELECT conn_id, conn_type, host, schema_name, login, password, port, extra, description ",
+            "FROM connections WHERE conn_id = $1"
+        ))
+        .bind(conn_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(connection_row).transpose()
+    }
+
+    async fn delete_connection(&self, conn_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM connections WHERE conn_id = $1").bind(conn_id).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/sqlite/0007_sessions.sql")),
     (8, include_str!("../../migrations/sqlite/0008_api_tokens.sql")),
     (9, include_str!("../../migrations/sqlite/0009_audit_log.sql")),
+    (10, include_str!("../../migrations/sqlite/0010_variables_connections.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -206,6 +207,24 @@ fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<UserRow>> {
             locked_until: opt_from_db(locked_until),
         })
     })())
+}
+
+fn variable_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VariableRow> {
+    Ok(VariableRow { key: row.get(0)?, value: row.get(1)?, description: row.get(2)?, updated_at: from_db(row.get(3)?) })
+}
+
+fn connection_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectionRow> {
+    Ok(ConnectionRow {
+        conn_id: row.get(0)?,
+        conn_type: row.get(1)?,
+        host: row.get(2)?,
+        schema: row.get(3)?,
+        login: row.get(4)?,
+        password: row.get(5)?,
+        port: row.get(6)?,
+        extra: row.get(7)?,
+        description: row.get(8)?,
+    })
 }
 
 /// One row of the state-transition log.
@@ -733,6 +752,110 @@ impl MetadataStore for SqliteStore {
     async fn delete_api_token(&self, token_id: i64) -> Result<bool> {
         self.write(move |tx| {
             Ok(tx.prepare_cached("DELETE FROM api_tokens WHERE id = ?1")?.execute(params![token_id])? > 0)
+        })
+        .await
+    }
+
+    async fn set_variable(&self, key: &str, value: &str, description: &str, now: Timestamp) -> Result<()> {
+        let (key, value, description) = (key.to_string(), value.to_string(), description.to_string());
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO variables (key, value, description, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, description = excluded.description,
+                     updated_at = excluded.updated_at",
+            )?
+            .execute(params![key, value, description, to_db(now)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn variables(&self) -> Result<Vec<VariableRow>> {
+        self.read(move |tx| {
+            let mut statement =
+                tx.prepare_cached("SELECT key, value, description, updated_at FROM variables ORDER BY key")?;
+            let rows = statement.query_map([], variable_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn variable(&self, key: &str) -> Result<Option<VariableRow>> {
+        let key = key.to_string();
+        self.read(move |tx| {
+            Ok(tx
+                .prepare_cached("SELECT key, value, description, updated_at FROM variables WHERE key = ?1")?
+                .query_row(params![key], variable_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_variable(&self, key: &str) -> Result<bool> {
+        let key = key.to_string();
+        self.write(move |tx| Ok(tx.prepare_cached("DELETE FROM variables WHERE key = ?1")?.execute(params![key])? > 0))
+            .await
+    }
+
+    async fn set_connection(&self, connection: &ConnectionRow, now: Timestamp) -> Result<()> {
+        let c = connection.clone();
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO connections (conn_id, conn_type, host, schema_name, login, password, port, extra,
+                                          description, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (conn_id) DO UPDATE SET conn_type = excluded.conn_type, host = excluded.host,
+                     schema_name = excluded.schema_name, login = excluded.login, password = excluded.password,
+                     port = excluded.port, extra = excluded.extra, description = excluded.description,
+                     updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                c.conn_id,
+                c.conn_type,
+                c.host,
+                c.schema,
+                c.login,
+                c.password,
+                c.port,
+                c.extra,
+                c.description,
+                to_db(now)
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn connections(&self) -> Result<Vec<ConnectionRow>> {
+        self.read(move |tx| {
+            let mut statement = tx.prepare_cached(concat!(
+                "SELECT conn_id, conn_type, host, schema_name, login, password, port, extra, description ",
+                "FROM connections ORDER BY conn_id"
+            ))?;
+            let rows = statement.query_map([], connection_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn connection(&self, conn_id: &str) -> Result<Option<ConnectionRow>> {
+        let conn_id = conn_id.to_string();
+        self.read(move |tx| {
+            Ok(tx
+                .prepare_cached(concat!(
+                    "SELECT conn_id, conn_type, host, schema_name, login, password, port, extra, description ",
+                    "FROM connections WHERE conn_id = ?1"
+                ))?
+                .query_row(params![conn_id], connection_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_connection(&self, conn_id: &str) -> Result<bool> {
+        let conn_id = conn_id.to_string();
+        self.write(move |tx| {
+            Ok(tx.prepare_cached("DELETE FROM connections WHERE conn_id = ?1")?.execute(params![conn_id])? > 0)
         })
         .await
     }

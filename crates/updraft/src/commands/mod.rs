@@ -4,6 +4,7 @@ mod backfill;
 mod dag_test;
 mod dags;
 mod pools;
+mod secrets;
 mod serve;
 mod tasks;
 mod tokens;
@@ -23,6 +24,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Pools(command) => pools::run(ctx, command).await,
         Command::Users(command) => users::run(ctx, command).await,
         Command::Tokens(command) => tokens::run(ctx, command).await,
+        Command::Variables(command) => secrets::variables(ctx, command).await,
+        Command::Connections(command) => secrets::connections(ctx, command).await,
+        Command::RotateFernetKey => secrets::rotate(ctx).await,
         Command::Db(DbCommand::Migrate) => {
             let store = ctx.store().await?;
             crate::errln!("metadata schema is up to date in `{}`", store.location());

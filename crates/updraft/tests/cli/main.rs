@@ -8,6 +8,7 @@ mod deploy;
 mod postgres;
 mod remote;
 mod run;
+mod secrets;
 mod standalone;
 mod ui;
 mod users;

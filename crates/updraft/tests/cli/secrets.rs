@@ -1,0 +1,103 @@
+//! Variables and connections, encrypted at rest with Fernet; Airflow's export
+//! format; key rotation.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::project;
+
+fn bytes_of_state(p: &updraft_testkit::Project) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for file in ["updraft.db", "updraft.db-wal"] {
+        if let Ok(mut more) = std::fs::read(p.path().join(".updraft").join(file)) {
+            bytes.append(&mut more);
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
+}
+
+/// A fresh Fernet key, from the hint Updraft gives when none is set.
+fn new_key(p: &updraft_testkit::Project) -> String {
+    let refused = p.run(&["variables", "set", "k", "v"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("no `core.fernet_key` is set"), "{}", refused.stderr);
+    refused.stderr.rsplit("this new one: ").next().unwrap().trim().to_string()
+}
+
+#[test]
+fn secrets_are_encrypted_at_rest_and_shown_only_when_asked() {
+    let mut p = project();
+    let key = new_key(&p);
+    assert_eq!(key.len(), 44, "{key}");
+    p.env("UPDRAFT_CORE__FERNET_KEY", &key);
+    assert_eq!(p.run(&["variables", "set", "api_key", "sk-live-12345", "--description", "the vendor's"]).code, 0);
+    assert_eq!(p.run(&["variables", "get", "api_key"]).stdout.trim(), "sk-live-12345");
+    let listed = p.run(&["variables", "list", "-o", "json"]);
+    assert!(listed.stdout.contains("the vendor's") && !listed.stdout.contains("sk-live"), "{}", listed.stdout);
+
+    let uri = "postgres://loader:p%40ss%20word@db.internal:5432/warehouse?sslmode=require";
+    let added = p.run(&["connections", "add", "warehouse", "--conn-uri", uri]);
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&p.run(&["connections", "get", "warehouse"]).stdout).unwrap();
+    assert_eq!(shown["conn_type"], "postgres");
+    assert_eq!(shown["host"], "db.internal");
+    assert_eq!(shown["login"], "loader");
+    assert_eq!(shown["port"], 5432);
+    assert_eq!(shown["schema"], "warehouse");
+    assert_eq!(shown["password"], "***", "hidden unless asked");
+    assert_eq!(shown["extra"], r#"{"sslmode":"require"}"#);
+    let secret = p.run(&["connections", "get", "warehouse", "--show-secrets"]);
+    assert!(secret.stdout.contains("p@ss word"), "{}", secret.stdout);
+    let stored = bytes_of_state(&p);
+    assert!(!contains(&stored, "sk-live-12345") && !contains(&stored, "p@ss word") && !contains(&stored, "sslmode"));
+
+    // Airflow's export format, written for the owner only, read back elsewhere.
+    let variables = p.path().join("variables.json");
+    let connections = p.path().join("connections.json");
+    assert_eq!(p.run(&["variables", "export", variables.to_str().unwrap()]).code, 0);
+    assert_eq!(p.run(&["connections", "export", connections.to_str().unwrap()]).code, 0);
+    assert_eq!(std::fs::metadata(&connections).unwrap().permissions().mode() & 0o777, 0o600);
+    let exported: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&connections).unwrap()).unwrap();
+    assert_eq!(exported["warehouse"]["password"], "p@ss word");
+    let mut other = project();
+    other.env("UPDRAFT_CORE__FERNET_KEY", &new_key(&other));
+    assert_eq!(other.run(&["variables", "import", variables.to_str().unwrap()]).code, 0);
+    assert_eq!(other.run(&["connections", "import", connections.to_str().unwrap()]).code, 0);
+    assert_eq!(other.run(&["variables", "get", "api_key"]).stdout.trim(), "sk-live-12345");
+    let copied = other.run(&["connections", "get", "warehouse", "--show-secrets"]);
+    assert!(copied.stdout.contains("p@ss word"), "{}", copied.stdout);
+}
+
+#[test]
+fn rotating_the_key_re_encrypts_everything() {
+    let mut p = project();
+    let old = new_key(&p);
+    p.env("UPDRAFT_CORE__FERNET_KEY", &old);
+    assert_eq!(p.run(&["variables", "set", "token", "abc-123-secret"]).code, 0);
+    assert_eq!(
+        p.run(&["connections", "add", "api", "--conn-type", "http", "--conn-password", "hunter2hunter2"]).code,
+        0
+    );
+    let new = new_key(&project());
+    // A new key first, the old one still listed after it.
+    let mut p2 = p;
+    p2.env("UPDRAFT_CORE__FERNET_KEY", &format!("{new},{old}"));
+    let rotated = p2.run(&["rotate-fernet-key"]);
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    assert!(rotated.stderr.contains("1 variable(s) and 1 connection(s)"), "{}", rotated.stderr);
+    p2.env("UPDRAFT_CORE__FERNET_KEY", &new);
+    assert_eq!(p2.run(&["variables", "get", "token"]).stdout.trim(), "abc-123-secret", "the new key alone reads");
+    p2.env("UPDRAFT_CORE__FERNET_KEY", &old);
+    let stale = p2.run(&["variables", "get", "token"]);
+    assert_eq!(stale.code, 1);
+    assert!(stale.stderr.contains("cannot be decrypted"), "{}", stale.stderr);
+    assert!(!stale.stderr.contains("abc-123"));
+    let bad = {
+        p2.env("UPDRAFT_CORE__FERNET_KEY", "not-a-key");
+        p2.run(&["variables", "get", "token"])
+    };
+    assert!(bad.stderr.contains("key 1 is not a Fernet key"), "{}", bad.stderr);
+}
