@@ -41,6 +41,10 @@ pub const TEMPLATE_NAMES: &[&str] = &[
     "params",
     "dag_run",
     "macros",
+    // Variables and connections (`var.value.<key>`, `conn.<id>.host`), read when
+    // the attempt renders, so an unknown key is an error of the attempt.
+    "var",
+    "conn",
 ];
 
 /// A validated DAG. Construct with [`Dag::new`], which checks the task graph, so a

@@ -34,6 +34,9 @@ pub struct AttemptSpec {
     pub attempt_token: Option<String>,
     /// Between SIGTERM and SIGKILL when the attempt is stopped.
     pub kill_grace: Duration,
+    /// Variables and connections for templates; their secret values are masked in
+    /// the log.
+    pub secrets: Arc<updraft_store::Secrets>,
 }
 
 /// Who the attempt is, for observers.
@@ -129,7 +132,8 @@ pub async fn execute(
         try_number: spec.try_number,
     };
     observer.started(&label);
-    let mut log = match LogFile::open(spec.log_path.as_deref()) {
+    let masker = Arc::new(crate::secrets::Masker::new(&spec.secrets));
+    let mut log = match LogFile::open(spec.log_path.as_deref(), masker.clone()) {
         Ok(log) => log,
         Err(error) => return not_started(started, error, &label, observer.as_ref()),
     };
@@ -185,6 +189,7 @@ pub async fn execute(
     let writer_observer = observer.clone();
     let writer = tokio::spawn(async move {
         while let Some(line) = lines_rx.recv().await {
+            let line = masker.mask(&line).into_owned();
             writer_observer.line(&writer_label, &line);
             log.write_line(&line, lines_rx.is_empty());
         }
@@ -211,7 +216,7 @@ pub async fn execute(
     procfs::signal_group(pgid, Signal::KILL);
     let mut log = match writer.await {
         Ok(log) => log,
-        Err(_) => LogFile::closed(),
+        Err(_) => LogFile::closed(Arc::default()),
     };
     let result = AttemptResult { ending, duration: started.elapsed() };
     log.note(&format!("attempt ended after {:.2}s: {}", result.duration.as_secs_f64(), result.describe()));
@@ -230,7 +235,7 @@ fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) ->
     let names = Names::new(dag, &spec.run);
     let dag_folder = dag_folder(&spec.dags_folder, &dag.spec().fileloc);
     let (mut command, mut cwd, mut env) = (String::new(), dag_folder.clone(), Vec::new());
-    for (field, value) in template::render_fields(templates, dag, task, &spec.run, spec.try_number) {
+    for (field, value) in template::render_fields(templates, dag, task, &spec.run, spec.try_number, &spec.secrets) {
         let value = value.map_err(|error| format!("cannot render `{field}`: {error}"))?;
         match field.as_str() {
             "shell" => command = value,
@@ -365,11 +370,13 @@ async fn read_lines(stream: impl AsyncRead + Unpin, lines: mpsc::Sender<String>)
 /// blocking thread would.
 struct LogFile {
     file: Option<std::io::BufWriter<std::fs::File>>,
+    /// Every line, the task's and Updraft's own, passes through it.
+    masker: Arc<crate::secrets::Masker>,
 }
 
 impl LogFile {
-    fn open(path: Option<&Path>) -> Result<LogFile, String> {
-        let Some(path) = path else { return Ok(LogFile::closed()) };
+    fn open(path: Option<&Path>, masker: Arc<crate::secrets::Masker>) -> Result<LogFile, String> {
+        let Some(path) = path else { return Ok(LogFile::closed(masker)) };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|error| format!("cannot create log folder `{}`: {error}", parent.display()))?;
@@ -379,18 +386,18 @@ impl LogFile {
             .append(true)
             .open(path)
             .map_err(|error| format!("cannot open log file `{}`: {error}", path.display()))?;
-        Ok(LogFile { file: Some(std::io::BufWriter::new(file)) })
+        Ok(LogFile { file: Some(std::io::BufWriter::new(file)), masker })
     }
 
-    fn closed() -> LogFile {
-        LogFile { file: None }
+    fn closed(masker: Arc<crate::secrets::Masker>) -> LogFile {
+        LogFile { file: None, masker }
     }
 
     fn write_line(&mut self, line: &str, flush: bool) {
         use std::io::Write;
         if let Some(file) = &mut self.file {
             // A full disk must not fail the task: the log is lost, not the work.
-            let _ = writeln!(file, "{line}");
+            let _ = writeln!(file, "{}", self.masker.mask(line));
             if flush {
                 let _ = file.flush();
             }
@@ -410,7 +417,7 @@ pub fn note_line(text: &str) -> String {
 
 /// Appends a note to an attempt's log from outside the attempt (recovery).
 pub fn append_note(path: &Path, text: &str) {
-    if let Ok(mut log) = LogFile::open(Some(path)) {
+    if let Ok(mut log) = LogFile::open(Some(path), Arc::default()) {
         log.note(text);
     }
 }

@@ -11,6 +11,7 @@ pub mod procfs;
 pub mod recovery;
 pub mod remote;
 pub mod runner;
+pub mod secrets;
 mod shipping;
 pub mod source;
 pub mod template;

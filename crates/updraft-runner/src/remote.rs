@@ -207,4 +207,12 @@ impl WorkSource for ApiSource {
         self.definitions.insert(version.clone(), dag.clone());
         Ok(dag)
     }
+
+    async fn secrets(&self) -> SourceResult<updraft_store::Secrets> {
+        let path = format!("{}/secrets", protocol::WORKERS);
+        let url = format!("{}{path}", self.base);
+        self.call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
+            .await?
+            .ok_or_else(|| SourceError::Unreadable { url, detail: "an empty answer".to_string() })
+    }
 }

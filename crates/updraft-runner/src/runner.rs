@@ -44,7 +44,13 @@ pub struct Runner {
     scheduler: Arc<Notify>,
     /// Attempts in flight by (task instance, try number), with their stop signal.
     attempts: std::sync::Mutex<HashMap<(i64, u32), watch::Sender<bool>>>,
+    /// Variables and connections, read at most every [`SECRETS_FOR`].
+    secrets: tokio::sync::Mutex<Option<(std::time::Instant, Arc<updraft_store::Secrets>)>>,
 }
+
+/// How long variables and connections are reused before they are read again: a
+/// wide fan-out reads them once, and a change reaches tasks within seconds.
+const SECRETS_FOR: Duration = Duration::from_secs(5);
 
 /// A safety net for work queued by other processes: the scheduler in this process
 /// rings `wake` when it queues, so this never delays work it created.
@@ -74,7 +80,20 @@ impl Runner {
             wake,
             scheduler,
             attempts: std::sync::Mutex::default(),
+            secrets: tokio::sync::Mutex::default(),
         }
+    }
+
+    async fn secrets(&self) -> Result<Arc<updraft_store::Secrets>, crate::source::SourceError> {
+        let mut cached = self.secrets.lock().await;
+        if let Some((at, secrets)) = cached.as_ref()
+            && at.elapsed() < SECRETS_FOR
+        {
+            return Ok(secrets.clone());
+        }
+        let secrets = Arc::new(self.source.secrets().await?);
+        *cached = Some((std::time::Instant::now(), secrets.clone()));
+        Ok(secrets)
     }
 
     /// The attempts in flight, named by their fencing tokens (the try numbers).
@@ -202,6 +221,20 @@ impl Runner {
                 return;
             }
         };
+        let secrets = match self.secrets().await {
+            Ok(secrets) => secrets,
+            Err(error) => {
+                let end = AttemptEnd {
+                    state: TaskState::Failed,
+                    retry_at: None,
+                    exit_code: None,
+                    reason: Some(chain(&error)),
+                    process: None,
+                };
+                let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
+                return;
+            }
+        };
         let log_path =
             log_path(&self.config.logs_folder, &claimed.dag_id, &claimed.run_id, &claimed.task_id, claimed.try_number);
         let spec = AttemptSpec {
@@ -220,6 +253,7 @@ impl Runner {
             log_path: Some(log_path.clone()),
             attempt_token: Some(attempt_token(self.config.process_id, claimed.ti_pk, claimed.try_number)),
             kill_grace: self.config.kill_grace,
+            secrets,
         };
         // An attempt still running after a moment gets its pid recorded at once (for
         // crash recovery and the UI); a shorter one carries it in its outcome, which

@@ -29,6 +29,8 @@ pub enum SourceError {
     Refused { url: String, status: u16, message: String },
     #[error("the API server at {url} sent an answer that is not what a worker expects: {detail}")]
     Unreadable { url: String, detail: String },
+    #[error("cannot read variables and connections: {0}")]
+    Secrets(String),
 }
 
 pub type SourceResult<T> = std::result::Result<T, SourceError>;
@@ -70,6 +72,8 @@ pub trait WorkSource: Send + Sync + 'static {
     async fn heartbeat(&self, process_id: i64, leases: &[(i64, u32)]) -> SourceResult<Heartbeat>;
     /// The definition a run is pinned to.
     async fn definition(&self, dag_id: &str, version: &DagVersion) -> SourceResult<Arc<Dag>>;
+    /// Variables and connections in clear, for templates.
+    async fn secrets(&self) -> SourceResult<updraft_store::Secrets>;
 }
 
 /// The store itself.
@@ -80,6 +84,8 @@ pub struct StoreSource {
     /// Wake on the store's changes: for a runner without a scheduler in its process
     /// (`updraft worker`), which learns of queued work only through the store.
     pub watch: bool,
+    /// Decrypts variables and connections (`core.fernet_key`).
+    pub cipher: Option<Arc<updraft_auth::Cipher>>,
 }
 
 #[async_trait]
@@ -150,5 +156,9 @@ impl WorkSource for StoreSource {
 
     async fn definition(&self, dag_id: &str, version: &DagVersion) -> SourceResult<Arc<Dag>> {
         Ok(self.definitions.get(self.store.as_ref(), dag_id, version).await?)
+    }
+
+    async fn secrets(&self) -> SourceResult<updraft_store::Secrets> {
+        crate::secrets::load(self.store.as_ref(), self.cipher.as_deref()).await.map_err(SourceError::Secrets)
     }
 }

@@ -57,7 +57,14 @@ pub fn environment() -> Environment<'static> {
 
 /// The context of one attempt. `params` are the DAG's defaults overridden by the
 /// run's `conf`, as Airflow does.
-pub fn context(dag: &Dag, run: &RunContext, names: &Names, task_id: &str, try_number: u32) -> Value {
+pub fn context(
+    dag: &Dag,
+    run: &RunContext,
+    names: &Names,
+    task_id: &str,
+    try_number: u32,
+    secrets: &updraft_store::Secrets,
+) -> Value {
     let mut params = dag.spec().params.clone();
     for (key, value) in &run.conf {
         params.insert(key.clone(), value.clone());
@@ -85,7 +92,42 @@ pub fn context(dag: &Dag, run: &RunContext, names: &Names, task_id: &str, try_nu
         params => Value::from(Serde(&params)),
         dag_run => Value::from(Serde(&dag_run)),
         macros => Value::from_object(Macros),
+        var => secret_variables(secrets),
+        conn => secret_connections(secrets),
     }
+}
+
+/// `var.value.<key>` (text) and `var.json.<key>` (parsed), as in Airflow.
+fn secret_variables(secrets: &updraft_store::Secrets) -> Value {
+    let json: serde_json::Map<String, serde_json::Value> = secrets
+        .variables
+        .iter()
+        .filter_map(|(key, value)| serde_json::from_str(value).ok().map(|parsed| (key.clone(), parsed)))
+        .collect();
+    Value::from(Serde(serde_json::json!({ "value": secrets.variables, "json": json })))
+}
+
+/// `conn.<id>.host`, `.login`, `.password`, `.schema`, `.port`, `.conn_type`,
+/// `.extra` (text) and `.extra_dejson` (parsed).
+fn secret_connections(secrets: &updraft_store::Secrets) -> Value {
+    let connections: serde_json::Map<String, serde_json::Value> = secrets
+        .connections
+        .iter()
+        .map(|(conn_id, c)| {
+            let extra_dejson = c
+                .extra
+                .as_deref()
+                .and_then(|extra| serde_json::from_str::<serde_json::Value>(extra).ok())
+                .unwrap_or_else(|| serde_json::json!({}));
+            let value = serde_json::json!({
+                "conn_id": conn_id, "conn_type": c.conn_type, "host": c.host, "login": c.login,
+                "password": c.password, "schema": c.schema, "port": c.port, "extra": c.extra,
+                "extra_dejson": extra_dejson,
+            });
+            (conn_id.clone(), value)
+        })
+        .collect();
+    Value::from(Serde(serde_json::Value::Object(connections)))
 }
 
 /// A task's templated fields (`shell`, `cwd`, `env.<NAME>`, in that order; a
@@ -97,9 +139,10 @@ pub fn render_fields(
     task: &Task,
     run: &RunContext,
     try_number: u32,
+    secrets: &updraft_store::Secrets,
 ) -> Vec<(String, Result<String, String>)> {
     let names = Names::new(dag, run);
-    let context = context(dag, run, &names, task.task_id.as_str(), try_number);
+    let context = context(dag, run, &names, task.task_id.as_str(), try_number, secrets);
     let TaskKind::Shell { command } = &task.kind;
     let mut fields = vec![("shell".to_string(), render(env, command, &context))];
     if let Some(cwd) = &task.cwd {
@@ -191,12 +234,40 @@ mod tests {
             dag("dag: d\ntimezone: Asia/Seoul\nparams: {market: KOSPI, limit: 10}\ntasks:\n  t: {shell: 'true'}\n");
         let run = run();
         let names = Names::new(&dag, &run);
-        let ctx = context(&dag, &run, &names, "t", 2);
+        let mut secrets = updraft_store::Secrets::default();
+        secrets.variables.insert("region".into(), "eu-west-1".into());
+        secrets.variables.insert("settings".into(), r#"{"bucket": "raw", "retries": 3}"#.into());
+        secrets.connections.insert(
+            "warehouse".into(),
+            updraft_store::ConnectionValues {
+                conn_type: "postgres".into(),
+                host: Some("db.internal".into()),
+                login: Some("loader".into()),
+                password: Some("p@ss".into()),
+                port: Some(5432),
+                extra: Some(r#"{"sslmode": "require"}"#.into()),
+                ..Default::default()
+            },
+        );
+        let ctx = context(&dag, &run, &names, "t", 2, &secrets);
         let actual = match render(&environment(), template, &ctx) {
             Ok(text) => text,
             Err(error) => format!("error: {error}"),
         };
         assert_eq!(actual, expect, "template {template:?}");
+    }
+
+    #[test]
+    fn variables_and_connections() {
+        check("{{ var.value.region }}", "eu-west-1");
+        check("{{ var.json.settings.bucket }}-{{ var.json.settings.retries }}", "raw-3");
+        check(
+            "{{ conn.warehouse.login }}@{{ conn.warehouse.host }}:{{ conn.warehouse.port }}",
+            "loader@db.internal:5432",
+        );
+        check("{{ conn.warehouse.extra_dejson.sslmode }}", "require");
+        check("{{ conn.warehouse.password }}", "p@ss");
+        check("{{ var.value.missing }}", "error: undefined value: `var.value.missing` is undefined (template line 1)");
     }
 
     #[test]

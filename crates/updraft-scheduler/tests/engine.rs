@@ -75,6 +75,7 @@ impl Engine {
             definitions: definitions.clone(),
             clock: clock.clone(),
             watch: false,
+            cipher: None,
         });
         let runner = Arc::new(Runner::new(
             source.clone(),

@@ -40,6 +40,9 @@ pub struct AppState {
     pub auth: AuthMode,
     /// Cookies only over HTTPS (behind a TLS proxy).
     pub secure_cookies: bool,
+    /// Decrypts variables and connections (`core.fernet_key`), for workers' and
+    /// pages' templates.
+    pub cipher: Option<Arc<updraft_auth::Cipher>>,
     /// DAG versions already read, for triggering runs.
     definitions: Arc<DefinitionCache>,
     /// Ticks when the store changed, so a waiting claim looks again at once.
@@ -58,6 +61,7 @@ impl AppState {
             worker_token: worker_token.map(Arc::from),
             auth: AuthMode::None,
             secure_cookies: false,
+            cipher: None,
             definitions: Arc::default(),
             changes,
         }
@@ -74,6 +78,12 @@ pub enum AuthMode {
 }
 
 impl AppState {
+    /// The same state with a key for variables and connections.
+    pub fn with_cipher(mut self, cipher: Option<Arc<updraft_auth::Cipher>>) -> AppState {
+        self.cipher = cipher;
+        self
+    }
+
     /// The same state with `auth` and whether cookies need HTTPS.
     pub fn with_auth(mut self, auth: AuthMode, secure_cookies: bool) -> AppState {
         self.auth = auth;
@@ -113,6 +123,7 @@ const WORKER_BODY_LIMIT: usize = 64 << 20;
 pub fn router(state: AppState) -> Router {
     let workers = Router::new()
         .route("/", post(workers::register))
+        .route("/secrets", get(workers::secrets))
         .route("/{process_id}/stop", post(workers::stop))
         .route("/{process_id}/heartbeat", post(workers::heartbeat))
         .route("/{process_id}/claim", post(workers::claim))

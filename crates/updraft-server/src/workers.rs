@@ -167,6 +167,19 @@ pub async fn append_logs(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Variables and connections in clear, for a worker's templates. Only a worker
+/// token opens this; the Fernet key stays on the server.
+pub async fn secrets(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<updraft_store::Secrets>, ApiError> {
+    authorize(&state, &headers)?;
+    let secrets = updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref())
+        .await
+        .map_err(ApiError::Internal)?;
+    Ok(Json(secrets))
+}
+
 /// The stored definition of a DAG version, as the scheduler recorded it.
 pub async fn definition(
     State(state): State<AppState>,

@@ -17,6 +17,9 @@ use updraft_store::{
 
 const TOKEN: &str = "s3cret-token";
 
+/// The server's Fernet key (a worker never holds it).
+const KEY: &str = "RPEidN6UG47M0ygEYCoPl6mdFKokJhbXo6Jm9yJJs-I=";
+
 struct Server {
     base: String,
     store: Store,
@@ -35,7 +38,8 @@ impl Drop for Server {
 async fn server(token: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = updraft_store::open("sqlite://updraft.db", dir.path()).await.unwrap();
-    let state = AppState::new(store.clone(), Arc::new(SystemClock), token.map(str::to_string));
+    let state = AppState::new(store.clone(), Arc::new(SystemClock), token.map(str::to_string))
+        .with_cipher(Some(Arc::new(updraft_auth::Cipher::from_keys(KEY).unwrap())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -232,4 +236,25 @@ async fn worker_requests_need_the_token() {
         }
         other => panic!("expected a 403, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_get_variables_and_connections_decrypted_by_the_server() {
+    let open = server(Some(TOKEN)).await;
+    let cipher = updraft_auth::Cipher::from_keys(KEY).unwrap();
+    let now = SystemClock.now();
+    open.store.set_variable("vendor_api_key", &cipher.encrypt("sk-live-1"), "", now).await.unwrap();
+    let connection = updraft_store::ConnectionRow {
+        conn_id: "warehouse".into(),
+        conn_type: "postgres".into(),
+        password: Some(cipher.encrypt("hunter2hunter2")),
+        ..Default::default()
+    };
+    open.store.set_connection(&connection, now).await.unwrap();
+    let worker = ApiSource::new(&open.base, TOKEN, Arc::default()).unwrap();
+    let secrets = worker.secrets().await.unwrap();
+    assert_eq!(secrets.variables["vendor_api_key"], "sk-live-1");
+    assert_eq!(secrets.connections["warehouse"].password.as_deref(), Some("hunter2hunter2"));
+    let stranger = ApiSource::new(&open.base, "wrong-token", Arc::default()).unwrap();
+    assert!(matches!(stranger.secrets().await, Err(SourceError::Refused { status: 401, .. })));
 }

@@ -160,6 +160,26 @@ pub struct ConnectionRow {
     pub description: String,
 }
 
+/// Variables and connections in clear, as templates see them: held in memory by
+/// a runner for a moment, never stored or logged (see `updraft_runner::secrets`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Secrets {
+    pub variables: std::collections::BTreeMap<String, String>,
+    pub connections: std::collections::BTreeMap<String, ConnectionValues>,
+}
+
+/// A connection in clear (`extra` is JSON text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionValues {
+    pub conn_type: String,
+    pub host: Option<String>,
+    pub login: Option<String>,
+    pub password: Option<String>,
+    pub schema: Option<String>,
+    pub port: Option<u16>,
+    pub extra: Option<String>,
+}
+
 /// One thing someone did, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {

@@ -428,7 +428,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
             error_of(load_in(dir.path(), Some("[core]\ndag_folder = \"x\"\n"), &[])),
-            "error: updraft.toml:2:1: unknown field `dag_folder`, expected one of `dags_folder`, `state_folder`, `dags_are_paused_at_creation`, `dag_dir_list_interval`; did you mean `dags_folder`?"
+            "error: updraft.toml:2:1: unknown field `dag_folder`, expected one of `dags_folder`, `state_folder`, `dags_are_paused_at_creation`, `dag_dir_list_interval`, `fernet_key`; did you mean `dags_folder`?"
         );
         assert_eq!(
             error_of(load_in(dir.path(), Some("[webserver]\nport = \"high\"\n"), &[])),

@@ -24,6 +24,17 @@ impl Ctx {
     }
 
     /// Opens the store, creating or upgrading its schema.
+    /// The key for variables and connections, if configured; a bad key is an error
+    /// now rather than when a task needs it.
+    pub fn cipher(&self) -> Result<Option<std::sync::Arc<updraft_auth::Cipher>>> {
+        match self.config.fernet_key.as_deref() {
+            None => Ok(None),
+            Some(keys) => updraft_auth::Cipher::from_keys(keys)
+                .map(|cipher| Some(std::sync::Arc::new(cipher)))
+                .map_err(|error| crate::error::user_error(error.to_string(), None)),
+        }
+    }
+
     pub async fn store(&self) -> Result<Store> {
         let options = updraft_store::OpenOptions {
             base: self.config.database_base.clone(),

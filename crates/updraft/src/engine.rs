@@ -68,6 +68,7 @@ impl Engine {
                     // Without a scheduler in this process, queued work is learnt of
                     // through the store.
                     watch: !options.parts.scheduler,
+                    cipher: ctx.cipher()?,
                 };
                 (Some(store), Arc::new(source))
             }

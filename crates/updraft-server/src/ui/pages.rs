@@ -719,6 +719,11 @@ pub async fn task_page(
     let busy = matches!(ti.state, TaskState::Queued | TaskState::Running);
     let run = find_run(&state, &dag_id, &run_id).await?;
     let dag = definition(&state, &dag_id, &run.version.0).await?;
+    // Rendered as the attempt would be, with every secret value shown as `***`.
+    let secrets = updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref())
+        .await
+        .map(|secrets| updraft_runner::secrets::masked(&secrets))
+        .unwrap_or_default();
     let rendered = dag.task(&task_id).map(|task| {
         let context = updraft_runner::template::RunContext {
             run_id: run.run_id.clone(),
@@ -728,7 +733,7 @@ pub async fn task_page(
             conf: run.conf.clone(),
         };
         let templates = updraft_runner::template::environment();
-        updraft_runner::template::render_fields(&templates, &dag, task, &context, chosen.max(1))
+        updraft_runner::template::render_fields(&templates, &dag, task, &context, chosen.max(1), &secrets)
     });
     let body = html! {
         p { a href=(dag_url(&dag_id)) { (dag_id) } " / " a href=(run_url(&dag_id, &run_id)) { (run_id) } }

@@ -57,6 +57,10 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
         };
         return Err(user_error(format!("DAG `{dag_id}` has no task `{task_id}`"), Some(&hint)));
     }
+    let store = ctx.store().await?;
+    let secrets = updraft_runner::secrets::load(store.as_ref(), ctx.cipher()?.as_deref())
+        .await
+        .map_err(|why| user_error(why, Some("set `core.fernet_key` (UPDRAFT_CORE__FERNET_KEY)")))?;
     let logical_date = logical_date(ctx, &dag, date.as_deref())?;
     let spec = AttemptSpec {
         dag: dag.clone(),
@@ -74,6 +78,7 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
         log_path: None,
         attempt_token: None,
         kill_grace: ctx.config.kill_grace,
+        secrets: std::sync::Arc::new(secrets),
     };
     let (cancel, cancelled) = watch::channel(false);
     let (spawned, _) = oneshot::channel();

@@ -18,8 +18,11 @@ fn repo() -> PathBuf {
 }
 
 /// Values for the variables the compose file asks `.env` for.
-const VARIABLES: &[(&str, &str)] =
-    &[("POSTGRES_PASSWORD", "compose-password"), ("UPDRAFT_WORKER_TOKEN", "compose-worker-token")];
+const VARIABLES: &[(&str, &str)] = &[
+    ("POSTGRES_PASSWORD", "compose-password"),
+    ("UPDRAFT_WORKER_TOKEN", "compose-worker-token"),
+    ("UPDRAFT_FERNET_KEY", "RPEidN6UG47M0ygEYCoPl6mdFKokJhbXo6Jm9yJJs-I="),
+];
 
 /// Compose's `${NAME}`, `${NAME:-default}` and `${NAME:?message}`.
 fn interpolate(text: &str, variables: &[(&str, &str)]) -> String {

@@ -101,3 +101,41 @@ fn rotating_the_key_re_encrypts_everything() {
     };
     assert!(bad.stderr.contains("key 1 is not a Fernet key"), "{}", bad.stderr);
 }
+
+#[test]
+fn tasks_use_variables_and_connections_and_their_logs_show_no_secret() {
+    let mut p = project();
+    p.env("UPDRAFT_CORE__FERNET_KEY", &new_key(&p));
+    assert_eq!(p.run(&["variables", "set", "vendor_api_key", "sk-live-98765"]).code, 0);
+    assert_eq!(p.run(&["variables", "set", "region", "eu-west-1"]).code, 0);
+    let uri = "postgres://loader:hunter2hunter2@db.internal:5432/dw";
+    assert_eq!(p.run(&["connections", "add", "warehouse", "--conn-uri", uri]).code, 0);
+    p.dag(
+        "secretive.yaml",
+        "dag: secretive\ntasks:\n  use:\n    shell: |\n      echo \"key={{ var.value.vendor_api_key }} region={{ var.value.region }}\"\n      echo \"dsn=postgres://{{ conn.warehouse.login }}:{{ conn.warehouse.password }}@{{ conn.warehouse.host }}\"\n      echo \"env=$TOKEN\"\n    env:\n      TOKEN: 'Bearer {{ var.value.vendor_api_key }}'\n",
+    );
+    let tested = p.run(&["dags", "test", "secretive"]);
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    let shown = format!("{}{}", tested.stdout, tested.stderr);
+    assert!(shown.contains("key=*** region=eu-west-1"), "{shown}");
+    assert!(shown.contains("dsn=postgres://loader:***@db.internal"), "{shown}");
+    assert!(shown.contains("env=Bearer ***"), "{shown}");
+    assert!(!shown.contains("sk-live-98765") && !shown.contains("hunter2hunter2"), "{shown}");
+    // Nor in any log file.
+    let mut logs = Vec::new();
+    let mut stack = vec![p.path().join(".updraft/logs")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                logs.push(std::fs::read_to_string(path).unwrap_or_default());
+            }
+        }
+    }
+    assert!(!logs.is_empty(), "the attempt wrote a log");
+    for log in &logs {
+        assert!(log.contains("***") && !log.contains("sk-live-98765") && !log.contains("hunter2hunter2"), "{log}");
+    }
+}
