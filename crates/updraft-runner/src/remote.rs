@@ -211,8 +211,12 @@ impl WorkSource for ApiSource {
     async fn secrets(&self) -> SourceResult<updraft_store::Secrets> {
         let path = format!("{}/secrets", protocol::WORKERS);
         let url = format!("{}{path}", self.base);
-        self.call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
+        let mut secrets: updraft_store::Secrets = self
+            .call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
             .await?
-            .ok_or_else(|| SourceError::Unreadable { url, detail: "an empty answer".to_string() })
+            .ok_or_else(|| SourceError::Unreadable { url, detail: "an empty answer".to_string() })?;
+        // This machine's environment backend comes first, as it would locally.
+        crate::secrets::overlay_environment(&mut secrets, std::env::vars()).map_err(SourceError::Secrets)?;
+        Ok(secrets)
     }
 }

@@ -48,6 +48,53 @@ pub async fn load(
     Ok(secrets)
 }
 
+/// Every variable and connection: the environment backend first
+/// (`UPDRAFT_VAR_<KEY>`, `UPDRAFT_CONN_<ID>` as a URI, as Airflow's
+/// `AIRFLOW_VAR_`/`AIRFLOW_CONN_`), then the store.
+pub async fn lookup(
+    store: &dyn updraft_store::MetadataStore,
+    cipher: Option<&updraft_auth::Cipher>,
+) -> Result<Secrets, String> {
+    let mut secrets = load(store, cipher).await?;
+    overlay_environment(&mut secrets, std::env::vars())?;
+    Ok(secrets)
+}
+
+/// Adds the environment backend's values over `secrets`.
+pub fn overlay_environment(secrets: &mut Secrets, vars: impl Iterator<Item = (String, String)>) -> Result<(), String> {
+    for (name, value) in vars {
+        if let Some(key) = name.strip_prefix("UPDRAFT_VAR_") {
+            let key = key.to_ascii_lowercase();
+            secrets.from_backends.insert(key.clone());
+            secrets.variables.insert(key, value);
+        } else if let Some(conn_id) = name.strip_prefix("UPDRAFT_CONN_") {
+            let connection = connection_from_uri(&value).map_err(|error| format!("`{name}`: {error}"))?;
+            secrets.connections.insert(conn_id.to_ascii_lowercase(), connection);
+        }
+    }
+    Ok(())
+}
+
+/// `type://login:password@host:port/schema?extra=...`, percent-decoded, as Airflow
+/// reads a connection URI; the query becomes `extra` (a JSON object).
+pub fn connection_from_uri(uri: &str) -> Result<updraft_store::ConnectionValues, String> {
+    let parsed = url::Url::parse(uri).map_err(|error| format!("not a connection URI: {error}"))?;
+    let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
+    let extra: serde_json::Map<String, serde_json::Value> = parsed
+        .query_pairs()
+        .map(|(key, value)| (key.into_owned(), serde_json::Value::String(value.into_owned())))
+        .collect();
+    Ok(updraft_store::ConnectionValues {
+        conn_type: parsed.scheme().replace('-', "_"),
+        host: parsed.host_str().filter(|host| !host.is_empty()).map(decode),
+        login: Some(decode(parsed.username())).filter(|login| !login.is_empty()),
+        password: parsed.password().map(decode),
+        schema: Some(decode(parsed.path().trim_start_matches('/'))).filter(|schema| !schema.is_empty()),
+        port: parsed.port(),
+        extra: (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()),
+    })
+}
+
 pub fn is_sensitive(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     SENSITIVE.iter().any(|word| name.contains(word))
@@ -57,7 +104,7 @@ pub fn is_sensitive(name: &str) -> bool {
 pub fn secret_values(secrets: &Secrets) -> Vec<String> {
     let mut values = Vec::new();
     for (key, value) in &secrets.variables {
-        if is_sensitive(key) {
+        if is_sensitive(key) || secrets.from_backends.contains(key) {
             values.push(value.clone());
         }
     }
@@ -152,6 +199,27 @@ mod tests {
         assert_eq!(masker.mask("secret=abc123xyz;"), "secret=***;");
         assert_eq!(masker.mask("region eu-west-1 is not secret"), "region eu-west-1 is not secret");
         assert_eq!(masker.mask("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn the_environment_backend_comes_first_and_is_always_masked() {
+        let mut secrets = secrets();
+        let vars = [
+            ("UPDRAFT_VAR_REGION".to_string(), "us-east-2".to_string()),
+            ("UPDRAFT_VAR_BUCKET".to_string(), "raw-data".to_string()),
+            ("UPDRAFT_CONN_WAREHOUSE".to_string(), "postgres://env:env%40pw@envdb:6543/dw?sslmode=require".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        overlay_environment(&mut secrets, vars.into_iter()).unwrap();
+        assert_eq!(secrets.variables["region"], "us-east-2", "before the store's");
+        let warehouse = &secrets.connections["warehouse"];
+        assert_eq!((warehouse.host.as_deref(), warehouse.port), (Some("envdb"), Some(6543)));
+        assert_eq!(warehouse.password.as_deref(), Some("env@pw"));
+        let masker = Masker::new(&secrets);
+        assert_eq!(masker.mask("s3://raw-data/x in us-east-2"), "s3://***/x in ***", "backend values, any name");
+        assert_eq!(masker.mask("pw env@pw"), "pw ***");
+        let bad = overlay_environment(&mut secrets, [("UPDRAFT_CONN_X".to_string(), "::".to_string())].into_iter());
+        assert!(bad.unwrap_err().contains("UPDRAFT_CONN_X"));
     }
 
     #[test]

@@ -159,6 +159,6 @@ impl WorkSource for StoreSource {
     }
 
     async fn secrets(&self) -> SourceResult<updraft_store::Secrets> {
-        crate::secrets::load(self.store.as_ref(), self.cipher.as_deref()).await.map_err(SourceError::Secrets)
+        crate::secrets::lookup(self.store.as_ref(), self.cipher.as_deref()).await.map_err(SourceError::Secrets)
     }
 }

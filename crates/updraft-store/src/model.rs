@@ -166,6 +166,9 @@ pub struct ConnectionRow {
 pub struct Secrets {
     pub variables: std::collections::BTreeMap<String, String>,
     pub connections: std::collections::BTreeMap<String, ConnectionValues>,
+    /// Variables that came from a secrets backend: masked whatever their names.
+    #[serde(default)]
+    pub from_backends: std::collections::BTreeSet<String>,
 }
 
 /// A connection in clear (`extra` is JSON text).

@@ -720,7 +720,7 @@ pub async fn task_page(
     let run = find_run(&state, &dag_id, &run_id).await?;
     let dag = definition(&state, &dag_id, &run.version.0).await?;
     // Rendered as the attempt would be, with every secret value shown as `***`.
-    let secrets = updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref())
+    let secrets = updraft_runner::secrets::lookup(state.store.as_ref(), state.cipher.as_deref())
         .await
         .map(|secrets| updraft_runner::secrets::masked(&secrets))
         .unwrap_or_default();

@@ -295,20 +295,17 @@ struct Plain {
     extra: Option<String>,
 }
 
-/// `type://login:password@host:port/schema?extra=...`, percent-decoded, as Airflow reads it.
 fn parse_uri(uri: &str) -> Result<Plain> {
-    let parsed = url::Url::parse(uri).map_err(|error| user_error(format!("invalid `--conn-uri`: {error}"), None))?;
-    let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
-    let extra: Map<String, Value> =
-        parsed.query_pairs().map(|(key, value)| (key.into_owned(), Value::String(value.into_owned()))).collect();
+    let values = updraft_runner::secrets::connection_from_uri(uri)
+        .map_err(|error| user_error(format!("invalid `--conn-uri`: {error}"), None))?;
     Ok(Plain {
-        conn_type: Some(parsed.scheme().replace('-', "_")),
-        host: parsed.host_str().filter(|host| !host.is_empty()).map(decode),
-        login: Some(decode(parsed.username())).filter(|login| !login.is_empty()),
-        password: parsed.password().map(decode),
-        schema: Some(decode(parsed.path().trim_start_matches('/'))).filter(|schema| !schema.is_empty()),
-        port: parsed.port(),
-        extra: (!extra.is_empty()).then(|| Value::Object(extra).to_string()),
+        conn_type: Some(values.conn_type),
+        host: values.host,
+        login: values.login,
+        password: values.password,
+        schema: values.schema,
+        port: values.port,
+        extra: values.extra,
     })
 }
 

@@ -58,7 +58,7 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
         return Err(user_error(format!("DAG `{dag_id}` has no task `{task_id}`"), Some(&hint)));
     }
     let store = ctx.store().await?;
-    let secrets = updraft_runner::secrets::load(store.as_ref(), ctx.cipher()?.as_deref())
+    let secrets = updraft_runner::secrets::lookup(store.as_ref(), ctx.cipher()?.as_deref())
         .await
         .map_err(|why| user_error(why, Some("set `core.fernet_key` (UPDRAFT_CORE__FERNET_KEY)")))?;
     let logical_date = logical_date(ctx, &dag, date.as_deref())?;

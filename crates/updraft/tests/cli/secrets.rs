@@ -139,3 +139,19 @@ fn tasks_use_variables_and_connections_and_their_logs_show_no_secret() {
         assert!(log.contains("***") && !log.contains("sk-live-98765") && !log.contains("hunter2hunter2"), "{log}");
     }
 }
+
+#[test]
+fn the_environment_backend_needs_no_key_and_is_masked() {
+    let mut p = project();
+    p.env("UPDRAFT_VAR_BUCKET", "raw-data-bucket");
+    p.env("UPDRAFT_CONN_VENDOR", "https://svc:tok%2Fen@api.vendor.example:8443/v2");
+    p.dag(
+        "fromenv.yaml",
+        "dag: fromenv\ntasks:\n  use: {shell: 'echo \"{{ var.value.bucket }} {{ conn.vendor.host }}:{{ conn.vendor.port }} {{ conn.vendor.password }}\"'}\n",
+    );
+    let tested = p.run(&["dags", "test", "fromenv"]);
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    let shown = format!("{}{}", tested.stdout, tested.stderr);
+    assert!(shown.contains("*** api.vendor.example:8443 ***"), "{shown}");
+    assert!(!shown.contains("raw-data-bucket") && !shown.contains("tok/en"), "{shown}");
+}
