@@ -70,7 +70,8 @@ async fn server() -> Server {
     let broken =
         ImportError { fileloc: "broken.yaml".into(), message: "broken.yaml:3:5: unknown field `depend_on`".into() };
     store.replace_import_errors(&[broken], now).await.unwrap();
-    let state = AppState::new(store.clone(), Arc::new(SystemClock), None);
+    let key = updraft_auth::Cipher::from_keys("RPEidN6UG47M0ygEYCoPl6mdFKokJhbXo6Jm9yJJs-I=").unwrap();
+    let state = AppState::new(store.clone(), Arc::new(SystemClock), None).with_cipher(Some(Arc::new(key)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -629,8 +630,12 @@ async fn the_openapi_document_describes_exactly_the_api() {
     assert_eq!(
         operations,
         [
+            "DELETE /api/v1/connections/{conn_id}",
             "DELETE /api/v1/dags/{dag_id}/runs/{run_id}",
+            "DELETE /api/v1/variables/{key}",
             "GET /api/v1/auditLog",
+            "GET /api/v1/connections",
+            "GET /api/v1/connections/{conn_id}",
             "GET /api/v1/dags",
             "GET /api/v1/dags/{dag_id}",
             "GET /api/v1/dags/{dag_id}/runs",
@@ -643,12 +648,16 @@ async fn the_openapi_document_describes_exactly_the_api() {
             "GET /api/v1/health",
             "GET /api/v1/importErrors",
             "GET /api/v1/pools",
+            "GET /api/v1/variables",
+            "GET /api/v1/variables/{key}",
             "GET /api/v1/version",
             "PATCH /api/v1/dags/{dag_id}",
             "PATCH /api/v1/dags/{dag_id}/runs/{run_id}",
             "PATCH /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
             "POST /api/v1/dags/{dag_id}/runs",
             "POST /api/v1/dags/{dag_id}/runs/{run_id}/clear",
+            "PUT /api/v1/connections/{conn_id}",
+            "PUT /api/v1/variables/{key}",
         ]
     );
     // Every documented operation is served (not the fallback's "no such page").
@@ -772,4 +781,48 @@ async fn the_ui_list_pages_through_many_dags_and_flags_a_broken_file() {
     s.store.replace_import_errors(&[broken], SystemClock.now()).await.unwrap();
     let page = s.client.get(format!("{}/dags/scores", s.base)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("does not read now") && page.contains("scores.yaml:2:1: unknown field"), "{page}");
+}
+
+#[tokio::test]
+async fn variables_and_connections_are_stored_encrypted_and_answered_masked() {
+    let s = server().await;
+    let put = |path: &'static str, body: &'static str| s.call("put", path, Some(body));
+    assert_eq!(put("/api/v1/variables/region", r#"{"value": "eu-west-1"}"#).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        put("/api/v1/variables/vendor_api_key", r#"{"value": "sk-live-777", "description": "vendor"}"#).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(s.get("/api/v1/variables/region").await.1["value"], "eu-west-1");
+    let (_, hidden) = s.get("/api/v1/variables/vendor_api_key").await;
+    assert_eq!(hidden["value"], "***");
+    assert_eq!(hidden["description"], "vendor");
+    let stored = s.store.variable("vendor_api_key").await.unwrap().unwrap();
+    assert!(!stored.value.contains("sk-live"), "encrypted at rest");
+    let (_, list) = s.get("/api/v1/variables").await;
+    assert!(!list.to_string().contains("sk-live") && !list.to_string().contains("eu-west-1"), "{list}");
+
+    let body = r#"{"conn_type": "postgres", "host": "db", "login": "loader", "password": "hunter2hunter2", "port": 5432, "extra": {"sslmode": "require", "client_secret": "zzz-secret-zzz"}}"#;
+    assert_eq!(put("/api/v1/connections/warehouse", body).await.0, StatusCode::NO_CONTENT);
+    let (_, connection) = s.get("/api/v1/connections/warehouse").await;
+    assert_eq!(connection["password"], "***");
+    assert_eq!(connection["host"], "db");
+    let extra = connection["extra"].as_str().unwrap();
+    assert!(extra.contains("require") && !extra.contains("zzz-secret-zzz"), "{extra}");
+    let (_, all) = s.get("/api/v1/connections").await;
+    assert!(!all.to_string().contains("hunter2hunter2"), "{all}");
+    let stored = s.store.connection("warehouse").await.unwrap().unwrap();
+    assert!(!stored.password.unwrap().contains("hunter2"));
+
+    for (path, body, expected) in [
+        ("/api/v1/variables/bad%20key", r#"{"value": "x"}"#, StatusCode::BAD_REQUEST),
+        ("/api/v1/variables/region", r#"{"val": "x"}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        ("/api/v1/connections/db", r#"{"host": "x"}"#, StatusCode::UNPROCESSABLE_ENTITY),
+        ("/api/v1/connections/db", r#"{"conn_type": "x", "extra": [1]}"#, StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        assert_eq!(s.call("put", path, Some(body)).await.0, expected, "{path} {body}");
+    }
+    assert_eq!(s.get("/api/v1/variables/nope").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.call("delete", "/api/v1/variables/region", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(s.call("delete", "/api/v1/variables/region", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.call("delete", "/api/v1/connections/warehouse", None).await.0, StatusCode::NO_CONTENT);
 }

@@ -163,6 +163,7 @@ enum Needs {
     SignedIn,
     Public,
     AdminOnly,
+    OpOrAdmin,
 }
 
 #[tokio::test]
@@ -227,6 +228,20 @@ async fn every_api_route_checks_every_role() {
         ("GET", "/api/v1/health", "/api/v1/health", None, Public),
         ("GET", "/api/v1/version", "/api/v1/version", None, Public),
         ("GET", "/api/v1/auditLog", "/api/v1/auditLog", None, AdminOnly),
+        ("GET", "/api/v1/variables", "/api/v1/variables", None, OpOrAdmin),
+        ("GET", "/api/v1/variables/{key}", "/api/v1/variables/nope", None, OpOrAdmin),
+        ("PUT", "/api/v1/variables/{key}", "/api/v1/variables/region", Some(r#"{"value": "eu"}"#), OpOrAdmin),
+        ("DELETE", "/api/v1/variables/{key}", "/api/v1/variables/nope", None, OpOrAdmin),
+        ("GET", "/api/v1/connections", "/api/v1/connections", None, OpOrAdmin),
+        ("GET", "/api/v1/connections/{conn_id}", "/api/v1/connections/nope", None, OpOrAdmin),
+        (
+            "PUT",
+            "/api/v1/connections/{conn_id}",
+            "/api/v1/connections/db",
+            Some(r#"{"conn_type": "postgres"}"#),
+            OpOrAdmin,
+        ),
+        ("DELETE", "/api/v1/connections/{conn_id}", "/api/v1/connections/nope", None, OpOrAdmin),
     ];
     // The table covers the whole API: a new route without a row fails here.
     let document: Value =
@@ -262,6 +277,7 @@ async fn every_api_route_checks_every_role() {
                 EditAnalytics => edits,
                 SignedIn | Public => true,
                 AdminOnly => user == "admin",
+                OpOrAdmin => user == "operator" || user == "admin",
             };
             if allowed {
                 assert!(

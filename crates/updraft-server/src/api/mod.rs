@@ -10,6 +10,7 @@ mod misc;
 pub mod model;
 mod reference;
 mod runs;
+mod secrets;
 mod tasks;
 
 use axum::Router;
@@ -40,6 +41,7 @@ pub use tasks::find_task_instance;
         (name = "DAG runs", description = "Runs of a DAG: scheduled, triggered, backfilled"),
         (name = "Task instances", description = "A run's tasks, their tries and logs"),
         (name = "Pools", description = "Limits on how many tasks run at once"),
+        (name = "Variables and connections", description = "Encrypted at rest; secret values answered as `***`"),
         (name = "Monitoring", description = "Health and version"),
     ),
     components(schemas(crate::error::Problem))
@@ -64,6 +66,10 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(misc::health))
         .routes(routes!(misc::version))
         .routes(routes!(misc::audit_log))
+        .routes(routes!(secrets::list_variables))
+        .routes(routes!(secrets::get_variable, secrets::put_variable, secrets::delete_variable))
+        .routes(routes!(secrets::list_connections))
+        .routes(routes!(secrets::get_connection, secrets::put_connection, secrets::delete_connection))
         .split_for_parts();
     document.info.version = env!("CARGO_PKG_VERSION").to_string();
     (router, document)
