@@ -19,6 +19,22 @@ pub fn project() -> Project {
     Project::new(env!("CARGO_BIN_EXE_updraft"))
 }
 
+/// Every byte of a project's SQLite database, WAL included: to prove what is not
+/// stored in clear.
+pub fn database_bytes(project: &Project) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for file in ["updraft.db", "updraft.db-wal"] {
+        if let Ok(mut more) = std::fs::read(project.path().join(".updraft").join(file)) {
+            bytes.append(&mut more);
+        }
+    }
+    bytes
+}
+
+pub fn bytes_contain(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
+}
+
 /// Runs `updraft` with `args` and renders the result for a snapshot.
 pub fn run(project: &Project, args: &[&str]) -> (Output, String) {
     let output = project.run(args);

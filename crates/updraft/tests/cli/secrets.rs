@@ -3,21 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::project;
-
-fn bytes_of_state(p: &updraft_testkit::Project) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for file in ["updraft.db", "updraft.db-wal"] {
-        if let Ok(mut more) = std::fs::read(p.path().join(".updraft").join(file)) {
-            bytes.append(&mut more);
-        }
-    }
-    bytes
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
-}
+use crate::{bytes_contain as contains, database_bytes, project};
 
 /// A fresh Fernet key, from the hint Updraft gives when none is set.
 fn new_key(p: &updraft_testkit::Project) -> String {
@@ -51,7 +37,7 @@ fn secrets_are_encrypted_at_rest_and_shown_only_when_asked() {
     assert_eq!(shown["extra"], r#"{"sslmode":"require"}"#);
     let secret = p.run(&["connections", "get", "warehouse", "--show-secrets"]);
     assert!(secret.stdout.contains("p@ss word"), "{}", secret.stdout);
-    let stored = bytes_of_state(&p);
+    let stored = database_bytes(&p);
     assert!(!contains(&stored, "sk-live-12345") && !contains(&stored, "p@ss word") && !contains(&stored, "sslmode"));
 
     // Airflow's export format, written for the owner only, read back elsewhere.

@@ -45,9 +45,11 @@ fn the_ui_in_a_real_browser() {
     let shots = repo.join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/browser.mjs");
-    // The script is run from the folder holding node_modules, so its import resolves.
+    // The scripts run from the folder holding node_modules, so their imports resolve.
     let copy = modules.join("updraft-browser.mjs");
     std::fs::copy(&script, &copy).unwrap();
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/steps.mjs"), modules.join("updraft-steps.mjs"))
+        .unwrap();
     let mut command = Command::new("node");
     command.arg(&copy).arg(format!("http://{}", server.address)).arg(&shots).current_dir(&modules);
     let output = run_tool(command, Duration::from_secs(240));

@@ -3,22 +3,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use crate::project;
-
-/// Every byte of the SQLite database, WAL included.
-fn database_bytes(p: &updraft_testkit::Project) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for file in ["updraft.db", "updraft.db-wal"] {
-        if let Ok(mut more) = std::fs::read(p.path().join(".updraft").join(file)) {
-            bytes.append(&mut more);
-        }
-    }
-    bytes
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
-}
+use crate::{bytes_contain as contains, database_bytes, project};
 
 #[test]
 fn accounts_are_created_listed_reset_and_deleted() {

@@ -2,23 +2,11 @@
 // the DAG list, a trigger, the grid turning green, a task's log, the other
 // views, and pausing. Run by crates/updraft/tests/cli/ui.rs:
 //   node browser.mjs <base url> <screenshot folder>
-import { chromium } from "playwright-core";
+import { launch, stepper } from "./updraft-steps.mjs";
 
 const [base, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.UPDRAFT_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
-});
-const failures = [];
-const step = async (name, body) => {
-  try {
-    await body();
-    console.log("ok   " + name);
-  } catch (error) {
-    failures.push(name);
-    console.log("FAIL " + name + ": " + error.message.split("\n")[0]);
-  }
-};
+const browser = await launch();
+const { step, failures } = stepper();
 
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });

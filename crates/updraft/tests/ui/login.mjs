@@ -1,23 +1,11 @@
 // Signing in, team-scoped lists, CSRF and signing out in real headless Chromium,
 // against a standalone with `webserver.auth = "password"`. Run by
 // crates/updraft/tests/cli/ui.rs:  node login.mjs <base url> <screenshot folder> <password>
-import { chromium } from "playwright-core";
+import { launch, stepper } from "./updraft-steps.mjs";
 
 const [base, shots, password] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.UPDRAFT_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
-});
-const failures = [];
-const step = async (name, body) => {
-  try {
-    await body();
-    console.log("ok   " + name);
-  } catch (error) {
-    failures.push(name);
-    console.log("FAIL " + name + ": " + error.message.split("\n")[0]);
-  }
-};
+const browser = await launch();
+const { step, failures } = stepper();
 
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
