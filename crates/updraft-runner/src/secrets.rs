@@ -148,6 +148,14 @@ pub fn masked(secrets: &Secrets) -> Secrets {
     out
 }
 
+/// A connection's extra (JSON text) with its sensitive-looking fields as `***`.
+pub fn masked_extra(extra: &str) -> String {
+    let mut secrets = Secrets::default();
+    let values = updraft_store::ConnectionValues { extra: Some(extra.to_string()), ..Default::default() };
+    secrets.connections.insert(String::new(), values);
+    Masker::new(&secrets).mask(extra).into_owned()
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
     values: Vec<String>,

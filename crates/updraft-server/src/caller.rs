@@ -4,8 +4,8 @@
 //! an API token (`Authorization: Bearer`) or the user of a session cookie. What a caller may do is `updraft_auth::permits`.
 
 use axum::extract::FromRequestParts;
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use updraft_auth::{Action, Principal, Role, permits, token_hash};
 
@@ -63,10 +63,7 @@ impl IntoResponse for NoCaller {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("header value"));
                 response
             }
-            NoCaller::Page(next) => {
-                (StatusCode::SEE_OTHER, Redirect::to(&format!("/login?next={}", crate::api::encode(&next))))
-                    .into_response()
-            }
+            NoCaller::Page(next) => Redirect::to(&format!("/login?next={}", crate::api::encode(&next))).into_response(),
         }
     }
 }
@@ -77,9 +74,9 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
+/// A cookie's value from a request's headers.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
@@ -97,7 +94,7 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<crate::csrf::CsrfToken>()
             .map(|token| token.0.clone())
-            .or_else(|| cookie(parts, CSRF_COOKIE).map(str::to_string))
+            .or_else(|| cookie(&parts.headers, CSRF_COOKIE).map(str::to_string))
             .unwrap_or_default();
         if state.auth == AuthMode::None {
             let principal = Principal { username: "anonymous".into(), role: Role::Admin, teams: Vec::new() };
@@ -127,7 +124,7 @@ impl FromRequestParts<AppState> for Caller {
             let principal = Principal { username: user.username, role, teams: user.teams };
             return Ok(Caller { principal, csrf, signed_in: true });
         }
-        let Some(secret) = cookie(parts, SESSION_COOKIE) else { return Err(refuse()) };
+        let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(refuse()) };
         let user = state
             .store
             .session_user(&token_hash(secret), state.clock.now())

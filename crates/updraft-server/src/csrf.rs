@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::AppState;
-use crate::caller::CSRF_COOKIE;
+use crate::caller::{CSRF_COOKIE, cookie};
 
 /// This request's CSRF token, for the pages that render forms.
 #[derive(Debug, Clone)]
@@ -20,16 +20,7 @@ pub struct CsrfToken(pub String);
 const FORM_LIMIT: usize = 1 << 20;
 
 pub async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let existing = request
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == CSRF_COOKIE)
-        .map(|(_, value)| value.to_string())
-        .filter(|value| value.len() >= 32);
+    let existing = cookie(request.headers(), CSRF_COOKIE).filter(|value| value.len() >= 32).map(str::to_string);
     let token = match &existing {
         Some(token) => token.clone(),
         None => match updraft_auth::new_token("csrf") {

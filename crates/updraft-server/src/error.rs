@@ -55,9 +55,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, detail) = match self {
+impl ApiError {
+    /// The status and the detail a client may see; an internal error's detail
+    /// goes to the log instead. Pages, streams and problem documents all use it.
+    pub fn into_parts(self) -> (StatusCode, String) {
+        match self {
             ApiError::BadRequest(detail) => (StatusCode::BAD_REQUEST, detail),
             ApiError::Unauthorized(detail) => (StatusCode::UNAUTHORIZED, detail),
             ApiError::Forbidden(detail) => (StatusCode::FORBIDDEN, detail),
@@ -68,7 +70,13 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %detail, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log".to_string())
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, detail) = self.into_parts();
         let code = match status {
             StatusCode::BAD_REQUEST => "bad_request",
             StatusCode::UNAUTHORIZED => "unauthorized",

@@ -171,8 +171,9 @@ impl Follow {
         let mut changes = self.state.changes.clone();
         loop {
             changes.mark_unchanged();
-            let row = match find_attempt(&self.state, &self.attempt).await {
-                Ok((_, row)) => row,
+            // The task instance was found when the stream began: each look is one query.
+            let row = match attempt_row(&self.state, self.ti_pk, &self.attempt).await {
+                Ok(row) => row,
                 Err(error) => return self.fail(error),
             };
             let data = match read(&self.state, self.ti_pk, &row, Some(self.offset)).await {
@@ -197,10 +198,7 @@ impl Follow {
 
     fn fail(&mut self, error: ApiError) -> Event {
         self.done = true;
-        let detail = match error {
-            ApiError::NotFound(detail) => detail,
-            _ => "cannot read the log; see the server log".to_string(),
-        };
+        let detail = error.into_parts().1;
         LogEvent { event: LogEventKind::Error, id: None, data: detail }.into()
     }
 }
@@ -226,18 +224,21 @@ fn non_negative(name: &str, value: Option<i64>) -> Result<Option<u64>, ApiError>
 }
 
 async fn find_attempt(state: &AppState, attempt: &Attempt) -> Result<(i64, AttemptRow), ApiError> {
-    let (dag_id, run_id, task_id, try_number) = attempt;
+    let (dag_id, run_id, task_id, _) = attempt;
     let task_instance = crate::api::find_task_instance(state, dag_id, run_id, task_id).await?;
-    let row = state
+    Ok((task_instance.ti_pk, attempt_row(state, task_instance.ti_pk, attempt).await?))
+}
+
+/// The attempt's row, once its task instance is known.
+async fn attempt_row(state: &AppState, ti_pk: i64, attempt: &Attempt) -> Result<AttemptRow, ApiError> {
+    let (_, run_id, task_id, try_number) = attempt;
+    state
         .store
-        .task_attempts(task_instance.ti_pk)
+        .task_attempts(ti_pk)
         .await?
         .into_iter()
         .find(|row| row.try_number == *try_number)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("task `{task_id}` of run `{run_id}` has no try {try_number} (yet)"))
-        })?;
-    Ok((task_instance.ti_pk, row))
+        .ok_or_else(|| ApiError::NotFound(format!("task `{task_id}` of run `{run_id}` has no try {try_number} (yet)")))
 }
 
 /// The log from `offset` on (`None`: the last 8 MiB), with where it starts.

@@ -445,3 +445,13 @@ async fn the_audit_log_records_who_did_what_for_admins_only() {
     let refused = s.client.get(format!("{}/audit", s.base)).header("cookie", &analyst.cookie).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn without_a_fernet_key_variables_and_connections_are_refused_not_stored_in_clear() {
+    let s = server().await;
+    let operator = s.sign_in("operator", PASSWORD).await.unwrap();
+    let (status, text) = s.call(&operator, "PUT", "/api/v1/variables/token", Some(r#"{"value": "abc-secret"}"#)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("no `core.fernet_key`"), "{text}");
+    assert!(s.store.variable("token").await.unwrap().is_none(), "nothing stored");
+}

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use updraft_auth::{Action, Cipher};
-use updraft_store::{ConnectionRow, Secrets};
+use updraft_store::ConnectionRow;
 use utoipa::ToSchema;
 
 use super::extract::{Json, Path};
@@ -137,10 +137,8 @@ pub async fn get_variable(
     caller.require(Action::EditPlatform)?;
     let row = state.store.variable(&key).await?.ok_or_else(|| ApiError::NotFound(format!("no variable `{key}`")))?;
     let value = open(cipher(&state)?, &row.value)?;
-    let mut secrets = Secrets::default();
-    secrets.variables.insert(row.key.clone(), value);
-    let shown = updraft_runner::secrets::masked(&secrets);
-    Ok(axum::Json(Variable { value: shown.variables[&row.key].clone(), key: row.key, description: row.description }))
+    let value = if updraft_runner::secrets::is_sensitive(&row.key) { "***".to_string() } else { value };
+    Ok(axum::Json(Variable { value, key: row.key, description: row.description }))
 }
 
 /// Creates or changes a variable.
@@ -196,17 +194,7 @@ pub async fn delete_variable(
 fn shown(state: &AppState, row: ConnectionRow) -> Result<Connection, ApiError> {
     let extra = match &row.extra {
         None => None,
-        Some(token) => {
-            let extra = open(cipher(state)?, token)?;
-            let mut secrets = Secrets::default();
-            let values = updraft_store::ConnectionValues {
-                conn_type: row.conn_type.clone(),
-                extra: Some(extra.clone()),
-                ..Default::default()
-            };
-            secrets.connections.insert(row.conn_id.clone(), values);
-            Some(updraft_runner::secrets::Masker::new(&secrets).mask(&extra).into_owned())
-        }
+        Some(token) => Some(updraft_runner::secrets::masked_extra(&open(cipher(state)?, token)?)),
     };
     Ok(Connection {
         conn_id: row.conn_id,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use updraft_auth::{new_token, token_hash, verify_password};
 
 use super::layout::page;
-use crate::caller::SESSION_COOKIE;
+use crate::caller::{SESSION_COOKIE, cookie};
 use crate::csrf::CsrfToken;
 use crate::{AppState, AuthMode};
 
@@ -136,16 +136,8 @@ pub async fn login(
 }
 
 pub async fn logout(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let secret = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == SESSION_COOKIE)
-        .map(|(_, value)| value.to_string());
-    if let Some(secret) = secret {
-        let hash = token_hash(&secret);
+    if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
+        let hash = token_hash(secret);
         if let Ok(Some(user)) = state.store.session_user(&hash, state.clock.now()).await {
             crate::audit::record(&state, &user.username, "sign_out", &user.username, None).await;
         }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -40,18 +39,7 @@ impl From<updraft_store::StoreError> for UiError {
 
 impl IntoResponse for UiError {
     fn into_response(self) -> Response {
-        let (status, detail) = match self.0 {
-            ApiError::BadRequest(detail) => (StatusCode::BAD_REQUEST, detail),
-            ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, detail),
-            ApiError::Conflict(detail) => (StatusCode::CONFLICT, detail),
-            ApiError::Rejected(status, detail) => (status, detail),
-            ApiError::Unauthorized(detail) => (StatusCode::UNAUTHORIZED, detail),
-            ApiError::Forbidden(detail) => (StatusCode::FORBIDDEN, detail),
-            ApiError::Internal(detail) => {
-                tracing::error!(error = %detail, "page failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log".to_string())
-            }
-        };
+        let (status, detail) = self.0.into_parts();
         (status, Html(error_page(status.as_u16(), &detail).into_string())).into_response()
     }
 }
@@ -268,7 +256,9 @@ pub async fn dag_page(
         _ => grid(&state, &row, &dag).await?,
     };
     let url = dag_url(&dag_id);
-    let file_errors = state.store.import_errors().await?.into_iter().find(|error| error.fileloc == row.fileloc);
+    let import_errors = state.store.import_errors().await?;
+    let broken = import_errors.len();
+    let file_errors = import_errors.into_iter().find(|error| error.fileloc == row.fileloc);
     let body = html! {
         @if let Some(error) = &file_errors {
             div.banner role="alert" {
@@ -298,7 +288,7 @@ pub async fn dag_page(
         (content)
     };
     let note = Some(params.note.as_str()).filter(|note| !note.is_empty());
-    Ok(Html(page(&dag_id, Some(&caller), broken_files(&state).await?, note, body).into_string()))
+    Ok(Html(page(&dag_id, Some(&caller), broken, note, body).into_string()))
 }
 
 /// The grid fragment alone, for the live refresh.
@@ -804,7 +794,7 @@ pub async fn task_page(
                         data-state=(attempt_state) aria-live="polite" { (log_lines(&text)) }
                     p.muted { a href=(log_url) { "Raw log" } }
                 }
-                Some(Err(error)) => p.muted { (problem_text(error)) },
+                Some(Err(error)) => p.muted { (error.into_parts().1) },
                 None => p.muted { "No such try." },
             }
         }
@@ -813,13 +803,6 @@ pub async fn task_page(
     Ok(Html(
         page(&format!("{task_id} — {dag_id}"), Some(&caller), broken_files(&state).await?, note, body).into_string(),
     ))
-}
-
-fn problem_text(error: ApiError) -> String {
-    match error {
-        ApiError::NotFound(detail) | ApiError::BadRequest(detail) | ApiError::Conflict(detail) => detail,
-        _ => "the log cannot be read; see the server log".to_string(),
-    }
 }
 
 /// Log lines with Updraft's own lines and likely errors marked.

@@ -136,10 +136,13 @@ pub async fn connections(ctx: &Ctx, command: ConnectionsCommand) -> Result<ExitC
         } => {
             check_key("connection id", &conn_id)?;
             let mut plain = match conn_uri {
-                Some(uri) => parse_uri(&uri)?,
-                None => Plain::default(),
+                Some(uri) => updraft_runner::secrets::connection_from_uri(&uri)
+                    .map_err(|error| user_error(format!("invalid `--conn-uri`: {error}"), None))?,
+                None => updraft_store::ConnectionValues::default(),
             };
-            plain.conn_type = conn_type.or(plain.conn_type);
+            if let Some(conn_type) = conn_type {
+                plain.conn_type = conn_type;
+            }
             plain.host = conn_host.or(plain.host);
             plain.login = conn_login.or(plain.login);
             plain.password = conn_password.or(plain.password);
@@ -151,13 +154,13 @@ pub async fn connections(ctx: &Ctx, command: ConnectionsCommand) -> Result<ExitC
                     _ => return Err(user_error("`--conn-extra` must be a JSON object", None)),
                 }
             }
-            let Some(conn_type) = plain.conn_type.clone() else {
+            if plain.conn_type.is_empty() {
                 return Err(user_error("give `--conn-uri` or `--conn-type`", None));
-            };
+            }
             let cipher = cipher(ctx)?;
             let row = ConnectionRow {
                 conn_id: conn_id.clone(),
-                conn_type,
+                conn_type: plain.conn_type,
                 host: plain.host,
                 schema: plain.schema,
                 login: plain.login,
@@ -282,31 +285,6 @@ pub async fn rotate(ctx: &Ctx) -> Result<ExitCode> {
         connections.len()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Debug, Default)]
-struct Plain {
-    conn_type: Option<String>,
-    host: Option<String>,
-    login: Option<String>,
-    password: Option<String>,
-    schema: Option<String>,
-    port: Option<u16>,
-    extra: Option<String>,
-}
-
-fn parse_uri(uri: &str) -> Result<Plain> {
-    let values = updraft_runner::secrets::connection_from_uri(uri)
-        .map_err(|error| user_error(format!("invalid `--conn-uri`: {error}"), None))?;
-    Ok(Plain {
-        conn_type: Some(values.conn_type),
-        host: values.host,
-        login: values.login,
-        password: values.password,
-        schema: values.schema,
-        port: values.port,
-        extra: values.extra,
-    })
 }
 
 /// A connection in Airflow's export format, decrypted.

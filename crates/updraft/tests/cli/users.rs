@@ -77,6 +77,11 @@ fn a_server_others_can_reach_requires_sign_in() {
     let typo = p.run(&["webserver", "--port", "0"]);
     assert_eq!(typo.code, 1);
     assert!(typo.stderr.contains("unknown `webserver.auth` `passwords`"), "{}", typo.stderr);
+    let mut p = project();
+    p.env("UPDRAFT_CORE__FERNET_KEY", "not-a-key");
+    let bad_key = p.run(&["webserver", "--port", "0"]);
+    assert_eq!(bad_key.code, 1, "a bad key stops the server before it serves");
+    assert!(bad_key.stderr.contains("key 1 is not a Fernet key"), "{}", bad_key.stderr);
 }
 
 #[test]
