@@ -211,12 +211,8 @@ impl WorkSource for ApiSource {
     async fn secrets(&self) -> SourceResult<updraft_store::Secrets> {
         let path = format!("{}/secrets", protocol::WORKERS);
         let url = format!("{}{path}", self.base);
-        let mut secrets: updraft_store::Secrets = self
-            .call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
+        self.call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
             .await?
-            .ok_or_else(|| SourceError::Unreadable { url, detail: "an empty answer".to_string() })?;
-        // This machine's environment backend comes first, as it would locally.
-        crate::secrets::overlay_environment(&mut secrets, std::env::vars()).map_err(SourceError::Secrets)?;
-        Ok(secrets)
+            .ok_or_else(|| SourceError::Unreadable { url, detail: "an empty answer".to_string() })
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use updraft_core::TaskState;
 use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
 use updraft_core::retry::after_attempt;
+use updraft_core::{Dag, TaskState};
 use updraft_store::{AttemptEnd, AttemptProcess, Claimant, Claimed, FinishedAttempt, LogChunk, Scope};
 
 use crate::attempt::{AttemptLabel, AttemptObserver, AttemptSpec, Ending, execute};
@@ -30,6 +30,8 @@ pub struct RunnerConfig {
     pub kill_grace: Duration,
     /// Queues to take tasks from; `None`: every queue (`standalone`).
     pub queues: Option<Vec<String>>,
+    /// Secrets backends asked before the database (`[[secrets.backends]]`).
+    pub backends: Arc<updraft_secrets::Backends>,
 }
 
 pub struct Runner {
@@ -44,7 +46,7 @@ pub struct Runner {
     scheduler: Arc<Notify>,
     /// Attempts in flight by (task instance, try number), with their stop signal.
     attempts: std::sync::Mutex<HashMap<(i64, u32), watch::Sender<bool>>>,
-    /// Variables and connections, read at most every [`SECRETS_FOR`].
+    /// The database's variables and connections, read at most every [`SECRETS_FOR`].
     secrets: tokio::sync::Mutex<Option<(std::time::Instant, Arc<updraft_store::Secrets>)>>,
 }
 
@@ -94,6 +96,17 @@ impl Runner {
         let secrets = Arc::new(self.source.secrets().await?);
         *cached = Some((std::time::Instant::now(), secrets.clone()));
         Ok(secrets)
+    }
+
+    /// What one task's templates see: the environment, the secrets backends for
+    /// the names they use, the database.
+    async fn task_secrets(&self, dag: &Dag, task_id: &str) -> Result<Arc<updraft_store::Secrets>, String> {
+        let database = self.secrets().await.map_err(|error| chain(&error))?;
+        let wanted = match dag.task(task_id) {
+            Some(task) => template::wanted(dag, task),
+            None => updraft_secrets::Wanted::default(),
+        };
+        crate::secrets::for_task(&database, &self.config.backends, &wanted).await.map(Arc::new)
     }
 
     /// The attempts in flight, named by their fencing tokens (the try numbers).
@@ -221,14 +234,14 @@ impl Runner {
                 return;
             }
         };
-        let secrets = match self.secrets().await {
+        let secrets = match self.task_secrets(&dag, &claimed.task_id).await {
             Ok(secrets) => secrets,
-            Err(error) => {
+            Err(reason) => {
                 let end = AttemptEnd {
                     state: TaskState::Failed,
                     retry_at: None,
                     exit_code: None,
-                    reason: Some(chain(&error)),
+                    reason: Some(reason),
                     process: None,
                 };
                 let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });

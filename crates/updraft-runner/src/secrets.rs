@@ -48,14 +48,17 @@ pub async fn load(
     Ok(secrets)
 }
 
-/// Every variable and connection: the environment backend first
+/// The variables and connections one task sees: the environment backend
 /// (`UPDRAFT_VAR_<KEY>`, `UPDRAFT_CONN_<ID>` as a URI, as Airflow's
-/// `AIRFLOW_VAR_`/`AIRFLOW_CONN_`), then the store.
-pub async fn lookup(
-    store: &dyn updraft_store::MetadataStore,
-    cipher: Option<&updraft_auth::Cipher>,
+/// `AIRFLOW_VAR_`/`AIRFLOW_CONN_`) first, then the configured backends for the
+/// names its templates use, then `database` (what [`load`] read).
+pub async fn for_task(
+    database: &Secrets,
+    backends: &updraft_secrets::Backends,
+    wanted: &updraft_secrets::Wanted,
 ) -> Result<Secrets, String> {
-    let mut secrets = load(store, cipher).await?;
+    let mut secrets = database.clone();
+    backends.resolve(wanted, &mut secrets).await.map_err(|error| error.to_string())?;
     overlay_environment(&mut secrets, std::env::vars())?;
     Ok(secrets)
 }
@@ -68,31 +71,12 @@ pub fn overlay_environment(secrets: &mut Secrets, vars: impl Iterator<Item = (St
             secrets.from_backends.insert(key.clone());
             secrets.variables.insert(key, value);
         } else if let Some(conn_id) = name.strip_prefix("UPDRAFT_CONN_") {
-            let connection = connection_from_uri(&value).map_err(|error| format!("`{name}`: {error}"))?;
+            let connection =
+                updraft_secrets::connection_from_uri(&value).map_err(|error| format!("`{name}`: {error}"))?;
             secrets.connections.insert(conn_id.to_ascii_lowercase(), connection);
         }
     }
     Ok(())
-}
-
-/// `type://login:password@host:port/schema?extra=...`, percent-decoded, as Airflow
-/// reads a connection URI; the query becomes `extra` (a JSON object).
-pub fn connection_from_uri(uri: &str) -> Result<updraft_store::ConnectionValues, String> {
-    let parsed = url::Url::parse(uri).map_err(|error| format!("not a connection URI: {error}"))?;
-    let decode = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
-    let extra: serde_json::Map<String, serde_json::Value> = parsed
-        .query_pairs()
-        .map(|(key, value)| (key.into_owned(), serde_json::Value::String(value.into_owned())))
-        .collect();
-    Ok(updraft_store::ConnectionValues {
-        conn_type: parsed.scheme().replace('-', "_"),
-        host: parsed.host_str().filter(|host| !host.is_empty()).map(decode),
-        login: Some(decode(parsed.username())).filter(|login| !login.is_empty()),
-        password: parsed.password().map(decode),
-        schema: Some(decode(parsed.path().trim_start_matches('/'))).filter(|schema| !schema.is_empty()),
-        port: parsed.port(),
-        extra: (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string()),
-    })
 }
 
 pub fn is_sensitive(name: &str) -> bool {

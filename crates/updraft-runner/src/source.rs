@@ -72,7 +72,7 @@ pub trait WorkSource: Send + Sync + 'static {
     async fn heartbeat(&self, process_id: i64, leases: &[(i64, u32)]) -> SourceResult<Heartbeat>;
     /// The definition a run is pinned to.
     async fn definition(&self, dag_id: &str, version: &DagVersion) -> SourceResult<Arc<Dag>>;
-    /// Variables and connections in clear, for templates.
+    /// The database's variables and connections in clear, for templates.
     async fn secrets(&self) -> SourceResult<updraft_store::Secrets>;
 }
 
@@ -159,6 +159,6 @@ impl WorkSource for StoreSource {
     }
 
     async fn secrets(&self) -> SourceResult<updraft_store::Secrets> {
-        crate::secrets::lookup(self.store.as_ref(), self.cipher.as_deref()).await.map_err(SourceError::Secrets)
+        crate::secrets::load(self.store.as_ref(), self.cipher.as_deref()).await.map_err(SourceError::Secrets)
     }
 }

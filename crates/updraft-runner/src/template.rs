@@ -154,6 +154,35 @@ pub fn render_fields(
     fields
 }
 
+/// The variables and connections a task's templated fields name
+/// (`var.value.<key>`, `var.json.<key>`, `conn.<id>`), for the secrets backends
+/// to look up. A name computed at render time (`var.value[name]`) is not seen:
+/// it comes from the environment or the database only.
+pub fn wanted(dag: &Dag, task: &Task) -> updraft_secrets::Wanted {
+    let TaskKind::Shell { command } = &task.kind;
+    let texts = std::iter::once(command.as_str())
+        .chain(task.cwd.as_deref())
+        .chain(dag.spec().env.values().chain(task.env.values()).map(String::as_str));
+    let env = Environment::new();
+    let mut wanted = updraft_secrets::Wanted::default();
+    for text in texts.filter(|text| text.contains("{{") || text.contains("{%")) {
+        let Ok(template) = env.template_from_str(text) else { continue };
+        for name in template.undeclared_variables(true) {
+            let parts: Vec<&str> = name.split('.').collect();
+            match parts[..] {
+                ["var", "value" | "json", key, ..] => {
+                    wanted.variables.insert(key.to_string());
+                }
+                ["conn", conn_id, ..] => {
+                    wanted.connections.insert(conn_id.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    wanted
+}
+
 pub fn render(env: &Environment<'static>, text: &str, context: &Value) -> Result<String, String> {
     if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
         return Ok(text.to_string());
@@ -268,6 +297,18 @@ mod tests {
         check("{{ conn.warehouse.extra_dejson.sslmode }}", "require");
         check("{{ conn.warehouse.password }}", "p@ss");
         check("{{ var.value.missing }}", "error: undefined value: `var.value.missing` is undefined (template line 1)");
+    }
+
+    #[test]
+    fn templates_name_the_secrets_they_use() {
+        let dag = dag(
+            "dag: d\nenv: {A: \"{{ var.value.shared }}\"}\ntasks:\n  t:\n    shell: \"psql {{ conn.warehouse.host }} {{ var.json.settings.bucket }} {{ conn.warehouse.password }}\"\n    env: {B: \"{% if var.value.flag is defined %}x{% endif %}\", C: plain}\n",
+        );
+        let wanted = wanted(&dag, dag.task("t").unwrap());
+        let variables: Vec<&str> = wanted.variables.iter().map(String::as_str).collect();
+        let connections: Vec<&str> = wanted.connections.iter().map(String::as_str).collect();
+        assert_eq!(variables, ["flag", "settings", "shared"]);
+        assert_eq!(connections, ["warehouse"]);
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Engine {
                 logs_folder: dir.path().join("logs"),
                 kill_grace: Duration::from_secs(1),
                 queues: None,
+                backends: Arc::default(),
             },
             Arc::new(Quiet),
             clock,

@@ -43,6 +43,8 @@ pub struct AppState {
     /// Decrypts variables and connections (`core.fernet_key`), for workers' and
     /// pages' templates.
     pub cipher: Option<Arc<updraft_auth::Cipher>>,
+    /// Secrets backends, for pages' rendered templates.
+    pub backends: Arc<updraft_secrets::Backends>,
     /// DAG versions already read, for triggering runs.
     definitions: Arc<DefinitionCache>,
     /// Ticks when the store changed, so a waiting claim looks again at once.
@@ -62,6 +64,7 @@ impl AppState {
             auth: AuthMode::None,
             secure_cookies: false,
             cipher: None,
+            backends: Arc::default(),
             definitions: Arc::default(),
             changes,
         }
@@ -81,6 +84,12 @@ impl AppState {
     /// The same state with a key for variables and connections.
     pub fn with_cipher(mut self, cipher: Option<Arc<updraft_auth::Cipher>>) -> AppState {
         self.cipher = cipher;
+        self
+    }
+
+    /// The same state with secrets backends.
+    pub fn with_backends(mut self, backends: Arc<updraft_secrets::Backends>) -> AppState {
+        self.backends = backends;
         self
     }
 

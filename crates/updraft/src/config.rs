@@ -51,6 +51,11 @@ pub struct Config {
     /// on the server: the worker API is off.
     pub worker_token: Option<String>,
     pub log_level: Option<String>,
+    /// `[[secrets.backends]]`, asked before the database.
+    pub secrets_backends: Vec<updraft_secrets::BackendConfig>,
+    /// What relative paths in the backends are relative to.
+    pub secrets_base: PathBuf,
+    pub secrets_cache_ttl: Duration,
 }
 
 impl Config {
@@ -69,6 +74,19 @@ struct FileConfig {
     runner: Option<RunnerSection>,
     worker: Option<WorkerSection>,
     logging: Option<LoggingSection>,
+    secrets: Option<SecretsSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsSection {
+    /// How long a backend's answer (also "not there") is reused.
+    cache_ttl: Option<DurationSetting>,
+    /// Read as tables first: a `kind`-tagged enum loses toml's positions, so
+    /// [`parse_file`] converts each table and places its errors itself.
+    backends: Option<Vec<toml::Spanned<toml::Table>>>,
+    #[serde(skip)]
+    parsed_backends: Option<Vec<updraft_secrets::BackendConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +269,9 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         worker_api_url: pick!(worker.api_url).map(|(url, _)| url).filter(|url| !url.is_empty()),
         worker_token: pick!(worker.token).map(|(token, _)| token).filter(|token| !token.is_empty()),
         log_level: pick!(logging.level).map(|(level, _)| level),
+        secrets_base: pick!(secrets.parsed_backends).map_or_else(|| file_base.clone(), |(_, origin)| base_of(origin)),
+        secrets_backends: pick!(secrets.parsed_backends).map(|(backends, _)| backends).unwrap_or_default(),
+        secrets_cache_ttl: pick!(secrets.cache_ttl).map_or(updraft_secrets::DEFAULT_TTL, |(ttl, _)| ttl.0),
     })
 }
 
@@ -259,11 +280,44 @@ fn display(path: &Path, cwd: &Path) -> String {
 }
 
 fn parse_file(text: &str, shown: &str) -> Result<FileConfig> {
-    toml::from_str(text).map_err(|error| {
+    let mut config: FileConfig = toml::from_str(text).map_err(|error| {
         let (line, column) = error.span().map_or((1, 1), |span| line_col(text, span.start));
         let message = error.message().trim_end().to_string();
         user_error(format!("{shown}:{line}:{column}: {}", with_suggestion(&message)), None)
-    })
+    })?;
+    if let Some(secrets) = config.secrets.as_mut()
+        && let Some(tables) = &secrets.backends
+    {
+        let mut parsed = Vec::new();
+        for table in tables {
+            let span = table.span();
+            let backend =
+                toml::Value::Table(table.get_ref().clone()).try_into().map_err(|error: toml::de::Error| {
+                    let message = error.message().trim_end().to_string();
+                    // Point at the field the message names (in the table's lines, up to
+                    // the next header), else at the table.
+                    let field = message.split('`').nth(1).unwrap_or_default();
+                    let at = text[span.start..]
+                        .lines()
+                        .scan(span.start, |offset, line| {
+                            let start = *offset;
+                            *offset += line.len() + 1;
+                            Some((start, line))
+                        })
+                        .take_while(|(start, line)| *start == span.start || !line.trim_start().starts_with('['))
+                        .find(|(_, line)| {
+                            let line = line.trim_start();
+                            !field.is_empty() && (line.starts_with(field) || line.contains(&format!("\"{field}\"")))
+                        })
+                        .map_or(span.start, |(start, line)| start + line.len() - line.trim_start().len());
+                    let (line, column) = line_col(text, at);
+                    user_error(format!("{shown}:{line}:{column}: {}", with_suggestion(&message)), None)
+                })?;
+            parsed.push(backend);
+        }
+        secrets.parsed_backends = Some(parsed);
+    }
+    Ok(config)
 }
 
 fn line_col(text: &str, byte: usize) -> (usize, usize) {
@@ -370,6 +424,32 @@ mod tests {
 
     fn error_of(result: Result<Config>) -> String {
         crate::error::render(&result.unwrap_err())
+    }
+
+    #[test]
+    fn secrets_backends_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[secrets]\ncache_ttl = \"30s\"\n\n[[secrets.backends]]\nkind = \"file\"\nvariables_file = \"v.yaml\"\n\n[[secrets.backends]]\nkind = \"aws\"\nregion = \"eu-west-1\"\n";
+        let config = load_in(dir.path(), Some(text), &[]).unwrap();
+        assert_eq!(config.secrets_cache_ttl, Duration::from_secs(30));
+        assert_eq!(config.secrets_base, dir.path());
+        assert_eq!(config.secrets_backends.len(), 2);
+        assert!(
+            matches!(&config.secrets_backends[1], updraft_secrets::BackendConfig::Aws(aws) if aws.region.as_deref() == Some("eu-west-1"))
+        );
+        let default = load_in(tempfile::tempdir().unwrap().path(), None, &[]).unwrap();
+        assert_eq!((default.secrets_backends.len(), default.secrets_cache_ttl), (0, updraft_secrets::DEFAULT_TTL));
+
+        let typo = "[secrets]\ncache_ttl = \"30s\"\n\n[[secrets.backends]]\nkind = \"file\"\n\n[[secrets.backends]]\nkind = \"file\"\nvariable_file = \"v.yaml\"\n";
+        assert_eq!(
+            error_of(load_in(dir.path(), Some(typo), &[])),
+            "error: updraft.toml:9:1: unknown field `variable_file`, expected `variables_file` or `connections_file`; did you mean `variables_file`?"
+        );
+        let unknown = "[[secrets.backends]]\nkind = \"keepass\"\n";
+        assert_eq!(
+            error_of(load_in(dir.path(), Some(unknown), &[])),
+            "error: updraft.toml:2:1: unknown variant `keepass`, expected one of `file`, `vault`, `gcp`, `aws`"
+        );
     }
 
     #[test]

@@ -35,6 +35,15 @@ impl Ctx {
         }
     }
 
+    /// The configured secrets backends; a backend that cannot be set up (a missing
+    /// key file, no credentials) is an error now rather than when a task needs it.
+    pub fn backends(&self) -> Result<Arc<updraft_secrets::Backends>> {
+        let config = &self.config;
+        updraft_secrets::Backends::new(&config.secrets_backends, &config.secrets_base, config.secrets_cache_ttl)
+            .map(Arc::new)
+            .map_err(|error| user_error(error.to_string(), Some("check `[[secrets.backends]]` in updraft.toml")))
+    }
+
     pub async fn store(&self) -> Result<Store> {
         let options = updraft_store::OpenOptions {
             base: self.config.database_base.clone(),

@@ -152,6 +152,7 @@ impl Engine {
                     kill_grace: config.kill_grace,
                     // Next to a scheduler (standalone, dags test) every queue is ours.
                     queues: (!options.parts.scheduler).then(|| config.worker_queues.clone()),
+                    backends: ctx.backends()?,
                 },
                 options.observer.clone(),
                 ctx.clock.clone(),

@@ -710,11 +710,17 @@ pub async fn task_page(
     let run = find_run(&state, &dag_id, &run_id).await?;
     let dag = definition(&state, &dag_id, &run.version.0).await?;
     // Rendered as the attempt would be, with every secret value shown as `***`.
-    let secrets = updraft_runner::secrets::lookup(state.store.as_ref(), state.cipher.as_deref())
-        .await
-        .map(|secrets| updraft_runner::secrets::masked(&secrets))
-        .unwrap_or_default();
-    let rendered = dag.task(&task_id).map(|task| {
+    let rendered = match dag.task(&task_id) {
+        Some(task) => {
+            let database =
+                updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref()).await.unwrap_or_default();
+            let wanted = updraft_runner::template::wanted(&dag, task);
+            let secrets = updraft_runner::secrets::for_task(&database, &state.backends, &wanted).await;
+            Some((task, updraft_runner::secrets::masked(&secrets.unwrap_or(database))))
+        }
+        None => None,
+    };
+    let rendered = rendered.map(|(task, secrets)| {
         let context = updraft_runner::template::RunContext {
             run_id: run.run_id.clone(),
             run_type: run.run_type.as_str().to_string(),

@@ -136,7 +136,7 @@ pub async fn connections(ctx: &Ctx, command: ConnectionsCommand) -> Result<ExitC
         } => {
             check_key("connection id", &conn_id)?;
             let mut plain = match conn_uri {
-                Some(uri) => updraft_runner::secrets::connection_from_uri(&uri)
+                Some(uri) => updraft_secrets::connection_from_uri(&uri)
                     .map_err(|error| user_error(format!("invalid `--conn-uri`: {error}"), None))?,
                 None => updraft_store::ConnectionValues::default(),
             };

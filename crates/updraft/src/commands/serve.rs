@@ -174,6 +174,7 @@ fn auth_mode(ctx: &Ctx) -> Result<AuthMode> {
 async fn bind(ctx: &Ctx) -> Result<TcpListener> {
     auth_mode(ctx)?;
     ctx.cipher()?;
+    ctx.backends()?;
     let (host, port) = (ctx.config.host.as_str(), ctx.config.port);
     TcpListener::bind((host, port)).await.map_err(|error| {
         anyhow::Error::new(error).context(crate::error::UserError {
@@ -192,7 +193,8 @@ fn spawn_server(
     let mode = auth_mode(ctx).unwrap_or(AuthMode::Password);
     let state = AppState::new(store.clone(), ctx.clock.clone(), ctx.config.worker_token.clone())
         .with_auth(mode, ctx.config.secure_cookies)
-        .with_cipher(ctx.cipher().unwrap_or_default());
+        .with_cipher(ctx.cipher().unwrap_or_default())
+        .with_backends(ctx.backends().unwrap_or_default());
     let server = tokio::spawn(updraft_server::serve(listener, state, async move {
         let _ = stopped.await;
     }));

@@ -58,9 +58,13 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
         return Err(user_error(format!("DAG `{dag_id}` has no task `{task_id}`"), Some(&hint)));
     }
     let store = ctx.store().await?;
-    let secrets = updraft_runner::secrets::lookup(store.as_ref(), ctx.cipher()?.as_deref())
+    let database = updraft_runner::secrets::load(store.as_ref(), ctx.cipher()?.as_deref())
         .await
         .map_err(|why| user_error(why, Some("set `core.fernet_key` (UPDRAFT_CORE__FERNET_KEY)")))?;
+    let wanted = updraft_runner::template::wanted(&dag, dag.task(task_id).expect("checked above"));
+    let secrets = updraft_runner::secrets::for_task(&database, ctx.backends()?.as_ref(), &wanted)
+        .await
+        .map_err(|why| user_error(why, None))?;
     let logical_date = logical_date(ctx, &dag, date.as_deref())?;
     let spec = AttemptSpec {
         dag: dag.clone(),

@@ -141,3 +141,62 @@ fn the_environment_backend_needs_no_key_and_is_masked() {
     assert!(shown.contains("*** api.vendor.example:8443 ***"), "{shown}");
     assert!(!shown.contains("raw-data-bucket") && !shown.contains("tok/en"), "{shown}");
 }
+
+#[test]
+fn a_file_backend_sits_between_the_environment_and_the_database() {
+    let mut p = project();
+    p.env("UPDRAFT_CORE__FERNET_KEY", &new_key(&p));
+    p.write(
+        "updraft.toml",
+        "[secrets]\ncache_ttl = \"1m\"\n\n[[secrets.backends]]\nkind = \"file\"\nvariables_file = \"secrets/variables.yaml\"\nconnections_file = \"secrets/connections.json\"\n",
+    );
+    p.write("secrets/variables.yaml", "region: file-region\nmode: from-file\nbucket: raw-landing-zone\n");
+    p.write(
+        "secrets/connections.json",
+        r#"{"warehouse": {"conn_type": "postgres", "host": "filedb", "login": "etl", "password": "file-pw-777"}}"#,
+    );
+    assert_eq!(p.run(&["variables", "set", "region", "db-region"]).code, 0);
+    assert_eq!(p.run(&["variables", "set", "only_db", "db-only-value"]).code, 0);
+    p.env("UPDRAFT_VAR_MODE", "from-env");
+    // The values go to a file (not masked) to show where each came from, and to
+    // the log (masked) to show that backend values are hidden whatever their names.
+    p.dag(
+        "layered.yaml",
+        "dag: layered\ntasks:\n  use:\n    shell: |\n      printf '%s|%s|%s|%s|%s' '{{ var.value.region }}' '{{ var.value.mode }}' '{{ var.value.only_db }}' '{{ conn.warehouse.host }}' '{{ conn.warehouse.password }}' > \"$OUT\"\n      echo 'log: {{ var.value.bucket }} {{ conn.warehouse.password }} {{ var.value.only_db }}'\n    env:\n      OUT: '{{ params.out }}'\n",
+    );
+    let out = p.path().join("values.txt");
+    let tested = p.run(&["dags", "test", "layered", "--param", &format!("out={}", out.display())]);
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "file-region|from-env|db-only-value|filedb|file-pw-777",
+        "environment, then the file, then the database"
+    );
+    let shown = format!("{}{}", tested.stdout, tested.stderr);
+    assert!(shown.contains("log: *** *** db-only-value"), "{shown}");
+    assert!(!shown.contains("raw-landing-zone") && !shown.contains("file-pw-777"), "{shown}");
+
+    // A broken secrets file fails the attempt with the file and position, not a value.
+    p.write("secrets/variables.yaml", "region: file-region\nregion: hunter22\n");
+    let failed = p.run(&["dags", "test", "layered", "--param", &format!("out={}", out.display())]);
+    assert_eq!(failed.code, 1, "{}\n{}", failed.stdout, failed.stderr);
+    let shown = format!("{}{}", failed.stdout, failed.stderr);
+    assert!(shown.contains("variables.yaml:2:1: duplicate key `region`"), "{shown}");
+    assert!(!shown.contains("hunter22"), "{shown}");
+}
+
+#[test]
+fn a_backend_that_cannot_work_is_refused_at_start() {
+    let p = project();
+    p.write("updraft.toml", "[[secrets.backends]]\nkind = \"vault\"\nurl = \"http://127.0.0.1:1\"\n");
+    p.dag("d.yaml", "dag: d\ntasks:\n  t: {shell: 'true'}\n");
+    let refused = p.command(&["dags", "test", "d"]).env_remove("VAULT_TOKEN").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("secrets backend vault http://127.0.0.1:1: set `token` (or VAULT_TOKEN)"), "{stderr}");
+    p.write("updraft.toml", "[[secrets.backends]]\nkind = \"keepass\"\n");
+    let refused = p.run(&["dags", "test", "d"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("updraft.toml:"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("keepass"), "{}", refused.stderr);
+}
