@@ -29,8 +29,12 @@ impl Drop for Server {
 }
 
 /// DAGs `sales` and `archive` (team analytics) and `scores` (team ml), a run `r1`
-/// of `sales`, and one account per role.
+/// of `sales`, and one account per role; no Fernet key.
 async fn server() -> Server {
+    server_with(None).await
+}
+
+async fn server_with(cipher: Option<updraft_auth::Cipher>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = updraft_store::open("sqlite://updraft.db", dir.path()).await.unwrap();
     let now = SystemClock.now();
@@ -59,7 +63,9 @@ async fn server() -> Server {
         };
         store.create_user(&user, now).await.unwrap().unwrap();
     }
-    let state = AppState::new(store.clone(), Arc::new(SystemClock), None).with_auth(AuthMode::Password, false);
+    let state = AppState::new(store.clone(), Arc::new(SystemClock), None)
+        .with_auth(AuthMode::Password, false)
+        .with_cipher(cipher.map(Arc::new));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -133,6 +139,27 @@ impl Server {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
         let answer = request.send().await.unwrap();
+        (answer.status(), answer.text().await.unwrap())
+    }
+
+    /// Posts a page's form with the session's CSRF token.
+    async fn post_form(&self, session: &Session, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let csrf = session.cookie.split("updraft_csrf=").nth(1).unwrap().to_string();
+        let mut pairs = vec![("csrf", csrf.as_str())];
+        pairs.extend_from_slice(fields);
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &session.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(&pairs).unwrap())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn page(&self, session: &Session, path: &str) -> (StatusCode, String) {
+        let answer =
+            self.client.get(format!("{}{path}", self.base)).header("cookie", &session.cookie).send().await.unwrap();
         (answer.status(), answer.text().await.unwrap())
     }
 }
@@ -454,4 +481,120 @@ async fn without_a_fernet_key_variables_and_connections_are_refused_not_stored_i
     assert_eq!(status, StatusCode::CONFLICT, "{text}");
     assert!(text.contains("no `core.fernet_key`"), "{text}");
     assert!(s.store.variable("token").await.unwrap().is_none(), "nothing stored");
+}
+
+#[tokio::test]
+async fn variables_and_connections_pages_never_send_a_secret_to_the_browser() {
+    let key = updraft_auth::Cipher::generate_key();
+    let cipher = updraft_auth::Cipher::from_keys(&key).unwrap();
+    let s = server_with(Some(updraft_auth::Cipher::from_keys(&key).unwrap())).await;
+    let analyst = s.sign_in("analyst", PASSWORD).await.unwrap();
+    for path in ["/variables", "/connections"] {
+        assert_eq!(s.page(&analyst, path).await.0, StatusCode::FORBIDDEN, "{path} is for ops and admins");
+    }
+    let refused = s.post_form(&analyst, "/variables", &[("key", "k"), ("value", "v")]).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let (_, home) = s.page(&analyst, "/").await;
+    assert!(!home.contains("href=\"/connections\""), "no link a user cannot follow");
+
+    let operator = s.sign_in("operator", PASSWORD).await.unwrap();
+    let saved = s
+        .post_form(
+            &operator,
+            "/connections",
+            &[
+                ("conn_id", "warehouse"),
+                ("conn_type", "postgres"),
+                ("host", "db.internal"),
+                ("port", "5432"),
+                ("login", "loader"),
+                ("password", "ui-pass-5678"),
+                ("extra", r#"{"sslmode": "require", "client_secret": "xyz-sec-1"}"#),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    let (status, html) = s.page(&operator, "/connections").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("warehouse") && html.contains("db.internal") && html.contains("sslmode"), "{html}");
+    assert!(!html.contains("ui-pass-5678") && !html.contains("xyz-sec-1"), "{html}");
+    let row = s.store.connection("warehouse").await.unwrap().unwrap();
+    let stored = row.password.clone().unwrap();
+    assert_ne!(stored, "ui-pass-5678", "encrypted at rest");
+    assert_eq!(cipher.decrypt(&stored).unwrap(), "ui-pass-5678");
+
+    // Saving again without a password or extra changes the rest and keeps them.
+    let changed = s
+        .post_form(
+            &operator,
+            "/connections",
+            &[("conn_id", "warehouse"), ("conn_type", "postgres"), ("host", "db2.internal")],
+        )
+        .await;
+    assert_eq!(changed.status(), StatusCode::SEE_OTHER);
+    let row = s.store.connection("warehouse").await.unwrap().unwrap();
+    assert_eq!(row.host.as_deref(), Some("db2.internal"));
+    assert_eq!(cipher.decrypt(row.password.as_ref().unwrap()).unwrap(), "ui-pass-5678");
+    assert!(cipher.decrypt(row.extra.as_ref().unwrap()).unwrap().contains("xyz-sec-1"));
+    let bad =
+        s.post_form(&operator, "/connections", &[("conn_id", "w2"), ("conn_type", "x"), ("extra", "[hunter2]")]).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(!bad.text().await.unwrap().contains("hunter2"), "bad input is not echoed");
+
+    for (key, value) in [("vendor_api_key", "sk-live-24680"), ("region", "eu-west-1")] {
+        let saved = s.post_form(&operator, "/variables", &[("key", key), ("value", value)]).await;
+        assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    }
+    let (_, html) = s.page(&operator, "/variables").await;
+    assert!(html.contains("vendor_api_key") && html.contains("eu-west-1") && !html.contains("sk-live-24680"), "{html}");
+    assert_eq!(s.post_form(&operator, "/variables/region/delete", &[]).await.status(), StatusCode::SEE_OTHER);
+    assert!(s.store.variable("region").await.unwrap().is_none());
+    assert_eq!(s.post_form(&operator, "/connections/warehouse/delete", &[]).await.status(), StatusCode::SEE_OTHER);
+    assert!(s.store.connection("warehouse").await.unwrap().is_none());
+    let audit = s.store.audit_log(None, 100).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|row| row.entry.action.as_str()).collect();
+    for action in ["connection_set", "variable_set", "variable_delete", "connection_delete"] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_made_in_the_ui_are_shown_once_and_work_until_revoked() {
+    let s = server().await;
+    let analyst = s.sign_in("analyst", PASSWORD).await.unwrap();
+    let (status, html) = s.page(&analyst, "/tokens").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("No tokens yet"), "{html}");
+    let made = s.post_form(&analyst, "/tokens", &[("name", "ci"), ("scope", "read"), ("expires_in", "30d")]).await;
+    assert_eq!(made.status(), StatusCode::OK);
+    assert_eq!(made.headers()["cache-control"], "no-store");
+    let html = made.text().await.unwrap();
+    let secret = html.split("id=\"new-token\">").nth(1).unwrap().split('<').next().unwrap().to_string();
+    assert!(secret.starts_with("updraft_"), "{secret}");
+    let api = |secret: String, method: &'static str, path: &'static str, body: Option<&'static str>| {
+        let request = s.client.request(method.parse().unwrap(), format!("{}{path}", s.base)).bearer_auth(secret);
+        let request = match body {
+            Some(body) => request.header("content-type", "application/json").body(body),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(api(secret.clone(), "GET", "/api/v1/dags/sales", None).await, StatusCode::OK);
+    let pause = Some(r#"{"is_paused": true}"#);
+    assert_eq!(api(secret.clone(), "PATCH", "/api/v1/dags/sales", pause).await, StatusCode::FORBIDDEN, "read scope");
+    let (_, listed) = s.page(&analyst, "/tokens").await;
+    assert!(listed.contains(">ci<") && !listed.contains(&secret), "listed, never shown again");
+    let rows = s.store.api_tokens(Some("analyst")).await.unwrap();
+    let token_id = rows[0].token_id;
+    assert!(rows[0].expires_at.is_some());
+
+    // Someone else's token cannot be revoked (nor learnt about); one's own can.
+    let scientist = s.sign_in("scientist", PASSWORD).await.unwrap();
+    let path = format!("/tokens/{token_id}/revoke");
+    assert_eq!(s.post_form(&scientist, &path, &[]).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(api(secret.clone(), "GET", "/api/v1/dags/sales", None).await, StatusCode::OK);
+    assert_eq!(s.post_form(&analyst, &path, &[]).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(api(secret, "GET", "/api/v1/dags/sales", None).await, StatusCode::UNAUTHORIZED, "revoked");
+    let bad = s.post_form(&analyst, "/tokens", &[("name", "x"), ("scope", "admin"), ("expires_in", "30d")]).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }

@@ -213,10 +213,30 @@ impl Drop for Service {
 }
 
 pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    http_request(address, "GET", path, &[], None)
+}
+
+/// One HTTP/1.1 request with extra headers and an optional JSON body.
+pub fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: Option<&str>,
+) -> (u16, String) {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("request");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = json {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    head.push_str(json.unwrap_or_default());
+    stream.write_all(head.as_bytes()).expect("request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);

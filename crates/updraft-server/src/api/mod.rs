@@ -10,7 +10,7 @@ mod misc;
 pub mod model;
 mod reference;
 mod runs;
-mod secrets;
+pub mod secrets;
 mod tasks;
 
 use axum::Router;

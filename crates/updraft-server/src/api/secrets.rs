@@ -136,9 +136,17 @@ pub async fn get_variable(
 ) -> Result<axum::Json<Variable>, ApiError> {
     caller.require(Action::EditPlatform)?;
     let row = state.store.variable(&key).await?.ok_or_else(|| ApiError::NotFound(format!("no variable `{key}`")))?;
-    let value = open(cipher(&state)?, &row.value)?;
-    let value = if updraft_runner::secrets::is_sensitive(&row.key) { "***".to_string() } else { value };
-    Ok(axum::Json(Variable { value, key: row.key, description: row.description }))
+    Ok(axum::Json(shown_variable(&state, row)?))
+}
+
+/// A stored variable as answers and pages show it.
+pub fn shown_variable(state: &AppState, row: updraft_store::VariableRow) -> Result<Variable, ApiError> {
+    let value = if updraft_runner::secrets::is_sensitive(&row.key) {
+        "***".to_string()
+    } else {
+        open(cipher(state)?, &row.value)?
+    };
+    Ok(Variable { value, key: row.key, description: row.description })
 }
 
 /// Creates or changes a variable.
@@ -160,12 +168,18 @@ pub async fn put_variable(
     Path(key): Path<String>,
     Json(body): Json<VariableBody>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Action::EditPlatform)?;
-    check_id("variable key", &key)?;
-    let token = cipher(&state)?.encrypt(&body.value);
-    state.store.set_variable(&key, &token, &body.description, state.clock.now()).await?;
-    crate::audit::record(&state, &caller.actor(), "variable_set", &key, None).await;
+    set_variable(&state, &caller, &key, body).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stores a variable, encrypted; the API and the UI both call this.
+pub async fn set_variable(state: &AppState, caller: &Caller, key: &str, body: VariableBody) -> Result<(), ApiError> {
+    caller.require(Action::EditPlatform)?;
+    check_id("variable key", key)?;
+    let token = cipher(state)?.encrypt(&body.value);
+    state.store.set_variable(key, &token, &body.description, state.clock.now()).await?;
+    crate::audit::record(state, &caller.actor(), "variable_set", key, None).await;
+    Ok(())
 }
 
 /// Deletes a variable.
@@ -182,16 +196,21 @@ pub async fn delete_variable(
     caller: Caller,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Action::EditPlatform)?;
-    if !state.store.delete_variable(&key).await? {
-        return Err(ApiError::NotFound(format!("no variable `{key}`")));
-    }
-    crate::audit::record(&state, &caller.actor(), "variable_delete", &key, None).await;
+    remove_variable(&state, &caller, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A stored connection as answers show it.
-fn shown(state: &AppState, row: ConnectionRow) -> Result<Connection, ApiError> {
+pub async fn remove_variable(state: &AppState, caller: &Caller, key: &str) -> Result<(), ApiError> {
+    caller.require(Action::EditPlatform)?;
+    if !state.store.delete_variable(key).await? {
+        return Err(ApiError::NotFound(format!("no variable `{key}`")));
+    }
+    crate::audit::record(state, &caller.actor(), "variable_delete", key, None).await;
+    Ok(())
+}
+
+/// A stored connection as answers and pages show it.
+pub fn shown(state: &AppState, row: ConnectionRow) -> Result<Connection, ApiError> {
     let extra = match &row.extra {
         None => None,
         Some(token) => Some(updraft_runner::secrets::masked_extra(&open(cipher(state)?, token)?)),
@@ -271,23 +290,46 @@ pub async fn put_connection(
     Path(conn_id): Path<String>,
     Json(body): Json<ConnectionBody>,
 ) -> Result<StatusCode, ApiError> {
+    set_connection(&state, &caller, &conn_id, body, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stores a connection, its password and extra encrypted. With `keep_secrets`, a
+/// password or extra left out keeps the stored one (a form never shows them, so
+/// it cannot send them back).
+pub async fn set_connection(
+    state: &AppState,
+    caller: &Caller,
+    conn_id: &str,
+    body: ConnectionBody,
+    keep_secrets: bool,
+) -> Result<(), ApiError> {
     caller.require(Action::EditPlatform)?;
-    check_id("connection id", &conn_id)?;
-    let cipher = cipher(&state)?;
+    check_id("connection id", conn_id)?;
+    let cipher = cipher(state)?;
+    let stored = if keep_secrets { state.store.connection(conn_id).await? } else { None };
+    let password = match body.password {
+        Some(password) => Some(cipher.encrypt(&password)),
+        None => stored.as_ref().and_then(|row| row.password.clone()),
+    };
+    let extra = match body.extra {
+        Some(extra) => Some(cipher.encrypt(&serde_json::Value::Object(extra).to_string())),
+        None => stored.as_ref().and_then(|row| row.extra.clone()),
+    };
     let row = ConnectionRow {
-        conn_id: conn_id.clone(),
+        conn_id: conn_id.to_string(),
         conn_type: body.conn_type,
         host: body.host,
         schema: body.schema,
         login: body.login,
-        password: body.password.map(|password| cipher.encrypt(&password)),
+        password,
         port: body.port,
-        extra: body.extra.map(|extra| cipher.encrypt(&serde_json::Value::Object(extra).to_string())),
+        extra,
         description: body.description,
     };
     state.store.set_connection(&row, state.clock.now()).await?;
-    crate::audit::record(&state, &caller.actor(), "connection_set", &conn_id, None).await;
-    Ok(StatusCode::NO_CONTENT)
+    crate::audit::record(state, &caller.actor(), "connection_set", conn_id, None).await;
+    Ok(())
 }
 
 /// Deletes a connection.
@@ -304,10 +346,15 @@ pub async fn delete_connection(
     caller: Caller,
     Path(conn_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    remove_connection(&state, &caller, &conn_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn remove_connection(state: &AppState, caller: &Caller, conn_id: &str) -> Result<(), ApiError> {
     caller.require(Action::EditPlatform)?;
-    if !state.store.delete_connection(&conn_id).await? {
+    if !state.store.delete_connection(conn_id).await? {
         return Err(ApiError::NotFound(format!("no connection `{conn_id}`")));
     }
-    crate::audit::record(&state, &caller.actor(), "connection_delete", &conn_id, None).await;
-    Ok(StatusCode::NO_CONTENT)
+    crate::audit::record(state, &caller.actor(), "connection_delete", conn_id, None).await;
+    Ok(())
 }

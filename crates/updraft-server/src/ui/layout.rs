@@ -26,8 +26,15 @@ pub fn page(title: &str, caller: Option<&Caller>, broken_files: usize, flash: Op
                     a href="/" { "DAGs" }
                     a href="/import-errors" { "Parse errors" }
                     a href="/api/v1/docs" { "API" }
+                    @if caller.is_some_and(|caller| caller.may(updraft_auth::Action::EditPlatform)) {
+                        a href="/variables" { "Variables" }
+                        a href="/connections" { "Connections" }
+                    }
                     @if caller.is_some_and(|caller| caller.signed_in && caller.may(updraft_auth::Action::Administer)) {
                         a href="/audit" { "Audit log" }
+                    }
+                    @if caller.is_some_and(|caller| caller.signed_in) {
+                        a href="/tokens" { "API tokens" }
                     }
                     @if let Some(caller) = caller.filter(|caller| caller.signed_in) {
                         span.who { (caller.principal.username) " (" (caller.principal.role) ")" }

@@ -7,6 +7,8 @@
 mod layout;
 mod login;
 mod pages;
+mod secrets;
+mod tokens;
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
@@ -25,6 +27,12 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(login::logout))
         .route("/import-errors", get(pages::import_errors))
         .route("/audit", get(pages::audit_page))
+        .route("/variables", get(secrets::variables_page).post(secrets::set_variable))
+        .route("/variables/{key}/delete", post(secrets::delete_variable))
+        .route("/connections", get(secrets::connections_page).post(secrets::set_connection))
+        .route("/connections/{conn_id}/delete", post(secrets::delete_connection))
+        .route("/tokens", get(tokens::tokens_page).post(tokens::create_token))
+        .route("/tokens/{token_id}/revoke", post(tokens::revoke_token))
         .route("/dags/{dag_id}", get(pages::dag_page))
         .route("/dags/{dag_id}/grid", get(pages::grid_fragment))
         .route("/dags/{dag_id}/graph", get(pages::graph_fragment))

@@ -23,7 +23,7 @@ use crate::api::{DagFilter, editable_dag, encode, find_run, find_task_instance, 
 use crate::{ApiError, AppState, Caller};
 
 /// A page or an error page with the right status.
-pub struct UiError(ApiError);
+pub struct UiError(pub ApiError);
 
 impl From<ApiError> for UiError {
     fn from(error: ApiError) -> UiError {
@@ -44,7 +44,7 @@ impl IntoResponse for UiError {
     }
 }
 
-type PageResult = Result<Html<String>, UiError>;
+pub(super) type PageResult = Result<Html<String>, UiError>;
 
 /// Runs shown in a DAG's grid and history.
 const GRID_RUNS: u32 = 25;
@@ -52,16 +52,16 @@ const HISTORY_RUNS: u32 = 50;
 /// Lines of log a task page starts with; a running log then follows live.
 const LOG_LINES: usize = 2000;
 
-async fn broken_files(state: &AppState) -> Result<usize, UiError> {
+pub(super) async fn broken_files(state: &AppState) -> Result<usize, UiError> {
     Ok(state.store.import_errors().await?.len())
 }
 
-fn note(query: &HashMap<String, String>) -> Option<&str> {
+pub(super) fn note(query: &HashMap<String, String>) -> Option<&str> {
     query.get("note").map(String::as_str).filter(|note| !note.is_empty())
 }
 
 /// Back to `url` with a message for the page.
-fn back(url: &str, note: &str) -> Redirect {
+pub(super) fn back(url: &str, note: &str) -> Redirect {
     Redirect::to(&format!("{url}?note={}", encode(note)))
 }
 

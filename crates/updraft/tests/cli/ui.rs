@@ -63,11 +63,17 @@ fn the_ui_in_a_real_browser() {
     copy_tree(&repo.join("examples/dags"), &p.path().join("dags"));
     p.env("UPDRAFT_WEBSERVER__AUTH", "password");
     let password = "a browser test password";
-    let mut create =
-        p.command(&["users", "create", "alice", "--role", "user", "--team", "analytics", "--password-stdin"]);
-    let mut child = create.stdin(std::process::Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{password}\n").as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    let key = {
+        let refused = p.run(&["variables", "set", "k", "v"]);
+        refused.stderr.rsplit("this new one: ").next().unwrap().trim().to_string()
+    };
+    p.env("UPDRAFT_CORE__FERNET_KEY", &key);
+    for (user, role, team) in [("alice", "user", "analytics"), ("olga", "op", "platform")] {
+        let mut create = p.command(&["users", "create", user, "--role", role, "--team", team, "--password-stdin"]);
+        let mut child = create.stdin(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{password}\n").as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
     let server = p.standalone();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/login.mjs");
     let copy = modules.join("updraft-login.mjs");
@@ -78,5 +84,8 @@ fn the_ui_in_a_real_browser() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "sign-in steps failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(report.contains("ok   signing out ends the session"), "{report}");
+    assert!(report.contains("ok   an op stores a connection whose password never reaches the page"), "{report}");
     drop(server);
+    // The password typed in the browser is in the database only encrypted.
+    assert!(!crate::bytes_contain(&crate::database_bytes(&p), "browser-pw-1357"));
 }

@@ -107,3 +107,91 @@ fn tokens_are_shown_once_listed_without_secrets_and_revoked() {
     assert_eq!(p.run(&["tokens", "revoke", &id]).code, 0);
     assert_eq!(p.run(&["tokens", "revoke", &id]).code, 1);
 }
+
+/// The README's security walk-through: two teams, each limited to its DAGs, and a
+/// connection whose password appears nowhere in clear — not in the database, a
+/// log, an API answer, a page or `dags test` output.
+#[test]
+fn the_readme_security_walkthrough() {
+    use updraft_testkit::http_request;
+    let mut p = project();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    updraft_testkit::copy_tree(&repo.join("examples/dags"), &p.path().join("dags"));
+    p.env("UPDRAFT_WEBSERVER__AUTH", "password");
+    let key = p.run(&["variables", "set", "k", "v"]);
+    let key = key.stderr.rsplit("this new one: ").next().unwrap().trim().to_string();
+    assert_eq!(key.len(), 44, "a fresh key is offered: {key}");
+    p.env("UPDRAFT_CORE__FERNET_KEY", &key);
+    for (user, role, team) in [("ana", "user", Some("analytics")), ("max", "user", Some("ml")), ("olga", "op", None)] {
+        let mut args = vec!["users", "create", user, "--role", role];
+        args.extend(team.iter().flat_map(|team| ["--team", *team]));
+        assert_eq!(p.run(&args).code, 0);
+    }
+    let token = |user: &str| {
+        let made = p.run(&["tokens", "create", user, "--name", "walkthrough", "--scope", "write"]);
+        assert_eq!(made.code, 0, "{}", made.stderr);
+        made.stdout.trim().to_string()
+    };
+    let (ana, max, olga) = (token("ana"), token("max"), token("olga"));
+    let server = p.standalone();
+    let call = |token: &str, method: &str, path: &str, body: Option<&str>| {
+        let bearer = format!("Bearer {token}");
+        http_request(&server.address, method, path, &[("Authorization", bearer.as_str())], body)
+    };
+    let listed = |token: &str| {
+        let (status, text) = call(token, "GET", "/api/v1/dags", None);
+        assert_eq!(status, 200, "{text}");
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ids: Vec<String> = list["dags"].as_array().unwrap().iter().map(|dag| dag["dag_id"].to_string()).collect();
+        ids.join(",")
+    };
+    assert_eq!(listed(&ana), r#""daily_sales""#);
+    assert_eq!(listed(&max), r#""partitioned_scores""#);
+    assert_eq!(call(&ana, "GET", "/api/v1/dags/partitioned_scores", None).0, 403, "another team's DAG");
+    assert_eq!(call(&max, "POST", "/api/v1/dags/daily_sales/runs", Some("{}")).0, 403);
+    let mine = r#"{"conn_type": "postgres", "host": "mine"}"#;
+    assert_eq!(
+        call(&ana, "PUT", "/api/v1/connections/warehouse", Some(mine)).0,
+        403,
+        "users do not manage connections"
+    );
+
+    let password = "Wh-4ever-s3cret";
+    let body = format!(
+        r#"{{"conn_type": "postgres", "host": "db.internal", "login": "loader", "password": "{password}", "port": 5432}}"#
+    );
+    assert_eq!(call(&olga, "PUT", "/api/v1/connections/warehouse", Some(&body)).0, 204);
+    let (_, shown) = call(&olga, "GET", "/api/v1/connections/warehouse", None);
+    assert!(shown.contains(r#""password":"***""#), "{shown}");
+    let (_, page) = call(&olga, "GET", "/connections", None);
+    assert!(page.contains("db.internal"), "{page}");
+    drop(server);
+
+    p.dag(
+        "uses_warehouse.yaml",
+        "dag: uses_warehouse\nowner: analytics\ntasks:\n  load:\n    shell: echo \"psql postgres://{{ conn.warehouse.login }}:{{ conn.warehouse.password }}@{{ conn.warehouse.host }}/dw\"\n",
+    );
+    let tested = p.run(&["dags", "test", "uses_warehouse"]);
+    assert_eq!(tested.code, 0, "{}", tested.stderr);
+    let output = format!("{}{}", tested.stdout, tested.stderr);
+    assert!(output.contains("psql postgres://loader:***@db.internal/dw"), "{output}");
+    let got = p.run(&["connections", "get", "warehouse"]);
+    assert!(got.stdout.contains("***"), "{}", got.stdout);
+
+    let mut everything = database_bytes(&p);
+    let mut stack = vec![p.path().join(".updraft")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                everything.extend(std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    assert!(!contains(&everything, password), "nowhere in the state folder: database, WAL, logs");
+    for text in [&shown, &page, &output, &got.stdout, &got.stderr] {
+        assert!(!text.contains(password));
+    }
+}

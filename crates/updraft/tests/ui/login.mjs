@@ -54,11 +54,46 @@ try {
     await page.locator('#dags tr[data-dag="daily_sales"] button.switch.on').waitFor();
   });
 
+  await step("an API token is made in the UI, shown once, and works with the user's teams", async () => {
+    await page.click('header a:has-text("API tokens")');
+    await page.fill('form.stacked input[name="name"]', "notebook");
+    await page.selectOption('form.stacked select[name="scope"]', "read");
+    await page.click('form.stacked button[type="submit"]');
+    const token = (await page.locator("#new-token").textContent()).trim();
+    await shot("13-token-shown-once");
+    const answer = await fetch(base + "/api/v1/dags", { headers: { Authorization: "Bearer " + token } });
+    const list = await answer.json();
+    const ids = list.dags.map((dag) => dag.dag_id).join(",");
+    if (answer.status !== 200 || ids !== "daily_sales") throw new Error(answer.status + " " + ids);
+    await page.goto(base + "/tokens");
+    if ((await page.content()).includes(token)) throw new Error("shown again");
+  });
+
   await step("signing out ends the session", async () => {
     await page.click('header button:has-text("Sign out")');
     await page.waitForURL(/\/login/);
     await page.goto(base + "/");
     if (!page.url().includes("/login")) throw new Error("still in at " + page.url());
+  });
+
+  await step("an op stores a connection whose password never reaches the page", async () => {
+    await page.goto(base + "/login");
+    await page.fill('input[name="username"]', "olga");
+    await page.fill('input[name="password"]', password);
+    await page.click('form.login button[type="submit"]');
+    await page.waitForURL((url) => !url.pathname.startsWith("/login"));
+    await page.click('header a:has-text("Connections")');
+    await page.fill('form.stacked input[name="conn_id"]', "warehouse");
+    await page.fill('form.stacked input[name="conn_type"]', "postgres");
+    await page.fill('form.stacked input[name="host"]', "db.internal");
+    await page.fill('form.stacked input[name="login"]', "loader");
+    await page.fill('form.stacked input[name="password"]', "browser-pw-1357");
+    await page.click('form.stacked button[type="submit"]');
+    await page.locator('.flash:has-text("Connection warehouse saved")').waitFor();
+    const html = await page.content();
+    if (!html.includes("db.internal")) throw new Error("not listed");
+    if (html.includes("browser-pw-1357")) throw new Error("the password is in the page");
+    await shot("14-connections");
   });
 } finally {
   await browser.close();
