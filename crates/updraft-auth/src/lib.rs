@@ -8,6 +8,8 @@
 //! A DAG belongs to the team its `owner` names; everyone but an Admin sees and
 //! acts only on their teams' DAGs.
 
+pub mod oidc;
+
 use std::fmt;
 
 use argon2::Argon2;
@@ -86,6 +88,13 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 /// Whether `password` matches `hash`. A malformed hash matches nothing.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+/// Usernames: up to 64 letters, digits and `._@-` (an email address fits).
+pub fn valid_username(username: &str) -> bool {
+    !username.is_empty()
+        && username.len() <= 64
+        && username.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
 }
 
 /// A new secret token `<prefix>_<64 hex>` and the hash to store.

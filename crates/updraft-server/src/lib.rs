@@ -29,6 +29,7 @@ use updraft_store::{DefinitionCache, Store};
 
 pub use caller::Caller;
 pub use error::{ApiError, Problem};
+pub use ui::OidcConfig;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -43,6 +44,8 @@ pub struct AppState {
     /// Decrypts variables and connections (`core.fernet_key`), for workers' and
     /// pages' templates.
     pub cipher: Option<Arc<updraft_auth::Cipher>>,
+    /// Sign-in through an OpenID Connect provider (`[oidc]`), next to passwords.
+    pub oidc: Option<Arc<ui::Oidc>>,
     /// Secrets backends, for pages' rendered templates.
     pub backends: Arc<updraft_secrets::Backends>,
     /// DAG versions already read, for triggering runs.
@@ -65,6 +68,7 @@ impl AppState {
             secure_cookies: false,
             cipher: None,
             backends: Arc::default(),
+            oidc: None,
             definitions: Arc::default(),
             changes,
         }
@@ -84,6 +88,12 @@ impl AppState {
     /// The same state with a key for variables and connections.
     pub fn with_cipher(mut self, cipher: Option<Arc<updraft_auth::Cipher>>) -> AppState {
         self.cipher = cipher;
+        self
+    }
+
+    /// The same state with single sign-on.
+    pub fn with_oidc(mut self, oidc: Option<ui::OidcConfig>) -> AppState {
+        self.oidc = oidc.map(|config| Arc::new(ui::Oidc::new(config)));
         self
     }
 

@@ -56,6 +56,8 @@ pub struct Config {
     /// What relative paths in the backends are relative to.
     pub secrets_base: PathBuf,
     pub secrets_cache_ttl: Duration,
+    /// `[oidc]`, when an issuer is set.
+    pub oidc: Option<updraft_server::OidcConfig>,
 }
 
 impl Config {
@@ -75,6 +77,23 @@ struct FileConfig {
     worker: Option<WorkerSection>,
     logging: Option<LoggingSection>,
     secrets: Option<SecretsSection>,
+    oidc: Option<OidcSection>,
+}
+
+/// Single sign-on through an OpenID Connect provider.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OidcSection {
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    redirect_url: Option<String>,
+    scopes: Option<Vec<String>>,
+    username_claim: Option<String>,
+    teams_claim: Option<String>,
+    create_users: Option<bool>,
+    default_role: Option<String>,
+    name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +261,9 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         Some((url, origin)) => (url, base_of(origin)),
         None => (format!("sqlite://{}", state_folder.join("updraft.db").display()), file_base.clone()),
     };
+    let host =
+        overrides.host.or(pick!(webserver.host).map(|(host, _)| host)).unwrap_or_else(|| "127.0.0.1".to_string());
+    let port = overrides.port.or(pick!(webserver.port).map(|(port, _)| port)).unwrap_or(8080);
     let duration = |value: Option<(DurationSetting, Origin)>, default: u64| {
         value.map_or(Duration::from_secs(default), |(d, _)| d.0)
     };
@@ -255,8 +277,27 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         dags_are_paused_at_creation: pick!(core.dags_are_paused_at_creation).is_some_and(|(value, _)| value),
         fernet_key: pick!(core.fernet_key).map(|(key, _)| key).filter(|key| !key.trim().is_empty()),
         dag_sync_interval: duration(pick!(core.dag_dir_list_interval), 10),
-        host: overrides.host.or(pick!(webserver.host).map(|(host, _)| host)).unwrap_or_else(|| "127.0.0.1".to_string()),
-        port: overrides.port.or(pick!(webserver.port).map(|(port, _)| port)).unwrap_or(8080),
+        oidc: oidc_config(
+            &host,
+            port,
+            |key| {
+                match key {
+                    "issuer" => pick!(oidc.issuer),
+                    "client_id" => pick!(oidc.client_id),
+                    "client_secret" => pick!(oidc.client_secret),
+                    "redirect_url" => pick!(oidc.redirect_url),
+                    "username_claim" => pick!(oidc.username_claim),
+                    "teams_claim" => pick!(oidc.teams_claim),
+                    "default_role" => pick!(oidc.default_role),
+                    _ => pick!(oidc.name),
+                }
+                .map(|(value, _)| value)
+            },
+            pick!(oidc.scopes).map(|(scopes, _)| scopes),
+            pick!(oidc.create_users).is_some_and(|(create, _)| create),
+        )?,
+        host,
+        port,
         auth: pick!(webserver.auth).map_or_else(|| "none".to_string(), |(auth, _)| auth),
         secure_cookies: pick!(webserver.secure_cookies).is_some_and(|(secure, _)| secure),
         parallelism: pick!(scheduler.parallelism).map_or(32, |(value, _)| value).max(1),
@@ -273,6 +314,44 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         secrets_backends: pick!(secrets.parsed_backends).map(|(backends, _)| backends).unwrap_or_default(),
         secrets_cache_ttl: pick!(secrets.cache_ttl).map_or(updraft_secrets::DEFAULT_TTL, |(ttl, _)| ttl.0),
     })
+}
+
+/// `[oidc]` when it names an issuer; `text(key)` is the setting of that name.
+fn oidc_config(
+    host: &str,
+    port: u16,
+    text: impl Fn(&str) -> Option<String>,
+    scopes: Option<Vec<String>>,
+    create_users: bool,
+) -> Result<Option<updraft_server::OidcConfig>> {
+    let Some(issuer) = text("issuer").filter(|issuer| !issuer.is_empty()) else { return Ok(None) };
+    let required = |key: &str| {
+        text(key).filter(|value| !value.is_empty()).ok_or_else(|| {
+            user_error(
+                format!("`[oidc]` has an issuer but no `{key}`"),
+                Some("set it in updraft.toml or as UPDRAFT_OIDC__<KEY> (the client secret best in the environment)"),
+            )
+        })
+    };
+    let default_role = text("default_role").unwrap_or_else(|| "viewer".to_string());
+    if updraft_auth::Role::parse(&default_role).is_err() {
+        return Err(user_error(
+            format!("`oidc.default_role` `{default_role}` is not a role"),
+            Some("use admin, op, user or viewer"),
+        ));
+    }
+    Ok(Some(updraft_server::OidcConfig {
+        issuer,
+        client_id: required("client_id")?,
+        client_secret: required("client_secret")?,
+        redirect_url: text("redirect_url").unwrap_or_else(|| format!("http://{host}:{port}/login/oidc/callback")),
+        scopes: scopes.unwrap_or_else(|| ["openid", "profile", "email"].map(String::from).to_vec()),
+        username_claim: text("username_claim").unwrap_or_else(|| "preferred_username".to_string()),
+        teams_claim: text("teams_claim").filter(|claim| !claim.is_empty()),
+        create_users,
+        default_role,
+        name: text("name").unwrap_or_else(|| "single sign-on".to_string()),
+    }))
 }
 
 fn display(path: &Path, cwd: &Path) -> String {
@@ -376,7 +455,7 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
     // Paths and URLs stay text even when they look like numbers; lists are
     // comma-separated.
     let parsed = match (section, key) {
-        ("worker", "queues") => toml::Value::Array(
+        ("worker", "queues") | ("oidc", "scopes") => toml::Value::Array(
             value
                 .split(',')
                 .map(str::trim)
@@ -387,6 +466,7 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
         ("core", "dags_folder" | "state_folder" | "fernet_key")
         | ("database", "url")
         | ("worker", "api_url" | "token")
+        | ("oidc", "issuer" | "client_id" | "client_secret" | "redirect_url" | "name")
         | ("webserver", "host" | "auth")
         | ("logging", "level") => toml::Value::String(value.to_string()),
         _ => parsed,
@@ -450,6 +530,25 @@ mod tests {
             error_of(load_in(dir.path(), Some(unknown), &[])),
             "error: updraft.toml:2:1: unknown variant `keepass`, expected one of `file`, `vault`, `gcp`, `aws`"
         );
+    }
+
+    #[test]
+    fn oidc_settings_with_the_secret_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[webserver]\nhost = \"0.0.0.0\"\nport = 9000\n\n[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"updraft\"\ncreate_users = true\nteams_claim = \"groups\"\n";
+        let missing = error_of(load_in(dir.path(), Some(text), &[]));
+        assert!(missing.contains("`[oidc]` has an issuer but no `client_secret`"), "{missing}");
+        let config = load_in(dir.path(), Some(text), &[("UPDRAFT_OIDC__CLIENT_SECRET", "s3cret")]).unwrap();
+        let oidc = config.oidc.unwrap();
+        assert_eq!(oidc.client_secret, "s3cret");
+        assert_eq!(oidc.redirect_url, "http://0.0.0.0:9000/login/oidc/callback");
+        assert_eq!((oidc.default_role.as_str(), oidc.create_users), ("viewer", true));
+        assert_eq!(oidc.scopes, ["openid", "profile", "email"]);
+        assert!(!format!("{oidc:?}").contains("s3cret"), "never in debug output");
+        let env = [("UPDRAFT_OIDC__CLIENT_SECRET", "s3cret"), ("UPDRAFT_OIDC__DEFAULT_ROLE", "root")];
+        let bad_role = error_of(load_in(dir.path(), Some(text), &env));
+        assert!(bad_role.contains("`oidc.default_role` `root` is not a role"), "{bad_role}");
+        assert!(load_in(tempfile::tempdir().unwrap().path(), None, &[]).unwrap().oidc.is_none());
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct Next {
     next: String,
 }
 
-fn safe_next(next: &str) -> String {
+pub(super) fn safe_next(next: &str) -> String {
     if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/login") {
         next.to_string()
     } else {
@@ -43,13 +43,17 @@ fn safe_next(next: &str) -> String {
     }
 }
 
-fn form(csrf: &str, next: &str, failed: bool) -> String {
+fn form(state: &AppState, csrf: &str, next: &str, failed: bool) -> String {
     let body = html! {
         h1 { "Sign in" }
         @if failed {
             div.flash.error role="alert" {
                 "Wrong username or password, or the account is locked after repeated failures (for 15 minutes)."
             }
+        }
+        @if let Some(oidc) = &state.oidc {
+            p { a.button.primary href=(format!("/login/oidc?next={}", crate::api::encode(next))) { "Sign in with " (oidc.config.name) } }
+            p.muted { "or with a password:" }
         }
         form.login method="post" action="/login" {
             input type="hidden" name="csrf" value=(csrf);
@@ -70,7 +74,7 @@ pub async fn login_form(
     if state.auth == AuthMode::None {
         return Redirect::to("/").into_response();
     }
-    Html(form(&csrf.0, &safe_next(&next.next), false)).into_response()
+    Html(form(&state, &csrf.0, &safe_next(&next.next), false)).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,7 +92,7 @@ pub async fn login(
 ) -> Response {
     let next = safe_next(&credentials.next);
     let now = state.clock.now();
-    let failed = || Html(form(&csrf.0, &next, true)).into_response();
+    let failed = || Html(form(&state, &csrf.0, &next, true)).into_response();
     let user = match state.store.get_user(&credentials.username).await {
         Ok(user) => user,
         Err(error) => return crate::ApiError::from(error).into_response(),
@@ -113,6 +117,18 @@ pub async fn login(
         crate::audit::record(&state, &user.username, "sign_in_failed", &user.username, detail).await;
         return failed();
     }
+    start_session(&state, &user, &next, None).await
+}
+
+/// A new session for `user` (password checked, or the identity provider vouched),
+/// and the way to `next` with its cookie.
+pub(super) async fn start_session(
+    state: &AppState,
+    user: &updraft_store::UserRow,
+    next: &str,
+    how: Option<String>,
+) -> Response {
+    let now = state.clock.now();
     let Ok((secret, hash)) = new_token("session") else {
         return crate::ApiError::Internal("no randomness for a session".into()).into_response();
     };
@@ -124,11 +140,11 @@ pub async fn login(
         return crate::ApiError::from(error).into_response();
     }
     tracing::info!(username = %user.username, "signed in");
-    crate::audit::record(&state, &user.username, "sign_in", &user.username, None).await;
+    crate::audit::record(state, &user.username, "sign_in", &user.username, how).await;
     let secure = if state.secure_cookies { "; Secure" } else { "" };
     let cookie =
         format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", SESSION_FOR.as_secs());
-    let mut response = Redirect::to(&next).into_response();
+    let mut response = Redirect::to(next).into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }

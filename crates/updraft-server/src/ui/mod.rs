@@ -6,6 +6,7 @@
 
 mod layout;
 mod login;
+mod oidc;
 mod pages;
 mod secrets;
 mod tokens;
@@ -16,6 +17,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 use crate::AppState;
+pub use oidc::{Oidc, OidcConfig};
 
 const APP_JS: &str = include_str!("../../assets/app.js");
 const APP_CSS: &str = include_str!("../../assets/app.css");
@@ -25,6 +27,8 @@ pub fn router() -> Router<AppState> {
         .route("/", get(pages::dag_list))
         .route("/login", get(login::login_form).post(login::login))
         .route("/logout", post(login::logout))
+        .route("/login/oidc", get(oidc::start))
+        .route("/login/oidc/callback", get(oidc::callback))
         .route("/import-errors", get(pages::import_errors))
         .route("/audit", get(pages::audit_page))
         .route("/variables", get(secrets::variables_page).post(secrets::set_variable))

@@ -168,6 +168,12 @@ fn auth_mode(ctx: &Ctx) -> Result<AuthMode> {
             ),
         ));
     }
+    if mode == AuthMode::None && ctx.config.oidc.is_some() {
+        return Err(user_error(
+            "`[oidc]` is set but sign-in is off".to_string(),
+            Some("set `webserver.auth = \"password\"`: accounts sign in with a password or through the provider"),
+        ));
+    }
     Ok(mode)
 }
 
@@ -194,7 +200,8 @@ fn spawn_server(
     let state = AppState::new(store.clone(), ctx.clock.clone(), ctx.config.worker_token.clone())
         .with_auth(mode, ctx.config.secure_cookies)
         .with_cipher(ctx.cipher().unwrap_or_default())
-        .with_backends(ctx.backends().unwrap_or_default());
+        .with_backends(ctx.backends().unwrap_or_default())
+        .with_oidc(ctx.config.oidc.clone());
     let server = tokio::spawn(updraft_server::serve(listener, state, async move {
         let _ = stopped.await;
     }));

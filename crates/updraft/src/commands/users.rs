@@ -109,10 +109,7 @@ pub async fn audit(ctx: &Ctx, store: &updraft_store::Store, action: &str, target
 }
 
 fn check_username(username: &str) -> Result<()> {
-    let ok = !username.is_empty()
-        && username.len() <= 64
-        && username.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
-    if ok {
+    if updraft_auth::valid_username(username) {
         Ok(())
     } else {
         Err(user_error(format!("invalid username `{username}`: use up to 64 letters, digits and `._@-`"), None))
