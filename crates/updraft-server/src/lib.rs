@@ -35,7 +35,7 @@ pub use ui::OidcConfig;
 pub struct AppState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
-    /// The token remote workers present; `None`: the worker API is off.
+    /// The token all remote workers may present (besides per-worker tokens).
     pub worker_token: Option<Arc<str>>,
     /// How callers are authenticated.
     pub auth: AuthMode,

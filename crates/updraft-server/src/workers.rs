@@ -31,24 +31,31 @@ const MAX_CLAIM: u32 = 256;
 /// notification, or a store that cannot send them).
 const CLAIM_RECHECK: Duration = Duration::from_secs(1);
 
-/// Checks the worker token; constant-time, so timing does not leak it.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.worker_token.as_deref() else {
-        return Err(ApiError::Forbidden(
-            "the worker API is off on this server: set `worker.token` (UPDRAFT_WORKER__TOKEN) to enable it".into(),
-        ));
-    };
+/// Checks the worker's token: the shared `worker.token` (compared in constant
+/// time) or a per-worker token made with `updraft worker-tokens create` (stored
+/// only as a hash, so revocable one worker at a time).
+async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <worker token>`".into()))?;
-    let same = given.len() == expected.len()
-        && given.bytes().zip(expected.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0;
-    match same {
-        true => Ok(()),
-        false => Err(ApiError::Unauthorized("wrong worker token".into())),
+    if let Some(expected) = state.worker_token.as_deref()
+        && given.len() == expected.len()
+        && given.bytes().zip(expected.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+    {
+        return Ok(());
     }
+    let hash = updraft_auth::token_hash(given);
+    if state.store.worker_token_id(&hash, state.clock.now()).await?.is_some() {
+        return Ok(());
+    }
+    if state.worker_token.is_none() && state.store.worker_tokens().await?.is_empty() {
+        return Err(ApiError::Forbidden(
+            "the worker API is off on this server: set `worker.token` (UPDRAFT_WORKER__TOKEN) or make worker tokens (`updraft worker-tokens create`)".into(),
+        ));
+    }
+    Err(ApiError::Unauthorized("unknown, revoked or expired worker token".into()))
 }
 
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -60,7 +67,7 @@ pub async fn register(
     headers: HeaderMap,
     payload: Result<Json<RegisterWorker>, JsonRejection>,
 ) -> Result<Json<Registered>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let request = body(payload)?;
     let process = NewProcess {
         kind: ProcessKind::Worker,
@@ -78,7 +85,7 @@ pub async fn stop(
     headers: HeaderMap,
     Path(process_id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let now = state.clock.now();
     state.store.set_process_state(process_id, ProcessState::Running, ProcessState::Stopped, now).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -90,7 +97,7 @@ pub async fn heartbeat(
     Path(process_id): Path<i64>,
     payload: Result<Json<HeartbeatRequest>, JsonRejection>,
 ) -> Result<Json<Heartbeat>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let request = body(payload)?;
     Ok(Json(state.store.heartbeat(process_id, &request.leases, state.clock.now()).await?))
 }
@@ -102,7 +109,7 @@ pub async fn claim(
     Path(process_id): Path<i64>,
     payload: Result<Json<ClaimRequest>, JsonRejection>,
 ) -> Result<Json<Vec<Claimed>>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let request = body(payload)?;
     let claimant = Claimant { process_id, hostname: request.hostname, queues: request.queues };
     let limit = request.limit.min(MAX_CLAIM);
@@ -128,7 +135,7 @@ pub async fn attempt_process(
     headers: HeaderMap,
     payload: Result<Json<AttemptStarted>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let started = body(payload)?;
     state
         .store
@@ -143,7 +150,7 @@ pub async fn finish(
     Path(process_id): Path<i64>,
     payload: Result<Json<FinishRequest>, JsonRejection>,
 ) -> Result<Json<FinishAnswer>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let request = body(payload)?;
     for end in &request.ends {
         check_task_transition(TaskState::Running, end.end.state)
@@ -161,7 +168,7 @@ pub async fn append_logs(
     headers: HeaderMap,
     payload: Result<Json<Vec<LogChunk>>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let chunks = body(payload)?;
     state.store.append_logs(&chunks).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -173,7 +180,7 @@ pub async fn secrets(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<updraft_store::Secrets>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     let secrets = updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref())
         .await
         .map_err(ApiError::Internal)?;
@@ -186,7 +193,7 @@ pub async fn definition(
     headers: HeaderMap,
     Path((dag_id, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &headers).await?;
     match state.store.dag_definition(&dag_id, &version).await? {
         Some(definition) => Ok(([(header::CONTENT_TYPE, "application/json")], definition)),
         None => Err(ApiError::NotFound(format!("DAG `{dag_id}` has no version `{version}`"))),

@@ -197,7 +197,9 @@ async fn worker_requests_need_the_token() {
     let open = server(Some(TOKEN)).await;
     let wrong = ApiSource::new(&open.base, "not-the-token", Arc::default()).unwrap();
     match wrong.register(&new_worker()).await {
-        Err(SourceError::Refused { status: 401, message, .. }) => assert_eq!(message, "wrong worker token"),
+        Err(SourceError::Refused { status: 401, message, .. }) => {
+            assert_eq!(message, "unknown, revoked or expired worker token")
+        }
         other => panic!("expected a 401, got {other:?}"),
     }
     let client = reqwest::Client::new();
@@ -236,6 +238,25 @@ async fn worker_requests_need_the_token() {
         }
         other => panic!("expected a 403, got {other:?}"),
     }
+
+    // Per-worker tokens open it too, each revocable alone; the shared one is not needed.
+    let now = SystemClock.now();
+    let (gpu1, hash1) = updraft_auth::new_token("worker").unwrap();
+    let (gpu2, hash2) = updraft_auth::new_token("worker").unwrap();
+    let first = closed.store.create_worker_token("gpu-1", &hash1, None, now).await.unwrap();
+    closed.store.create_worker_token("gpu-2", &hash2, None, now).await.unwrap();
+    let one = ApiSource::new(&closed.base, &gpu1, Arc::default()).unwrap();
+    let two = ApiSource::new(&closed.base, &gpu2, Arc::default()).unwrap();
+    assert!(one.register(&new_worker()).await.unwrap() > 0);
+    assert!(two.register(&new_worker()).await.unwrap() > 0);
+    let wrong = ApiSource::new(&closed.base, TOKEN, Arc::default()).unwrap();
+    assert!(matches!(wrong.register(&new_worker()).await, Err(SourceError::Refused { status: 401, .. })));
+    assert!(closed.store.delete_worker_token(first).await.unwrap());
+    match one.register(&new_worker()).await {
+        Err(SourceError::Refused { status: 401, message, .. }) => assert!(message.contains("revoked"), "{message}"),
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    assert!(two.register(&new_worker()).await.unwrap() > 0, "the other worker carries on");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

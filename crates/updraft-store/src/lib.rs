@@ -28,6 +28,9 @@ pub use definitions::DefinitionCache;
 pub use error::{Result, StoreError};
 pub use model::*;
 
+/// How often a token's last use is written, in microseconds (the stored unit).
+pub(crate) const TOKEN_USE_EVERY: i64 = 60 * 1_000_000;
+
 /// The store's operations. Implementations must make every state change a
 /// compare-and-set and apply each call atomically.
 #[async_trait]
@@ -99,6 +102,20 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The user and scope of an unexpired token, noting its use.
     async fn api_token_user(&self, token_hash: &str, now: Timestamp) -> Result<Option<(UserRow, String)>>;
     async fn delete_api_token(&self, token_id: i64) -> Result<bool>;
+
+    // Worker tokens.
+    async fn create_worker_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<i64>;
+    async fn worker_tokens(&self) -> Result<Vec<WorkerTokenRow>>;
+    /// The id of an unexpired worker token; its use is noted at most once a
+    /// minute, so a worker's many requests do not each write.
+    async fn worker_token_id(&self, token_hash: &str, now: Timestamp) -> Result<Option<i64>>;
+    async fn delete_worker_token(&self, token_id: i64) -> Result<bool>;
 
     // Variables and connections (their secrets already encrypted by the caller).
     async fn set_variable(&self, key: &str, value: &str, description: &str, now: Timestamp) -> Result<()>;

@@ -137,6 +137,16 @@ pub struct ApiTokenRow {
     pub last_used_at: Option<Timestamp>,
 }
 
+/// A remote worker's token, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerTokenRow {
+    pub token_id: i64,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
 /// A variable; `value` is a Fernet token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VariableRow {

@@ -494,6 +494,29 @@ async fn operator_changes_are_all_or_nothing(store: Store) {
     assert!(store.transitions(run_pk, None, 0).await.unwrap().is_empty());
 }
 
+async fn worker_tokens(store: Store) {
+    let now = ts(NOW);
+    let later = |secs: i64| now + jiff::SignedDuration::from_secs(secs);
+    let first = store.create_worker_token("gpu-1", "hash-1", None, now).await.unwrap();
+    let second = store.create_worker_token("gpu-2", "hash-2", Some(later(3600)), now).await.unwrap();
+    assert_eq!(store.worker_token_id("hash-1", later(1)).await.unwrap(), Some(first));
+    assert_eq!(store.worker_token_id("hash-2", later(1)).await.unwrap(), Some(second));
+    assert_eq!(store.worker_token_id("hash-2", later(3601)).await.unwrap(), None, "expired");
+    assert_eq!(store.worker_token_id("nope", later(1)).await.unwrap(), None);
+    // Use is noted, but not on every request.
+    store.worker_token_id("hash-1", later(30)).await.unwrap();
+    let used =
+        |rows: Vec<updraft_store::WorkerTokenRow>| rows.iter().find(|row| row.token_id == first).unwrap().last_used_at;
+    assert_eq!(used(store.worker_tokens().await.unwrap()), Some(later(1)));
+    store.worker_token_id("hash-1", later(120)).await.unwrap();
+    assert_eq!(used(store.worker_tokens().await.unwrap()), Some(later(120)));
+    let names: Vec<String> = store.worker_tokens().await.unwrap().into_iter().map(|row| row.name).collect();
+    assert_eq!(names, ["gpu-2", "gpu-1"]);
+    assert!(store.delete_worker_token(first).await.unwrap());
+    assert!(!store.delete_worker_token(first).await.unwrap());
+    assert_eq!(store.worker_token_id("hash-1", later(1)).await.unwrap(), None, "revoked");
+}
+
 async fn accounts(store: Store) {
     let user = |name: &str, role: &str, teams: &[&str]| NewUser {
         username: name.to_string(),
@@ -626,6 +649,7 @@ mod sqlite {
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
         accounts,
+        worker_tokens,
         variables_and_connections,
     );
 
@@ -731,6 +755,7 @@ mod postgres {
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
         accounts,
+        worker_tokens,
         variables_and_connections,
     );
 

@@ -46,6 +46,9 @@ pub enum Command {
     /// Manage personal API tokens (`Authorization: Bearer`).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Manage remote workers' tokens, one per worker, each revocable alone.
+    #[command(subcommand)]
+    WorkerTokens(WorkerTokensCommand),
     /// Manage the metadata database.
     #[command(subcommand)]
     Db(DbCommand),
@@ -367,6 +370,25 @@ pub enum TokensCommand {
         output: Output,
     },
     /// Revoke a token by its id.
+    Revoke { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerTokensCommand {
+    /// Make a token for one worker (its `worker.token`); printed once, stored only as a hash.
+    Create {
+        /// Which worker it is for (shown in lists).
+        name: String,
+        /// How long it lasts, e.g. `30d`, `52w`; `never` for no expiry.
+        #[arg(long, default_value = "never")]
+        expires_in: String,
+    },
+    /// List worker tokens (never their secrets).
+    List {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Revoke a worker token by its id: that worker's next request is refused.
     Revoke { id: i64 },
 }
 

@@ -622,6 +622,66 @@ impl MetadataStore for PgStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn create_worker_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO worker_tokens (name, token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(name)
+        .bind(token_hash)
+        .bind(to_db(now))
+        .bind(expires_at.map(to_db))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn worker_tokens(&self) -> Result<Vec<WorkerTokenRow>> {
+        let rows =
+            sqlx::query("SELECT id, name, created_at, expires_at, last_used_at FROM worker_tokens ORDER BY id DESC")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerTokenRow {
+                    token_id: row.try_get(0)?,
+                    name: row.try_get(1)?,
+                    created_at: from_db(row.try_get(2)?),
+                    expires_at: opt_from_db(row.try_get(3)?),
+                    last_used_at: opt_from_db(row.try_get(4)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn worker_token_id(&self, token_hash: &str, now: Timestamp) -> Result<Option<i64>> {
+        let found: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, last_used_at FROM worker_tokens WHERE token_hash = $1 AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(token_hash)
+        .bind(to_db(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((id, last_used)) = found else { return Ok(None) };
+        if last_used.is_none_or(|last| last < to_db(now) - crate::TOKEN_USE_EVERY) {
+            sqlx::query("UPDATE worker_tokens SET last_used_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(to_db(now))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(Some(id))
+    }
+
+    async fn delete_worker_token(&self, token_id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM worker_tokens WHERE id = $1").bind(token_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn set_variable(&self, key: &str, value: &str, description: &str, now: Timestamp) -> Result<()> {
         sqlx::query(
             "INSERT INTO variables (key, value, description, updated_at) VALUES ($1, $2, $3, $4)

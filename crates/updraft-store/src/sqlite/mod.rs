@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../migrations/sqlite/0008_api_tokens.sql")),
     (9, include_str!("../../migrations/sqlite/0009_audit_log.sql")),
     (10, include_str!("../../migrations/sqlite/0010_variables_connections.sql")),
+    (11, include_str!("../../migrations/sqlite/0011_worker_tokens.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -752,6 +753,81 @@ impl MetadataStore for SqliteStore {
     async fn delete_api_token(&self, token_id: i64) -> Result<bool> {
         self.write(move |tx| {
             Ok(tx.prepare_cached("DELETE FROM api_tokens WHERE id = ?1")?.execute(params![token_id])? > 0)
+        })
+        .await
+    }
+
+    async fn create_worker_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<i64> {
+        let (name, hash) = (name.to_string(), token_hash.to_string());
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "INSERT INTO worker_tokens (name, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     RETURNING id",
+                )?
+                .query_row(params![name, hash, to_db(now), expires_at.map(to_db)], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    async fn worker_tokens(&self) -> Result<Vec<WorkerTokenRow>> {
+        self.read(move |tx| {
+            let mut statement = tx.prepare_cached(
+                "SELECT id, name, created_at, expires_at, last_used_at FROM worker_tokens ORDER BY id DESC",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(WorkerTokenRow {
+                    token_id: row.get(0)?,
+                    name: row.get(1)?,
+                    created_at: from_db(row.get(2)?),
+                    expires_at: opt_from_db(row.get(3)?),
+                    last_used_at: opt_from_db(row.get(4)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn worker_token_id(&self, token_hash: &str, now: Timestamp) -> Result<Option<i64>> {
+        let token_hash = token_hash.to_string();
+        let found = self
+            .read({
+                let token_hash = token_hash.clone();
+                move |tx| {
+                    Ok(tx
+                        .prepare_cached(
+                            "SELECT id, last_used_at FROM worker_tokens
+                             WHERE token_hash = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                        )?
+                        .query_row(params![token_hash, to_db(now)], |row| {
+                            Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+                        })
+                        .optional()?)
+                }
+            })
+            .await?;
+        let Some((id, last_used)) = found else { return Ok(None) };
+        if last_used.is_none_or(|last| last < to_db(now) - crate::TOKEN_USE_EVERY) {
+            self.write(move |tx| {
+                tx.prepare_cached("UPDATE worker_tokens SET last_used_at = ?2 WHERE id = ?1")?
+                    .execute(params![id, to_db(now)])?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(Some(id))
+    }
+
+    async fn delete_worker_token(&self, token_id: i64) -> Result<bool> {
+        self.write(move |tx| {
+            Ok(tx.prepare_cached("DELETE FROM worker_tokens WHERE id = ?1")?.execute(params![token_id])? > 0)
         })
         .await
     }

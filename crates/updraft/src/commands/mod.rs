@@ -24,6 +24,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Pools(command) => pools::run(ctx, command).await,
         Command::Users(command) => users::run(ctx, command).await,
         Command::Tokens(command) => tokens::run(ctx, command).await,
+        Command::WorkerTokens(command) => tokens::run_worker(ctx, command).await,
         Command::Variables(command) => secrets::variables(ctx, command).await,
         Command::Connections(command) => secrets::connections(ctx, command).await,
         Command::RotateFernetKey => secrets::rotate(ctx).await,

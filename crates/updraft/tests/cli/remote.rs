@@ -87,6 +87,61 @@ fn a_remote_worker_with_the_wrong_token_stops_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("error: the API server at {api_url} refused this worker")), "{stderr}");
-    assert!(stderr.contains("wrong worker token"), "{stderr}");
+    assert!(stderr.contains("unknown, revoked or expired worker token"), "{stderr}");
     assert!(stderr.contains("hint: check that `worker.token` matches"), "{stderr}");
+}
+
+#[test]
+fn each_worker_can_have_its_own_token_and_lose_it_alone() {
+    let p = project();
+    p.dag("talk.yaml", "dag: talk\ntasks:\n  say: {shell: 'echo hello'}\n");
+    let made = p.run(&["worker-tokens", "create", "edge-1", "--expires-in", "30d"]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let token = made.stdout.trim().to_string();
+    assert!(token.starts_with("worker_") && made.stderr.contains("shown once"), "{}", made.stderr);
+    let listed = p.run(&["worker-tokens", "list", "-o", "json"]);
+    let tokens: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(tokens[0]["name"], "edge-1");
+    assert!(!listed.stdout.contains(&token), "never listed");
+    let id = tokens[0]["id"].to_string();
+
+    // The API server has no shared worker token: only per-worker ones open it.
+    let api = p.service(&["webserver", "--port", "0"], "http://");
+    let scheduler = p.service(&["scheduler"], "updraft scheduler running");
+    let api_url = format!("http://{}", api.address);
+    let worker_state = tempfile::tempdir().unwrap();
+    let worker = p.service_with(
+        &["worker"],
+        &[
+            ("UPDRAFT_WORKER__API_URL", &api_url),
+            ("UPDRAFT_WORKER__TOKEN", &token),
+            ("UPDRAFT_DATABASE_URL", "postgres://nobody@127.0.0.1:9/nowhere"),
+            ("UPDRAFT_CORE__STATE_FOLDER", worker_state.path().to_str().unwrap()),
+        ],
+        "updraft worker running",
+    );
+    let run_id = p.run(&["dags", "trigger", "talk"]).stdout.trim().to_string();
+    eventually(Duration::from_secs(30), "the run to succeed on the worker", || {
+        let output = p.run(&["tasks", "states-for-dag-run", "talk", &run_id, "-o", "json"]);
+        let states: serde_json::Value = serde_json::from_str(&output.stdout).ok()?;
+        states.as_array()?.iter().all(|ti| ti["state"] == "success").then_some(())
+    });
+    let listed = p.run(&["worker-tokens", "list", "-o", "json"]);
+    assert!(!listed.stdout.contains(r#""last_used_at":null"#), "its use is noted: {}", listed.stdout);
+    let (code, _) = worker.interrupt();
+    assert_eq!(code, Some(0));
+
+    // Another worker's token stays good while this one is revoked.
+    assert_eq!(p.run(&["worker-tokens", "create", "edge-2"]).code, 0);
+    assert_eq!(p.run(&["worker-tokens", "revoke", &id]).code, 0);
+    let mut command = p.command(&["worker"]);
+    command.env("UPDRAFT_WORKER__API_URL", &api_url).env("UPDRAFT_WORKER__TOKEN", &token);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unknown, revoked or expired worker token"), "{stderr}");
+    assert_eq!(p.run(&["worker-tokens", "revoke", &id]).code, 1, "already gone");
+    let (code, _) = scheduler.interrupt();
+    assert_eq!(code, Some(0));
+    drop(api);
 }
