@@ -31,6 +31,23 @@ pub fn database_bytes(project: &Project) -> Vec<u8> {
     bytes
 }
 
+/// The contents of every file under `dir`, in any order.
+pub fn files_under(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    files
+}
+
 pub fn bytes_contain(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
 }

@@ -108,18 +108,10 @@ fn tasks_use_variables_and_connections_and_their_logs_show_no_secret() {
     assert!(shown.contains("env=Bearer ***"), "{shown}");
     assert!(!shown.contains("sk-live-98765") && !shown.contains("hunter2hunter2"), "{shown}");
     // Nor in any log file.
-    let mut logs = Vec::new();
-    let mut stack = vec![p.path().join(".updraft/logs")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                logs.push(std::fs::read_to_string(path).unwrap_or_default());
-            }
-        }
-    }
+    let logs: Vec<String> = crate::files_under(&p.path().join(".updraft/logs"))
+        .into_iter()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .collect();
     assert!(!logs.is_empty(), "the attempt wrote a log");
     for log in &logs {
         assert!(log.contains("***") && !log.contains("sk-live-98765") && !log.contains("hunter2hunter2"), "{log}");

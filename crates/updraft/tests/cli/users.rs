@@ -178,18 +178,7 @@ fn the_readme_security_walkthrough() {
     let got = p.run(&["connections", "get", "warehouse"]);
     assert!(got.stdout.contains("***"), "{}", got.stdout);
 
-    let mut everything = database_bytes(&p);
-    let mut stack = vec![p.path().join(".updraft")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                everything.extend(std::fs::read(&path).unwrap_or_default());
-            }
-        }
-    }
+    let everything = crate::files_under(&p.path().join(".updraft")).concat();
     assert!(!contains(&everything, password), "nowhere in the state folder: database, WAL, logs");
     for text in [&shown, &page, &output, &got.stdout, &got.stderr] {
         assert!(!text.contains(password));
