@@ -45,6 +45,8 @@ pub const TEMPLATE_NAMES: &[&str] = &[
     // the attempt renders, so an unknown key is an error of the attempt.
     "var",
     "conn",
+    // Upstream tasks' outputs (`tasks.<id>.output`), checked against the graph.
+    "tasks",
 ];
 
 /// A validated DAG. Construct with [`Dag::new`], which checks the task graph, so a
@@ -250,6 +252,23 @@ impl Graph {
 
     pub fn task_idx(&self, task_id: &str) -> Option<usize> {
         self.index.get(task_id).copied()
+    }
+
+    /// Whether `ancestor` runs before `task_idx` by some chain of `depends_on`.
+    pub fn is_ancestor(&self, ancestor: usize, task_idx: usize) -> bool {
+        let mut seen = vec![false; self.upstream.len()];
+        let mut stack = vec![task_idx];
+        while let Some(idx) = stack.pop() {
+            for &up in &self.upstream[idx] {
+                if up == ancestor {
+                    return true;
+                }
+                if !std::mem::replace(&mut seen[up], true) {
+                    stack.push(up);
+                }
+            }
+        }
+        false
     }
 
     /// Tasks nothing depends on; their states decide the run's.

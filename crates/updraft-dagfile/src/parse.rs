@@ -256,7 +256,10 @@ impl FileParser {
             tasks,
         };
         match Dag::new(spec) {
-            Ok(dag) => (Some(dag), dag_id_span),
+            Ok(dag) => {
+                self.output_references(&dag, &task_nodes);
+                (Some(dag), dag_id_span)
+            }
             Err(errors) => {
                 self.graph_errors(&errors, &task_nodes);
                 (None, dag_id_span)
@@ -485,6 +488,51 @@ impl FileParser {
                     };
                     self.error(span, format!("`{field}`: unknown template variable `{name}`{hint}"));
                 }
+            }
+        }
+    }
+
+    /// `tasks.<id>.output` must name a task that runs before this one: an output
+    /// read from elsewhere would not exist yet.
+    fn output_references(&mut self, dag: &Dag, nodes: &[TaskNodes]) {
+        let ids: Vec<&str> = dag.tasks().iter().map(|task| task.task_id.as_str()).collect();
+        for (task_idx, task) in dag.tasks().iter().enumerate() {
+            let Some(node) = nodes.iter().find(|node| node.name == task.task_id.as_str()) else { continue };
+            let updraft_core::TaskKind::Shell { command } = &task.kind;
+            let texts = std::iter::once(command.as_str())
+                .chain(task.cwd.as_deref())
+                .chain(dag.spec().env.values().chain(task.env.values()).map(String::as_str));
+            let mut named = std::collections::BTreeSet::new();
+            for text in texts.filter(|text| text.contains("tasks")) {
+                let Ok(template) = self.templates.template_from_str(text) else { continue };
+                for name in template.undeclared_variables(true) {
+                    if let Some(rest) = name.strip_prefix("tasks.") {
+                        named.insert(rest.split('.').next().unwrap_or_default().to_string());
+                    }
+                }
+            }
+            for upstream in named {
+                let message = match dag.graph().task_idx(&upstream) {
+                    None => {
+                        let hint = match did_you_mean(&upstream, ids.iter().copied()) {
+                            Some(suggestion) => format!(", did you mean `{suggestion}`?"),
+                            None => String::new(),
+                        };
+                        format!(
+                            "task `{}` reads `tasks.{upstream}.output`, but there is no task `{upstream}`{hint}",
+                            task.task_id
+                        )
+                    }
+                    Some(idx) if idx == task_idx => {
+                        format!("task `{}` reads its own output; outputs go to downstream tasks", task.task_id)
+                    }
+                    Some(idx) if !dag.graph().is_ancestor(idx, task_idx) => format!(
+                        "task `{}` reads `tasks.{upstream}.output`, but `{upstream}` is not upstream of it: add it to `depends_on`",
+                        task.task_id
+                    ),
+                    Some(_) => continue,
+                };
+                self.error(node.key_span, message);
             }
         }
     }

@@ -37,7 +37,12 @@ pub struct AttemptSpec {
     /// Variables and connections for templates; their secret values are masked in
     /// the log.
     pub secrets: Arc<updraft_store::Secrets>,
+    /// The largest output (`$UPDRAFT_OUTPUT`) a successful attempt may hand on, in bytes.
+    pub output_limit: u64,
 }
+
+/// Outputs are capped at this unless `runner.output_limit` says otherwise.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 1 << 20;
 
 /// Who the attempt is, for observers.
 #[derive(Debug, Clone)]
@@ -70,12 +75,16 @@ pub enum Ending {
     Interrupted,
     /// Never started: a template, working folder or log problem.
     NotStarted(String),
+    /// Exited 0, but what it left in `$UPDRAFT_OUTPUT` cannot be handed on.
+    BadOutput(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
     pub ending: Ending,
     pub duration: Duration,
+    /// What a successful attempt wrote to `$UPDRAFT_OUTPUT` (JSON text).
+    pub output: Option<String>,
 }
 
 impl AttemptResult {
@@ -89,6 +98,7 @@ impl AttemptResult {
     pub fn exit_code(&self) -> Option<i32> {
         match self.ending {
             Ending::Exited(code) => Some(code),
+            Ending::BadOutput(_) => Some(0),
             _ => None,
         }
     }
@@ -102,7 +112,7 @@ impl AttemptResult {
             Ending::Interrupted => {
                 Some("interrupted: updraft was stopped; it runs again without using a retry".to_string())
             }
-            Ending::NotStarted(why) => Some(why.clone()),
+            Ending::NotStarted(why) | Ending::BadOutput(why) => Some(why.clone()),
         }
     }
 
@@ -154,6 +164,9 @@ pub async fn execute(
         }
     };
     log.note(&format!("command: {}", prepared.command));
+    let output_path = output_path(spec);
+    // A file left by an earlier try is not this try's output.
+    let _ = std::fs::remove_file(&output_path);
 
     let mut command = Command::new("/bin/sh");
     command
@@ -161,6 +174,7 @@ pub async fn execute(
         .arg(&prepared.command)
         .current_dir(&prepared.cwd)
         .envs(prepared.env.iter().map(|(name, value)| (name, value)))
+        .env("UPDRAFT_OUTPUT", &output_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -218,7 +232,20 @@ pub async fn execute(
         Ok(log) => log,
         Err(_) => LogFile::closed(Arc::default()),
     };
-    let result = AttemptResult { ending, duration: started.elapsed() };
+    let (ending, output) = match ending {
+        Ending::Exited(code) if AttemptOutcome::from_exit_code(code) == AttemptOutcome::Success => {
+            match read_output(&output_path, spec.output_limit) {
+                Ok(output) => (ending, output),
+                Err(why) => (Ending::BadOutput(why), None),
+            }
+        }
+        other => (other, None),
+    };
+    let _ = std::fs::remove_file(&output_path);
+    if let Some(output) = &output {
+        log.note(&format!("output: {} bytes of JSON for downstream tasks", output.len()));
+    }
+    let result = AttemptResult { ending, duration: started.elapsed(), output };
     log.note(&format!("attempt ended after {:.2}s: {}", result.duration.as_secs_f64(), result.describe()));
     observer.ended(&label, &result);
     result
@@ -266,6 +293,48 @@ fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) ->
     Ok(Prepared { command, cwd, env })
 }
 
+/// Where the task may write its output: next to its log, else (`tasks test`) in
+/// the temporary folder, named so concurrent attempts never share a file.
+fn output_path(spec: &AttemptSpec) -> PathBuf {
+    match &spec.log_path {
+        Some(log) => log.with_extension("output.json"),
+        None => {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("updraft-output-{}-{n}.json", std::process::id()))
+        }
+    }
+}
+
+/// The attempt's output: none if it wrote nothing, else JSON of at most `limit`
+/// bytes, or why not.
+fn read_output(path: &Path, limit: u64) -> Result<Option<String>, String> {
+    let size = match std::fs::metadata(path) {
+        Ok(metadata) => metadata.len(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("cannot read the task's output `{}`: {error}", path.display())),
+    };
+    if size > limit {
+        return Err(format!(
+            "the task's output is {size} bytes, over the limit of {limit} (`runner.output_limit`); hand on a path or key instead"
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read the task's output `{}`: {error}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(_) => Ok(Some(text.trim().to_string())),
+        Err(error) => Err(format!(
+            "the task's output is not JSON (line {}, column {}): {}",
+            error.line(),
+            error.column(),
+            error.to_string().split(" at line").next().unwrap_or_default()
+        )),
+    }
+}
+
 /// The folder holding a DAG's file: tasks run there unless they set `cwd`.
 pub fn dag_folder(dags_folder: &Path, fileloc: &str) -> PathBuf {
     let file = dags_folder.join(fileloc);
@@ -273,7 +342,7 @@ pub fn dag_folder(dags_folder: &Path, fileloc: &str) -> PathBuf {
 }
 
 fn not_started(started: Instant, why: String, label: &AttemptLabel, observer: &dyn AttemptObserver) -> AttemptResult {
-    let result = AttemptResult { ending: Ending::NotStarted(why), duration: started.elapsed() };
+    let result = AttemptResult { ending: Ending::NotStarted(why), duration: started.elapsed(), output: None };
     observer.ended(label, &result);
     result
 }

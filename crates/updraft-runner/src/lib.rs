@@ -16,7 +16,9 @@ mod shipping;
 pub mod source;
 pub mod template;
 
-pub use attempt::{AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, Quiet, execute};
+pub use attempt::{
+    AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, DEFAULT_OUTPUT_LIMIT, Ending, Quiet, execute,
+};
 pub use recovery::{Recovered, Recovery, heartbeat_loop};
 pub use remote::ApiSource;
 pub use runner::{Runner, RunnerConfig, attempt_token, log_path};

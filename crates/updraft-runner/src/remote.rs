@@ -208,6 +208,14 @@ impl WorkSource for ApiSource {
         Ok(dag)
     }
 
+    async fn outputs(&self, dag_id: &str, run_id: &str) -> SourceResult<std::collections::BTreeMap<String, String>> {
+        let path = protocol::outputs_path(dag_id, run_id);
+        let url = format!("{}{path}", self.base);
+        self.call(Method::GET, &path, None::<&()>, REQUEST_TIMEOUT)
+            .await?
+            .ok_or_else(|| SourceError::Unreadable { url, detail: "an empty answer".to_string() })
+    }
+
     async fn secrets(&self) -> SourceResult<updraft_store::Secrets> {
         let path = format!("{}/secrets", protocol::WORKERS);
         let url = format!("{}{path}", self.base);

@@ -32,6 +32,8 @@ pub struct RunnerConfig {
     pub queues: Option<Vec<String>>,
     /// Secrets backends asked before the database (`[[secrets.backends]]`).
     pub backends: Arc<updraft_secrets::Backends>,
+    /// The largest output a task may hand on, in bytes.
+    pub output_limit: u64,
 }
 
 pub struct Runner {
@@ -107,6 +109,25 @@ impl Runner {
             None => updraft_secrets::Wanted::default(),
         };
         crate::secrets::for_task(&database, &self.config.backends, &wanted).await.map(Arc::new)
+    }
+
+    /// Upstream outputs, read only for a task whose templates use them.
+    async fn task_outputs(
+        &self,
+        dag: &Dag,
+        claimed: &Claimed,
+    ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+        let Some(task) = dag.task(&claimed.task_id) else { return Ok(Default::default()) };
+        if !template::uses_outputs(dag, task) {
+            return Ok(Default::default());
+        }
+        let texts = self
+            .source
+            .outputs(&claimed.dag_id, &claimed.run_id)
+            .await
+            .map_err(|error| format!("cannot read upstream outputs: {}", chain(&error)))?;
+        // Stored outputs were checked as JSON when they were written.
+        Ok(texts.into_iter().filter_map(|(task_id, text)| Some((task_id, serde_json::from_str(&text).ok()?))).collect())
     }
 
     /// The attempts in flight, named by their fencing tokens (the try numbers).
@@ -229,6 +250,7 @@ impl Runner {
                     exit_code: None,
                     reason: Some(reason),
                     process: None,
+                    output: None,
                 };
                 let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
                 return;
@@ -243,6 +265,22 @@ impl Runner {
                     exit_code: None,
                     reason: Some(reason),
                     process: None,
+                    output: None,
+                };
+                let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
+                return;
+            }
+        };
+        let outputs = match self.task_outputs(&dag, &claimed).await {
+            Ok(outputs) => outputs,
+            Err(reason) => {
+                let end = AttemptEnd {
+                    state: TaskState::Failed,
+                    retry_at: None,
+                    exit_code: None,
+                    reason: Some(reason),
+                    process: None,
+                    output: None,
                 };
                 let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
                 return;
@@ -259,6 +297,7 @@ impl Runner {
                 logical_date: claimed.logical_date,
                 interval: claimed.interval,
                 conf: claimed.conf.clone(),
+                outputs,
             },
             try_number: claimed.try_number,
             tries_allowed: claimed.max_tries + 1,
@@ -267,6 +306,7 @@ impl Runner {
             attempt_token: Some(attempt_token(self.config.process_id, claimed.ti_pk, claimed.try_number)),
             kill_grace: self.config.kill_grace,
             secrets,
+            output_limit: self.config.output_limit,
         };
         // An attempt still running after a moment gets its pid recorded at once (for
         // crash recovery and the UI); a shorter one carries it in its outcome, which
@@ -303,11 +343,19 @@ impl Runner {
                 exit_code: None,
                 reason: result.reason(),
                 process,
+                output: None,
             },
             (_, Some(task)) => {
                 let (state, retry_at) =
                     after_attempt(task, result.outcome(), claimed.try_number, claimed.max_tries, self.clock.now());
-                AttemptEnd { state, retry_at, exit_code: result.exit_code(), reason: result.reason(), process }
+                AttemptEnd {
+                    state,
+                    retry_at,
+                    exit_code: result.exit_code(),
+                    reason: result.reason(),
+                    process,
+                    output: result.output.clone(),
+                }
             }
             // Retrying cannot help a task its pinned version does not have.
             (_, None) => AttemptEnd {
@@ -316,6 +364,7 @@ impl Runner {
                 exit_code: None,
                 reason: result.reason(),
                 process,
+                output: None,
             },
         };
         let logs = match shipper {

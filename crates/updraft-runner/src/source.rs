@@ -74,6 +74,8 @@ pub trait WorkSource: Send + Sync + 'static {
     async fn definition(&self, dag_id: &str, version: &DagVersion) -> SourceResult<Arc<Dag>>;
     /// The database's variables and connections in clear, for templates.
     async fn secrets(&self) -> SourceResult<updraft_store::Secrets>;
+    /// The outputs of a run's tasks so far (JSON text by task id).
+    async fn outputs(&self, dag_id: &str, run_id: &str) -> SourceResult<std::collections::BTreeMap<String, String>>;
 }
 
 /// The store itself.
@@ -160,5 +162,9 @@ impl WorkSource for StoreSource {
 
     async fn secrets(&self) -> SourceResult<updraft_store::Secrets> {
         crate::secrets::load(self.store.as_ref(), self.cipher.as_deref()).await.map_err(SourceError::Secrets)
+    }
+
+    async fn outputs(&self, dag_id: &str, run_id: &str) -> SourceResult<std::collections::BTreeMap<String, String>> {
+        Ok(self.store.run_outputs(dag_id, run_id).await?)
     }
 }

@@ -17,6 +17,8 @@ pub struct RunContext {
     pub logical_date: jiff::Timestamp,
     pub interval: DataInterval,
     pub conf: serde_json::Map<String, serde_json::Value>,
+    /// Outputs of the run's tasks so far, for `{{ tasks.<id>.output }}`.
+    pub outputs: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Pre-rendered values shared by templates and environment variables.
@@ -94,7 +96,30 @@ pub fn context(
         macros => Value::from_object(Macros),
         var => secret_variables(secrets),
         conn => secret_connections(secrets),
+        tasks => task_outputs(&run.outputs),
     }
+}
+
+/// `tasks.<id>.output`: what an upstream task handed on, as JSON (so
+/// `tasks.list.output.items[0].code` works).
+fn task_outputs(outputs: &std::collections::BTreeMap<String, serde_json::Value>) -> Value {
+    let tasks: serde_json::Map<String, serde_json::Value> =
+        outputs.iter().map(|(task_id, output)| (task_id.clone(), serde_json::json!({ "output": output }))).collect();
+    Value::from(Serde(serde_json::Value::Object(tasks)))
+}
+
+/// Whether a task's templates read upstream outputs, so they are fetched only then.
+pub fn uses_outputs(dag: &Dag, task: &Task) -> bool {
+    template_texts(dag, task).any(|text| text.contains("tasks"))
+}
+
+/// A task's templated texts: its command, `cwd`, and its DAG's and its own `env`.
+fn template_texts<'a>(dag: &'a Dag, task: &'a Task) -> impl Iterator<Item = &'a str> {
+    let TaskKind::Shell { command } = &task.kind;
+    std::iter::once(command.as_str())
+        .chain(task.cwd.as_deref())
+        .chain(dag.spec().env.values().chain(task.env.values()).map(String::as_str))
+        .filter(|text| text.contains("{{") || text.contains("{%"))
 }
 
 /// `var.value.<key>` (text) and `var.json.<key>` (parsed), as in Airflow.
@@ -159,13 +184,9 @@ pub fn render_fields(
 /// to look up. A name computed at render time (`var.value[name]`) is not seen:
 /// it comes from the environment or the database only.
 pub fn wanted(dag: &Dag, task: &Task) -> updraft_secrets::Wanted {
-    let TaskKind::Shell { command } = &task.kind;
-    let texts = std::iter::once(command.as_str())
-        .chain(task.cwd.as_deref())
-        .chain(dag.spec().env.values().chain(task.env.values()).map(String::as_str));
     let env = Environment::new();
     let mut wanted = updraft_secrets::Wanted::default();
-    for text in texts.filter(|text| text.contains("{{") || text.contains("{%")) {
+    for text in template_texts(dag, task) {
         let Ok(template) = env.template_from_str(text) else { continue };
         for name in template.undeclared_variables(true) {
             let parts: Vec<&str> = name.split('.').collect();
@@ -255,6 +276,7 @@ mod tests {
                 end: "2024-01-02T21:00:00Z".parse().unwrap(),
             },
             conf: serde_json::from_str(r#"{"market": "KOSDAQ"}"#).unwrap(),
+            outputs: Default::default(),
         }
     }
 

@@ -51,6 +51,7 @@ fn spec(dir: &Path, task_yaml: &str) -> AttemptSpec {
                 end: "2024-03-02T00:00:00Z".parse().unwrap(),
             },
             conf: serde_json::Map::new(),
+            outputs: Default::default(),
         },
         try_number: 1,
         tries_allowed: 1,
@@ -59,6 +60,7 @@ fn spec(dir: &Path, task_yaml: &str) -> AttemptSpec {
         attempt_token: Some(format!("test-{}", NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed))),
         kill_grace: Duration::from_millis(500),
         secrets: Arc::default(),
+        output_limit: updraft_runner::DEFAULT_OUTPUT_LIMIT,
     }
 }
 
@@ -185,4 +187,39 @@ async fn long_lines_are_split_not_lost() {
     assert_eq!(lines.iter().map(String::len).sum::<usize>(), 200000 + 5);
     assert_eq!(lines.last().unwrap(), "after");
     assert!(lines.iter().all(|line| line.len() <= 64 * 1024));
+}
+
+#[tokio::test]
+async fn outputs_are_json_within_the_limit_and_only_from_successes() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = "    shell: |\n      echo '{\"codes\": [\"005930\", \"000660\"], \"n\": 2}' > \"$UPDRAFT_OUTPUT\"\n";
+    let (result, _, log) = run(&spec(dir.path(), task)).await;
+    assert_eq!(result.ending, Ending::Exited(0));
+    let output: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["codes"][1], "000660");
+    assert!(log.contains("output: 39 bytes of JSON"), "{log}");
+    assert!(!dir.path().join("logs/1.output.json").exists(), "the file is not left behind");
+
+    // Nothing written: no output.
+    let (result, _, _) = run(&spec(dir.path(), "    shell: 'true'\n")).await;
+    assert_eq!((result.ending, result.output), (Ending::Exited(0), None));
+    // A failed or skipped attempt hands nothing on.
+    let (result, _, _) = run(&spec(dir.path(), "    shell: echo 1 > \"$UPDRAFT_OUTPUT\"; exit 99\n")).await;
+    assert_eq!((result.outcome(), result.output), (AttemptOutcome::Skipped, None));
+
+    // Not JSON, or too large: the attempt fails, saying why.
+    let (result, _, log) =
+        run(&spec(dir.path(), "    shell: |\n      printf '{\"a\": 1,\\n oops}' > \"$UPDRAFT_OUTPUT\"\n")).await;
+    assert_eq!(result.outcome(), AttemptOutcome::Failed);
+    let reason = result.reason().unwrap();
+    assert!(reason.starts_with("the task's output is not JSON (line 2, column 2)"), "{reason}");
+    assert!(log.contains("the task's output is not JSON"), "{log}");
+    let mut small = spec(dir.path(), "    shell: head -c 2000 /dev/zero | tr '\\0' 1 > \"$UPDRAFT_OUTPUT\"\n");
+    small.output_limit = 1000;
+    let (result, _, _) = run(&small).await;
+    assert_eq!(result.outcome(), AttemptOutcome::Failed);
+    assert_eq!(
+        result.reason().unwrap(),
+        "the task's output is 2000 bytes, over the limit of 1000 (`runner.output_limit`); hand on a path or key instead"
+    );
 }

@@ -89,6 +89,7 @@ impl Engine {
                 kill_grace: Duration::from_secs(1),
                 queues: None,
                 backends: Arc::default(),
+                output_limit: updraft_runner::DEFAULT_OUTPUT_LIMIT,
             },
             Arc::new(Quiet),
             clock,
@@ -315,6 +316,7 @@ async fn an_attempt_whose_lease_was_taken_over_is_killed_not_finished() {
         exit_code: None,
         reason: Some("zombie".into()),
         process: None,
+        output: None,
     };
     assert!(
         engine

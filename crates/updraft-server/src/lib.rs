@@ -143,6 +143,7 @@ pub fn router(state: AppState) -> Router {
     let workers = Router::new()
         .route("/", post(workers::register))
         .route("/secrets", get(workers::secrets))
+        .route("/outputs", get(workers::outputs))
         .route("/{process_id}/stop", post(workers::stop))
         .route("/{process_id}/heartbeat", post(workers::heartbeat))
         .route("/{process_id}/claim", post(workers::claim))

@@ -187,6 +187,22 @@ pub async fn secrets(
     Ok(Json(secrets))
 }
 
+#[derive(Debug, serde::Deserialize)]
+pub struct RunOf {
+    dag_id: String,
+    run_id: String,
+}
+
+/// The outputs of a run's tasks, for a worker's templates.
+pub async fn outputs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(run): axum::extract::Query<RunOf>,
+) -> Result<Json<std::collections::BTreeMap<String, String>>, ApiError> {
+    authorize(&state, &headers).await?;
+    Ok(Json(state.store.run_outputs(&run.dag_id, &run.run_id).await?))
+}
+
 /// The stored definition of a DAG version, as the scheduler recorded it.
 pub async fn definition(
     State(state): State<AppState>,

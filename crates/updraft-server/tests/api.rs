@@ -573,6 +573,7 @@ async fn a_running_log_is_followed_live_until_the_attempt_ends() {
         exit_code: Some(0),
         reason: None,
         process: None,
+        output: None,
     };
     let finished = updraft_store::FinishedAttempt { ti_pk, try_number: 1, end };
     s.store.finish_attempts(&[finished], "test", SystemClock.now()).await.unwrap();
@@ -642,6 +643,7 @@ async fn the_openapi_document_describes_exactly_the_api() {
             "GET /api/v1/dags/{dag_id}/runs/{run_id}",
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks",
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}",
+            "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/output",
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log",
             "GET /api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log/stream",
             "GET /api/v1/dags/{dag_id}/source",

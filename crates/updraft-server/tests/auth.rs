@@ -246,6 +246,13 @@ async fn every_api_route_checks_every_role() {
         ),
         (
             "GET",
+            "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/output",
+            "/api/v1/dags/sales/runs/r1/tasks/a/output",
+            None,
+            ReadAnalytics,
+        ),
+        (
+            "GET",
             "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}/log/stream",
             "/api/v1/dags/sales/runs/r1/tasks/a/tries/1/log/stream",
             None,

@@ -138,10 +138,20 @@ async fn a_remote_worker_runs_an_attempt_through_the_api() {
     assert_eq!((status, text.as_str()), (200, "hello\n"));
     assert_eq!((offset.as_deref(), state.as_deref()), (Some("6"), Some("running")));
 
-    let end = AttemptEnd { state: TaskState::Success, retry_at: None, exit_code: Some(0), reason: None, process: None };
+    let end = AttemptEnd {
+        state: TaskState::Success,
+        retry_at: None,
+        exit_code: Some(0),
+        reason: None,
+        process: None,
+        output: Some(r#"{"codes": ["005930"]}"#.to_string()),
+    };
     let ends = [FinishedAttempt { ti_pk: a, try_number: 1, end }];
     let tail = [LogChunk { ti_pk: a, try_number: 1, offset: 6, data: b"bye\n".to_vec() }];
     assert_eq!(api.finish(&ends, &tail, "ignored").await.unwrap(), vec![true]);
+    // Its output reaches the next task's worker through the API.
+    let outputs = api.outputs("chain", "r1").await.unwrap();
+    assert_eq!(outputs.get("a").map(String::as_str), Some(r#"{"codes": ["005930"]}"#));
     // The same end again is fenced off: the attempt is no longer running.
     assert_eq!(api.finish(&ends, &[], "ignored").await.unwrap(), vec![false]);
 
@@ -222,7 +232,14 @@ async fn worker_requests_need_the_token() {
     // A worker cannot record an end the state machine forbids.
     let right = ApiSource::new(&open.base, TOKEN, Arc::default()).unwrap();
     let process_id = right.register(&new_worker()).await.unwrap();
-    let end = AttemptEnd { state: TaskState::Queued, retry_at: None, exit_code: None, reason: None, process: None };
+    let end = AttemptEnd {
+        state: TaskState::Queued,
+        retry_at: None,
+        exit_code: None,
+        reason: None,
+        process: None,
+        output: None,
+    };
     match right.finish(&[FinishedAttempt { ti_pk: 1, try_number: 1, end }], &[], "x").await {
         Err(SourceError::Refused { status: 400, .. }) => {}
         other => panic!("expected a 400, got {other:?}"),

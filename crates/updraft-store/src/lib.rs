@@ -177,6 +177,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Ends running attempts, all in one transaction; for each, false (and no
     /// change) if it is no longer running under that try number.
+    /// The outputs of a run's tasks (JSON text) by task id.
+    async fn run_outputs(&self, dag_id: &str, run_id: &str) -> Result<std::collections::BTreeMap<String, String>>;
     async fn finish_attempts(&self, ends: &[FinishedAttempt], actor: &str, now: Timestamp) -> Result<Vec<bool>>;
     /// [`MetadataStore::finish_attempts`] for one attempt.
     async fn finish_attempt(

@@ -408,6 +408,9 @@ pub struct AttemptEnd {
     /// The attempt's process and log, when not recorded while it ran (short attempts
     /// finish before it is worth a write of their own).
     pub process: Option<AttemptProcess>,
+    /// What a successful attempt handed on (JSON text); replaces any earlier try's.
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 /// An attempt's end, addressed by task instance and try number.

@@ -218,7 +218,14 @@ async fn claim_and_finish(store: Store) {
 
     let b = &claimed[0];
     assert!(store.record_attempt_process(b.ti_pk, 1, 4242, Some(7), "/logs/b/1.log").await.unwrap());
-    let end = AttemptEnd { state: TaskState::Success, retry_at: None, exit_code: Some(0), reason: None, process: None };
+    let end = AttemptEnd {
+        state: TaskState::Success,
+        retry_at: None,
+        exit_code: Some(0),
+        reason: None,
+        process: None,
+        output: None,
+    };
     assert!(store.finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW)).await.unwrap());
     // A second report of the same attempt, or one from an older try, changes nothing.
     assert!(!store.finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW)).await.unwrap());
@@ -231,6 +238,7 @@ async fn claim_and_finish(store: Store) {
         reason: None,
         // A short attempt reports its process with its outcome.
         process: Some(AttemptProcess { pid: 777, pid_start: Some(9), log_path: Some("/logs/c/1.log".into()) }),
+        output: None,
     };
     assert!(store.finish_attempt(c.ti_pk, 1, &retry, "runner", ts(NOW)).await.unwrap());
     let c_attempt = &store.task_attempts(c.ti_pk).await.unwrap()[0];
@@ -252,6 +260,7 @@ async fn claim_and_finish(store: Store) {
         exit_code: None,
         reason: Some("shutdown".into()),
         process: None,
+        output: None,
     };
     assert!(store.finish_attempt(a.ti_pk, 1, &interrupted, "runner", ts(NOW)).await.unwrap());
     let tis = store.task_instances(run_pk).await.unwrap();
@@ -410,12 +419,19 @@ async fn leases_are_fenced_by_the_try_number(store: Store) {
         exit_code: None,
         reason: Some("zombie".into()),
         process: None,
+        output: None,
     };
     assert!(store.finish_attempt(ti_pk, try_number, &failed, "recovery", later).await.unwrap());
     let beat = store.heartbeat(worker, &[(ti_pk, try_number)], later).await.unwrap();
     assert_eq!(beat.lost, vec![(ti_pk, try_number)]);
-    let success =
-        AttemptEnd { state: TaskState::Success, retry_at: None, exit_code: Some(0), reason: None, process: None };
+    let success = AttemptEnd {
+        state: TaskState::Success,
+        retry_at: None,
+        exit_code: Some(0),
+        reason: None,
+        process: None,
+        output: None,
+    };
     assert!(!store.finish_attempt(ti_pk, try_number, &success, "runner", later).await.unwrap());
 }
 
@@ -492,6 +508,47 @@ async fn operator_changes_are_all_or_nothing(store: Store) {
     assert!(store.get_run_by_pk(run_pk).await.unwrap().is_none());
     assert!(store.task_instances(run_pk).await.unwrap().is_empty());
     assert!(store.transitions(run_pk, None, 0).await.unwrap().is_empty());
+}
+
+async fn outputs_follow_the_latest_try(store: Store) {
+    let (chain, version) = dag(CHAIN);
+    let run_pk =
+        store.create_run(&new_run(&chain, &version, "r", RunType::Manual, NOW), "t", ts(NOW)).await.unwrap().unwrap();
+    store.create_run(&new_run(&chain, &version, "other", RunType::Manual, NOW), "t", ts(NOW)).await.unwrap().unwrap();
+    queue_all(&store, run_pk).await;
+    let me = Claimant { process_id: 1, hostname: "h".into(), queues: None };
+    let claimed = store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
+    let ti = |task_id: &str| claimed.iter().find(|c| c.task_id == task_id).unwrap().ti_pk;
+    let end = |state: TaskState, output: Option<&str>| AttemptEnd {
+        state,
+        retry_at: None,
+        exit_code: Some(0),
+        reason: None,
+        process: None,
+        output: output.map(str::to_string),
+    };
+    let ends = [
+        FinishedAttempt { ti_pk: ti("a"), try_number: 1, end: end(TaskState::UpForRetry, Some(r#""partial""#)) },
+        FinishedAttempt { ti_pk: ti("b"), try_number: 1, end: end(TaskState::Success, Some(r#"{"codes": [1, 2]}"#)) },
+        FinishedAttempt { ti_pk: ti("c"), try_number: 1, end: end(TaskState::Success, None) },
+    ];
+    assert_eq!(store.finish_attempts(&ends, "runner", ts(NOW)).await.unwrap(), vec![true, true, true]);
+    let outputs = store.run_outputs("chain", "r").await.unwrap();
+    assert_eq!(outputs.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(outputs["b"], r#"{"codes": [1, 2]}"#);
+    assert!(store.run_outputs("chain", "other").await.unwrap().is_empty(), "another run's are its own");
+
+    // The retry succeeds without an output: the first try's is gone.
+    let requeue = [
+        Action::SetTaskState { ti_pk: ti("a"), from: TaskState::UpForRetry, to: TaskState::Scheduled },
+        Action::SetTaskState { ti_pk: ti("a"), from: TaskState::Scheduled, to: TaskState::Queued },
+    ];
+    store.apply(&requeue, "s", ts(NOW)).await.unwrap();
+    let again = store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
+    assert_eq!((again.len(), again[0].try_number), (1, 2));
+    assert!(store.finish_attempt(ti("a"), 2, &end(TaskState::Success, None), "runner", ts(NOW)).await.unwrap());
+    let outputs = store.run_outputs("chain", "r").await.unwrap();
+    assert_eq!(outputs.keys().collect::<Vec<_>>(), ["b"]);
 }
 
 async fn worker_tokens(store: Store) {
@@ -649,6 +706,7 @@ mod sqlite {
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
         accounts,
+        outputs_follow_the_latest_try,
         worker_tokens,
         variables_and_connections,
     );
@@ -755,6 +813,7 @@ mod postgres {
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
         accounts,
+        outputs_follow_the_latest_try,
         worker_tokens,
         variables_and_connections,
     );

@@ -43,6 +43,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     pub runner_slots: u32,
     pub kill_grace: Duration,
+    /// The largest output a task may hand on, in bytes.
+    pub output_limit: u64,
     /// Queues `updraft worker` takes tasks from.
     pub worker_queues: Vec<String>,
     /// The API server a remote worker talks to; unset: workers use the store.
@@ -158,6 +160,7 @@ struct SchedulerSection {
 struct RunnerSection {
     slots: Option<u32>,
     kill_grace: Option<DurationSetting>,
+    output_limit: Option<ByteSetting>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +188,38 @@ impl<'de> Deserialize<'de> for DurationSetting {
         updraft_core::Duration::parse(&text)
             .map(|duration| DurationSetting(duration.to_std()))
             .map_err(|error| serde::de::Error::custom(format!("invalid duration `{text}`: {error}")))
+    }
+}
+
+/// A size: whole bytes, or a number with `KB`, `MB` or `GB` (1024-based).
+#[derive(Debug, Clone, Copy)]
+struct ByteSetting(u64);
+
+impl<'de> Deserialize<'de> for ByteSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => return Ok(ByteSetting(bytes)),
+            Raw::Text(text) => text,
+        };
+        let upper = text.trim().to_ascii_uppercase();
+        let (number, unit) = upper.split_at(upper.find(|c: char| !c.is_ascii_digit()).unwrap_or(upper.len()));
+        let scale = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "KIB" => 1 << 10,
+            "MB" | "MIB" => 1 << 20,
+            "GB" | "GIB" => 1 << 30,
+            _ => 0,
+        };
+        match number.parse::<u64>() {
+            Ok(number) if scale > 0 => Ok(ByteSetting(number.saturating_mul(scale))),
+            _ => Err(serde::de::Error::custom(format!("invalid size `{text}`: use e.g. `1MB`, `512KB` or bytes"))),
+        }
     }
 }
 
@@ -306,6 +341,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         heartbeat_timeout: duration(pick!(scheduler.heartbeat_timeout), 60),
         runner_slots: pick!(runner.slots).map_or(32, |(value, _)| value).max(1),
         kill_grace: duration(pick!(runner.kill_grace), 5),
+        output_limit: pick!(runner.output_limit).map_or(updraft_runner::DEFAULT_OUTPUT_LIMIT, |(limit, _)| limit.0),
         worker_queues: pick!(worker.queues).map_or_else(|| vec!["default".to_string()], |(queues, _)| queues),
         worker_api_url: pick!(worker.api_url).map(|(url, _)| url).filter(|url| !url.is_empty()),
         worker_token: pick!(worker.token).map(|(token, _)| token).filter(|token| !token.is_empty()),
@@ -464,6 +500,7 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
                 .collect(),
         ),
         ("core", "dags_folder" | "state_folder" | "fernet_key")
+        | ("runner", "output_limit")
         | ("database", "url")
         | ("worker", "api_url" | "token")
         | ("oidc", "issuer" | "client_id" | "client_secret" | "redirect_url" | "name")

@@ -153,6 +153,7 @@ impl Engine {
                     // Next to a scheduler (standalone, dags test) every queue is ours.
                     queues: (!options.parts.scheduler).then(|| config.worker_queues.clone()),
                     backends: ctx.backends()?,
+                    output_limit: config.output_limit,
                 },
                 options.observer.clone(),
                 ctx.clock.clone(),

@@ -26,7 +26,7 @@ use crate::AppState;
 pub use dags::{DagFilter, editable_dag, readable_dag};
 pub use extract::{Path, Query};
 pub use runs::{encode, find_run, intervene, trigger};
-pub use tasks::find_task_instance;
+pub use tasks::{find_task_instance, shown_output};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -60,6 +60,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tasks::clear))
         .routes(routes!(tasks::list_task_instances))
         .routes(routes!(tasks::get_task_instance, tasks::patch_task_instance))
+        .routes(routes!(tasks::get_task_output))
         .routes(routes!(crate::logs::attempt_log))
         .routes(routes!(crate::logs::attempt_log_stream))
         .routes(routes!(misc::pools))

@@ -323,6 +323,14 @@ impl From<AttemptRow> for Attempt {
     }
 }
 
+/// What a task handed on to its downstream tasks (`$UPDRAFT_OUTPUT`), secret
+/// values as `***`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskOutput {
+    #[schema(value_type = Object)]
+    pub output: serde_json::Value,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskInstanceDetail {
     #[serde(flatten)]

@@ -8,7 +8,7 @@ use updraft_core::intervene::Request;
 use super::dags::{editable_dag, readable_dag};
 use super::extract::{Json, Path};
 use super::model::{
-    Attempt, ClearTaskInstances, TaskInstance, TaskInstanceDetail, TaskInstanceList, TaskInstancePatch,
+    Attempt, ClearTaskInstances, TaskInstance, TaskInstanceDetail, TaskInstanceList, TaskInstancePatch, TaskOutput,
 };
 use super::runs::{find_run, intervene};
 use crate::error::Problem;
@@ -52,6 +52,45 @@ pub async fn get_task_instance(
     let task_instance = find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
     let attempts = state.store.task_attempts(task_instance.ti_pk).await?.into_iter().map(Attempt::from).collect();
     Ok(axum::Json(TaskInstanceDetail { task_instance: TaskInstance::from(task_instance), dag_id, run_id, attempts }))
+}
+
+/// What the task handed on to its downstream tasks, from its latest successful try.
+#[utoipa::path(
+    get, path = "/api/v1/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/output", tag = "Task instances",
+    params(("dag_id" = String, Path), ("run_id" = String, Path), ("task_id" = String, Path)),
+    responses(
+        (status = 200, body = TaskOutput),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_task_output(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+) -> Result<axum::Json<TaskOutput>, ApiError> {
+    readable_dag(&state, &caller, &dag_id).await?;
+    find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
+    let output = shown_output(&state, &dag_id, &run_id, &task_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("task `{task_id}` of run `{run_id}` has no output")))?;
+    Ok(axum::Json(TaskOutput { output }))
+}
+
+/// A task's output as the API and the UI show it: secret values (from the
+/// database and the environment) as `***`, also inside longer strings.
+pub async fn shown_output(
+    state: &AppState,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let Some(text) = state.store.run_outputs(dag_id, run_id).await?.remove(task_id) else { return Ok(None) };
+    let mut secrets =
+        updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref()).await.unwrap_or_default();
+    let _ = updraft_runner::secrets::overlay_environment(&mut secrets, std::env::vars());
+    let masked = updraft_runner::secrets::Masker::new(&secrets).mask(&text).into_owned();
+    // A masked number is no longer JSON: then the text is shown as it is.
+    Ok(Some(serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked))))
 }
 
 pub async fn find_task_instance(

@@ -710,13 +710,20 @@ pub async fn task_page(
     let run = find_run(&state, &dag_id, &run_id).await?;
     let dag = definition(&state, &dag_id, &run.version.0).await?;
     // Rendered as the attempt would be, with every secret value shown as `***`.
+    let outputs: std::collections::BTreeMap<String, serde_json::Value> = state
+        .store
+        .run_outputs(&dag_id, &run_id)
+        .await?
+        .into_iter()
+        .filter_map(|(task_id, text)| Some((task_id, serde_json::from_str(&text).ok()?)))
+        .collect();
     let rendered = match dag.task(&task_id) {
         Some(task) => {
             let database =
                 updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref()).await.unwrap_or_default();
             let wanted = updraft_runner::template::wanted(&dag, task);
             let secrets = updraft_runner::secrets::for_task(&database, &state.backends, &wanted).await;
-            Some((task, updraft_runner::secrets::masked(&secrets.unwrap_or(database))))
+            Some((task, secrets.unwrap_or(database)))
         }
         None => None,
     };
@@ -727,10 +734,18 @@ pub async fn task_page(
             logical_date: run.logical_date,
             interval: run.interval,
             conf: run.conf.clone(),
+            outputs,
         };
         let templates = updraft_runner::template::environment();
-        updraft_runner::template::render_fields(&templates, &dag, task, &context, chosen.max(1), &secrets)
+        let shown = updraft_runner::secrets::masked(&secrets);
+        // Upstream outputs may carry secrets too: every rendered value is masked.
+        let masker = updraft_runner::secrets::Masker::new(&secrets);
+        updraft_runner::template::render_fields(&templates, &dag, task, &context, chosen.max(1), &shown)
+            .into_iter()
+            .map(|(field, value)| (field, value.map(|text| masker.mask(&text).into_owned())))
+            .collect::<Vec<_>>()
     });
+    let output = crate::api::shown_output(&state, &dag_id, &run_id, &task_id).await?;
     let body = html! {
         p { a href=(dag_url(&dag_id)) { (dag_id) } " / " a href=(run_url(&dag_id, &run_id)) { (run_id) } }
         h1 { (task_id) " " (state_badge(ti.state.as_str())) }
@@ -780,6 +795,10 @@ pub async fn task_page(
             }
             None => p.muted { "This version of the DAG has no task " code { (task_id) } "." },
         }
+        @if let Some(output) = &output {
+            h2 { "Output" }
+            pre.code id="output" { (output_text(output)) }
+        }
         h2 { "Log" }
         @if attempts.is_empty() {
             p.muted { "No try yet." }
@@ -809,6 +828,20 @@ pub async fn task_page(
     Ok(Html(
         page(&format!("{task_id} — {dag_id}"), Some(&caller), broken_files(&state).await?, note, body).into_string(),
     ))
+}
+
+/// An output for the page: pretty JSON, cut at 64 KiB (the API has it whole).
+fn output_text(output: &serde_json::Value) -> String {
+    const SHOWN: usize = 64 * 1024;
+    let text = serde_json::to_string_pretty(output).unwrap_or_default();
+    if text.len() <= SHOWN {
+        return text;
+    }
+    let mut end = SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n… ({} bytes more: see the API)", &text[..end], text.len() - end)
 }
 
 /// Log lines with Updraft's own lines and likely errors marked.

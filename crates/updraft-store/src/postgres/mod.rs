@@ -1107,6 +1107,19 @@ impl MetadataStore for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn run_outputs(&self, dag_id: &str, run_id: &str) -> Result<std::collections::BTreeMap<String, String>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT t.task_id, o.value FROM task_outputs o
+             JOIN task_instances t ON t.id = o.ti_pk JOIN dag_runs r ON r.id = t.run_pk
+             WHERE r.dag_id = $1 AND r.run_id = $2",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     async fn finish_attempts(&self, ends: &[FinishedAttempt], actor: &str, now: Timestamp) -> Result<Vec<bool>> {
         for finished in ends {
             check_task_transition(TaskState::Running, finished.end.state)?;
@@ -1157,6 +1170,24 @@ impl MetadataStore for PgStore {
         )
         .execute(&mut *tx)
         .await?;
+        // Outputs: a new one replaces the last; a later try without one clears it.
+        // A first try without output, the common case, costs nothing here.
+        let stale: Vec<i64> =
+            recorded.iter().filter(|f| f.end.output.is_none() && f.try_number > 1).map(|f| f.ti_pk).collect();
+        let outputs: Vec<(i64, String)> =
+            recorded.iter().filter_map(|f| f.end.output.clone().map(|output| (f.ti_pk, output))).collect();
+        if !stale.is_empty() || !outputs.is_empty() {
+            sqlx::query(
+                "WITH gone AS (DELETE FROM task_outputs WHERE ti_pk = ANY($1::bigint[]))
+                 INSERT INTO task_outputs (ti_pk, value) SELECT * FROM UNNEST($2::bigint[], $3::text[])
+                 ON CONFLICT (ti_pk) DO UPDATE SET value = excluded.value",
+            )
+            .bind(stale)
+            .bind(outputs.iter().map(|(ti_pk, _)| *ti_pk).collect::<Vec<_>>())
+            .bind(outputs.into_iter().map(|(_, output)| output).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut transitions = TransitionBatch::default();
         for finished in &recorded {
             let run_pk = moved[&finished.ti_pk];

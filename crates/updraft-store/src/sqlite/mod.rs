@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/sqlite/0009_audit_log.sql")),
     (10, include_str!("../../migrations/sqlite/0010_variables_connections.sql")),
     (11, include_str!("../../migrations/sqlite/0011_worker_tokens.sql")),
+    (12, include_str!("../../migrations/sqlite/0012_task_outputs.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -1070,6 +1071,20 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn run_outputs(&self, dag_id: &str, run_id: &str) -> Result<std::collections::BTreeMap<String, String>> {
+        let (dag_id, run_id) = (dag_id.to_string(), run_id.to_string());
+        self.read(move |tx| {
+            let mut statement = tx.prepare_cached(
+                "SELECT t.task_id, o.value FROM task_outputs o
+                 JOIN task_instances t ON t.id = o.ti_pk JOIN dag_runs r ON r.id = t.run_pk
+                 WHERE r.dag_id = ?1 AND r.run_id = ?2",
+            )?;
+            let rows = statement.query_map(params![dag_id, run_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
     async fn finish_attempts(&self, ends: &[FinishedAttempt], actor: &str, now: Timestamp) -> Result<Vec<bool>> {
         for finished in ends {
             check_task_transition(TaskState::Running, finished.end.state)?;
@@ -1117,6 +1132,20 @@ impl MetadataStore for SqliteStore {
                     pid,
                     end.process.as_ref().and_then(|process| process.log_path.clone()),
                 ])?;
+                // A new output replaces the last; a later try without one clears it.
+                match &end.output {
+                    Some(output) => {
+                        tx.prepare_cached(
+                            "INSERT INTO task_outputs (ti_pk, value) VALUES (?1, ?2)
+                             ON CONFLICT (ti_pk) DO UPDATE SET value = excluded.value",
+                        )?
+                        .execute(params![ti_pk, output])?;
+                    }
+                    None if *try_number > 1 => {
+                        tx.prepare_cached("DELETE FROM task_outputs WHERE ti_pk = ?1")?.execute(params![ti_pk])?;
+                    }
+                    None => {}
+                }
                 transitions.push(Transition {
                     run_pk,
                     ti_pk: Some(*ti_pk),

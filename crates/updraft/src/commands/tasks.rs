@@ -75,6 +75,7 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
             logical_date,
             interval: dag.timetable().manual_interval(logical_date),
             conf,
+            outputs: Default::default(),
         },
         try_number: 1,
         tries_allowed: 1,
@@ -83,6 +84,7 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
         attempt_token: None,
         kill_grace: ctx.config.kill_grace,
         secrets: std::sync::Arc::new(secrets),
+        output_limit: ctx.config.output_limit,
     };
     let (cancel, cancelled) = watch::channel(false);
     let (spawned, _) = oneshot::channel();

@@ -1,0 +1,70 @@
+//! Outputs between tasks: `$UPDRAFT_OUTPUT` in, `{{ tasks.<id>.output }}` out,
+//! stored with the run and readable through the API.
+
+use updraft_testkit::http_get;
+
+use crate::project;
+
+const CHAIN: &str = r#"dag: codes
+tasks:
+  list_codes:
+    shell: |
+      echo '{"codes": ["005930", "000660"], "token": "sk-live-777777"}' > "$UPDRAFT_OUTPUT"
+  names:
+    shell: |
+      echo "second={{ tasks.list_codes.output.codes[1] }} all={{ tasks.list_codes.output.codes | join(',') }}"
+      printf '"done"' > "$UPDRAFT_OUTPUT"
+    depends_on: [list_codes]
+  last:
+    shell: echo "{{ tasks.names.output }} {{ tasks.list_codes.output.codes | length }}"
+    depends_on: [names]
+"#;
+
+#[test]
+fn downstream_tasks_read_upstream_outputs() {
+    let mut p = project();
+    p.env("UPDRAFT_VAR_VENDOR_TOKEN", "sk-live-777777");
+    p.dag("codes.yaml", CHAIN);
+    let tested = p.run(&["dags", "test", "codes", "--date", "2024-03-01"]);
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    assert!(tested.stdout.contains("second=000660 all=005930,000660"), "{}", tested.stdout);
+    assert!(tested.stdout.contains("done 2"), "{}", tested.stdout);
+
+    // The API hands outputs out with secret values masked.
+    let server = p.standalone();
+    let path = "/api/v1/dags/codes/runs/test__2024-03-01T00:00:00+00:00/tasks/list_codes/output";
+    let (status, body) = http_get(&server.address, path);
+    assert_eq!(status, 200, "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown["output"]["codes"][0], "005930");
+    assert_eq!(shown["output"]["token"], "***", "{body}");
+    let (status, _) = http_get(&server.address, &path.replace("list_codes", "last"));
+    assert_eq!(status, 404, "`last` wrote nothing");
+}
+
+#[test]
+fn a_bad_output_fails_its_task_with_the_reason() {
+    let p = project();
+    p.write("updraft.toml", "[runner]\noutput_limit = \"1KB\"\n");
+    p.dag(
+        "big.yaml",
+        "dag: big\ntasks:\n  big:\n    shell: head -c 5000 /dev/zero | tr '\\0' 7 > \"$UPDRAFT_OUTPUT\"\n  after: {shell: 'echo {{ tasks.big.output }}', depends_on: [big]}\n",
+    );
+    let tested = p.run(&["dags", "test", "big", "--date", "2024-03-01"]);
+    assert_eq!(tested.code, 1, "{}\n{}", tested.stdout, tested.stderr);
+    let shown = format!("{}{}", tested.stdout, tested.stderr);
+    assert!(shown.contains("the task's output is 5000 bytes, over the limit of 1024"), "{shown}");
+    assert!(shown.contains("upstream_failed"), "{shown}");
+}
+
+#[test]
+fn reading_an_output_that_is_not_upstream_is_a_file_error() {
+    let p = project();
+    p.dag("side.yaml", "dag: side\ntasks:\n  a: {shell: 'true'}\n  b: {shell: 'echo {{ tasks.a.output }}'}\n");
+    let listed = p.run(&["dags", "list"]);
+    let shown = format!("{}{}", listed.stdout, listed.stderr);
+    assert!(
+        shown.contains("task `b` reads `tasks.a.output`, but `a` is not upstream of it: add it to `depends_on`"),
+        "{shown}"
+    );
+}
