@@ -140,7 +140,9 @@ async fn print_until_done(
                 let Some(event) = event else { continue };
                 match event {
                     Event::Started(label) => {
-                        printer.drain().await?;
+                        // Only what led up to this start: a printer that fell behind
+                        // must not print the next task's `scheduled` before this one ran.
+                        printer.drain_through(Some(&label.task_id)).await?;
                         print(&label.task_id, &format!("running (try {})", label.try_number));
                     }
                     Event::Line(label, line) | Event::Ended(label, line) | Event::Recorded(label, line) => {
@@ -148,7 +150,7 @@ async fn print_until_done(
                     }
                 }
             }
-            () = ticked.notified() => printer.drain().await?,
+            () = ticked.notified() => printer.drain_through(None).await?,
         }
     }
 }
@@ -162,8 +164,19 @@ struct Printer<'a> {
 }
 
 impl Printer<'_> {
-    async fn drain(&mut self) -> Result<()> {
-        for transition in self.store.transitions(self.run_pk, None, self.last_id).await? {
+    /// Prints new transitions: all, or up to the last one of `task_id`.
+    async fn drain_through(&mut self, task_id: Option<&str>) -> Result<()> {
+        let transitions = self.store.transitions(self.run_pk, None, self.last_id).await?;
+        let upto = match task_id {
+            None => transitions.len(),
+            Some(task_id) => transitions
+                .iter()
+                .rposition(|transition| {
+                    transition.ti_pk.and_then(|ti_pk| self.names.get(&ti_pk)).is_some_and(|name| name == task_id)
+                })
+                .map_or(0, |last| last + 1),
+        };
+        for transition in transitions.into_iter().take(upto) {
             self.last_id = transition.id;
             let Some(ti_pk) = transition.ti_pk else {
                 if let Ok(state) = transition.to_state.parse::<RunState>()
