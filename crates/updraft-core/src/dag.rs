@@ -104,19 +104,42 @@ fn default_queue() -> String {
     defaults::QUEUE.to_string()
 }
 
-/// What an attempt runs. Version 1 of the format has only `shell`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What an attempt runs: version 1's `shell`, and Updraft's built-in types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     /// A command for `/bin/sh -c`, rendered as a template first.
     Shell { command: String },
+    /// HTTP requests made by the runner itself (`crate::http`).
+    Http(Box<crate::http::HttpTask>),
 }
 
 impl TaskKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             TaskKind::Shell { .. } => "shell",
+            TaskKind::Http(_) => "http",
         }
+    }
+}
+
+impl Task {
+    /// Every text rendered as a template when the task runs, named by its field
+    /// (`shell`, `http.url`, `http.query.<name>`, ..., `cwd`, `env.<NAME>`), the
+    /// DAG's `env` before the task's. The runner, the UI and the validator all
+    /// read templates from here.
+    pub fn templated<'a>(&'a self, dag_env: &'a BTreeMap<String, String>) -> Vec<(String, &'a str)> {
+        let mut fields = match &self.kind {
+            TaskKind::Shell { command } => vec![("shell".to_string(), command.as_str())],
+            TaskKind::Http(http) => http.templated(),
+        };
+        if let Some(cwd) = &self.cwd {
+            fields.push(("cwd".to_string(), cwd.as_str()));
+        }
+        for (name, value) in dag_env.iter().chain(&self.env) {
+            fields.push((format!("env.{name}"), value.as_str()));
+        }
+        fields
     }
 }
 

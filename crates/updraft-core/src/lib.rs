@@ -11,6 +11,7 @@ pub mod cron;
 pub mod dag;
 pub mod duration;
 pub mod errors;
+pub mod http;
 pub mod id;
 pub mod intervene;
 pub mod plan;

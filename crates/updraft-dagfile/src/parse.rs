@@ -61,11 +61,31 @@ const TASK_FIELDS: &[&str] = &[
     "priority",
 ];
 
-const TASK_TYPES: &[&str] = &["shell"];
+const TASK_TYPES: &[&str] = &["shell", "http"];
 /// Task types of later versions of the format: named, so the error says "not yet"
 /// rather than "unknown field".
 const FUTURE_TASK_TYPES: &[&str] =
-    &["python", "http", "sql", "load", "spark", "kubernetes", "copy", "sync", "sensor", "container"];
+    &["python", "sql", "load", "spark", "kubernetes", "copy", "sync", "sensor", "container"];
+
+const HTTP_FIELDS: &[&str] = &[
+    "url",
+    "method",
+    "query",
+    "headers",
+    "body",
+    "json",
+    "connection",
+    "auth",
+    "expect",
+    "extract",
+    "pagination",
+    "max_pages",
+    "rate_limit",
+    "request_retries",
+    "request_timeout",
+    "save_to",
+];
+const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
 pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
     let mut parser = FileParser { diagnostics: Vec::new(), templates: minijinja::Environment::new() };
@@ -457,13 +477,335 @@ impl FileParser {
                 self.check_template(&command, value.span, "shell");
                 Some(TaskKind::Shell { command })
             }
+            "http" => self.http(value).map(|http| TaskKind::Http(Box::new(http))),
             other => {
                 self.error(
                     key.span,
-                    format!("task type `{other}` is not available in this version; version 1 supports `shell`"),
+                    format!("task type `{other}` is not available yet; Updraft runs `shell` and `http` tasks"),
                 );
                 None
             }
+        }
+    }
+
+    fn http(&mut self, node: &Node) -> Option<updraft_core::http::HttpTask> {
+        use updraft_core::http::{self, Expect, HttpTask, Pagination};
+        let Value::Map(entries) = &node.value else {
+            self.error(node.span, format!("`http`: expected a mapping with at least `url`, found {}", node.kind()));
+            return None;
+        };
+        let errors_before = self.diagnostics.len();
+        let fields = self.fields(entries, HTTP_FIELDS, &[]);
+        let get = |name: &str| fields.get(name).map(|(_, value)| *value);
+        let Some(url_node) = get("url") else {
+            self.error(node.span, "`http`: missing required field `url`");
+            return None;
+        };
+        let url = self.non_empty(url_node, "http.url").unwrap_or_default();
+        self.check_template(&url, url_node.span, "http.url");
+        let method = match get("method") {
+            None => "GET".to_string(),
+            Some(value) => {
+                let method = self.string(value, "http.method").unwrap_or_default().to_ascii_uppercase();
+                if !HTTP_METHODS.contains(&method.as_str()) {
+                    self.error(
+                        value.span,
+                        format!("`http.method`: unknown method `{method}`; use one of {}", HTTP_METHODS.join(", ")),
+                    );
+                }
+                method
+            }
+        };
+        let query = get("query").map(|value| self.text_map(value, "http.query")).unwrap_or_default();
+        let headers = get("headers").map(|value| self.text_map(value, "http.headers")).unwrap_or_default();
+        let body = match get("body") {
+            Some(value) => {
+                let body = self.text(value, "http.body").unwrap_or_default();
+                self.check_template(&body, value.span, "http.body");
+                Some(body)
+            }
+            None => None,
+        };
+        let json = get("json").map(|value| {
+            self.check_json_templates(value, "http.json");
+            value.to_json()
+        });
+        if body.is_some() && json.is_some() {
+            self.error(node.span, "`http`: give `body` or `json`, not both");
+        }
+        let connection = match get("connection") {
+            Some(value) => self.id(value, "http.connection", "connection id").map(str::to_string),
+            None => None,
+        };
+        let auth = get("auth").and_then(|value| self.http_auth(value));
+        if auth.is_some() && connection.is_none() {
+            self.error(
+                get("auth").map_or(node.span, |value| value.span),
+                "`http.auth`: credentials come from a `connection`; name one",
+            );
+        }
+        let expect = match get("expect") {
+            None => Expect::default(),
+            Some(value) => self.http_expect(value).unwrap_or_default(),
+        };
+        let extract = match get("extract") {
+            Some(value) => self.json_path(value, "http.extract"),
+            None => None,
+        };
+        let pagination = match get("pagination") {
+            Some(value) => self.pagination(value),
+            None => None,
+        };
+        let max_pages = match get("max_pages") {
+            Some(value) => self.number(value, "http.max_pages", 1).unwrap_or_default(),
+            None => http::DEFAULT_MAX_PAGES,
+        };
+        let rate_limit = match get("rate_limit") {
+            Some(value) => match &value.value {
+                Value::Int(n) if *n > 0 => Some(*n as f64),
+                Value::Float(f) if *f > 0.0 => Some(*f),
+                _ => {
+                    self.error(value.span, "`http.rate_limit`: expected requests per second, a number above 0");
+                    None
+                }
+            },
+            None => None,
+        };
+        let request_retries = match get("request_retries") {
+            Some(value) => self.number(value, "http.request_retries", 0).unwrap_or_default(),
+            None => http::DEFAULT_REQUEST_RETRIES,
+        };
+        let request_timeout = match get("request_timeout") {
+            Some(value) => self.duration(value, "http.request_timeout").unwrap_or_default(),
+            None => Duration::from_secs(http::DEFAULT_REQUEST_TIMEOUT_SECS),
+        };
+        let save_to = match get("save_to") {
+            Some(value) => {
+                let path = self.non_empty(value, "http.save_to").unwrap_or_default();
+                self.check_template(&path, value.span, "http.save_to");
+                Some(path)
+            }
+            None => None,
+        };
+        if matches!(pagination, Some(Pagination::Page { .. })) && extract.is_none() {
+            self.error(node.span, "`http.pagination.page` needs `extract`: a page without items ends the paging");
+        }
+        if self.diagnostics.len() > errors_before {
+            return None;
+        }
+        Some(HttpTask {
+            method,
+            url,
+            query,
+            headers,
+            body,
+            json,
+            connection,
+            auth,
+            expect,
+            extract,
+            pagination,
+            max_pages,
+            rate_limit,
+            request_retries,
+            request_timeout,
+            save_to,
+        })
+    }
+
+    /// Names to text values (numbers and booleans as written), each a template.
+    fn text_map(&mut self, node: &Node, field: &str) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        match &node.value {
+            Value::Map(entries) => {
+                for (key, value) in entries {
+                    let Some(name) = key.scalar_text() else {
+                        self.error(key.span, format!("`{field}`: names must be text"));
+                        continue;
+                    };
+                    match value.scalar_text() {
+                        Some(text) => {
+                            self.check_template(&text, value.span, &format!("{field}.{name}"));
+                            map.insert(name, text);
+                        }
+                        None => {
+                            self.error(value.span, format!("`{field}.{name}`: expected text, found {}", value.kind()))
+                        }
+                    }
+                }
+            }
+            Value::Null => {}
+            _ => self.error(node.span, format!("`{field}`: expected a mapping, found {}", node.kind())),
+        }
+        map
+    }
+
+    fn check_json_templates(&mut self, node: &Node, field: &str) {
+        match &node.value {
+            Value::String(text) => self.check_template(text, node.span, field),
+            Value::Seq(items) => {
+                for item in items {
+                    self.check_json_templates(item, field);
+                }
+            }
+            Value::Map(entries) => {
+                for (_, value) in entries {
+                    self.check_json_templates(value, field);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A JSON path (RFC 9535), checked now so a typo fails before any run.
+    fn json_path(&mut self, node: &Node, field: &str) -> Option<String> {
+        let path = self.non_empty(node, field)?;
+        if let Err(error) = serde_json_path::JsonPath::parse(&path) {
+            self.error(node.span, format!("`{field}`: invalid JSON path `{path}`: {error}"));
+            return None;
+        }
+        Some(path)
+    }
+
+    fn http_auth(&mut self, node: &Node) -> Option<updraft_core::http::HttpAuth> {
+        use updraft_core::http::HttpAuth;
+        match &node.value {
+            Value::String(kind) if kind == "basic" => Some(HttpAuth::Basic),
+            Value::String(kind) if kind == "bearer" => Some(HttpAuth::Bearer),
+            Value::Map(entries) => {
+                let fields = self.fields(entries, &["api_key"], &[]);
+                let (_, key) = fields.get("api_key")?;
+                let Value::Map(entries) = &key.value else {
+                    self.error(key.span, "`http.auth.api_key`: expected `{header: <name>}` or `{query: <name>}`");
+                    return None;
+                };
+                let fields = self.fields(entries, &["header", "query"], &[]);
+                match (fields.get("header"), fields.get("query")) {
+                    (Some((_, name)), None) => {
+                        Some(HttpAuth::ApiKeyHeader(self.non_empty(name, "http.auth.api_key.header")?))
+                    }
+                    (None, Some((_, name))) => {
+                        Some(HttpAuth::ApiKeyQuery(self.non_empty(name, "http.auth.api_key.query")?))
+                    }
+                    _ => {
+                        self.error(key.span, "`http.auth.api_key`: give exactly one of `header` or `query`");
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(
+                    node.span,
+                    "`http.auth`: expected `basic`, `bearer`, or `{api_key: {header|query: <name>}}`",
+                );
+                None
+            }
+        }
+    }
+
+    fn http_expect(&mut self, node: &Node) -> Option<updraft_core::http::Expect> {
+        let Value::Map(entries) = &node.value else {
+            self.error(node.span, format!("`http.expect`: expected a mapping, found {}", node.kind()));
+            return None;
+        };
+        let fields = self.fields(entries, &["status", "path", "equals"], &[]);
+        let mut expect = updraft_core::http::Expect::default();
+        if let Some((_, value)) = fields.get("status") {
+            let items: Vec<&Node> = match &value.value {
+                Value::Seq(items) => items.iter().collect(),
+                _ => vec![*value],
+            };
+            for item in items {
+                match &item.value {
+                    Value::Int(code) if (100..600).contains(code) => expect.status.push(*code as u16),
+                    _ => self.error(item.span, "`http.expect.status`: expected an HTTP status (100 to 599)"),
+                }
+            }
+        }
+        if let Some((_, value)) = fields.get("path") {
+            expect.path = Some(self.json_path(value, "http.expect.path")?);
+        }
+        if let Some((_, value)) = fields.get("equals") {
+            expect.equals = Some(self.text(value, "http.expect.equals")?);
+            if expect.path.is_none() {
+                self.error(value.span, "`http.expect.equals` needs `path`");
+            }
+        }
+        Some(expect)
+    }
+
+    fn pagination(&mut self, node: &Node) -> Option<updraft_core::http::Pagination> {
+        use updraft_core::http::Pagination;
+        let Value::Map(entries) = &node.value else {
+            self.error(node.span, "`http.pagination`: expected one of `page`, `cursor`, `next_link`");
+            return None;
+        };
+        let fields = self.fields(entries, &["page", "cursor", "next_link"], &[]);
+        if fields.len() != 1 {
+            self.error(node.span, "`http.pagination`: give exactly one of `page`, `cursor`, `next_link`");
+            return None;
+        }
+        let (name, (_, value)) = fields.iter().next().map(|(name, pair)| (*name, *pair))?;
+        let map = |this: &mut Self, known: &[&str]| -> Option<HashMap<String, Node>> {
+            let Value::Map(entries) = &value.value else {
+                this.error(value.span, format!("`http.pagination.{name}`: expected a mapping, found {}", value.kind()));
+                return None;
+            };
+            Some(
+                this.fields(entries, known, &[])
+                    .into_iter()
+                    .map(|(key, (_, node))| (key.to_string(), node.clone()))
+                    .collect(),
+            )
+        };
+        match name {
+            "page" => {
+                let fields = map(self, &["param", "start", "size_param", "size"])?;
+                let Some(param) = fields.get("param") else {
+                    self.error(
+                        value.span,
+                        "`http.pagination.page`: missing `param` (the page number's query parameter)",
+                    );
+                    return None;
+                };
+                let param = self.non_empty(param, "http.pagination.page.param")?;
+                let start = match fields.get("start") {
+                    Some(start) => u64::from(self.number(start, "http.pagination.page.start", 0)?),
+                    None => 1,
+                };
+                let size_param = match fields.get("size_param") {
+                    Some(node) => Some(self.non_empty(node, "http.pagination.page.size_param")?),
+                    None => None,
+                };
+                let size = match fields.get("size") {
+                    Some(node) => Some(u64::from(self.number(node, "http.pagination.page.size", 1)?)),
+                    None => None,
+                };
+                Some(Pagination::Page { param, start, size_param, size })
+            }
+            "cursor" => {
+                let fields = map(self, &["param", "path"])?;
+                let (Some(param), Some(path)) = (fields.get("param"), fields.get("path")) else {
+                    self.error(value.span, "`http.pagination.cursor`: needs `param` and `path`");
+                    return None;
+                };
+                let param = self.non_empty(param, "http.pagination.cursor.param")?;
+                let path = self.json_path(path, "http.pagination.cursor.path")?;
+                Some(Pagination::Cursor { param, path })
+            }
+            _ => match &value.value {
+                Value::String(text) if text == "header" => Some(Pagination::NextLink { path: None }),
+                Value::String(_) => {
+                    Some(Pagination::NextLink { path: Some(self.json_path(value, "http.pagination.next_link")?) })
+                }
+                _ => {
+                    self.error(
+                        value.span,
+                        "`http.pagination.next_link`: a JSON path to the next URL, or `header` for the Link header",
+                    );
+                    None
+                }
+            },
         }
     }
 
@@ -498,12 +840,9 @@ impl FileParser {
         let ids: Vec<&str> = dag.tasks().iter().map(|task| task.task_id.as_str()).collect();
         for (task_idx, task) in dag.tasks().iter().enumerate() {
             let Some(node) = nodes.iter().find(|node| node.name == task.task_id.as_str()) else { continue };
-            let updraft_core::TaskKind::Shell { command } = &task.kind;
-            let texts = std::iter::once(command.as_str())
-                .chain(task.cwd.as_deref())
-                .chain(dag.spec().env.values().chain(task.env.values()).map(String::as_str));
             let mut named = std::collections::BTreeSet::new();
-            for text in texts.filter(|text| text.contains("tasks")) {
+            let fields = task.templated(&dag.spec().env);
+            for text in fields.iter().map(|(_, text)| *text).filter(|text| text.contains("tasks")) {
                 let Ok(template) = self.templates.template_from_str(text) else { continue };
                 for name in template.undeclared_variables(true) {
                     if let Some(rest) = name.strip_prefix("tasks.") {

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 use updraft_core::retry::AttemptOutcome;
-use updraft_core::{Dag, Task};
+use updraft_core::{Dag, Task, TaskKind};
 
 use crate::procfs;
 use crate::template::{self, Names, RunContext};
@@ -77,6 +77,10 @@ pub enum Ending {
     NotStarted(String),
     /// Exited 0, but what it left in `$UPDRAFT_OUTPUT` cannot be handed on.
     BadOutput(String),
+    /// A built-in task type (run by the runner itself) did its work.
+    Done,
+    /// A built-in task type failed, for this reason.
+    Failed(String),
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +95,7 @@ impl AttemptResult {
     pub fn outcome(&self) -> AttemptOutcome {
         match self.ending {
             Ending::Exited(code) => AttemptOutcome::from_exit_code(code),
+            Ending::Done => AttemptOutcome::Success,
             _ => AttemptOutcome::Failed,
         }
     }
@@ -106,19 +111,20 @@ impl AttemptResult {
     /// Why it ended, when not simply by its exit code.
     pub fn reason(&self) -> Option<String> {
         match &self.ending {
-            Ending::Exited(_) => None,
+            Ending::Exited(_) | Ending::Done => None,
             Ending::Signaled(signal) => Some(format!("killed by signal {signal}")),
             Ending::TimedOut(limit) => Some(format!("timed out after {limit}")),
             Ending::Interrupted => {
                 Some("interrupted: updraft was stopped; it runs again without using a retry".to_string())
             }
-            Ending::NotStarted(why) | Ending::BadOutput(why) => Some(why.clone()),
+            Ending::NotStarted(why) | Ending::BadOutput(why) | Ending::Failed(why) => Some(why.clone()),
         }
     }
 
     pub fn describe(&self) -> String {
         match &self.ending {
             Ending::Exited(code) => format!("exit code {code}"),
+            Ending::Done => "done".to_string(),
             _ => self.reason().unwrap_or_default(),
         }
     }
@@ -163,6 +169,9 @@ pub async fn execute(
             return not_started(started, why, &label, observer.as_ref());
         }
     };
+    if let TaskKind::Http(http) = &task.kind {
+        return run_http(spec, http, prepared, log, masker, observer, label, started, cancel).await;
+    }
     log.note(&format!("command: {}", prepared.command));
     let output_path = output_path(spec);
     // A file left by an earlier try is not this try's output.
@@ -255,15 +264,91 @@ struct Prepared {
     command: String,
     cwd: PathBuf,
     env: Vec<(String, String)>,
+    /// Every templated field, rendered (a built-in type reads its own).
+    rendered: Vec<(String, String)>,
+}
+
+/// An `http` task: the runner makes the requests; timeouts and interruption drop
+/// them. There is no process, so nothing is left to kill.
+#[allow(clippy::too_many_arguments)]
+async fn run_http(
+    spec: &AttemptSpec,
+    http: &updraft_core::http::HttpTask,
+    prepared: Prepared,
+    mut log: LogFile,
+    masker: Arc<crate::secrets::Masker>,
+    observer: Arc<dyn AttemptObserver>,
+    label: AttemptLabel,
+    started: Instant,
+    mut cancel: watch::Receiver<bool>,
+) -> AttemptResult {
+    let connection = match &http.connection {
+        None => None,
+        Some(conn_id) => match spec.secrets.connections.get(conn_id) {
+            Some(connection) => Some(connection.clone()),
+            None => {
+                let why = format!("no connection `{conn_id}` (see `updraft connections list`)");
+                log.note(&why);
+                return not_started(started, why, &label, observer.as_ref());
+            }
+        },
+    };
+    log.note(&format!("http: {} {}", http.method, prepared.rendered.first().map_or("", |(_, url)| url.as_str())));
+    let (lines_tx, mut lines_rx) = mpsc::channel::<String>(1024);
+    let writer_label = label.clone();
+    let writer_observer = observer.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(line) = lines_rx.recv().await {
+            let line = masker.mask(&line).into_owned();
+            writer_observer.line(&writer_label, &line);
+            log.write_line(&line, lines_rx.is_empty());
+        }
+        log
+    });
+    let rendered = crate::http::Rendered { fields: prepared.rendered };
+    let timeout = spec.dag.task(&spec.task_id).and_then(|task| task.timeout);
+    let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit.to_std());
+    let work = crate::http::run(http, &rendered, connection.as_ref(), &prepared.cwd, lines_tx);
+    let (ending, output) = tokio::select! {
+        result = work => match result {
+            Ok(Some(output)) if output.len() as u64 > spec.output_limit => (
+                Ending::Failed(format!(
+                    "the task's output is {} bytes, over the limit of {} (`runner.output_limit`); narrow it with `extract`",
+                    output.len(),
+                    spec.output_limit
+                )),
+                None,
+            ),
+            Ok(output) => (Ending::Done, output),
+            Err(why) => (Ending::Failed(why), None),
+        },
+        () = sleep_until(deadline) => (Ending::TimedOut(timeout.expect("a deadline comes from a timeout")), None),
+        () = cancelled(&mut cancel) => (Ending::Interrupted, None),
+    };
+    let mut log = match writer.await {
+        Ok(log) => log,
+        Err(_) => LogFile::closed(Arc::default()),
+    };
+    if let Ending::Failed(why) = &ending {
+        log.note(why);
+    }
+    if let Some(output) = &output {
+        log.note(&format!("output: {} bytes of JSON for downstream tasks", output.len()));
+    }
+    let result = AttemptResult { ending, duration: started.elapsed(), output };
+    log.note(&format!("attempt ended after {:.2}s: {}", result.duration.as_secs_f64(), result.describe()));
+    observer.ended(&label, &result);
+    result
 }
 
 fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) -> Result<Prepared, String> {
     let dag = spec.dag.as_ref();
     let names = Names::new(dag, &spec.run);
     let dag_folder = dag_folder(&spec.dags_folder, &dag.spec().fileloc);
-    let (mut command, mut cwd, mut env) = (String::new(), dag_folder.clone(), Vec::new());
+    let (mut command, mut cwd, mut env, mut rendered) = (String::new(), dag_folder.clone(), Vec::new(), Vec::new());
     for (field, value) in template::render_fields(templates, dag, task, &spec.run, spec.try_number, &spec.secrets) {
         let value = value.map_err(|error| format!("cannot render `{field}`: {error}"))?;
+        rendered.push((field.clone(), value.clone()));
         match field.as_str() {
             "shell" => command = value,
             "cwd" => cwd = dag_folder.join(value),
@@ -290,7 +375,7 @@ fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) ->
     if let Some(token) = &spec.attempt_token {
         env.push(("UPDRAFT_ATTEMPT".to_string(), token.clone()));
     }
-    Ok(Prepared { command, cwd, env })
+    Ok(Prepared { command, cwd, env, rendered })
 }
 
 /// Where the task may write its output: next to its log, else (`tasks test`) in

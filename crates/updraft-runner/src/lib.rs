@@ -7,6 +7,7 @@
 //! and reports outcomes; retries are computed by `updraft-core`.
 
 pub mod attempt;
+pub mod http;
 pub mod procfs;
 pub mod recovery;
 pub mod remote;

@@ -113,12 +113,11 @@ pub fn uses_outputs(dag: &Dag, task: &Task) -> bool {
     template_texts(dag, task).any(|text| text.contains("tasks"))
 }
 
-/// A task's templated texts: its command, `cwd`, and its DAG's and its own `env`.
+/// A task's templated texts that hold a template.
 fn template_texts<'a>(dag: &'a Dag, task: &'a Task) -> impl Iterator<Item = &'a str> {
-    let TaskKind::Shell { command } = &task.kind;
-    std::iter::once(command.as_str())
-        .chain(task.cwd.as_deref())
-        .chain(dag.spec().env.values().chain(task.env.values()).map(String::as_str))
+    task.templated(&dag.spec().env)
+        .into_iter()
+        .map(|(_, text)| text)
         .filter(|text| text.contains("{{") || text.contains("{%"))
 }
 
@@ -168,15 +167,7 @@ pub fn render_fields(
 ) -> Vec<(String, Result<String, String>)> {
     let names = Names::new(dag, run);
     let context = context(dag, run, &names, task.task_id.as_str(), try_number, secrets);
-    let TaskKind::Shell { command } = &task.kind;
-    let mut fields = vec![("shell".to_string(), render(env, command, &context))];
-    if let Some(cwd) = &task.cwd {
-        fields.push(("cwd".to_string(), render(env, cwd, &context)));
-    }
-    for (name, value) in dag.spec().env.iter().chain(&task.env) {
-        fields.push((format!("env.{name}"), render(env, value, &context)));
-    }
-    fields
+    task.templated(&dag.spec().env).into_iter().map(|(field, text)| (field, render(env, text, &context))).collect()
 }
 
 /// The variables and connections a task's templated fields name
@@ -186,6 +177,11 @@ pub fn render_fields(
 pub fn wanted(dag: &Dag, task: &Task) -> updraft_secrets::Wanted {
     let env = Environment::new();
     let mut wanted = updraft_secrets::Wanted::default();
+    if let TaskKind::Http(http) = &task.kind
+        && let Some(conn_id) = &http.connection
+    {
+        wanted.connections.insert(conn_id.clone());
+    }
     for text in template_texts(dag, task) {
         let Ok(template) = env.template_from_str(text) else { continue };
         for name in template.undeclared_variables(true) {

@@ -223,3 +223,202 @@ async fn outputs_are_json_within_the_limit_and_only_from_successes() {
         "the task's output is 2000 bytes, over the limit of 1000 (`runner.output_limit`); hand on a path or key instead"
     );
 }
+
+/// A small API on loopback: pages, a cursor, a `Link` header, 429 with
+/// `Retry-After`, 500s, and an API key checked in the query.
+mod api {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+
+    #[derive(Default)]
+    pub struct Counters {
+        pub busy: AtomicUsize,
+        pub broken: AtomicUsize,
+    }
+
+    type Params = Query<HashMap<String, String>>;
+
+    async fn pages(Query(query): Params) -> Response {
+        if query.get("serviceKey").map(String::as_str) != Some("k3y-s3cr3t") {
+            return (StatusCode::UNAUTHORIZED, r#"{"error": "SERVICE_KEY_IS_NOT_REGISTERED"}"#).into_response();
+        }
+        let page: usize = query.get("pageNo").and_then(|n| n.parse().ok()).unwrap_or(1);
+        let size: usize = query.get("numOfRows").and_then(|n| n.parse().ok()).unwrap_or(2);
+        let all: Vec<String> = (1..=5).map(|n| format!("{n:06}")).collect();
+        let items: Vec<serde_json::Value> =
+            all.iter().skip((page - 1) * size).take(size).map(|code| serde_json::json!({ "code": code })).collect();
+        let body = serde_json::json!({ "header": { "resultCode": "00" }, "body": { "items": items, "pageNo": page } });
+        axum::Json(body).into_response()
+    }
+
+    async fn cursor(Query(query): Params) -> axum::Json<serde_json::Value> {
+        let at: usize = query.get("after").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let next = if at < 4 { serde_json::json!((at + 2).to_string()) } else { serde_json::Value::Null };
+        axum::Json(serde_json::json!({ "data": [at + 1, at + 2], "next": next }))
+    }
+
+    async fn linked(headers: HeaderMap, Query(query): Params) -> Response {
+        let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+        let page: usize = query.get("page").and_then(|n| n.parse().ok()).unwrap_or(1);
+        let mut response = axum::Json(serde_json::json!([format!("p{page}")])).into_response();
+        if page < 3 {
+            let link = format!("<http://{host}/linked?page={}>; rel=\"next\"", page + 1);
+            response.headers_mut().insert("link", link.parse().unwrap());
+        }
+        response
+    }
+
+    async fn busy(State(counters): State<Arc<Counters>>) -> Response {
+        if counters.busy.fetch_add(1, Ordering::SeqCst) < 1 {
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response();
+        }
+        axum::Json(serde_json::json!({ "ok": true })).into_response()
+    }
+
+    async fn broken(State(counters): State<Arc<Counters>>) -> Response {
+        if counters.broken.fetch_add(1, Ordering::SeqCst) < 2 {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "try again").into_response();
+        }
+        axum::Json(serde_json::json!({ "ok": "finally" })).into_response()
+    }
+
+    async fn echo(headers: HeaderMap, body: String) -> axum::Json<serde_json::Value> {
+        let auth = headers.get("authorization").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+        axum::Json(
+            serde_json::json!({ "got": serde_json::from_str::<serde_json::Value>(&body).unwrap(), "auth": auth }),
+        )
+    }
+
+    pub async fn start() -> (String, Arc<Counters>) {
+        let counters = Arc::new(Counters::default());
+        let router = axum::Router::new()
+            .route("/pages", get(pages))
+            .route("/cursor", get(cursor))
+            .route("/linked", get(linked))
+            .route("/busy", get(busy))
+            .route("/broken", get(broken))
+            .route("/missing", get(|| async { (StatusCode::NOT_FOUND, "no such thing") }))
+            .route("/echo", post(echo))
+            .with_state(counters.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        (format!("http://{address}"), counters)
+    }
+}
+
+fn with_connection(mut spec: AttemptSpec, base: &str) -> AttemptSpec {
+    let mut secrets = updraft_store::Secrets::default();
+    let (host, port) = base.trim_start_matches("http://").split_once(':').unwrap();
+    secrets.connections.insert(
+        "public_data".into(),
+        updraft_store::ConnectionValues {
+            conn_type: "http".into(),
+            host: Some(host.into()),
+            port: Some(port.parse().unwrap()),
+            login: Some("etl".into()),
+            password: Some("k3y-s3cr3t".into()),
+            ..Default::default()
+        },
+    );
+    spec.secrets = Arc::new(secrets);
+    spec
+}
+
+#[tokio::test]
+async fn http_pages_through_an_api_with_a_key_and_hands_on_the_items() {
+    let (base, _) = api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let task = "    http:\n      url: /pages\n      connection: public_data\n      auth: {api_key: {query: serviceKey}}\n      query: {numOfRows: 2, day: '{{ ds }}'}\n      expect: {status: [200], path: '$.header.resultCode', equals: '00'}\n      extract: '$.body.items[*].code'\n      pagination: {page: {param: pageNo, start: 1}}\n      save_to: raw/{{ ds_nodash }}.jsonl\n";
+    let spec = with_connection(spec(dir.path(), task), &base);
+    let (result, lines, log) = run(&spec).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let output: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output, serde_json::json!(["000001", "000002", "000003", "000004", "000005"]));
+    assert_eq!(lines.len(), 4, "three full pages and an empty one: {lines:?}");
+    assert!(
+        lines[0].contains("GET http://") && lines[0].contains("pageNo=1") && lines[0].contains("2 item(s)"),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("day=2024-03-01"), "{lines:?}");
+    assert!(!log.contains("k3y-s3cr3t") && log.contains("serviceKey=***"), "the key is masked: {log}");
+    let saved = std::fs::read_to_string(dir.path().join("dags/sub/raw/20240301.jsonl")).unwrap();
+    assert_eq!(saved.lines().count(), 4);
+
+    // A wrong key: the API's refusal, quoted, fails the task at once.
+    let mut wrong = spec.clone();
+    let mut secrets = (*wrong.secrets).clone();
+    secrets.connections.get_mut("public_data").unwrap().password = Some("wrong-key".into());
+    wrong.secrets = Arc::new(secrets);
+    let (result, _, _) = run(&wrong).await;
+    let reason = result.reason().unwrap();
+    assert!(reason.contains("answered 401 Unauthorized: {\"error\": \"SERVICE_KEY_IS_NOT_REGISTERED\"}"), "{reason}");
+}
+
+#[tokio::test]
+async fn http_cursors_links_retries_and_errors() {
+    let (base, counters) = api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = |body: &str| spec(dir.path(), &format!("    http:\n{body}"));
+
+    let (result, _, log) =
+        run(&http(&format!("      url: {base}/cursor\n      extract: '$.data'\n      pagination: {{cursor: {{param: after, path: '$.next'}}}}\n"))).await;
+    assert_eq!(result.output.as_deref(), Some("[1,2,3,4,5,6]"), "{log}");
+
+    let (result, _, log) =
+        run(&http(&format!("      url: {base}/linked\n      pagination: {{next_link: header}}\n"))).await;
+    assert_eq!(result.output.as_deref(), Some(r#"[["p1"],["p2"],["p3"]]"#), "{log}");
+
+    let began = std::time::Instant::now();
+    let (result, lines, _) = run(&http(&format!("      url: {base}/busy\n      extract: '$.ok'\n"))).await;
+    assert_eq!(result.output.as_deref(), Some("true"));
+    assert!(lines[0].contains("answered 429 Too Many Requests; retrying in 1.0s (1 of 3)"), "{lines:?}");
+    assert!(began.elapsed() >= std::time::Duration::from_secs(1), "Retry-After is honoured");
+    assert_eq!(counters.busy.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    let (result, lines, _) = run(&http(&format!("      url: {base}/broken\n      request_retries: 2\n"))).await;
+    assert_eq!(
+        (result.ending.clone(), result.output.as_deref()),
+        (Ending::Done, Some(r#"{"ok":"finally"}"#)),
+        "{lines:?}"
+    );
+
+    let (result, _, _) = run(&http(&format!("      url: {base}/missing\n"))).await;
+    assert_eq!(result.outcome(), AttemptOutcome::Failed);
+    assert!(
+        result.reason().unwrap().ends_with("/missing answered 404 Not Found: no such thing"),
+        "{:?}",
+        result.reason()
+    );
+
+    let (result, _, _) = run(&http(&format!("      url: {base}/cursor\n      extract: '$.nothing[*]'\n"))).await;
+    let reason = result.reason().unwrap();
+    assert!(reason.starts_with("`extract` `$.nothing[*]` matched nothing in the answer to page 1"), "{reason}");
+
+    let (result, _, _) = run(&http("      url: http://127.0.0.1:9/nothing-listens\n      request_retries: 0\n")).await;
+    assert!(result.reason().unwrap().contains("cannot connect"), "{:?}", result.reason());
+
+    let mut small = http(&format!("      url: {base}/cursor\n"));
+    small.output_limit = 10;
+    let (result, _, _) = run(&small).await;
+    assert!(result.reason().unwrap().contains("over the limit of 10"), "{:?}", result.reason());
+}
+
+#[tokio::test]
+async fn http_posts_templated_json_with_bearer_auth() {
+    let (base, _) = api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let task = "    http:\n      method: post\n      url: /echo\n      connection: public_data\n      auth: bearer\n      json: {day: '{{ ds }}', who: '{{ params.who }}', n: 3, list: ['{{ ds_nodash }}']}\n";
+    let spec = with_connection(spec(dir.path(), task), &base);
+    let (result, _, log) = run(&spec).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let output: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["got"], serde_json::json!({ "day": "2024-03-01", "who": "world", "n": 3, "list": ["20240301"] }));
+    assert_eq!(output["auth"], "Bearer k3y-s3cr3t");
+}
