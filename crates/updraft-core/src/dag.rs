@@ -112,6 +112,22 @@ pub enum TaskKind {
     Shell { command: String },
     /// HTTP requests made by the runner itself (`crate::http`).
     Http(Box<crate::http::HttpTask>),
+    /// A Python script or inline code, run by an interpreter or a virtualenv's.
+    Python(PythonTask),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonTask {
+    /// A script, relative to the DAG's folder; or `code`.
+    pub script: Option<String>,
+    /// Inline code, passed as it is (not a template: Python's braces stay braces).
+    pub code: Option<String>,
+    /// Arguments, each a template.
+    pub args: Vec<String>,
+    /// `python3` (found on the `PATH`) unless set.
+    pub interpreter: Option<String>,
+    /// A virtualenv (relative to the DAG's folder) whose `bin/python` runs it.
+    pub venv: Option<String>,
 }
 
 impl TaskKind {
@@ -119,6 +135,7 @@ impl TaskKind {
         match self {
             TaskKind::Shell { .. } => "shell",
             TaskKind::Http(_) => "http",
+            TaskKind::Python(_) => "python",
         }
     }
 }
@@ -132,6 +149,12 @@ impl Task {
         let mut fields = match &self.kind {
             TaskKind::Shell { command } => vec![("shell".to_string(), command.as_str())],
             TaskKind::Http(http) => http.templated(),
+            TaskKind::Python(python) => python
+                .args
+                .iter()
+                .enumerate()
+                .map(|(index, arg)| (format!("python.args.{index}"), arg.as_str()))
+                .collect(),
         };
         if let Some(cwd) = &self.cwd {
             fields.push(("cwd".to_string(), cwd.as_str()));

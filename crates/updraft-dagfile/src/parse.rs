@@ -61,11 +61,10 @@ const TASK_FIELDS: &[&str] = &[
     "priority",
 ];
 
-const TASK_TYPES: &[&str] = &["shell", "http"];
+const TASK_TYPES: &[&str] = &["shell", "http", "python"];
 /// Task types of later versions of the format: named, so the error says "not yet"
 /// rather than "unknown field".
-const FUTURE_TASK_TYPES: &[&str] =
-    &["python", "sql", "load", "spark", "kubernetes", "copy", "sync", "sensor", "container"];
+const FUTURE_TASK_TYPES: &[&str] = &["sql", "load", "spark", "kubernetes", "copy", "sync", "sensor", "container"];
 
 const HTTP_FIELDS: &[&str] = &[
     "url",
@@ -478,10 +477,13 @@ impl FileParser {
                 Some(TaskKind::Shell { command })
             }
             "http" => self.http(value).map(|http| TaskKind::Http(Box::new(http))),
+            "python" => self.python(value).map(TaskKind::Python),
             other => {
                 self.error(
                     key.span,
-                    format!("task type `{other}` is not available yet; Updraft runs `shell` and `http` tasks"),
+                    format!(
+                        "task type `{other}` is not available yet; Updraft runs `shell`, `http` and `python` tasks"
+                    ),
                 );
                 None
             }
@@ -611,6 +613,43 @@ impl FileParser {
             request_timeout,
             save_to,
         })
+    }
+
+    fn python(&mut self, node: &Node) -> Option<updraft_core::dag::PythonTask> {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.span,
+                format!("`python`: expected a mapping with `script` or `code`, found {}", node.kind()),
+            );
+            return None;
+        };
+        let errors_before = self.diagnostics.len();
+        let fields = self.fields(entries, &["script", "code", "args", "interpreter", "venv"], &[]);
+        let get = |name: &str| fields.get(name).map(|(_, value)| *value);
+        let script = get("script").and_then(|value| self.non_empty(value, "python.script"));
+        let code = get("code").and_then(|value| self.non_empty(value, "python.code"));
+        if script.is_some() == code.is_some() && self.diagnostics.len() == errors_before {
+            self.error(node.span, "`python`: give exactly one of `script` (a file) or `code` (inline)");
+        }
+        let args = match get("args") {
+            Some(value) => {
+                let args = self.string_list(value, "python.args");
+                for arg in &args {
+                    self.check_template(arg, value.span, "python.args");
+                }
+                args
+            }
+            None => Vec::new(),
+        };
+        let interpreter = get("interpreter").and_then(|value| self.non_empty(value, "python.interpreter"));
+        let venv = get("venv").and_then(|value| self.non_empty(value, "python.venv"));
+        if interpreter.is_some() && venv.is_some() {
+            self.error(node.span, "`python`: give `interpreter` or `venv`, not both");
+        }
+        if self.diagnostics.len() > errors_before {
+            return None;
+        }
+        Some(updraft_core::dag::PythonTask { script, code, args, interpreter, venv })
     }
 
     /// Names to text values (numbers and booleans as written), each a template.

@@ -172,15 +172,24 @@ pub async fn execute(
     if let TaskKind::Http(http) = &task.kind {
         return run_http(spec, http, prepared, log, masker, observer, label, started, cancel).await;
     }
-    log.note(&format!("command: {}", prepared.command));
     let output_path = output_path(spec);
     // A file left by an earlier try is not this try's output.
     let _ = std::fs::remove_file(&output_path);
 
-    let mut command = Command::new("/bin/sh");
+    let (program, args) = match argv(task, &prepared) {
+        Ok(argv) => argv,
+        Err(why) => {
+            log.note(&why);
+            return not_started(started, why, &label, observer.as_ref());
+        }
+    };
+    match &task.kind {
+        TaskKind::Python(_) => log.note(&format!("python: {} {}", program.display(), shown_args(&args))),
+        _ => log.note(&format!("command: {}", prepared.command)),
+    }
+    let mut command = Command::new(&program);
     command
-        .arg("-c")
-        .arg(&prepared.command)
+        .args(&args)
         .current_dir(&prepared.cwd)
         .envs(prepared.env.iter().map(|(name, value)| (name, value)))
         .env("UPDRAFT_OUTPUT", &output_path)
@@ -192,7 +201,7 @@ pub async fn execute(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
-            let why = format!("cannot start `/bin/sh`: {error}");
+            let why = format!("cannot start `{}`: {error}", program.display());
             log.note(&why);
             return not_started(started, why, &label, observer.as_ref());
         }
@@ -260,12 +269,70 @@ pub async fn execute(
     result
 }
 
+/// The program a process-backed task runs, and its arguments: `/bin/sh -c` for
+/// `shell`; the interpreter (or the virtualenv's) with the script or `-c` code,
+/// then the rendered `args`, for `python`.
+fn argv(task: &Task, prepared: &Prepared) -> Result<(PathBuf, Vec<String>), String> {
+    let python = match &task.kind {
+        TaskKind::Python(python) => python,
+        _ => return Ok((PathBuf::from("/bin/sh"), vec!["-c".to_string(), prepared.command.clone()])),
+    };
+    let program = match (&python.venv, &python.interpreter) {
+        (Some(venv), _) => {
+            let program = prepared.cwd_base.join(venv).join("bin/python");
+            if !program.is_file() {
+                return Err(format!(
+                    "cannot start: no interpreter at `{}` (is `venv` a virtualenv?)",
+                    program.display()
+                ));
+            }
+            program
+        }
+        (None, Some(interpreter)) => PathBuf::from(interpreter),
+        (None, None) => PathBuf::from("python3"),
+    };
+    let mut args = match (&python.script, &python.code) {
+        (Some(script), _) => {
+            let path = prepared.cwd_base.join(script);
+            if !path.is_file() {
+                return Err(format!("cannot start: no script at `{}`", path.display()));
+            }
+            vec![path.display().to_string()]
+        }
+        (None, Some(code)) => vec!["-c".to_string(), code.clone()],
+        (None, None) => Vec::new(),
+    };
+    args.extend(
+        prepared.rendered.iter().filter(|(field, _)| field.starts_with("python.args.")).map(|(_, arg)| arg.clone()),
+    );
+    Ok((program, args))
+}
+
+/// Arguments for the log: inline code by its first line.
+fn shown_args(args: &[String]) -> String {
+    let mut shown = Vec::new();
+    let mut code_next = false;
+    for arg in args {
+        if code_next {
+            let first = arg.lines().next().unwrap_or_default();
+            shown.push(if arg.lines().count() > 1 { format!("'{first} …'") } else { format!("'{first}'") });
+            code_next = false;
+        } else {
+            code_next = arg == "-c";
+            shown.push(arg.clone());
+        }
+    }
+    shown.join(" ")
+}
+
 struct Prepared {
     command: String,
     cwd: PathBuf,
     env: Vec<(String, String)>,
     /// Every templated field, rendered (a built-in type reads its own).
     rendered: Vec<(String, String)>,
+    /// The DAG's folder: scripts and virtualenvs are found from there.
+    cwd_base: PathBuf,
 }
 
 /// An `http` task: the runner makes the requests; timeouts and interruption drop
@@ -375,7 +442,7 @@ fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) ->
     if let Some(token) = &spec.attempt_token {
         env.push(("UPDRAFT_ATTEMPT".to_string(), token.clone()));
     }
-    Ok(Prepared { command, cwd, env, rendered })
+    Ok(Prepared { command, cwd, env, rendered, cwd_base: dag_folder })
 }
 
 /// Where the task may write its output: next to its log, else (`tasks test`) in

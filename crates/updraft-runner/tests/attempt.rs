@@ -422,3 +422,42 @@ async fn http_posts_templated_json_with_bearer_auth() {
     assert_eq!(output["got"], serde_json::json!({ "day": "2024-03-01", "who": "world", "n": 3, "list": ["20240301"] }));
     assert_eq!(output["auth"], "Bearer k3y-s3cr3t");
 }
+
+#[tokio::test]
+async fn python_runs_scripts_and_inline_code_with_templated_args() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = "    python:\n      code: |\n        import json, os, sys\n        print('args', sys.argv[1:])\n        json.dump({'day': sys.argv[1], 'n': len({'a': 1})}, open(os.environ['UPDRAFT_OUTPUT'], 'w'))\n      args: ['{{ ds }}', '{{ params.who }}']\n";
+    let (result, lines, log) = run(&spec(dir.path(), code)).await;
+    assert_eq!(result.ending, Ending::Exited(0), "{log}");
+    assert_eq!(lines, ["args ['2024-03-01', 'world']"]);
+    assert_eq!(result.output.as_deref(), Some(r#"{"day": "2024-03-01", "n": 1}"#));
+    assert!(log.contains("python: python3 -c 'import json, os, sys …' 2024-03-01 world"), "{log}");
+
+    // A script next to the DAG file, run by a virtualenv's interpreter.
+    let task =
+        "    python:\n      script: jobs/transform.py\n      venv: .venv\n      args: ['--day={{ ds_nodash }}']\n";
+    let script = spec(dir.path(), task);
+    std::fs::create_dir_all(dir.path().join("dags/sub/jobs")).unwrap();
+    std::fs::write(dir.path().join("dags/sub/jobs/transform.py"), "import sys\nprint(sys.executable.endswith('.venv/bin/python'), sys.argv[1])\nraise SystemExit(99 if sys.argv[1] == 'skip' else 0)\n").unwrap();
+    let (result, _, log) = run(&script).await;
+    assert_eq!(result.outcome(), AttemptOutcome::Failed, "no virtualenv yet");
+    assert!(result.reason().unwrap().contains("no interpreter at"), "{log}");
+    std::fs::create_dir_all(dir.path().join("dags/sub/.venv/bin")).unwrap();
+    let python3 = real_python();
+    std::os::unix::fs::symlink(&python3, dir.path().join("dags/sub/.venv/bin/python")).unwrap();
+    let (result, lines, log) = run(&script).await;
+    assert_eq!(result.ending, Ending::Exited(0), "{log}");
+    assert_eq!(lines, ["True --day=20240301"]);
+
+    // An exception fails the attempt, its traceback in the log.
+    let (result, _, log) = run(&spec(dir.path(), "    python: {code: 'raise ValueError(\"bad row 7\")'}\n")).await;
+    assert_eq!(result.ending, Ending::Exited(1));
+    assert!(log.contains("ValueError: bad row 7"), "{log}");
+}
+
+/// The interpreter `python3` really is (not a shim in front of it).
+fn real_python() -> std::path::PathBuf {
+    let output =
+        std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+    std::path::PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
