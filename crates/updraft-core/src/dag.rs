@@ -114,6 +114,33 @@ pub enum TaskKind {
     Http(Box<crate::http::HttpTask>),
     /// A Python script or inline code, run by an interpreter or a virtualenv's.
     Python(PythonTask),
+    /// SQL statements against a connection, run by the runner itself.
+    Sql(SqlTask),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlTask {
+    /// A connection of type `postgres` or `sqlite`.
+    pub connection: String,
+    /// Statements separated by `;`, a template; or `file`.
+    pub statements: Option<String>,
+    /// A `.sql` file relative to the DAG's folder (not a template).
+    pub file: Option<String>,
+    /// `:name` placeholders' values, each a template; always bound, never spliced.
+    pub parameters: BTreeMap<String, String>,
+    pub output: SqlOutput,
+    /// Rows handed on at most (`output: rows`).
+    pub max_rows: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlOutput {
+    /// The rows of the last statement that returns rows, as JSON objects.
+    Rows,
+    /// `{"rows_affected": n}` over all statements.
+    Count,
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +163,7 @@ impl TaskKind {
             TaskKind::Shell { .. } => "shell",
             TaskKind::Http(_) => "http",
             TaskKind::Python(_) => "python",
+            TaskKind::Sql(_) => "sql",
         }
     }
 }
@@ -155,6 +183,14 @@ impl Task {
                 .enumerate()
                 .map(|(index, arg)| (format!("python.args.{index}"), arg.as_str()))
                 .collect(),
+            TaskKind::Sql(sql) => {
+                let mut fields: Vec<(String, &str)> =
+                    sql.statements.iter().map(|text| ("sql.statements".to_string(), text.as_str())).collect();
+                for (name, value) in &sql.parameters {
+                    fields.push((format!("sql.parameters.{name}"), value.as_str()));
+                }
+                fields
+            }
         };
         if let Some(cwd) = &self.cwd {
             fields.push(("cwd".to_string(), cwd.as_str()));

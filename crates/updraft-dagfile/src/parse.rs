@@ -61,10 +61,10 @@ const TASK_FIELDS: &[&str] = &[
     "priority",
 ];
 
-const TASK_TYPES: &[&str] = &["shell", "http", "python"];
+const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql"];
 /// Task types of later versions of the format: named, so the error says "not yet"
 /// rather than "unknown field".
-const FUTURE_TASK_TYPES: &[&str] = &["sql", "load", "spark", "kubernetes", "copy", "sync", "sensor", "container"];
+const FUTURE_TASK_TYPES: &[&str] = &["load", "spark", "kubernetes", "copy", "sync", "sensor", "container"];
 
 const HTTP_FIELDS: &[&str] = &[
     "url",
@@ -478,11 +478,12 @@ impl FileParser {
             }
             "http" => self.http(value).map(|http| TaskKind::Http(Box::new(http))),
             "python" => self.python(value).map(TaskKind::Python),
+            "sql" => self.sql(value).map(TaskKind::Sql),
             other => {
                 self.error(
                     key.span,
                     format!(
-                        "task type `{other}` is not available yet; Updraft runs `shell`, `http` and `python` tasks"
+                        "task type `{other}` is not available yet; Updraft runs `shell`, `http`, `python` and `sql` tasks"
                     ),
                 );
                 None
@@ -613,6 +614,58 @@ impl FileParser {
             request_timeout,
             save_to,
         })
+    }
+
+    fn sql(&mut self, node: &Node) -> Option<updraft_core::dag::SqlTask> {
+        use updraft_core::dag::{SqlOutput, SqlTask};
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.span,
+                format!(
+                    "`sql`: expected a mapping with `connection` and `statements` or `file`, found {}",
+                    node.kind()
+                ),
+            );
+            return None;
+        };
+        let errors_before = self.diagnostics.len();
+        let fields =
+            self.fields(entries, &["connection", "statements", "file", "parameters", "output", "max_rows"], &[]);
+        let get = |name: &str| fields.get(name).map(|(_, value)| *value);
+        let connection = match get("connection") {
+            Some(value) => self.id(value, "sql.connection", "connection id").map(str::to_string),
+            None => {
+                self.error(node.span, "`sql`: missing required field `connection`");
+                None
+            }
+        };
+        let statements = get("statements").and_then(|value| {
+            let text = self.non_empty(value, "sql.statements")?;
+            self.check_template(&text, value.span, "sql.statements");
+            Some(text)
+        });
+        let file = get("file").and_then(|value| self.non_empty(value, "sql.file"));
+        if statements.is_some() == file.is_some() && self.diagnostics.len() == errors_before {
+            self.error(node.span, "`sql`: give exactly one of `statements` or `file`");
+        }
+        let parameters = get("parameters").map(|value| self.text_map(value, "sql.parameters")).unwrap_or_default();
+        let output = match get("output") {
+            None => SqlOutput::Rows,
+            Some(value) => match value.as_str() {
+                Some("rows") => SqlOutput::Rows,
+                Some("count") => SqlOutput::Count,
+                Some("none") => SqlOutput::None,
+                _ => {
+                    self.error(value.span, "`sql.output`: expected `rows`, `count` or `none`");
+                    SqlOutput::None
+                }
+            },
+        };
+        let max_rows = get("max_rows").and_then(|value| self.number(value, "sql.max_rows", 1)).unwrap_or(1000);
+        if self.diagnostics.len() > errors_before {
+            return None;
+        }
+        Some(SqlTask { connection: connection?, statements, file, parameters, output, max_rows })
     }
 
     fn python(&mut self, node: &Node) -> Option<updraft_core::dag::PythonTask> {

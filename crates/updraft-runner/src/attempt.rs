@@ -169,8 +169,8 @@ pub async fn execute(
             return not_started(started, why, &label, observer.as_ref());
         }
     };
-    if let TaskKind::Http(http) = &task.kind {
-        return run_http(spec, http, prepared, log, masker, observer, label, started, cancel).await;
+    if matches!(task.kind, TaskKind::Http(_) | TaskKind::Sql(_)) {
+        return run_in_process(spec, task, prepared, log, masker, observer, label, started, cancel).await;
     }
     let output_path = output_path(spec);
     // A file left by an earlier try is not this try's output.
@@ -335,12 +335,12 @@ struct Prepared {
     cwd_base: PathBuf,
 }
 
-/// An `http` task: the runner makes the requests; timeouts and interruption drop
-/// them. There is no process, so nothing is left to kill.
+/// A built-in task type run by the runner itself (`http`, `sql`): timeouts and
+/// interruption drop its work. There is no process, so nothing is left to kill.
 #[allow(clippy::too_many_arguments)]
-async fn run_http(
+async fn run_in_process(
     spec: &AttemptSpec,
-    http: &updraft_core::http::HttpTask,
+    task: &Task,
     prepared: Prepared,
     mut log: LogFile,
     masker: Arc<crate::secrets::Masker>,
@@ -349,7 +349,12 @@ async fn run_http(
     started: Instant,
     mut cancel: watch::Receiver<bool>,
 ) -> AttemptResult {
-    let connection = match &http.connection {
+    let conn_id = match &task.kind {
+        TaskKind::Http(http) => http.connection.as_deref(),
+        TaskKind::Sql(sql) => Some(sql.connection.as_str()),
+        _ => None,
+    };
+    let connection = match conn_id {
         None => None,
         Some(conn_id) => match spec.secrets.connections.get(conn_id) {
             Some(connection) => Some(connection.clone()),
@@ -360,7 +365,15 @@ async fn run_http(
             }
         },
     };
-    log.note(&format!("http: {} {}", http.method, prepared.rendered.first().map_or("", |(_, url)| url.as_str())));
+    match &task.kind {
+        TaskKind::Http(http) => log.note(&format!(
+            "http: {} {}",
+            http.method,
+            prepared.rendered.first().map_or("", |(_, url)| url.as_str())
+        )),
+        TaskKind::Sql(sql) => log.note(&format!("sql: on connection `{}`", sql.connection)),
+        _ => {}
+    }
     let (lines_tx, mut lines_rx) = mpsc::channel::<String>(1024);
     let writer_label = label.clone();
     let writer_observer = observer.clone();
@@ -373,14 +386,24 @@ async fn run_http(
         log
     });
     let rendered = crate::http::Rendered { fields: prepared.rendered };
-    let timeout = spec.dag.task(&spec.task_id).and_then(|task| task.timeout);
+    let timeout = task.timeout;
     let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit.to_std());
-    let work = crate::http::run(http, &rendered, connection.as_ref(), &prepared.cwd, lines_tx);
+    let work = async {
+        match (&task.kind, connection.as_ref()) {
+            (TaskKind::Http(http), connection) => {
+                crate::http::run(http, &rendered, connection, &prepared.cwd, lines_tx).await
+            }
+            (TaskKind::Sql(sql), Some(connection)) => {
+                crate::sql::run(sql, &rendered, connection, &prepared.cwd_base, lines_tx).await
+            }
+            _ => Err("this task type does not run in the runner".to_string()),
+        }
+    };
     let (ending, output) = tokio::select! {
         result = work => match result {
             Ok(Some(output)) if output.len() as u64 > spec.output_limit => (
                 Ending::Failed(format!(
-                    "the task's output is {} bytes, over the limit of {} (`runner.output_limit`); narrow it with `extract`",
+                    "the task's output is {} bytes, over the limit of {} (`runner.output_limit`); hand on less",
                     output.len(),
                     spec.output_limit
                 )),

@@ -15,6 +15,7 @@ pub mod runner;
 pub mod secrets;
 mod shipping;
 pub mod source;
+pub mod sql;
 pub mod template;
 
 pub use attempt::{

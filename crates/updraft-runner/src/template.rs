@@ -177,10 +177,12 @@ pub fn render_fields(
 pub fn wanted(dag: &Dag, task: &Task) -> updraft_secrets::Wanted {
     let env = Environment::new();
     let mut wanted = updraft_secrets::Wanted::default();
-    if let TaskKind::Http(http) = &task.kind
-        && let Some(conn_id) = &http.connection
-    {
-        wanted.connections.insert(conn_id.clone());
+    match &task.kind {
+        TaskKind::Http(http) => wanted.connections.extend(http.connection.clone()),
+        TaskKind::Sql(sql) => {
+            wanted.connections.insert(sql.connection.clone());
+        }
+        _ => {}
     }
     for text in template_texts(dag, task) {
         let Ok(template) = env.template_from_str(text) else { continue };

@@ -461,3 +461,62 @@ fn real_python() -> std::path::PathBuf {
         std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
     std::path::PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
+
+fn with_sql_connection(mut spec: AttemptSpec, uri: &str) -> AttemptSpec {
+    let mut secrets = updraft_store::Secrets::default();
+    secrets.connections.insert("warehouse".into(), updraft_secrets::connection_from_uri(uri).unwrap());
+    spec.secrets = Arc::new(secrets);
+    spec
+}
+
+const SQL_TASK: &str = "    sql:\n      connection: warehouse\n      statements: |\n        CREATE TABLE codes (code text PRIMARY KEY, listed date NOT NULL, n int);\n        INSERT INTO codes VALUES (:code, :day, :n), ('000660', :day, 2);\n        -- the rows handed on\n        SELECT code, listed, n, n * 1.5 AS half FROM codes ORDER BY code\n      parameters: {code: \"x'); DROP TABLE codes; --\", day: '{{ ds }}', n: 7}\n";
+
+#[tokio::test]
+async fn sql_on_postgres_binds_parameters_by_the_inferred_types_in_one_transaction() {
+    let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (result, lines, log) = run(&with_sql_connection(spec(dir.path(), SQL_TASK), &database.url)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let rows: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"code": "000660", "listed": "2024-03-01", "n": 2, "half": 3.0},
+            {"code": "x'); DROP TABLE codes; --", "listed": "2024-03-01", "n": 7, "half": 10.5},
+        ]),
+        "a value is data, never SQL"
+    );
+    assert_eq!(lines, ["statement 1: 0 row(s) affected", "statement 2: 2 row(s) affected", "statement 3: 2 row(s)"]);
+
+    // A failing statement undoes the ones before it.
+    let failing = "    sql:\n      connection: warehouse\n      statements: \"INSERT INTO codes VALUES ('a', :day, 1); INSERT INTO codes VALUES ('b', 'not a date', 1)\"\n      parameters: {day: '{{ ds }}'}\n      output: count\n";
+    let (result, _, _) = run(&with_sql_connection(spec(dir.path(), failing), &database.url)).await;
+    let reason = result.reason().unwrap();
+    assert!(reason.starts_with("statement 2: invalid input syntax for type date"), "{reason}");
+    let count = "    sql:\n      connection: warehouse\n      statements: SELECT count(*) AS n FROM codes\n";
+    let (result, _, _) = run(&with_sql_connection(spec(dir.path(), count), &database.url)).await;
+    assert_eq!(result.output.as_deref(), Some(r#"[{"n":2}]"#), "statement 1 was rolled back");
+
+    let missing = "    sql:\n      connection: warehouse\n      statements: SELECT :nope\n";
+    let (result, _, _) = run(&with_sql_connection(spec(dir.path(), missing), &database.url)).await;
+    assert_eq!(result.reason().unwrap(), "statement 1 uses `:nope`, but `parameters` has no `nope`");
+}
+
+#[tokio::test]
+async fn sql_on_sqlite_and_row_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("sqlite://{}", dir.path().join("local.db").display());
+    let spec_with = |task: &str| with_sql_connection(spec(dir.path(), task), &uri);
+    let (result, _, log) = run(&spec_with(SQL_TASK)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let rows: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!(rows[1]["code"], "x'); DROP TABLE codes; --");
+    assert_eq!((rows[0]["n"].clone(), rows[0]["half"].clone()), (serde_json::json!(2), serde_json::json!(3.0)));
+    let limited = "    sql:\n      connection: warehouse\n      statements: SELECT code FROM codes ORDER BY code\n      max_rows: 1\n";
+    let (result, lines, _) = run(&spec_with(limited)).await;
+    assert_eq!(result.output.as_deref(), Some(r#"[{"code":"000660"}]"#));
+    assert!(lines.iter().any(|line| line == "more than `max_rows` (1) rows: kept the first 1"), "{lines:?}");
+    let count = "    sql:\n      connection: warehouse\n      statements: DELETE FROM codes WHERE n > :n\n      parameters: {n: 5}\n      output: count\n";
+    let (result, _, _) = run(&spec_with(count)).await;
+    assert_eq!(result.output.as_deref(), Some(r#"{"rows_affected":1}"#));
+}
