@@ -116,6 +116,30 @@ pub enum TaskKind {
     Python(PythonTask),
     /// SQL statements against a connection, run by the runner itself.
     Sql(SqlTask),
+    /// An application run by `spark-submit`.
+    Spark(SparkTask),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SparkTask {
+    /// A `.py` or `.jar` file, relative to the DAG's folder.
+    pub application: String,
+    /// `local[*]` unless set.
+    pub master: String,
+    /// `client` or `cluster`.
+    pub deploy_mode: String,
+    /// The application's name (a template); `<dag_id>.<task_id>` unless set.
+    pub name: Option<String>,
+    /// The main class of a jar.
+    pub main_class: Option<String>,
+    /// `--conf` pairs; values are templates.
+    pub conf: BTreeMap<String, String>,
+    /// Maven coordinates for `--packages`.
+    pub packages: Vec<String>,
+    /// The application's arguments, each a template.
+    pub args: Vec<String>,
+    /// The `spark-submit` to run: found on the `PATH` unless set.
+    pub spark_submit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +188,7 @@ impl TaskKind {
             TaskKind::Http(_) => "http",
             TaskKind::Python(_) => "python",
             TaskKind::Sql(_) => "sql",
+            TaskKind::Spark(_) => "spark",
         }
     }
 }
@@ -188,6 +213,17 @@ impl Task {
                     sql.statements.iter().map(|text| ("sql.statements".to_string(), text.as_str())).collect();
                 for (name, value) in &sql.parameters {
                     fields.push((format!("sql.parameters.{name}"), value.as_str()));
+                }
+                fields
+            }
+            TaskKind::Spark(spark) => {
+                let mut fields: Vec<(String, &str)> =
+                    spark.name.iter().map(|name| ("spark.name".to_string(), name.as_str())).collect();
+                for (key, value) in &spark.conf {
+                    fields.push((format!("spark.conf.{key}"), value.as_str()));
+                }
+                for (index, arg) in spark.args.iter().enumerate() {
+                    fields.push((format!("spark.args.{index}"), arg.as_str()));
                 }
                 fields
             }

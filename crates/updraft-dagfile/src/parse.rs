@@ -61,10 +61,10 @@ const TASK_FIELDS: &[&str] = &[
     "priority",
 ];
 
-const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql"];
+const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql", "spark"];
 /// Task types of later versions of the format: named, so the error says "not yet"
 /// rather than "unknown field".
-const FUTURE_TASK_TYPES: &[&str] = &["load", "spark", "kubernetes", "copy", "sync", "sensor", "container"];
+const FUTURE_TASK_TYPES: &[&str] = &["load", "kubernetes", "copy", "sync", "sensor", "container"];
 
 const HTTP_FIELDS: &[&str] = &[
     "url",
@@ -479,11 +479,12 @@ impl FileParser {
             "http" => self.http(value).map(|http| TaskKind::Http(Box::new(http))),
             "python" => self.python(value).map(TaskKind::Python),
             "sql" => self.sql(value).map(TaskKind::Sql),
+            "spark" => self.spark(value).map(TaskKind::Spark),
             other => {
                 self.error(
                     key.span,
                     format!(
-                        "task type `{other}` is not available yet; Updraft runs `shell`, `http`, `python` and `sql` tasks"
+                        "task type `{other}` is not available yet; Updraft runs `shell`, `http`, `python`, `sql` and `spark` tasks"
                     ),
                 );
                 None
@@ -666,6 +667,79 @@ impl FileParser {
             return None;
         }
         Some(SqlTask { connection: connection?, statements, file, parameters, output, max_rows })
+    }
+
+    fn spark(&mut self, node: &Node) -> Option<updraft_core::dag::SparkTask> {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.span,
+                format!("`spark`: expected a mapping with at least `application`, found {}", node.kind()),
+            );
+            return None;
+        };
+        let errors_before = self.diagnostics.len();
+        let known =
+            ["application", "master", "deploy_mode", "name", "class", "conf", "packages", "args", "spark_submit"];
+        let fields = self.fields(entries, &known, &[]);
+        let get = |name: &str| fields.get(name).map(|(_, value)| *value);
+        let application = match get("application") {
+            Some(value) => self.non_empty(value, "spark.application"),
+            None => {
+                self.error(node.span, "`spark`: missing required field `application` (a .py or .jar file)");
+                None
+            }
+        };
+        if let (Some(application), Some(value)) = (&application, get("application"))
+            && !(application.ends_with(".py") || application.ends_with(".jar"))
+        {
+            self.error(value.span, format!("`spark.application`: `{application}` is neither a .py nor a .jar file"));
+        }
+        let master = get("master")
+            .and_then(|value| self.non_empty(value, "spark.master"))
+            .unwrap_or_else(|| "local[*]".to_string());
+        let deploy_mode = match get("deploy_mode") {
+            None => "client".to_string(),
+            Some(value) => {
+                let mode = self.non_empty(value, "spark.deploy_mode").unwrap_or_default();
+                if mode != "client" && mode != "cluster" {
+                    self.error(value.span, format!("`spark.deploy_mode`: `{mode}` is neither `client` nor `cluster`"));
+                }
+                mode
+            }
+        };
+        let name = get("name").and_then(|value| {
+            let name = self.non_empty(value, "spark.name")?;
+            self.check_template(&name, value.span, "spark.name");
+            Some(name)
+        });
+        let main_class = get("class").and_then(|value| self.non_empty(value, "spark.class"));
+        let conf = get("conf").map(|value| self.text_map(value, "spark.conf")).unwrap_or_default();
+        let packages = get("packages").map(|value| self.string_list(value, "spark.packages")).unwrap_or_default();
+        let args = match get("args") {
+            Some(value) => {
+                let args = self.string_list(value, "spark.args");
+                for arg in &args {
+                    self.check_template(arg, value.span, "spark.args");
+                }
+                args
+            }
+            None => Vec::new(),
+        };
+        let spark_submit = get("spark_submit").and_then(|value| self.non_empty(value, "spark.spark_submit"));
+        if self.diagnostics.len() > errors_before {
+            return None;
+        }
+        Some(updraft_core::dag::SparkTask {
+            application: application?,
+            master,
+            deploy_mode,
+            name,
+            main_class,
+            conf,
+            packages,
+            args,
+            spark_submit,
+        })
     }
 
     fn python(&mut self, node: &Node) -> Option<updraft_core::dag::PythonTask> {

@@ -185,6 +185,7 @@ pub async fn execute(
     };
     match &task.kind {
         TaskKind::Python(_) => log.note(&format!("python: {} {}", program.display(), shown_args(&args))),
+        TaskKind::Spark(_) => log.note(&format!("spark: {} {}", program.display(), args.join(" "))),
         _ => log.note(&format!("command: {}", prepared.command)),
     }
     let mut command = Command::new(&program);
@@ -275,6 +276,7 @@ pub async fn execute(
 fn argv(task: &Task, prepared: &Prepared) -> Result<(PathBuf, Vec<String>), String> {
     let python = match &task.kind {
         TaskKind::Python(python) => python,
+        TaskKind::Spark(spark) => return spark_argv(spark, task, prepared),
         _ => return Ok((PathBuf::from("/bin/sh"), vec!["-c".to_string(), prepared.command.clone()])),
     };
     let program = match (&python.venv, &python.interpreter) {
@@ -308,6 +310,51 @@ fn argv(task: &Task, prepared: &Prepared) -> Result<(PathBuf, Vec<String>), Stri
     Ok((program, args))
 }
 
+/// `spark-submit` with the task's options, the application, then its arguments.
+fn spark_argv(
+    spark: &updraft_core::dag::SparkTask,
+    task: &Task,
+    prepared: &Prepared,
+) -> Result<(PathBuf, Vec<String>), String> {
+    let application = prepared.cwd_base.join(&spark.application);
+    if !application.is_file() {
+        return Err(format!("cannot start: no application at `{}`", application.display()));
+    }
+    fn rendered<'a>(prepared: &'a Prepared, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a String)> {
+        prepared
+            .rendered
+            .iter()
+            .filter(move |(field, _)| field.starts_with(prefix))
+            .map(|(field, value)| (field, value))
+    }
+    let name = rendered(prepared, "spark.name")
+        .map(|(_, name)| name.clone())
+        .next()
+        .unwrap_or_else(|| format!("{}.{}", prepared.dag_id, task.task_id));
+    let mut args = vec![
+        "--master".to_string(),
+        spark.master.clone(),
+        "--deploy-mode".to_string(),
+        spark.deploy_mode.clone(),
+        "--name".to_string(),
+        name,
+    ];
+    if let Some(class) = &spark.main_class {
+        args.extend(["--class".to_string(), class.clone()]);
+    }
+    if !spark.packages.is_empty() {
+        args.extend(["--packages".to_string(), spark.packages.join(",")]);
+    }
+    for (field, value) in rendered(prepared, "spark.conf.") {
+        let key = field.trim_start_matches("spark.conf.");
+        args.extend(["--conf".to_string(), format!("{key}={value}")]);
+    }
+    args.push(application.display().to_string());
+    args.extend(rendered(prepared, "spark.args.").map(|(_, arg)| arg.clone()));
+    let program = PathBuf::from(spark.spark_submit.clone().unwrap_or_else(|| "spark-submit".to_string()));
+    Ok((program, args))
+}
+
 /// Arguments for the log: inline code by its first line.
 fn shown_args(args: &[String]) -> String {
     let mut shown = Vec::new();
@@ -333,6 +380,7 @@ struct Prepared {
     rendered: Vec<(String, String)>,
     /// The DAG's folder: scripts and virtualenvs are found from there.
     cwd_base: PathBuf,
+    dag_id: String,
 }
 
 /// A built-in task type run by the runner itself (`http`, `sql`): timeouts and
@@ -465,7 +513,7 @@ fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) ->
     if let Some(token) = &spec.attempt_token {
         env.push(("UPDRAFT_ATTEMPT".to_string(), token.clone()));
     }
-    Ok(Prepared { command, cwd, env, rendered, cwd_base: dag_folder })
+    Ok(Prepared { command, cwd, env, rendered, cwd_base: dag_folder, dag_id: dag.dag_id().to_string() })
 }
 
 /// Where the task may write its output: next to its log, else (`tasks test`) in
