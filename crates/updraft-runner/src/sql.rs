@@ -1,5 +1,6 @@
-//! Runs `sql` tasks in the runner itself, against a PostgreSQL or SQLite
-//! connection, all statements in one transaction. Values reach the database only
+//! Runs `sql` tasks in the runner itself, against a PostgreSQL, MySQL/MariaDB or
+//! SQLite connection, all statements in one transaction (MySQL commits DDL on its
+//! own: there, only the data statements roll back together). Values reach the database only
 //! as bound parameters (`:name` in the SQL): PostgreSQL gets each as text cast to
 //! the type it infers for that place, so `:day` works for a `date` column and
 //! `:n` for an `int` one without casts in the SQL. Rows come back as JSON
@@ -50,6 +51,7 @@ pub async fn run(
     }
     let done = match connection.conn_type.as_str() {
         "postgres" | "postgresql" => postgres(task, connection, &statements, &parameters, &log).await?,
+        "mysql" | "mariadb" => mysql(task, connection, &statements, &parameters, &log).await?,
         "sqlite" => {
             // Airflow keeps the file in `host`; a URI `sqlite:////abs/path.db` puts it in the path.
             let file = match (&connection.host, &connection.schema) {
@@ -65,7 +67,9 @@ pub async fn run(
                 .map_err(|error| error.to_string())??
         }
         other => {
-            return Err(format!("connection type `{other}` is not supported by `sql` yet: use `postgres` or `sqlite`"));
+            return Err(format!(
+                "connection type `{other}` is not supported by `sql`: use `postgres`, `mysql`/`mariadb` or `sqlite`"
+            ));
         }
     };
     if done.truncated {
@@ -160,6 +164,79 @@ async fn postgres(
     Ok(done)
 }
 
+/// MySQL and MariaDB take text for any column type, so values are bound as text;
+/// rows come back through `JSON_OBJECT` over the statement's own columns.
+async fn mysql(
+    task: &SqlTask,
+    connection: &ConnectionValues,
+    statements: &[String],
+    parameters: &BTreeMap<String, String>,
+    log: &mpsc::Sender<String>,
+) -> Result<Done, String> {
+    use sqlx::Column;
+    let mut options = sqlx::mysql::MySqlConnectOptions::new()
+        .host(connection.host.as_deref().unwrap_or("localhost"))
+        .port(connection.port.unwrap_or(3306));
+    if let Some(login) = &connection.login {
+        options = options.username(login);
+    }
+    if let Some(password) = &connection.password {
+        options = options.password(password);
+    }
+    if let Some(database) = &connection.schema {
+        options = options.database(database);
+    }
+    let mut conn = sqlx::MySqlConnection::connect_with(&options).await.map_err(|error| describe(&error))?;
+    let mut tx = conn.begin().await.map_err(|error| describe(&error))?;
+    let mut done = Done::default();
+    for (index, statement) in statements.iter().enumerate() {
+        let number = index + 1;
+        let (sql, names) = placeholders(statement, Dialect::MySql);
+        let values = values_for(&names, parameters, number)?;
+        let prepared = (&mut *tx)
+            .prepare(sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql.clone())))
+            .await
+            .map_err(|error| format!("statement {number}: {}", describe(&error)))?;
+        let columns: Vec<String> = prepared.columns().iter().map(|column| column.name().to_string()).collect();
+        if columns.is_empty() {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for value in &values {
+                query = query.bind(value.clone());
+            }
+            let result =
+                query.execute(&mut *tx).await.map_err(|error| format!("statement {number}: {}", describe(&error)))?;
+            done.affected += result.rows_affected();
+            let _ = log.send(format!("statement {number}: {} row(s) affected", result.rows_affected())).await;
+            continue;
+        }
+        let pairs: Vec<String> = columns
+            .iter()
+            .map(|name| format!("'{}', updraft_rows.`{}`", name.replace('\'', "''"), name.replace('`', "``")))
+            .collect();
+        let wrapped = format!(
+            "SELECT CAST(JSON_OBJECT({}) AS CHAR) FROM ({sql}) AS updraft_rows LIMIT {}",
+            pairs.join(", "),
+            u64::from(task.max_rows) + 1
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(wrapped));
+        for value in &values {
+            query = query.bind(value.clone());
+        }
+        let rows =
+            query.fetch_all(&mut *tx).await.map_err(|error| format!("statement {number}: {}", describe(&error)))?;
+        let mut objects = Vec::with_capacity(rows.len());
+        for row in rows.iter().take(task.max_rows as usize) {
+            let text: String = row.try_get(0).map_err(|error| describe(&error))?;
+            objects.push(serde_json::from_str(&text).map_err(|error| error.to_string())?);
+        }
+        done.truncated = rows.len() > task.max_rows as usize;
+        let _ = log.send(format!("statement {number}: {} row(s)", objects.len())).await;
+        done.rows = Some(objects);
+    }
+    tx.commit().await.map_err(|error| describe(&error))?;
+    Ok(done)
+}
+
 fn sqlite(
     path: &Path,
     max_rows: u32,
@@ -248,6 +325,8 @@ fn describe(error: &sqlx::Error) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
     Postgres,
+    /// `?` for each use, in order.
+    MySql,
     Sqlite,
 }
 
@@ -379,6 +458,10 @@ fn placeholders(sql: &str, dialect: Dialect) -> (String, Vec<String>) {
                             };
                             out.push_str(&format!("${}", position + 1));
                         }
+                        Dialect::MySql => {
+                            out.push('?');
+                            names.push(name);
+                        }
                         Dialect::Sqlite => {
                             out.push(':');
                             out.push_str(&name);
@@ -391,6 +474,12 @@ fn placeholders(sql: &str, dialect: Dialect) -> (String, Vec<String>) {
                 }
                 _ => {}
             }
+        } else if dialect == Dialect::MySql && state == In::Single && c == '\\' {
+            // MySQL's backslash escapes: the next character is part of the string.
+            out.push(c);
+            out.extend(next);
+            at += 2;
+            continue;
         } else if (state == In::Single && c == '\'')
             || (state == In::Double && c == '"')
             || (state == In::LineComment && c == '\n')
@@ -449,6 +538,8 @@ mod tests {
         let (pg, names) = placeholders(sql, Dialect::Postgres);
         assert_eq!(pg, "SELECT $1::date, ':not', \"a:b\", x::int FROM t WHERE d = $1 AND n > $2 -- :gone");
         assert_eq!(names, ["day", "n"]);
+        let (my, names) = placeholders(r"SELECT :a, 'it\'s :not', :b, :a", Dialect::MySql);
+        assert_eq!((my.as_str(), names), (r"SELECT ?, 'it\'s :not', ?, ?", vec!["a".into(), "b".into(), "a".into()]));
         let (lite, names) = placeholders("SELECT :a, :b, :a", Dialect::Sqlite);
         assert_eq!((lite.as_str(), names), ("SELECT :a, :b, :a", vec!["a".to_string(), "b".to_string()]));
         assert_eq!(replace_placeholder("$1 + $10 + $1", "$1", "X"), "X + $10 + X");

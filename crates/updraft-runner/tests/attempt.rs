@@ -564,3 +564,41 @@ async fn spark_submits_a_real_job_in_local_mode() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn sql_on_mariadb_binds_text_and_hands_on_rows() {
+    use sqlx::Connection;
+    let admin = "mysql://root@127.0.0.1:3306/";
+    let mut conn = match sqlx::MySqlConnection::connect(admin).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "no MariaDB for the tests under CI: {error}");
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("skipping: no MariaDB on 127.0.0.1:3306: {error}");
+            }
+            return;
+        }
+    };
+    let name = format!(
+        "updraft_test_{}_{}",
+        std::process::id(),
+        NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let task = "    sql:\n      connection: warehouse\n      statements: |\n        CREATE TABLE codes (code varchar(64) PRIMARY KEY, listed date NOT NULL, n int);\n        INSERT INTO codes VALUES (:code, :day, :n), ('000660', :day, 2);\n        SELECT code, listed, n, n * 1.5 AS half FROM codes WHERE listed = :day ORDER BY code\n      parameters: {code: \"x'); DROP TABLE codes; --\", day: '{{ ds }}', n: 7}\n";
+    let (result, lines, log) =
+        run(&with_sql_connection(spec(dir.path(), task), &format!("mysql://root@127.0.0.1:3306/{name}"))).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}"))).execute(&mut conn).await.unwrap();
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let rows: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"code": "000660", "listed": "2024-03-01", "n": 2, "half": 3.0},
+            {"code": "x'); DROP TABLE codes; --", "listed": "2024-03-01", "n": 7, "half": 10.5},
+        ])
+    );
+    assert_eq!(lines.last().map(String::as_str), Some("statement 3: 2 row(s)"));
+}
