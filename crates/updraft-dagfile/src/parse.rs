@@ -84,6 +84,10 @@ const HTTP_FIELDS: &[&str] = &[
     "request_timeout",
     "save_to",
 ];
+const PYTHON_FIELDS: &[&str] = &["script", "code", "args", "interpreter", "venv"];
+const SQL_FIELDS: &[&str] = &["connection", "statements", "file", "parameters", "output", "max_rows"];
+const SPARK_FIELDS: &[&str] =
+    &["application", "master", "deploy_mode", "name", "class", "conf", "packages", "args", "spark_submit"];
 const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
 pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
@@ -630,8 +634,7 @@ impl FileParser {
             return None;
         };
         let errors_before = self.diagnostics.len();
-        let fields =
-            self.fields(entries, &["connection", "statements", "file", "parameters", "output", "max_rows"], &[]);
+        let fields = self.fields(entries, SQL_FIELDS, &[]);
         let get = |name: &str| fields.get(name).map(|(_, value)| *value);
         let connection = match get("connection") {
             Some(value) => self.id(value, "sql.connection", "connection id").map(str::to_string),
@@ -678,9 +681,7 @@ impl FileParser {
             return None;
         };
         let errors_before = self.diagnostics.len();
-        let known =
-            ["application", "master", "deploy_mode", "name", "class", "conf", "packages", "args", "spark_submit"];
-        let fields = self.fields(entries, &known, &[]);
+        let fields = self.fields(entries, SPARK_FIELDS, &[]);
         let get = |name: &str| fields.get(name).map(|(_, value)| *value);
         let application = match get("application") {
             Some(value) => self.non_empty(value, "spark.application"),
@@ -751,7 +752,7 @@ impl FileParser {
             return None;
         };
         let errors_before = self.diagnostics.len();
-        let fields = self.fields(entries, &["script", "code", "args", "interpreter", "venv"], &[]);
+        let fields = self.fields(entries, PYTHON_FIELDS, &[]);
         let get = |name: &str| fields.get(name).map(|(_, value)| *value);
         let script = get("script").and_then(|value| self.non_empty(value, "python.script"));
         let code = get("code").and_then(|value| self.non_empty(value, "python.code"));
@@ -1287,4 +1288,34 @@ fn template_error(error: &minijinja::Error) -> String {
         message.push_str(&format!(" (template line {line})"));
     }
     message
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    /// `docs/dag.schema.json` names exactly the fields the parser takes.
+    #[test]
+    fn the_json_schema_has_every_field_and_no_other() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../../docs/dag.schema.json")).unwrap();
+        let keys = |value: &serde_json::Value| -> Vec<String> {
+            let mut keys: Vec<String> = value["properties"].as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let sorted = |fields: &[&str]| -> Vec<String> {
+            let mut fields: Vec<String> = fields.iter().map(ToString::to_string).collect();
+            fields.sort();
+            fields
+        };
+        assert_eq!(keys(&schema), sorted(TOP_FIELDS));
+        let task = &schema["$defs"]["task"];
+        let task_keys: Vec<&str> = TASK_FIELDS.iter().chain(TASK_TYPES).copied().collect();
+        assert_eq!(keys(task), sorted(&task_keys));
+        assert_eq!(keys(&schema["properties"]["defaults"]), sorted(TASK_FIELDS));
+        assert_eq!(keys(&task["properties"]["http"]), sorted(HTTP_FIELDS));
+        assert_eq!(keys(&task["properties"]["python"]), sorted(PYTHON_FIELDS));
+        assert_eq!(keys(&task["properties"]["sql"]), sorted(SQL_FIELDS));
+        assert_eq!(keys(&task["properties"]["spark"]), sorted(SPARK_FIELDS));
+    }
 }
