@@ -68,3 +68,18 @@ fn reading_an_output_that_is_not_upstream_is_a_file_error() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_python_and_sql_example_runs_on_its_own_config() {
+    let p = project();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    updraft_testkit::copy_tree(&repo.join("examples"), &p.path().join("examples"));
+    let _ = std::fs::remove_dir_all(p.path().join("examples/.updraft"));
+    let tested =
+        p.run(&["--config", "examples/updraft.toml", "dags", "test", "codes_to_sqlite", "--date", "2024-03-01"]);
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    assert!(tested.stdout.contains("list_codes | found 3 codes"), "{}", tested.stdout);
+    assert!(tested.stdout.contains("store | statement 2: 3 row(s) affected"), "{}", tested.stdout);
+    assert!(tested.stdout.contains("report | stored 3 codes for 2024-03-01"), "{}", tested.stdout);
+    assert!(p.path().join("examples/.updraft/example.db").is_file());
+}
