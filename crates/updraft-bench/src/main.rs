@@ -88,6 +88,47 @@ fn generate(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        Some("load") => {
+            // A DAG loading a CSV of `rows` rows and 10 columns into PostgreSQL
+            // (connection `bench_pg`, given as UPDRAFT_CONN_BENCH_PG when run).
+            let rows = number(args, "--rows", 1_000_000)?;
+            let dag = format!(
+                "dag: load_{rows}
+description: a CSV of {rows} rows and 10 columns into PostgreSQL
+tasks:
+  load:
+    load:
+      source: data/prices.csv
+      connection: bench_pg
+      table: bench_prices
+      mode: replace
+      columns: {{id: bigint, code: text, day: date, open: numeric, high: numeric, low: numeric, close: numeric, volume: bigint, up: boolean, note: text}}
+"
+            );
+            write(&out.join(format!("load_{rows}.yaml")), &dag)?;
+            let path = out.join("data/prices.csv");
+            std::fs::create_dir_all(out.join("data")).map_err(|error| error.to_string())?;
+            let file = std::fs::File::create(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+            let mut csv = std::io::BufWriter::with_capacity(1 << 20, file);
+            let _ = writeln!(csv, "id,code,day,open,high,low,close,volume,up,note");
+            for i in 0..rows {
+                let base = 1000 + (i % 997) as u64;
+                let _ = writeln!(
+                    csv,
+                    "{i},{:06},2024-{:02}-{:02},{base}.5,{}.25,{}.75,{}.0,{},{},\"row {i}, plain text\"",
+                    i % 3000,
+                    1 + i % 12,
+                    1 + i % 28,
+                    base + 10,
+                    base - 10,
+                    base + 1,
+                    i * 7 % 100_000,
+                    if i % 2 == 0 { "true" } else { "false" },
+                );
+            }
+            csv.flush().map_err(|error| error.to_string())?;
+            Ok(())
+        }
         Some("fanout") => {
             let width = number(args, "--width", 200)?;
             let mut text = format!(

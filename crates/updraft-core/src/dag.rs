@@ -118,6 +118,41 @@ pub enum TaskKind {
     Sql(SqlTask),
     /// An application run by `spark-submit`.
     Spark(SparkTask),
+    /// A file loaded into a table, run by the runner itself.
+    Load(LoadTask),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadTask {
+    /// The file, relative to the DAG's folder (a template).
+    pub source: String,
+    /// `csv`, `tsv`, `json` (an array of objects) or `ndjson`; from the extension unless set.
+    pub format: Option<String>,
+    pub delimiter: Option<char>,
+    /// A PostgreSQL connection.
+    pub connection: String,
+    /// `table` or `schema.table`.
+    pub table: String,
+    pub mode: LoadMode,
+    /// The columns an upsert matches on.
+    pub key: Vec<String>,
+    /// Declared column types, in order; inferred from the data when empty.
+    pub columns: Vec<(String, String)>,
+    /// Source header -> column.
+    pub rename: BTreeMap<String, String>,
+    /// Rows that may fail validation before the load fails.
+    pub max_rejected: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadMode {
+    /// Create the table if missing, then add the rows.
+    Append,
+    /// Create the table if missing, empty it, then add the rows.
+    Replace,
+    /// Insert, or update the rows whose `key` exists.
+    Upsert,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +224,7 @@ impl TaskKind {
             TaskKind::Python(_) => "python",
             TaskKind::Sql(_) => "sql",
             TaskKind::Spark(_) => "spark",
+            TaskKind::Load(_) => "load",
         }
     }
 }
@@ -227,6 +263,7 @@ impl Task {
                 }
                 fields
             }
+            TaskKind::Load(load) => vec![("load.source".to_string(), load.source.as_str())],
         };
         if let Some(cwd) = &self.cwd {
             fields.push(("cwd".to_string(), cwd.as_str()));

@@ -61,10 +61,10 @@ const TASK_FIELDS: &[&str] = &[
     "priority",
 ];
 
-const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql", "spark"];
+const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql", "spark", "load"];
 /// Task types of later versions of the format: named, so the error says "not yet"
 /// rather than "unknown field".
-const FUTURE_TASK_TYPES: &[&str] = &["load", "kubernetes", "copy", "sync", "sensor", "container"];
+const FUTURE_TASK_TYPES: &[&str] = &["kubernetes", "copy", "sync", "sensor", "container"];
 
 const HTTP_FIELDS: &[&str] = &[
     "url",
@@ -88,6 +88,21 @@ const PYTHON_FIELDS: &[&str] = &["script", "code", "args", "interpreter", "venv"
 const SQL_FIELDS: &[&str] = &["connection", "statements", "file", "parameters", "output", "max_rows"];
 const SPARK_FIELDS: &[&str] =
     &["application", "master", "deploy_mode", "name", "class", "conf", "packages", "args", "spark_submit"];
+const LOAD_FIELDS: &[&str] =
+    &["source", "format", "delimiter", "connection", "table", "mode", "key", "columns", "rename", "max_rejected"];
+/// Column types a `load` may declare (PostgreSQL's names).
+pub const LOAD_TYPES: &[&str] = &[
+    "text",
+    "integer",
+    "bigint",
+    "numeric",
+    "double precision",
+    "boolean",
+    "date",
+    "timestamp",
+    "timestamptz",
+    "jsonb",
+];
 const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
 pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
@@ -484,11 +499,12 @@ impl FileParser {
             "python" => self.python(value).map(TaskKind::Python),
             "sql" => self.sql(value).map(TaskKind::Sql),
             "spark" => self.spark(value).map(TaskKind::Spark),
+            "load" => self.load(value).map(TaskKind::Load),
             other => {
                 self.error(
                     key.span,
                     format!(
-                        "task type `{other}` is not available yet; Updraft runs `shell`, `http`, `python`, `sql` and `spark` tasks"
+                        "task type `{other}` is not available yet; Updraft runs `shell`, `http`, `python`, `sql`, `spark` and `load` tasks"
                     ),
                 );
                 None
@@ -740,6 +756,136 @@ impl FileParser {
             packages,
             args,
             spark_submit,
+        })
+    }
+
+    fn load(&mut self, node: &Node) -> Option<updraft_core::dag::LoadTask> {
+        use updraft_core::dag::{LoadMode, LoadTask};
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.span,
+                format!("`load`: expected a mapping with `source`, `connection` and `table`, found {}", node.kind()),
+            );
+            return None;
+        };
+        let errors_before = self.diagnostics.len();
+        let fields = self.fields(entries, LOAD_FIELDS, &[]);
+        let get = |name: &str| fields.get(name).map(|(_, value)| *value);
+        let required = |this: &mut Self, name: &str| match get(name) {
+            Some(value) => this.non_empty(value, &format!("load.{name}")),
+            None => {
+                this.error(node.span, format!("`load`: missing required field `{name}`"));
+                None
+            }
+        };
+        let source = required(self, "source");
+        let connection = required(self, "connection");
+        let table = required(self, "table");
+        if let (Some(source), Some(value)) = (&source, get("source")) {
+            self.check_template(source, value.span, "load.source");
+        }
+        if let (Some(table), Some(value)) = (&table, get("table"))
+            && !table
+                .split('.')
+                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            self.error(
+                value.span,
+                format!("`load.table`: `{table}` is not `table` or `schema.table` (letters, digits, `_`)"),
+            );
+        }
+        let format = get("format").and_then(|value| {
+            let format = self.non_empty(value, "load.format")?;
+            if !["csv", "tsv", "json", "ndjson"].contains(&format.as_str()) {
+                self.error(value.span, format!("`load.format`: `{format}` is not csv, tsv, json or ndjson"));
+            }
+            Some(format)
+        });
+        if let (None, Some(source)) = (&format, &source)
+            && ![".csv", ".tsv", ".json", ".ndjson", ".jsonl"].iter().any(|ext| source.ends_with(ext))
+        {
+            self.error(
+                get("source").map_or(node.span, |value| value.span),
+                "`load.source`: set `format`: the extension does not tell (csv, tsv, json, ndjson)",
+            );
+        }
+        let delimiter = get("delimiter").and_then(|value| {
+            let text = self.string(value, "load.delimiter")?;
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) if c.is_ascii() => Some(c),
+                _ => {
+                    self.error(value.span, "`load.delimiter`: one ASCII character");
+                    None
+                }
+            }
+        });
+        let mode = match get("mode") {
+            None => LoadMode::Append,
+            Some(value) => match value.as_str() {
+                Some("append") => LoadMode::Append,
+                Some("replace") => LoadMode::Replace,
+                Some("upsert") => LoadMode::Upsert,
+                _ => {
+                    self.error(value.span, "`load.mode`: expected `append`, `replace` or `upsert`");
+                    LoadMode::Append
+                }
+            },
+        };
+        let key = get("key").map(|value| self.string_list(value, "load.key")).unwrap_or_default();
+        if mode == LoadMode::Upsert && key.is_empty() {
+            self.error(
+                get("mode").map_or(node.span, |value| value.span),
+                "`load.mode: upsert` needs `key`: the columns a row is matched on",
+            );
+        }
+        let mut columns = Vec::new();
+        if let Some(value) = get("columns") {
+            match &value.value {
+                Value::Map(entries) => {
+                    for (name, kind) in entries {
+                        let (Some(name), Some(kind)) = (name.scalar_text(), kind.scalar_text()) else {
+                            self.error(name.span, "`load.columns`: names and types must be text");
+                            continue;
+                        };
+                        let kind = kind.to_ascii_lowercase();
+                        if !LOAD_TYPES.contains(&kind.as_str()) {
+                            let hint = did_you_mean(&kind, LOAD_TYPES.iter().copied())
+                                .map(|s| format!(", did you mean `{s}`?"))
+                                .unwrap_or_default();
+                            self.error(value.span, format!("`load.columns.{name}`: unknown type `{kind}`{hint}"));
+                        }
+                        columns.push((name, kind));
+                    }
+                }
+                _ => self.error(value.span, "`load.columns`: expected a mapping of column names to types"),
+            }
+        }
+        for column in &key {
+            if !columns.is_empty() && !columns.iter().any(|(name, _)| name == column) {
+                self.error(
+                    get("key").map_or(node.span, |value| value.span),
+                    format!("`load.key`: `{column}` is not among `columns`"),
+                );
+            }
+        }
+        let rename = get("rename").map(|value| self.text_map(value, "load.rename")).unwrap_or_default();
+        let max_rejected =
+            get("max_rejected").and_then(|value| self.number(value, "load.max_rejected", 0)).map_or(0, u64::from);
+        if self.diagnostics.len() > errors_before {
+            return None;
+        }
+        Some(LoadTask {
+            source: source?,
+            format,
+            delimiter,
+            connection: connection?,
+            table: table?,
+            mode,
+            key,
+            columns,
+            rename,
+            max_rejected,
         })
     }
 
@@ -1317,5 +1463,6 @@ mod schema_tests {
         assert_eq!(keys(&task["properties"]["python"]), sorted(PYTHON_FIELDS));
         assert_eq!(keys(&task["properties"]["sql"]), sorted(SQL_FIELDS));
         assert_eq!(keys(&task["properties"]["spark"]), sorted(SPARK_FIELDS));
+        assert_eq!(keys(&task["properties"]["load"]), sorted(LOAD_FIELDS));
     }
 }

@@ -169,7 +169,7 @@ pub async fn execute(
             return not_started(started, why, &label, observer.as_ref());
         }
     };
-    if matches!(task.kind, TaskKind::Http(_) | TaskKind::Sql(_)) {
+    if matches!(task.kind, TaskKind::Http(_) | TaskKind::Sql(_) | TaskKind::Load(_)) {
         return run_in_process(spec, task, prepared, log, masker, observer, label, started, cancel).await;
     }
     let output_path = output_path(spec);
@@ -400,6 +400,7 @@ async fn run_in_process(
     let conn_id = match &task.kind {
         TaskKind::Http(http) => http.connection.as_deref(),
         TaskKind::Sql(sql) => Some(sql.connection.as_str()),
+        TaskKind::Load(load) => Some(load.connection.as_str()),
         _ => None,
     };
     let connection = match conn_id {
@@ -420,6 +421,7 @@ async fn run_in_process(
             prepared.rendered.first().map_or("", |(_, url)| url.as_str())
         )),
         TaskKind::Sql(sql) => log.note(&format!("sql: on connection `{}`", sql.connection)),
+        TaskKind::Load(load) => log.note(&format!("load: into `{}` on connection `{}`", load.table, load.connection)),
         _ => {}
     }
     let (lines_tx, mut lines_rx) = mpsc::channel::<String>(1024);
@@ -443,6 +445,11 @@ async fn run_in_process(
             }
             (TaskKind::Sql(sql), Some(connection)) => {
                 crate::sql::run(sql, &rendered, connection, &prepared.cwd_base, lines_tx).await
+            }
+            (TaskKind::Load(load), Some(connection)) => {
+                let source =
+                    rendered.fields.iter().find(|(field, _)| field == "load.source").map_or("", |(_, v)| v.as_str());
+                crate::load::run(load, source, connection, &prepared.cwd_base, lines_tx).await
             }
             _ => Err("this task type does not run in the runner".to_string()),
         }

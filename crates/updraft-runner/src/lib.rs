@@ -8,6 +8,7 @@
 
 pub mod attempt;
 pub mod http;
+pub mod load;
 pub mod procfs;
 pub mod recovery;
 pub mod remote;

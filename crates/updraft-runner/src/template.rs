@@ -182,6 +182,9 @@ pub fn wanted(dag: &Dag, task: &Task) -> updraft_secrets::Wanted {
         TaskKind::Sql(sql) => {
             wanted.connections.insert(sql.connection.clone());
         }
+        TaskKind::Load(load) => {
+            wanted.connections.insert(load.connection.clone());
+        }
         _ => {}
     }
     for text in template_texts(dag, task) {

@@ -602,3 +602,88 @@ async fn sql_on_mariadb_binds_text_and_hands_on_rows() {
     );
     assert_eq!(lines.last().map(String::as_str), Some("statement 3: 2 row(s)"));
 }
+
+#[tokio::test]
+async fn load_checks_rows_copies_them_into_postgresql_and_upserts() {
+    use sqlx::{Connection, Row};
+    let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags/sub/data")).unwrap();
+    std::fs::write(
+        dir.path().join("dags/sub/data/listings_20240301.csv"),
+        "Code,Listed,Amount,Note\n005930,2024-03-01,71000.5,\"Samsung, common\"\n000660,2024-02-30,150000,bad date\n035420,2024-03-01,,no amount\n",
+    )
+    .unwrap();
+    let task = |mode: &str, max_rejected: u32| {
+        format!(
+            "    load:\n      source: data/listings_{{{{ ds_nodash }}}}.csv\n      connection: warehouse\n      table: public.listings\n      mode: {mode}\n      key: [code]\n      columns: {{code: text, listed: date, amount: numeric, note: text}}\n      rename: {{Code: code, Listed: listed, Amount: amount, Note: note}}\n      max_rejected: {max_rejected}\n"
+        )
+    };
+    let strict = with_sql_connection(spec(dir.path(), &task("upsert", 0)), &database.url);
+    let (result, lines, _) = run(&strict).await;
+    let reason = result.reason().unwrap();
+    assert!(reason.starts_with("1 row(s) of `"), "{reason}");
+    assert!(reason.contains("line 3, column `listed`: `2024-02-30` is not a date (YYYY-MM-DD)"), "{reason}");
+    assert!(lines[0].contains("listings_20240301.csv:3: column `listed`"), "{lines:?}");
+    let mut conn = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let exists: bool =
+        sqlx::query("SELECT to_regclass('public.listings') IS NOT NULL").fetch_one(&mut conn).await.unwrap().get(0);
+    assert!(!exists, "nothing written when the load fails");
+
+    let lenient = with_sql_connection(spec(dir.path(), &task("upsert", 1)), &database.url);
+    let (result, _, log) = run(&lenient).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let output: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!((output["loaded"].clone(), output["rejected"].clone()), (serde_json::json!(2), serde_json::json!(1)));
+    assert_eq!(output["rejected_rows"][0]["line"], 3);
+    let rows: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT code, amount::text, note FROM listings ORDER BY code")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("005930".to_string(), Some("71000.5".to_string()), "Samsung, common".to_string()),
+            ("035420".to_string(), None, "no amount".to_string()),
+        ]
+    );
+
+    // Loading a changed file again updates rows by their key instead of adding them.
+    std::fs::write(
+        dir.path().join("dags/sub/data/listings_20240301.csv"),
+        "Code,Listed,Amount,Note\n005930,2024-03-01,72000,updated\n",
+    )
+    .unwrap();
+    let (result, _, log) = run(&lenient).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT code, note FROM listings ORDER BY code").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(rows, [("005930".to_string(), "updated".to_string()), ("035420".to_string(), "no amount".to_string())]);
+
+    // NDJSON with inferred types: codes with leading zeros stay text.
+    std::fs::write(
+        dir.path().join("dags/sub/data/prices.ndjson"),
+        "{\"code\": \"005930\", \"day\": \"2024-03-01\", \"close\": 71000, \"up\": true}\n{\"code\": \"000660\", \"day\": \"2024-03-01\", \"close\": 150000.5, \"up\": false}\n",
+    )
+    .unwrap();
+    let ndjson = "    load: {source: data/prices.ndjson, connection: warehouse, table: prices, mode: replace}\n";
+    let (result, _, log) = run(&with_sql_connection(spec(dir.path(), ndjson), &database.url)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let types: Vec<(String, String)> = sqlx::query_as(
+        "SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_name = 'prices' ORDER BY ordinal_position",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let types: Vec<(&str, &str)> = types.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    // JSON objects' keys come in name order (declare `columns` to choose another).
+    assert_eq!(types, [("close", "double precision"), ("code", "text"), ("day", "date"), ("up", "boolean")]);
+
+    // A malformed CSV row names its line.
+    std::fs::write(dir.path().join("dags/sub/data/broken.csv"), "a,b\n1,2\n3\n").unwrap();
+    let broken = "    load: {source: data/broken.csv, connection: warehouse, table: broken}\n";
+    let (result, _, _) = run(&with_sql_connection(spec(dir.path(), broken), &database.url)).await;
+    let reason = result.reason().unwrap();
+    assert!(reason.ends_with("broken.csv`:3: 1 field(s) where the header has 2"), "{reason}");
+}
