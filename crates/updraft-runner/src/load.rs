@@ -303,23 +303,8 @@ async fn write(
     types: &[String],
     copy: Vec<u8>,
 ) -> Result<(), String> {
-    let describe = |error: sqlx::Error| match error {
-        sqlx::Error::Database(database) => database.message().to_string(),
-        other => other.to_string(),
-    };
-    let mut options = sqlx::postgres::PgConnectOptions::new()
-        .host(connection.host.as_deref().unwrap_or("localhost"))
-        .port(connection.port.unwrap_or(5432));
-    if let Some(login) = &connection.login {
-        options = options.username(login);
-    }
-    if let Some(password) = &connection.password {
-        options = options.password(password);
-    }
-    if let Some(database) = &connection.schema {
-        options = options.database(database);
-    }
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(describe)?;
+    let describe = |error: sqlx::Error| crate::sql::describe(&error);
+    let mut conn = crate::sql::postgres_connection(connection).await?;
     let mut tx = conn.begin().await.map_err(describe)?;
     let table = quoted_table(&task.table);
     let definitions: Vec<String> =

@@ -240,51 +240,29 @@ impl Runner {
     async fn attempt(self: Arc<Self>, claimed: Claimed, cancel: watch::Receiver<bool>, outcomes: Outcomes) {
         // However it ends, it is no longer in flight: the heartbeat stops renewing it.
         let _in_flight = InFlight { runner: &self, key: (claimed.ti_pk, claimed.try_number) };
+        // What the attempt needs before it can start; without it, it fails at once.
+        let failed = |claimed: Claimed, reason: String| {
+            let end = AttemptEnd {
+                state: TaskState::Failed,
+                retry_at: None,
+                exit_code: None,
+                reason: Some(reason),
+                process: None,
+                output: None,
+            };
+            let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
+        };
         let dag = match self.source.definition(&claimed.dag_id, &claimed.version).await {
             Ok(dag) => dag,
-            Err(error) => {
-                let reason = format!("cannot load the DAG definition: {}", chain(&error));
-                let end = AttemptEnd {
-                    state: TaskState::Failed,
-                    retry_at: None,
-                    exit_code: None,
-                    reason: Some(reason),
-                    process: None,
-                    output: None,
-                };
-                let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
-                return;
-            }
+            Err(error) => return failed(claimed, format!("cannot load the DAG definition: {}", chain(&error))),
         };
         let secrets = match self.task_secrets(&dag, &claimed.task_id).await {
             Ok(secrets) => secrets,
-            Err(reason) => {
-                let end = AttemptEnd {
-                    state: TaskState::Failed,
-                    retry_at: None,
-                    exit_code: None,
-                    reason: Some(reason),
-                    process: None,
-                    output: None,
-                };
-                let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
-                return;
-            }
+            Err(reason) => return failed(claimed, reason),
         };
         let outputs = match self.task_outputs(&dag, &claimed).await {
             Ok(outputs) => outputs,
-            Err(reason) => {
-                let end = AttemptEnd {
-                    state: TaskState::Failed,
-                    retry_at: None,
-                    exit_code: None,
-                    reason: Some(reason),
-                    process: None,
-                    output: None,
-                };
-                let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
-                return;
-            }
+            Err(reason) => return failed(claimed, reason),
         };
         let log_path =
             log_path(&self.config.logs_folder, &claimed.dag_id, &claimed.run_id, &claimed.task_id, claimed.try_number);

@@ -93,22 +93,7 @@ async fn postgres(
     parameters: &BTreeMap<String, String>,
     log: &mpsc::Sender<String>,
 ) -> Result<Done, String> {
-    let mut options = sqlx::postgres::PgConnectOptions::new()
-        .host(connection.host.as_deref().unwrap_or("localhost"))
-        .port(connection.port.unwrap_or(5432));
-    if let Some(login) = &connection.login {
-        options = options.username(login);
-    }
-    if let Some(password) = &connection.password {
-        options = options.password(password);
-    }
-    if let Some(database) = &connection.schema {
-        options = options.database(database);
-    }
-    if let Some(mode) = extra_field(connection, "sslmode") {
-        options = options.ssl_mode(mode.parse().map_err(|_| format!("unknown `sslmode` `{mode}`"))?);
-    }
-    let mut conn = sqlx::PgConnection::connect_with(&options).await.map_err(|error| describe(&error))?;
+    let mut conn = postgres_connection(connection).await?;
     let mut tx = conn.begin().await.map_err(|error| describe(&error))?;
     let mut done = Done::default();
     for (index, statement) in statements.iter().enumerate() {
@@ -310,12 +295,34 @@ fn values_for(names: &[String], parameters: &BTreeMap<String, String>, number: u
         .collect()
 }
 
+/// A connection to the PostgreSQL a connection names (`schema` is the
+/// database; `extra.sslmode` as libpq's).
+pub(crate) async fn postgres_connection(connection: &ConnectionValues) -> Result<sqlx::PgConnection, String> {
+    let mut options = sqlx::postgres::PgConnectOptions::new()
+        .host(connection.host.as_deref().unwrap_or("localhost"))
+        .port(connection.port.unwrap_or(5432));
+    if let Some(login) = &connection.login {
+        options = options.username(login);
+    }
+    if let Some(password) = &connection.password {
+        options = options.password(password);
+    }
+    if let Some(database) = &connection.schema {
+        options = options.database(database);
+    }
+    if let Some(mode) = extra_field(connection, "sslmode") {
+        options = options.ssl_mode(mode.parse().map_err(|_| format!("unknown `sslmode` `{mode}`"))?);
+    }
+    sqlx::PgConnection::connect_with(&options).await.map_err(|error| describe(&error))
+}
+
 fn extra_field(connection: &ConnectionValues, name: &str) -> Option<String> {
     let extra: Value = serde_json::from_str(connection.extra.as_deref()?).ok()?;
     extra.get(name)?.as_str().map(str::to_string)
 }
 
-fn describe(error: &sqlx::Error) -> String {
+/// A database's own message (it names the problem), else sqlx's.
+pub(crate) fn describe(error: &sqlx::Error) -> String {
     match error {
         sqlx::Error::Database(database) => database.message().to_string(),
         other => other.to_string(),

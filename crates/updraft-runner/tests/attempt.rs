@@ -1,78 +1,15 @@
 //! Attempts as real subprocesses: exit codes, environment, templates, logs,
 //! timeouts that kill the whole process group, and interruption.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use updraft_core::DataInterval;
 use updraft_core::retry::AttemptOutcome;
-use updraft_runner::{AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, RunContext, execute, procfs};
+use updraft_runner::{AttemptSpec, Ending, execute, procfs};
 
-static NEXT_TOKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Waits until no process carries the attempt's token (killed processes take a
-/// moment to disappear).
-async fn assert_no_process_left(spec: &AttemptSpec) {
-    let token = spec.attempt_token.clone().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !procfs::find_by_env("UPDRAFT_ATTEMPT", &token).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "a process of the attempt survived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-#[derive(Default)]
-struct Lines(Mutex<Vec<String>>);
-
-impl AttemptObserver for Lines {
-    fn line(&self, _attempt: &AttemptLabel, line: &str) {
-        self.0.lock().unwrap().push(line.to_string());
-    }
-}
-
-fn spec(dir: &Path, task_yaml: &str) -> AttemptSpec {
-    let yaml = format!(
-        "dag: demo\ntimezone: Europe/Berlin\nparams: {{who: world}}\nenv: {{LEVEL: dag}}\ntasks:\n  t:\n{task_yaml}"
-    );
-    let parsed = updraft_dagfile::parse_dag(&yaml, "sub/demo.yaml");
-    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
-    std::fs::create_dir_all(dir.join("dags/sub")).unwrap();
-    AttemptSpec {
-        dag: Arc::new(parsed.dag.unwrap()),
-        task_id: "t".to_string(),
-        run: RunContext {
-            run_id: "manual__x".to_string(),
-            run_type: "manual".to_string(),
-            logical_date: "2024-03-01T00:00:00Z".parse().unwrap(),
-            interval: DataInterval {
-                start: "2024-03-01T00:00:00Z".parse().unwrap(),
-                end: "2024-03-02T00:00:00Z".parse().unwrap(),
-            },
-            conf: serde_json::Map::new(),
-            outputs: Default::default(),
-        },
-        try_number: 1,
-        tries_allowed: 1,
-        dags_folder: dir.join("dags"),
-        log_path: Some(dir.join("logs/1.log")),
-        attempt_token: Some(format!("test-{}", NEXT_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed))),
-        kill_grace: Duration::from_millis(500),
-        secrets: Arc::default(),
-        output_limit: updraft_runner::DEFAULT_OUTPUT_LIMIT,
-    }
-}
-
-async fn run(spec: &AttemptSpec) -> (AttemptResult, Vec<String>, String) {
-    let lines = Arc::new(Lines::default());
-    let (_cancel, cancelled) = watch::channel(false);
-    let (spawned, _pid) = oneshot::channel();
-    let result = execute(spec, &updraft_runner::template::environment(), lines.clone(), cancelled, spawned).await;
-    let log = std::fs::read_to_string(spec.log_path.as_ref().unwrap()).unwrap_or_default();
-    let lines = lines.0.lock().unwrap().clone();
-    (result, lines, log)
-}
+mod support;
+use support::{Lines, NEXT_TOKEN, assert_no_process_left, run, spec};
 
 #[tokio::test]
 async fn exit_codes_decide_the_outcome() {
@@ -519,50 +456,6 @@ async fn sql_on_sqlite_and_row_limits() {
     let count = "    sql:\n      connection: warehouse\n      statements: DELETE FROM codes WHERE n > :n\n      parameters: {n: 5}\n      output: count\n";
     let (result, _, _) = run(&spec_with(count)).await;
     assert_eq!(result.output.as_deref(), Some(r#"{"rows_affected":1}"#));
-}
-
-/// `spark-submit` from PyPI's `pyspark` (Java 17 on the machine), found as
-/// `UPDRAFT_SPARK_SUBMIT`, else skipped, except under `CI=true`.
-fn spark_submit() -> Option<std::path::PathBuf> {
-    let path = std::path::PathBuf::from(std::env::var("UPDRAFT_SPARK_SUBMIT").ok()?);
-    path.is_file().then_some(path)
-}
-
-#[tokio::test]
-async fn spark_submits_a_real_job_in_local_mode() {
-    let Some(submit) = spark_submit() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "spark-submit is required under CI (.ci/run installs pyspark)"
-        );
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!("skipping: no spark-submit (set UPDRAFT_SPARK_SUBMIT to pyspark's bin/spark-submit)");
-        }
-        return;
-    };
-    let python = submit.parent().unwrap().join("python");
-    let dir = tempfile::tempdir().unwrap();
-    let task = format!(
-        "    spark:\n      application: jobs/count.py\n      master: local[1]\n      name: count-{{{{ ds_nodash }}}}\n      conf: {{spark.sql.shuffle.partitions: 3, spark.ui.enabled: false}}\n      args: ['005930,000660,{{{{ ds_nodash }}}}']\n      spark_submit: {}\n    env: {{PYSPARK_PYTHON: {}}}\n    timeout: 5m\n",
-        submit.display(),
-        python.display()
-    );
-    let spec = spec(dir.path(), &task);
-    std::fs::create_dir_all(dir.path().join("dags/sub/jobs")).unwrap();
-    std::fs::write(
-        dir.path().join("dags/sub/jobs/count.py"),
-        "import json, os, sys\nfrom pyspark.sql import SparkSession\nspark = SparkSession.builder.getOrCreate()\ncodes = spark.createDataFrame([(c,) for c in sys.argv[1].split(',')], ['code'])\nprint('counted', codes.count(), spark.sparkContext.appName)\njson.dump({'count': codes.count(), 'partitions': spark.conf.get('spark.sql.shuffle.partitions')}, open(os.environ['UPDRAFT_OUTPUT'], 'w'))\nspark.stop()\n",
-    )
-    .unwrap();
-    let (result, lines, log) = run(&spec).await;
-    assert_eq!(result.ending, Ending::Exited(0), "{log}");
-    assert!(lines.iter().any(|line| line == "counted 3 count-20240301"), "the driver's log streams in: {log}");
-    assert_eq!(result.output.as_deref(), Some(r#"{"count": 3, "partitions": "3"}"#));
-    assert!(
-        log.contains("spark: ") && log.contains("--master local[1] --deploy-mode client --name count-20240301"),
-        "{log}"
-    );
 }
 
 #[tokio::test]
