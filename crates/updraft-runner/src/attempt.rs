@@ -210,7 +210,7 @@ pub async fn execute(
     let pgid = child.id().expect("a just-spawned child has a pid");
     let _ = spawned.send((pgid, procfs::start_time(pgid)));
 
-    let (lines_tx, mut lines_rx) = mpsc::channel::<String>(1024);
+    let (lines_tx, lines_rx) = mpsc::channel::<String>(1024);
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(read_lines(stdout, lines_tx.clone()));
     }
@@ -218,16 +218,7 @@ pub async fn execute(
         tokio::spawn(read_lines(stderr, lines_tx.clone()));
     }
     drop(lines_tx);
-    let writer_label = label.clone();
-    let writer_observer = observer.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(line) = lines_rx.recv().await {
-            let line = masker.mask(&line).into_owned();
-            writer_observer.line(&writer_label, &line);
-            log.write_line(&line, lines_rx.is_empty());
-        }
-        log
-    });
+    let writer = spawn_writer(lines_rx, log, masker, observer.clone(), label.clone());
 
     let timeout = task.timeout;
     let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit.to_std());
@@ -372,6 +363,25 @@ fn shown_args(args: &[String]) -> String {
     shown.join(" ")
 }
 
+/// The one writer of an attempt's log: every line masked, shown to the observer,
+/// appended to the file; the log comes back when the senders are gone.
+fn spawn_writer(
+    mut lines: mpsc::Receiver<String>,
+    mut log: LogFile,
+    masker: Arc<crate::secrets::Masker>,
+    observer: Arc<dyn AttemptObserver>,
+    label: AttemptLabel,
+) -> tokio::task::JoinHandle<LogFile> {
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            let line = masker.mask(&line).into_owned();
+            observer.line(&label, &line);
+            log.write_line(&line, lines.is_empty());
+        }
+        log
+    })
+}
+
 struct Prepared {
     command: String,
     cwd: PathBuf,
@@ -424,17 +434,8 @@ async fn run_in_process(
         TaskKind::Load(load) => log.note(&format!("load: into `{}` on connection `{}`", load.table, load.connection)),
         _ => {}
     }
-    let (lines_tx, mut lines_rx) = mpsc::channel::<String>(1024);
-    let writer_label = label.clone();
-    let writer_observer = observer.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(line) = lines_rx.recv().await {
-            let line = masker.mask(&line).into_owned();
-            writer_observer.line(&writer_label, &line);
-            log.write_line(&line, lines_rx.is_empty());
-        }
-        log
-    });
+    let (lines_tx, lines_rx) = mpsc::channel::<String>(1024);
+    let writer = spawn_writer(lines_rx, log, masker, observer.clone(), label.clone());
     let rendered = crate::http::Rendered { fields: prepared.rendered };
     let timeout = task.timeout;
     let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit.to_std());
