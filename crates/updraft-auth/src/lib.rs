@@ -90,6 +90,12 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
+/// Whether two secrets are equal, in time that depends only on their length, so
+/// timing does not tell how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 /// Usernames: up to 64 letters, digits and `._@-` (an email address fits).
 pub fn valid_username(username: &str) -> bool {
     !username.is_empty()

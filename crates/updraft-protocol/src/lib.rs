@@ -22,26 +22,13 @@ use updraft_store::{FinishedAttempt, LogChunk};
 /// The prefix of every worker request.
 pub const WORKERS: &str = "/api/v1/workers";
 
-/// The path of a DAG version's definition.
 /// Where a worker reads the outputs of a run's tasks (a map of task id to JSON text).
 pub fn outputs_path(dag_id: &str, run_id: &str) -> String {
-    let query = [("dag_id", dag_id), ("run_id", run_id)]
-        .iter()
-        .map(|(name, value)| format!("{name}={}", percent_encode(value)))
-        .collect::<Vec<_>>()
-        .join("&");
+    let query = serde_urlencoded::to_string([("dag_id", dag_id), ("run_id", run_id)]).unwrap_or_default();
     format!("{WORKERS}/outputs?{query}")
 }
 
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (byte as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
+/// The path of a DAG version's definition.
 pub fn definition_path(dag_id: &str, version: &str) -> String {
     format!("/api/v1/dags/{dag_id}/versions/{version}")
 }

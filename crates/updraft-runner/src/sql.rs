@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
-use sqlx::{Connection, Executor, Row, Statement, TypeInfo};
+use sqlx::{Connection, Executor, Statement, TypeInfo};
 use tokio::sync::mpsc;
 use updraft_core::dag::{SqlOutput, SqlTask};
 use updraft_store::ConnectionValues;
@@ -23,6 +23,28 @@ struct Done {
     rows: Option<Vec<Value>>,
     truncated: bool,
     affected: u64,
+}
+
+impl Done {
+    /// Rows that came back as JSON text (one more than `max_rows` was asked for,
+    /// to tell a cut): the first `max_rows` are kept.
+    async fn keep_rows(
+        &mut self,
+        texts: &[String],
+        max_rows: u32,
+        number: usize,
+        log: &mpsc::Sender<String>,
+    ) -> Result<(), String> {
+        let kept = texts
+            .iter()
+            .take(max_rows as usize)
+            .map(|text| serde_json::from_str(text).map_err(|error| error.to_string()))
+            .collect::<Result<Vec<Value>, String>>()?;
+        self.truncated = texts.len() > max_rows as usize;
+        let _ = log.send(format!("statement {number}: {} row(s)", kept.len())).await;
+        self.rows = Some(kept);
+        Ok(())
+    }
 }
 
 pub async fn run(
@@ -120,20 +142,13 @@ async fn postgres(
                 "WITH updraft_rows AS ({typed}) SELECT row_to_json(updraft_rows)::text FROM updraft_rows LIMIT {}",
                 u64::from(task.max_rows) + 1
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(wrapped));
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(wrapped));
             for value in &values {
                 query = query.bind(value.clone());
             }
-            let rows =
+            let texts =
                 query.fetch_all(&mut *tx).await.map_err(|error| format!("statement {number}: {}", describe(&error)))?;
-            let mut objects = Vec::with_capacity(rows.len());
-            for row in rows.iter().take(task.max_rows as usize) {
-                let text: String = row.try_get(0).map_err(|error| describe(&error))?;
-                objects.push(serde_json::from_str(&text).map_err(|error| error.to_string())?);
-            }
-            done.truncated = rows.len() > task.max_rows as usize;
-            let _ = log.send(format!("statement {number}: {} row(s)", objects.len())).await;
-            done.rows = Some(objects);
+            done.keep_rows(&texts, task.max_rows, number, log).await?;
         } else {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(typed));
             for value in &values {
@@ -203,20 +218,13 @@ async fn mysql(
             pairs.join(", "),
             u64::from(task.max_rows) + 1
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(wrapped));
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(wrapped));
         for value in &values {
             query = query.bind(value.clone());
         }
-        let rows =
+        let texts =
             query.fetch_all(&mut *tx).await.map_err(|error| format!("statement {number}: {}", describe(&error)))?;
-        let mut objects = Vec::with_capacity(rows.len());
-        for row in rows.iter().take(task.max_rows as usize) {
-            let text: String = row.try_get(0).map_err(|error| describe(&error))?;
-            objects.push(serde_json::from_str(&text).map_err(|error| error.to_string())?);
-        }
-        done.truncated = rows.len() > task.max_rows as usize;
-        let _ = log.send(format!("statement {number}: {} row(s)", objects.len())).await;
-        done.rows = Some(objects);
+        done.keep_rows(&texts, task.max_rows, number, log).await?;
     }
     tx.commit().await.map_err(|error| describe(&error))?;
     Ok(done)

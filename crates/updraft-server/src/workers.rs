@@ -41,8 +41,7 @@ async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <worker token>`".into()))?;
     if let Some(expected) = state.worker_token.as_deref()
-        && given.len() == expected.len()
-        && given.bytes().zip(expected.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+        && updraft_auth::constant_time_eq(given.as_bytes(), expected.as_bytes())
     {
         return Ok(());
     }

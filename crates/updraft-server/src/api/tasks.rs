@@ -88,9 +88,14 @@ pub async fn shown_output(
     let mut secrets =
         updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref()).await.unwrap_or_default();
     let _ = updraft_runner::secrets::overlay_environment(&mut secrets, std::env::vars());
-    let masked = updraft_runner::secrets::Masker::new(&secrets).mask(&text).into_owned();
+    Ok(Some(masked_output(&updraft_runner::secrets::Masker::new(&secrets), &text)))
+}
+
+/// An output's JSON text with its secret values as `***`.
+pub fn masked_output(masker: &updraft_runner::secrets::Masker, text: &str) -> serde_json::Value {
+    let masked = masker.mask(text).into_owned();
     // A masked number is no longer JSON: then the text is shown as it is.
-    Ok(Some(serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked))))
+    serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked))
 }
 
 pub async fn find_task_instance(

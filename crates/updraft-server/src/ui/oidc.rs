@@ -278,7 +278,7 @@ async fn finish(state: &AppState, headers: &HeaderMap, query: Callback) -> Respo
     let [flow_state, nonce, verifier, next] = parts[..] else {
         return page(StatusCode::BAD_REQUEST, "this sign-in was not started here, or took too long; sign in again");
     };
-    if flow_state.is_empty() || !constant_time_eq(flow_state.as_bytes(), query.state.as_bytes()) {
+    if flow_state.is_empty() || !updraft_auth::constant_time_eq(flow_state.as_bytes(), query.state.as_bytes()) {
         return page(StatusCode::BAD_REQUEST, "this sign-in was not started here, or took too long; sign in again");
     }
     let next = URL_SAFE_NO_PAD.decode(next).ok().and_then(|next| String::from_utf8(next).ok()).unwrap_or_default();
@@ -365,8 +365,4 @@ async fn finish(state: &AppState, headers: &HeaderMap, query: Callback) -> Respo
         }
     };
     start_session(state, &user, &next, Some("oidc".to_string())).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

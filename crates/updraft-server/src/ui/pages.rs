@@ -710,24 +710,18 @@ pub async fn task_page(
     let run = find_run(&state, &dag_id, &run_id).await?;
     let dag = definition(&state, &dag_id, &run.version.0).await?;
     // Rendered as the attempt would be, with every secret value shown as `***`.
-    let outputs: std::collections::BTreeMap<String, serde_json::Value> = state
-        .store
-        .run_outputs(&dag_id, &run_id)
-        .await?
-        .into_iter()
-        .filter_map(|(task_id, text)| Some((task_id, serde_json::from_str(&text).ok()?)))
-        .collect();
-    let rendered = match dag.task(&task_id) {
-        Some(task) => {
-            let database =
-                updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref()).await.unwrap_or_default();
-            let wanted = updraft_runner::template::wanted(&dag, task);
-            let secrets = updraft_runner::secrets::for_task(&database, &state.backends, &wanted).await;
-            Some((task, secrets.unwrap_or(database)))
-        }
-        None => None,
-    };
-    let rendered = rendered.map(|(task, secrets)| {
+    // The run's outputs and the secrets, read once for the rendered fields and the output.
+    let texts = state.store.run_outputs(&dag_id, &run_id).await?;
+    let outputs: std::collections::BTreeMap<String, serde_json::Value> =
+        texts.iter().filter_map(|(task_id, text)| Some((task_id.clone(), serde_json::from_str(text).ok()?))).collect();
+    let database =
+        updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref()).await.unwrap_or_default();
+    let wanted = dag.task(&task_id).map(|task| updraft_runner::template::wanted(&dag, task)).unwrap_or_default();
+    let secrets = updraft_runner::secrets::for_task(&database, &state.backends, &wanted).await.unwrap_or(database);
+    // Outputs may carry secrets too: the output and every rendered value are masked.
+    let masker = updraft_runner::secrets::Masker::new(&secrets);
+    let output = texts.get(&task_id).map(|text| crate::api::masked_output(&masker, text));
+    let rendered = dag.task(&task_id).map(|task| {
         let context = updraft_runner::template::RunContext {
             run_id: run.run_id.clone(),
             run_type: run.run_type.as_str().to_string(),
@@ -738,14 +732,11 @@ pub async fn task_page(
         };
         let templates = updraft_runner::template::environment();
         let shown = updraft_runner::secrets::masked(&secrets);
-        // Upstream outputs may carry secrets too: every rendered value is masked.
-        let masker = updraft_runner::secrets::Masker::new(&secrets);
         updraft_runner::template::render_fields(&templates, &dag, task, &context, chosen.max(1), &shown)
             .into_iter()
             .map(|(field, value)| (field, value.map(|text| masker.mask(&text).into_owned())))
             .collect::<Vec<_>>()
     });
-    let output = crate::api::shown_output(&state, &dag_id, &run_id, &task_id).await?;
     let body = html! {
         p { a href=(dag_url(&dag_id)) { (dag_id) } " / " a href=(run_url(&dag_id, &run_id)) { (run_id) } }
         h1 { (task_id) " " (state_badge(ti.state.as_str())) }
