@@ -44,8 +44,8 @@ pub enum SecretsError {
     /// never a value.
     #[error("secrets backend {backend}: {message}")]
     Backend { backend: String, message: String },
-    #[error("secrets backend {backend}: {name} `{key}` is not a connection: {message}")]
-    BadConnection { backend: String, name: &'static str, key: String, message: String },
+    #[error("secrets backend {backend}: connection `{conn_id}` is not a connection: {message}")]
+    BadConnection { backend: String, conn_id: String, message: String },
 }
 
 /// What a template asks for.
@@ -184,8 +184,7 @@ impl Backends {
             if let Some((index, text)) = self.find(Kind::Connection, conn_id).await? {
                 let connection = parse_connection(&text).map_err(|message| SecretsError::BadConnection {
                     backend: self.backends[index].describe(),
-                    name: "connection",
-                    key: conn_id.clone(),
+                    conn_id: conn_id.clone(),
                     message,
                 })?;
                 secrets.connections.insert(conn_id.clone(), connection);

@@ -79,6 +79,20 @@ async fn a_local_file_backend_comes_before_the_database_and_is_cached() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     let error = backends.get(Kind::Variable, "region").await.unwrap_err().to_string();
     assert!(error.contains("variables.yaml:") && error.contains("cannot read variable `region`"), "{error}");
+
+    // A connection that is neither a URI nor Airflow's JSON names the backend and
+    // the connection, never its text.
+    std::fs::write(folder.path().join("connections.env"), "broken=not a uri hunter22\n").unwrap();
+    let fresh = backends_in(folder.path());
+    let mut secrets = Secrets::default();
+    let error = fresh.resolve(&wanted(&[], &["broken"]), &mut secrets).await.unwrap_err().to_string();
+    assert!(error.contains("connection `broken` is not a connection") && error.contains("connections.env"), "{error}");
+    assert!(!error.contains("hunter22"), "{error}");
+}
+
+fn backends_in(folder: &Path) -> Backends {
+    let config = "[[backends]]\nkind = \"file\"\nconnections_file = \"connections.env\"\n";
+    backends(config, folder, Duration::ZERO)
 }
 
 #[derive(Default)]
