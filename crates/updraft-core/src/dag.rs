@@ -47,6 +47,9 @@ pub const TEMPLATE_NAMES: &[&str] = &[
     "conn",
     // Upstream tasks' outputs (`tasks.<id>.output`), checked against the graph.
     "tasks",
+    // A mapped task's item and its position (`null` in a task without `for_each`).
+    "item",
+    "map_index",
 ];
 
 /// A validated DAG. Construct with [`Dag::new`], which checks the task graph, so a
@@ -98,6 +101,20 @@ pub struct Task {
     #[serde(default = "default_queue")]
     pub queue: String,
     pub priority: i32,
+    /// Expands the task into one mapped instance per item (`crate::mapping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<crate::mapping::ForEach>,
+    /// Items allowed per run; more fail the task.
+    #[serde(default = "default_map_limit", skip_serializing_if = "is_default_map_limit")]
+    pub for_each_limit: u32,
+}
+
+fn default_map_limit() -> u32 {
+    crate::mapping::DEFAULT_LIMIT
+}
+
+fn is_default_map_limit(limit: &u32) -> bool {
+    *limit == crate::mapping::DEFAULT_LIMIT
 }
 
 fn default_queue() -> String {
@@ -562,6 +579,8 @@ pub(crate) mod tests {
             pool: defaults::POOL.to_string(),
             queue: defaults::QUEUE.to_string(),
             priority: 0,
+            for_each: None,
+            for_each_limit: crate::mapping::DEFAULT_LIMIT,
         }
     }
 

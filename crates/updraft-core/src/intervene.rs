@@ -22,8 +22,11 @@ pub struct TaskInstanceState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Marks these tasks `to` (success, failed or skipped).
+    /// Marks these tasks `to` (success, failed or skipped); every instance of a
+    /// mapped task.
     MarkTasks { task_ids: Vec<String>, to: TaskState },
+    /// Marks one task instance `to` (one instance of a mapped task).
+    MarkInstance { ti_pk: i64, to: TaskState },
     /// Runs these tasks again (and, with `downstream`, every task after them).
     Clear { task_ids: Vec<String>, downstream: bool },
     /// Ends the run as `to`: unfinished tasks become success (marking success) or
@@ -90,8 +93,10 @@ pub fn intervene(
     task_instances: &[TaskInstanceState],
     request: &Request,
 ) -> Result<Intervention, Refusal> {
+    // A task's instances: one, or each of a mapped task's.
     let find = |task_id: &str| {
-        task_instances.iter().find(|ti| ti.task_id == task_id).ok_or_else(|| Refusal::UnknownTask(task_id.to_string()))
+        let found: Vec<&TaskInstanceState> = task_instances.iter().filter(|ti| ti.task_id == task_id).collect();
+        if found.is_empty() { Err(Refusal::UnknownTask(task_id.to_string())) } else { Ok(found) }
     };
     let mut out = Intervention::default();
     match request {
@@ -103,13 +108,30 @@ pub fn intervene(
                 return Err(Refusal::NoTasks);
             }
             for task_id in task_ids {
-                let ti = find(task_id)?;
-                refuse_busy(ti)?;
-                if ti.state != *to {
-                    out.tasks.push((ti.ti_pk, ti.state, *to));
+                for ti in find(task_id)? {
+                    refuse_busy(ti)?;
+                    if ti.state != *to {
+                        out.tasks.push((ti.ti_pk, ti.state, *to));
+                    }
                 }
             }
             // A finished run whose tasks change is looked at again by the scheduler.
+            if run_state.is_finished() && !out.tasks.is_empty() {
+                out.run = Some((run_state, RunState::Queued));
+            }
+        }
+        Request::MarkInstance { ti_pk, to } => {
+            if !matches!(to, TaskState::Success | TaskState::Failed | TaskState::Skipped) {
+                return Err(Refusal::BadMark(*to));
+            }
+            let ti = task_instances
+                .iter()
+                .find(|ti| ti.ti_pk == *ti_pk)
+                .ok_or_else(|| Refusal::UnknownTask(format!("instance {ti_pk}")))?;
+            refuse_busy(ti)?;
+            if ti.state != *to {
+                out.tasks.push((ti.ti_pk, ti.state, *to));
+            }
             if run_state.is_finished() && !out.tasks.is_empty() {
                 out.run = Some((run_state, RunState::Queued));
             }
@@ -137,11 +159,13 @@ pub fn intervene(
             }
             for idx in graph.topo_order.iter().copied().filter(|&idx| chosen[idx]) {
                 let task = &dag.tasks()[idx];
-                let Ok(ti) = find(task.task_id.as_str()) else { continue };
-                refuse_busy(ti)?;
-                if ti.state != TaskState::None {
-                    out.tasks.push((ti.ti_pk, ti.state, TaskState::None));
-                    out.max_tries.push((ti.ti_pk, ti.try_number + task.retries));
+                let Ok(tis) = find(task.task_id.as_str()) else { continue };
+                for ti in tis {
+                    refuse_busy(ti)?;
+                    if ti.state != TaskState::None {
+                        out.tasks.push((ti.ti_pk, ti.state, TaskState::None));
+                        out.max_tries.push((ti.ti_pk, ti.try_number + task.retries));
+                    }
                 }
             }
             if run_state.is_finished() && !out.tasks.is_empty() {

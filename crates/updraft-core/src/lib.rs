@@ -14,6 +14,7 @@ pub mod errors;
 pub mod http;
 pub mod id;
 pub mod intervene;
+pub mod mapping;
 pub mod plan;
 pub mod reason;
 pub mod retry;

@@ -121,6 +121,8 @@ pub struct RunEntry {
 pub struct TaskInstanceEntry {
     pub ti_pk: i64,
     pub task_id: TaskId,
+    /// Its position among a mapped task's instances; `mapping::UNMAPPED` otherwise.
+    pub map_index: i32,
     pub state: TaskState,
     pub try_number: u32,
     pub retry_at: Option<Timestamp>,
@@ -159,6 +161,16 @@ pub enum Action {
     SetWaitReason {
         ti_pk: i64,
         reason: Option<WaitReason>,
+    },
+    /// Turns a mapped task's unexpanded instance (state `none`, map index -1) into
+    /// one instance per item; the store reads the items (they may be an upstream
+    /// output) with `ForEach::items`. No items skip it; unreadable ones fail it.
+    ExpandTask {
+        run_pk: i64,
+        ti_pk: i64,
+        task_id: TaskId,
+        for_each: crate::mapping::ForEach,
+        limit: u32,
     },
 }
 
@@ -378,69 +390,101 @@ impl Planner {
     fn settle_run<'a>(&mut self, run: &'a RunEntry, ready: &mut Vec<Ready<'a>>) {
         let dag = run.dag.as_ref();
         let graph = dag.graph();
-        let mut slots: Vec<Option<&TaskInstanceEntry>> = vec![None; dag.tasks().len()];
+        // A task's instances: one, or a mapped task's many.
+        let mut slots: Vec<Vec<&TaskInstanceEntry>> = vec![Vec::new(); dag.tasks().len()];
         for ti in &run.task_instances {
             if let Some(idx) = graph.task_idx(ti.task_id.as_str()) {
-                slots[idx] = Some(ti);
+                slots[idx].push(ti);
             }
         }
         // Decisions made in this pass feed the tasks after them, so a failure settles
-        // a whole chain of downstream tasks at once.
-        let mut states: Vec<TaskState> = slots.iter().map(|ti| ti.map_or(TaskState::Removed, |ti| ti.state)).collect();
+        // a whole chain of downstream tasks at once. A task without instances counts
+        // as removed; an upstream task counts once per instance (Airflow's way).
+        let mut states: Vec<Vec<TaskState>> = slots
+            .iter()
+            .map(|tis| if tis.is_empty() { vec![TaskState::Removed] } else { tis.iter().map(|ti| ti.state).collect() })
+            .collect();
         for (topo_pos, &task_idx) in graph.topo_order.iter().enumerate() {
-            let Some(ti) = slots[task_idx] else { continue };
             let task = &dag.tasks()[task_idx];
-            let candidate = |from| Ready {
-                ti,
-                from,
-                dag,
-                task_idx,
-                topo_pos,
-                run_pk: run.run_pk,
-                logical_date: run.logical_date,
-                priority: task.priority,
-            };
-            match ti.state {
-                TaskState::None => {
-                    let counts = UpstreamCounts::from_states(graph.upstream[task_idx].iter().map(|&up| states[up]));
-                    match evaluate(task.trigger_rule, counts) {
-                        Decision::Run => {
-                            states[task_idx] = TaskState::Scheduled;
-                            ready.push(candidate(TaskState::None));
-                        }
-                        Decision::Skip => {
-                            states[task_idx] = TaskState::Skipped;
-                            self.set_state(ti.ti_pk, TaskState::None, TaskState::Skipped);
-                        }
-                        Decision::UpstreamFailed => {
-                            states[task_idx] = TaskState::UpstreamFailed;
-                            self.set_state(ti.ti_pk, TaskState::None, TaskState::UpstreamFailed);
-                        }
-                        Decision::Wait => {
-                            self.set_reason(ti, Some(&WaitReason::Upstream { rule: task.trigger_rule }));
+            for (position, &ti) in slots[task_idx].iter().enumerate() {
+                let candidate = |from| Ready {
+                    ti,
+                    from,
+                    dag,
+                    task_idx,
+                    topo_pos,
+                    run_pk: run.run_pk,
+                    logical_date: run.logical_date,
+                    priority: task.priority,
+                };
+                let decided = match ti.state {
+                    TaskState::None => {
+                        let upstream = graph.upstream[task_idx].iter().flat_map(|&up| states[up].iter().copied());
+                        match evaluate(task.trigger_rule, UpstreamCounts::from_states(upstream)) {
+                            Decision::Run => match &task.for_each {
+                                Some(for_each) if ti.map_index == crate::mapping::UNMAPPED => {
+                                    self.plan.actions.push(Action::ExpandTask {
+                                        run_pk: run.run_pk,
+                                        ti_pk: ti.ti_pk,
+                                        task_id: task.task_id.clone(),
+                                        for_each: for_each.clone(),
+                                        limit: task.for_each_limit,
+                                    });
+                                    // Its instances are scheduled once they exist.
+                                    self.wake(self.now);
+                                    None
+                                }
+                                _ => {
+                                    ready.push(candidate(TaskState::None));
+                                    Some(TaskState::Scheduled)
+                                }
+                            },
+                            Decision::Skip => {
+                                self.set_state(ti.ti_pk, TaskState::None, TaskState::Skipped);
+                                Some(TaskState::Skipped)
+                            }
+                            Decision::UpstreamFailed => {
+                                self.set_state(ti.ti_pk, TaskState::None, TaskState::UpstreamFailed);
+                                Some(TaskState::UpstreamFailed)
+                            }
+                            Decision::Wait => {
+                                self.set_reason(ti, Some(&WaitReason::Upstream { rule: task.trigger_rule }));
+                                None
+                            }
                         }
                     }
+                    TaskState::UpForRetry => match ti.retry_at {
+                        Some(at) if at > self.now => {
+                            self.wake(at);
+                            self.set_reason(
+                                ti,
+                                Some(&WaitReason::RetryWait { until: at, next_try: ti.try_number + 1 }),
+                            );
+                            None
+                        }
+                        _ => {
+                            ready.push(candidate(TaskState::UpForRetry));
+                            Some(TaskState::Scheduled)
+                        }
+                    },
+                    TaskState::Scheduled => {
+                        ready.push(candidate(TaskState::Scheduled));
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(state) = decided {
+                    states[task_idx][position] = state;
                 }
-                TaskState::UpForRetry => match ti.retry_at {
-                    Some(at) if at > self.now => {
-                        self.wake(at);
-                        self.set_reason(ti, Some(&WaitReason::RetryWait { until: at, next_try: ti.try_number + 1 }));
-                    }
-                    _ => {
-                        states[task_idx] = TaskState::Scheduled;
-                        ready.push(candidate(TaskState::UpForRetry));
-                    }
-                },
-                TaskState::Scheduled => ready.push(candidate(TaskState::Scheduled)),
-                _ => {}
             }
         }
-        if states.iter().all(|state| state.is_finished()) {
+        if states.iter().flatten().all(|state| state.is_finished()) {
             let succeeded = graph
                 .topo_order
                 .iter()
                 .filter(|&&idx| graph.is_leaf(idx))
-                .all(|&idx| matches!(states[idx], TaskState::Success | TaskState::Skipped));
+                .flat_map(|&idx| &states[idx])
+                .all(|state| matches!(state, TaskState::Success | TaskState::Skipped));
             let state = if succeeded { RunState::Success } else { RunState::Failed };
             self.plan.actions.push(Action::FinishRun { run_pk: run.run_pk, state });
         }

@@ -41,6 +41,10 @@ pub enum WaitReason {
         until: Timestamp,
         next_try: u32,
     },
+    /// A mapped task's items could not be read (it failed without an attempt).
+    Unexpandable {
+        error: String,
+    },
 }
 
 impl WaitReason {
@@ -78,6 +82,7 @@ impl fmt::Display for WaitReason {
             WaitReason::RetryWait { until, next_try } => {
                 write!(f, "waiting to retry: try {next_try} starts at {until}")
             }
+            WaitReason::Unexpandable { error } => write!(f, "failed before any attempt: {error}"),
         }
     }
 }

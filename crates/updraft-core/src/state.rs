@@ -139,7 +139,8 @@ pub struct IllegalTransition<S: fmt::Display + fmt::Debug> {
 pub fn check_task_transition(from: TaskState, to: TaskState) -> Result<(), IllegalTransition<TaskState>> {
     use TaskState::*;
     let legal = match from {
-        None => matches!(to, Scheduled | Skipped | UpstreamFailed | Removed),
+        // None -> Failed: a mapped task whose items cannot be read fails unattempted.
+        None => matches!(to, Scheduled | Skipped | UpstreamFailed | Removed | Failed),
         Scheduled => matches!(to, Queued | None | Removed),
         // Queued -> Scheduled gives back a slot a runner could not use.
         Queued => matches!(to, Running | Scheduled | Failed | UpForRetry | Removed),
@@ -183,6 +184,7 @@ mod tests {
             (None, Skipped),
             (None, UpstreamFailed),
             (None, Removed),
+            (None, Failed),
             (Scheduled, Queued),
             (Scheduled, None),
             (Scheduled, Removed),

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 use updraft_core::dag::{GraphError, TEMPLATE_NAMES, ZoneName, defaults};
+use updraft_core::mapping::{self, ForEach, PathStep};
 use updraft_core::timetable::{Schedule, parse_date_in_zone};
 use updraft_core::trigger_rule::TriggerRule;
 use updraft_core::{Dag, DagId, DagSpec, Duration, Task, TaskId, TaskKind};
@@ -59,6 +60,8 @@ const TASK_FIELDS: &[&str] = &[
     "pool",
     "queue",
     "priority",
+    "for_each",
+    "for_each_limit",
 ];
 
 const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql", "spark", "load"];
@@ -106,7 +109,8 @@ pub const LOAD_TYPES: &[&str] = &[
 const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
 pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
-    let mut parser = FileParser { diagnostics: Vec::new(), templates: minijinja::Environment::new() };
+    let mut parser =
+        FileParser { diagnostics: Vec::new(), templates: minijinja::Environment::new(), mapped: Vec::new() };
     let (dag, dag_id_span) = match yaml::parse(text) {
         Ok(root) => parser.dag(&root, fileloc),
         Err(error) => {
@@ -121,6 +125,8 @@ pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
 struct FileParser {
     diagnostics: Vec<SpanDiagnostic>,
     templates: minijinja::Environment<'static>,
+    /// Tasks with `for_each` written, valid or not: they may use `item`.
+    mapped: Vec<TaskId>,
 }
 
 /// Task fields as written in `defaults` or in a task; `None` means not written.
@@ -138,6 +144,9 @@ struct TaskFields<'a> {
     pool: Option<String>,
     queue: Option<String>,
     priority: Option<i32>,
+    for_each: Option<ForEach>,
+    for_each_written: bool,
+    for_each_limit: Option<u32>,
     kinds: Vec<(&'a str, &'a Node, &'a Node)>,
 }
 
@@ -425,6 +434,14 @@ impl FileParser {
                 "pool" => out.pool = self.non_empty(value, "pool"),
                 "queue" => out.queue = self.non_empty(value, "queue"),
                 "priority" => out.priority = self.integer(value, "priority"),
+                "for_each" if in_defaults => {
+                    self.error(key.span, "`for_each` cannot be a default; set it on each task");
+                }
+                "for_each" => {
+                    out.for_each = self.for_each(value);
+                    out.for_each_written = true;
+                }
+                "for_each_limit" => out.for_each_limit = self.number(value, "for_each_limit", 1),
                 kind if in_defaults => {
                     self.error(key.span, format!("task type `{kind}` cannot be a default; set it on each task"));
                 }
@@ -460,6 +477,9 @@ impl FileParser {
         let cwd = own.cwd.clone().or_else(|| defaults.cwd.clone());
         let kind = kind?;
         let depends_on = own.depends_on.unwrap_or_default();
+        if own.for_each_written {
+            self.mapped.push(task_id.clone());
+        }
         let task = Task {
             task_id: task_id.clone(),
             kind,
@@ -478,6 +498,8 @@ impl FileParser {
             pool: own.pool.or_else(|| defaults.pool.clone()).unwrap_or_else(|| defaults::POOL.to_string()),
             queue: own.queue.or_else(|| defaults.queue.clone()).unwrap_or_else(|| defaults::QUEUE.to_string()),
             priority: own.priority.or(defaults.priority).unwrap_or(0),
+            for_each: own.for_each,
+            for_each_limit: own.for_each_limit.or(defaults.for_each_limit).unwrap_or(mapping::DEFAULT_LIMIT),
         };
         let nodes = TaskNodes {
             name: task_id.to_string(),
@@ -1122,6 +1144,33 @@ impl FileParser {
         }
     }
 
+    /// `for_each`: a list, or `{{ tasks.<id>.output }}` with an optional path
+    /// (`.key`, `["key"]`, `[0]`) to a list inside that output.
+    fn for_each(&mut self, node: &Node) -> Option<ForEach> {
+        match &node.value {
+            Value::Seq(items) => Some(ForEach::Items(items.iter().map(Node::to_json).collect())),
+            Value::String(text) => match parse_output_reference(text) {
+                Ok((task, path)) => Some(ForEach::Output { task, path }),
+                Err(problem) => {
+                    self.error(
+                        node.span,
+                        format!(
+                            "`for_each`: {problem}; expected a list, or `{{{{ tasks.<task_id>.output }}}}` with an optional path such as `.items` or `[0]`"
+                        ),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.error(
+                    node.span,
+                    format!("`for_each`: expected a list or `{{{{ tasks.<task_id>.output }}}}`, found {}", node.kind()),
+                );
+                None
+            }
+        }
+    }
+
     /// Compiles a template to catch syntax errors and unknown names before any run.
     fn check_template(&mut self, text: &str, span: Span, field: &str) {
         if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
@@ -1154,7 +1203,13 @@ impl FileParser {
         for (task_idx, task) in dag.tasks().iter().enumerate() {
             let Some(node) = nodes.iter().find(|node| node.name == task.task_id.as_str()) else { continue };
             let mut named = std::collections::BTreeSet::new();
+            if let Some(source) = task.for_each.as_ref().and_then(ForEach::source_task) {
+                named.insert(source.to_string());
+            }
             let fields = task.templated(&dag.spec().env);
+            if !self.mapped.contains(&task.task_id) {
+                self.mapped_names_outside_mapping(&fields, task.task_id.as_str(), node.key_span);
+            }
             for text in fields.iter().map(|(_, text)| *text).filter(|text| text.contains("tasks")) {
                 let Ok(template) = self.templates.template_from_str(text) else { continue };
                 for name in template.undeclared_variables(true) {
@@ -1185,6 +1240,23 @@ impl FileParser {
                     Some(_) => continue,
                 };
                 self.error(node.key_span, message);
+            }
+        }
+    }
+
+    /// `item` and `map_index` exist only in a task with `for_each`.
+    fn mapped_names_outside_mapping(&mut self, fields: &[(String, &str)], task_id: &str, span: Span) {
+        for (field, text) in fields {
+            if !text.contains("item") && !text.contains("map_index") {
+                continue;
+            }
+            let Ok(template) = self.templates.template_from_str(text) else { continue };
+            let used = template.undeclared_variables(false);
+            for name in ["item", "map_index"].into_iter().filter(|name| used.contains(*name)) {
+                self.error(
+                    span,
+                    format!("task `{task_id}`: `{field}` uses `{name}`, which only a task with `for_each` has"),
+                );
             }
         }
     }
@@ -1426,6 +1498,53 @@ struct TaskNodes {
     key_span: Span,
     depends_on: Vec<Span>,
     depends_on_names: Vec<String>,
+}
+
+/// Reads `{{ tasks.<id>.output<path> }}` (or `tasks["<id>"]`) into the task and
+/// the path; anything else in the text is an error, since items are not rendered.
+fn parse_output_reference(text: &str) -> Result<(TaskId, Vec<PathStep>), String> {
+    let inner = text
+        .trim()
+        .strip_prefix("{{")
+        .and_then(|rest| rest.strip_suffix("}}"))
+        .map(str::trim)
+        .ok_or_else(|| format!("`{text}` is not a single `{{{{ ... }}}}` expression"))?;
+    let rest = inner.strip_prefix("tasks").ok_or_else(|| format!("`{inner}` does not start with `tasks.`"))?;
+    let mut steps = Vec::new();
+    let mut rest = rest;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+            if end == 0 {
+                return Err(format!("`{inner}` has an empty name after `.`"));
+            }
+            steps.push(PathStep::Key(after[..end].to_string()));
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let close = after.find(']').ok_or_else(|| format!("`{inner}` has a `[` without `]`"))?;
+            let key = after[..close].trim();
+            let quoted = key
+                .strip_prefix('"')
+                .and_then(|key| key.strip_suffix('"'))
+                .or_else(|| key.strip_prefix('\'').and_then(|key| key.strip_suffix('\'')));
+            match (quoted, key.parse::<usize>()) {
+                (Some(key), _) => steps.push(PathStep::Key(key.to_string())),
+                (None, Ok(index)) => steps.push(PathStep::Index(index)),
+                (None, Err(_)) => return Err(format!("`[{key}]` in `{inner}` is neither a quoted key nor an index")),
+            }
+            rest = &after[close + 1..];
+        } else {
+            return Err(format!("`{inner}` is not a path (unexpected `{rest}`)"));
+        }
+    }
+    let task = match steps.first() {
+        Some(PathStep::Key(task)) => TaskId::new(task.as_str()).map_err(|error| error.to_string())?,
+        _ => return Err(format!("`{inner}` does not name a task after `tasks`")),
+    };
+    if steps.get(1) != Some(&PathStep::Key("output".to_string())) {
+        return Err(format!("`{inner}` does not read `.output` of task `{task}`"));
+    }
+    Ok((task, steps.split_off(2)))
 }
 
 fn template_error(error: &minijinja::Error) -> String {

@@ -51,6 +51,9 @@ fn render_folder(kind: &str) -> Vec<(String, String, usize)> {
                         task.cwd,
                         task.env,
                     ));
+                    if let Some(for_each) = &task.for_each {
+                        out.push_str(&format!("  for_each {for_each:?} limit={}\n", task.for_each_limit));
+                    }
                 }
             }
             (name, out, file.diagnostics.len())

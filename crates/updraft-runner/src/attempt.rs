@@ -50,7 +50,16 @@ pub struct AttemptLabel {
     pub dag_id: String,
     pub run_id: String,
     pub task_id: String,
+    /// -1 unless the task is mapped.
+    pub map_index: i32,
     pub try_number: u32,
+}
+
+impl AttemptLabel {
+    /// `task_id`, or `task_id[3]` for a mapped instance.
+    pub fn name(&self) -> String {
+        if self.map_index < 0 { self.task_id.clone() } else { format!("{}[{}]", self.task_id, self.map_index) }
+    }
 }
 
 /// Sees an attempt's output as it happens (`dags test` prints it).
@@ -145,6 +154,7 @@ pub async fn execute(
         dag_id: spec.dag.dag_id().to_string(),
         run_id: spec.run.run_id.clone(),
         task_id: spec.task_id.clone(),
+        map_index: spec.run.mapped.as_ref().map_or(updraft_core::mapping::UNMAPPED, |mapped| mapped.index as i32),
         try_number: spec.try_number,
     };
     observer.started(&label);
@@ -520,6 +530,9 @@ fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) ->
     ]);
     if let Some(token) = &spec.attempt_token {
         env.push(("UPDRAFT_ATTEMPT".to_string(), token.clone()));
+    }
+    if let Some(mapped) = &spec.run.mapped {
+        env.push(("UPDRAFT_MAP_INDEX".to_string(), mapped.index.to_string()));
     }
     Ok(Prepared { command, cwd, env, rendered, cwd_base: dag_folder, dag_id: dag.dag_id().to_string() })
 }

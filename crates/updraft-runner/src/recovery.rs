@@ -184,7 +184,14 @@ impl Recovery {
         };
         let reason = format!("{why}; {next}");
         let path = attempt.log_path.as_ref().map(PathBuf::from).unwrap_or_else(|| {
-            log_path(&self.logs_folder, &attempt.dag_id, &attempt.run_id, &attempt.task_id, attempt.try_number)
+            log_path(
+                &self.logs_folder,
+                &attempt.dag_id,
+                &attempt.run_id,
+                &attempt.task_id,
+                attempt.map_index,
+                attempt.try_number,
+            )
         });
         // A remote attempt's log lives in the store; a local one, in its file.
         match attempt.hostname.as_deref().is_none_or(|host| host == self.hostname) {

@@ -17,7 +17,7 @@ use updraft_store::{AttemptEnd, AttemptProcess, Claimant, Claimed, FinishedAttem
 use crate::attempt::{AttemptLabel, AttemptObserver, AttemptSpec, Ending, execute};
 use crate::shipping::LogShipper;
 use crate::source::WorkSource;
-use crate::template::{self, RunContext};
+use crate::template::{self, Mapped, RunContext};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -264,8 +264,14 @@ impl Runner {
             Ok(outputs) => outputs,
             Err(reason) => return failed(claimed, reason),
         };
-        let log_path =
-            log_path(&self.config.logs_folder, &claimed.dag_id, &claimed.run_id, &claimed.task_id, claimed.try_number);
+        let log_path = log_path(
+            &self.config.logs_folder,
+            &claimed.dag_id,
+            &claimed.run_id,
+            &claimed.task_id,
+            claimed.map_index,
+            claimed.try_number,
+        );
         let spec = AttemptSpec {
             dag: dag.clone(),
             task_id: claimed.task_id.clone(),
@@ -276,6 +282,7 @@ impl Runner {
                 interval: claimed.interval,
                 conf: claimed.conf.clone(),
                 outputs,
+                mapped: Mapped::from_stored(claimed.map_index, claimed.map_item.as_deref()),
             },
             try_number: claimed.try_number,
             tries_allowed: claimed.max_tries + 1,
@@ -395,6 +402,7 @@ impl Runner {
                     dag_id: claimed.dag_id.clone(),
                     run_id: claimed.run_id.clone(),
                     task_id: claimed.task_id.clone(),
+                    map_index: claimed.map_index,
                     try_number: claimed.try_number,
                 };
                 self.observer.recorded(&label, end.state, end.reason.as_deref());
@@ -438,9 +446,19 @@ struct Outcome {
 /// Where attempts send how they ended.
 type Outcomes = mpsc::UnboundedSender<Outcome>;
 
-/// `<logs>/<dag_id>/<run_id>/<task_id>/<try_number>.log`, as the contract says.
-pub fn log_path(logs_folder: &std::path::Path, dag_id: &str, run_id: &str, task_id: &str, try_number: u32) -> PathBuf {
-    logs_folder.join(dag_id).join(run_id).join(task_id).join(format!("{try_number}.log"))
+/// `<logs>/<dag_id>/<run_id>/<task_id>/<try_number>.log`, as the contract says; a
+/// mapped instance's in `<task_id>/map_index=<n>/`, as in Airflow.
+pub fn log_path(
+    logs_folder: &std::path::Path,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    map_index: i32,
+    try_number: u32,
+) -> PathBuf {
+    let folder = logs_folder.join(dag_id).join(run_id).join(task_id);
+    let folder = if map_index < 0 { folder } else { folder.join(format!("map_index={map_index}")) };
+    folder.join(format!("{try_number}.log"))
 }
 
 /// The value of `UPDRAFT_ATTEMPT`, unique per attempt.

@@ -19,6 +19,25 @@ pub struct RunContext {
     pub conf: serde_json::Map<String, serde_json::Value>,
     /// Outputs of the run's tasks so far, for `{{ tasks.<id>.output }}`.
     pub outputs: std::collections::BTreeMap<String, serde_json::Value>,
+    /// A mapped task instance's place and item.
+    pub mapped: Option<Mapped>,
+}
+
+/// `{{ map_index }}` and `{{ item }}` of a mapped task instance.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    pub index: u32,
+    pub item: serde_json::Value,
+}
+
+impl Mapped {
+    /// From a task instance's stored map index and item (JSON text); `None` when
+    /// not mapped.
+    pub fn from_stored(map_index: i32, item: Option<&str>) -> Option<Mapped> {
+        let index = u32::try_from(map_index).ok()?;
+        let item = item.and_then(|text| serde_json::from_str(text).ok()).unwrap_or(serde_json::Value::Null);
+        Some(Mapped { index, item })
+    }
 }
 
 /// Pre-rendered values shared by templates and environment variables.
@@ -97,6 +116,8 @@ pub fn context(
         var => secret_variables(secrets),
         conn => secret_connections(secrets),
         tasks => task_outputs(&run.outputs),
+        item => run.mapped.as_ref().map(|mapped| Value::from(Serde(&mapped.item))),
+        map_index => run.mapped.as_ref().map(|mapped| mapped.index),
     }
 }
 
@@ -278,6 +299,7 @@ mod tests {
             },
             conf: serde_json::from_str(r#"{"market": "KOSDAQ"}"#).unwrap(),
             outputs: Default::default(),
+            mapped: None,
         }
     }
 

@@ -240,6 +240,7 @@ impl PassPlanner {
             by_run.entry(ti.run_pk).or_default().push(TaskInstanceEntry {
                 ti_pk: ti.ti_pk,
                 task_id,
+                map_index: ti.map_index,
                 state: ti.state,
                 try_number: ti.try_number,
                 retry_at: ti.retry_at,

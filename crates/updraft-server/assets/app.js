@@ -53,7 +53,9 @@ function appendLog(pre, text) {
 function followLog(pre) {
   if (pre.dataset.state !== "running" || !window.EventSource) return;
   const stick = () => pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
-  const source = new EventSource(pre.dataset.stream + "?offset=" + pre.dataset.offset);
+  const url = new URL(pre.dataset.stream, location.href);
+  url.searchParams.set("offset", pre.dataset.offset);
+  const source = new EventSource(url);
   source.addEventListener("log", (event) => {
     const atBottom = stick();
     appendLog(pre, event.data);

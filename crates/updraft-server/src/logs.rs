@@ -39,6 +39,9 @@ pub struct LogQuery {
     /// Only the last this many lines (of the text from `offset` on).
     #[param(minimum = 0, maximum = 1000000)]
     tail: Option<i64>,
+    /// Which instance of a mapped task (from 0); needed for a mapped task.
+    #[param(minimum = 0)]
+    map_index: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -49,6 +52,9 @@ pub struct StreamQuery {
     #[serde(default)]
     #[param(minimum = 0)]
     offset: i64,
+    /// Which instance of a mapped task (from 0); needed for a mapped task.
+    #[param(minimum = 0)]
+    map_index: Option<i32>,
 }
 
 /// The most one answer carries; a reader asks again from the next offset.
@@ -97,7 +103,7 @@ pub async fn attempt_log(
         }
         other => other.map(|lines| lines as usize),
     };
-    let (ti_pk, row) = find_attempt(&state, &attempt).await?;
+    let (ti_pk, row) = find_attempt(&state, &attempt, query.map_index).await?;
     let (start, data) = match tail {
         Some(lines) => {
             let (start, data) = read(&state, ti_pk, &row, offset).await?;
@@ -145,7 +151,7 @@ pub async fn attempt_log_stream(
 ) -> Result<Response, ApiError> {
     crate::api::readable_dag(&state, &caller, &attempt.0).await?;
     let offset = non_negative("offset", Some(query.offset))?.unwrap_or(0);
-    let (ti_pk, _) = find_attempt(&state, &attempt).await?;
+    let (ti_pk, _) = find_attempt(&state, &attempt, query.map_index).await?;
     let start = Follow { state, attempt, ti_pk, offset, done: false };
     let events = futures_util::stream::unfold(start, |mut follow| async move {
         if follow.done {
@@ -208,9 +214,10 @@ impl Follow {
 pub async fn tail_for_page(
     state: &AppState,
     attempt: &Attempt,
+    map_index: Option<i32>,
     lines: usize,
 ) -> Result<(Vec<u8>, u64, TaskState), ApiError> {
-    let (ti_pk, row) = find_attempt(state, attempt).await?;
+    let (ti_pk, row) = find_attempt(state, attempt, map_index).await?;
     let (start, data) = read(state, ti_pk, &row, None).await?;
     let cut = tail_start(&data, lines);
     Ok((data[cut..].to_vec(), start + data.len() as u64, row.state))
@@ -223,9 +230,13 @@ fn non_negative(name: &str, value: Option<i64>) -> Result<Option<u64>, ApiError>
     }
 }
 
-async fn find_attempt(state: &AppState, attempt: &Attempt) -> Result<(i64, AttemptRow), ApiError> {
+async fn find_attempt(
+    state: &AppState,
+    attempt: &Attempt,
+    map_index: Option<i32>,
+) -> Result<(i64, AttemptRow), ApiError> {
     let (dag_id, run_id, task_id, _) = attempt;
-    let task_instance = crate::api::find_task_instance(state, dag_id, run_id, task_id).await?;
+    let task_instance = crate::api::find_task_instance(state, dag_id, run_id, task_id, map_index).await?;
     Ok((task_instance.ti_pk, attempt_row(state, task_instance.ti_pk, attempt).await?))
 }
 

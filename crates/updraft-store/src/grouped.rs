@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
+use updraft_core::mapping::ForEach;
 use updraft_core::plan::{Action, RunType};
 use updraft_core::state::{check_run_transition, check_task_transition};
 use updraft_core::{DagId, DataInterval, RunState, TaskState};
@@ -28,7 +29,53 @@ pub struct Grouped<'a> {
     pub state_steps: Vec<Vec<StateGroup>>,
     /// Wait reason (JSON, or none) and the task instances that get it.
     pub reasons: Vec<(Option<String>, Vec<i64>)>,
+    /// Mapped tasks to expand, after the moves and before runs finish.
+    pub expansions: Vec<Expansion<'a>>,
     pub finishes: Vec<(i64, RunState)>,
+}
+
+/// A mapped task's unexpanded instance, to turn into one instance per item.
+pub struct Expansion<'a> {
+    pub run_pk: i64,
+    pub ti_pk: i64,
+    pub for_each: &'a ForEach,
+    pub limit: u32,
+}
+
+/// The transition detail of an expansion.
+pub fn mapped_detail(count: usize) -> String {
+    format!("mapped: {count} instance{}", if count == 1 { "" } else { "s" })
+}
+
+/// What an expansion writes.
+pub enum Expanded {
+    /// Each item's JSON text, in order.
+    Items(Vec<String>),
+    /// No items: the task is skipped.
+    Skip,
+    /// The items could not be read: the task fails with this message.
+    Fail(String),
+}
+
+impl Expansion<'_> {
+    /// Whether the items come from an output, so the run's outputs must be read.
+    pub fn reads_outputs(&self) -> bool {
+        self.for_each.source_task().is_some()
+    }
+
+    pub fn decide(&self, outputs: &BTreeMap<String, String>) -> Expanded {
+        match self.for_each.items(outputs, self.limit) {
+            Ok(items) if items.is_empty() => Expanded::Skip,
+            Ok(items) => Expanded::Items(items.iter().map(ToString::to_string).collect()),
+            Err(error) => Expanded::Fail(error.to_string()),
+        }
+    }
+
+    /// The wait reason a failed expansion leaves on its task instance, for pages
+    /// and `tasks explain`.
+    pub fn failure_reason(message: &str) -> String {
+        updraft_core::reason::WaitReason::Unexpandable { error: message.to_string() }.to_json()
+    }
 }
 
 /// Groups `actions`, refusing any illegal state change before anything is written.
@@ -39,6 +86,7 @@ pub fn group(actions: &[Action]) -> Result<Grouped<'_>> {
         starts: Vec::new(),
         state_steps: Vec::new(),
         reasons: Vec::new(),
+        expansions: Vec::new(),
         finishes: Vec::new(),
     };
     let mut steps_taken: HashMap<i64, usize> = HashMap::new();
@@ -78,6 +126,9 @@ pub fn group(actions: &[Action]) -> Result<Grouped<'_>> {
             }
             Action::SetWaitReason { ti_pk, reason } => {
                 reasons.entry(reason.as_ref().map(|reason| reason.to_json())).or_default().push(*ti_pk);
+            }
+            Action::ExpandTask { run_pk, ti_pk, task_id: _, for_each, limit } => {
+                grouped.expansions.push(Expansion { run_pk: *run_pk, ti_pk: *ti_pk, for_each, limit: *limit });
             }
             Action::FinishRun { run_pk, state } => {
                 check_run_transition(RunState::Running, *state)?;

@@ -295,6 +295,17 @@ pub struct TaskInstanceRow {
     pub pid: Option<u32>,
     pub exit_code: Option<i32>,
     pub wait_reason: Option<String>,
+    /// Its position among a mapped task's instances; -1 when not mapped.
+    pub map_index: i32,
+    /// A mapped instance's item (JSON text).
+    pub map_item: Option<String>,
+}
+
+impl TaskInstanceRow {
+    /// `task_id`, or `task_id[3]` for a mapped instance: for messages and pages.
+    pub fn label(&self) -> String {
+        if self.map_index < 0 { self.task_id.clone() } else { format!("{}[{}]", self.task_id, self.map_index) }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -388,12 +399,22 @@ pub struct Claimed {
     pub run_id: String,
     pub run_type: RunType,
     pub task_id: String,
+    /// -1 unless the task is mapped.
+    #[serde(default = "unmapped")]
+    pub map_index: i32,
+    /// A mapped instance's item (JSON text).
+    #[serde(default)]
+    pub map_item: Option<String>,
     pub try_number: u32,
     pub max_tries: u32,
     pub version: DagVersion,
     pub logical_date: Timestamp,
     pub interval: DataInterval,
     pub conf: serde_json::Map<String, serde_json::Value>,
+}
+
+fn unmapped() -> i32 {
+    updraft_core::mapping::UNMAPPED
 }
 
 /// How an attempt ended, as the store records it.
@@ -437,6 +458,7 @@ pub struct RunningAttempt {
     pub run_id: String,
     pub run_type: RunType,
     pub task_id: String,
+    pub map_index: i32,
     pub try_number: u32,
     pub max_tries: u32,
     pub version: DagVersion,

@@ -551,6 +551,96 @@ async fn outputs_follow_the_latest_try(store: Store) {
     assert_eq!(outputs.keys().collect::<Vec<_>>(), ["b"]);
 }
 
+const MAPPED: &str = r#"dag: mapped
+tasks:
+  list: {shell: 'true'}
+  fetch: {shell: 'echo {{ item }}', depends_on: [list], for_each: "{{ tasks.list.output.codes }}", retries: 1}
+  bad: {shell: 'echo {{ item }}', depends_on: [list], for_each: "{{ tasks.list.output.name }}"}
+"#;
+
+async fn mapped_tasks_expand_once(store: Store) {
+    let (mapped, version) = dag(MAPPED);
+    let run_pk =
+        store.create_run(&new_run(&mapped, &version, "r", RunType::Manual, NOW), "t", ts(NOW)).await.unwrap().unwrap();
+    let me = Claimant { process_id: 1, hostname: "h".into(), queues: None };
+    let by_task = |tis: &[TaskInstanceRow], task_id: &str| -> Vec<TaskInstanceRow> {
+        let mut found: Vec<TaskInstanceRow> = tis.iter().filter(|ti| ti.task_id == task_id).cloned().collect();
+        found.sort_by_key(|ti| ti.map_index);
+        found
+    };
+    let tis = store.task_instances(run_pk).await.unwrap();
+    let list = by_task(&tis, "list")[0].ti_pk;
+    let (fetch, bad) = (by_task(&tis, "fetch")[0].ti_pk, by_task(&tis, "bad")[0].ti_pk);
+    assert_eq!(by_task(&tis, "fetch")[0].map_index, -1, "unexpanded until its upstream is done");
+    let queue = |ti_pk| {
+        [
+            Action::SetTaskState { ti_pk, from: TaskState::None, to: TaskState::Scheduled },
+            Action::SetTaskState { ti_pk, from: TaskState::Scheduled, to: TaskState::Queued },
+        ]
+    };
+    store.apply(&queue(list), "s", ts(NOW)).await.unwrap();
+    store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
+    let end = |state: TaskState, output: Option<&str>| AttemptEnd {
+        state,
+        retry_at: None,
+        exit_code: Some(0),
+        reason: None,
+        process: None,
+        output: output.map(str::to_string),
+    };
+    let listed = end(TaskState::Success, Some(r#"{"codes": ["x", {"y": 1}, 3], "name": "n"}"#));
+    assert!(store.finish_attempt(list, 1, &listed, "runner", ts(NOW)).await.unwrap());
+
+    let expand = |ti_pk: i64, task_id: &str| {
+        let task = mapped.task(task_id).unwrap();
+        Action::ExpandTask {
+            run_pk,
+            ti_pk,
+            task_id: task.task_id.clone(),
+            for_each: task.for_each.clone().unwrap(),
+            limit: task.for_each_limit,
+        }
+    };
+    let report = store.apply(&[expand(fetch, "fetch"), expand(bad, "bad")], "s", ts(NOW)).await.unwrap();
+    assert_eq!(report.conflicts, 0);
+    // A second expansion (a stale plan) changes nothing.
+    let again = store.apply(&[expand(fetch, "fetch")], "s", ts(NOW)).await.unwrap();
+    assert_eq!(again.conflicts, 1);
+    let tis = store.task_instances(run_pk).await.unwrap();
+    let fetches = by_task(&tis, "fetch");
+    let shown: Vec<(i32, Option<&str>, TaskState, u32)> =
+        fetches.iter().map(|ti| (ti.map_index, ti.map_item.as_deref(), ti.state, ti.max_tries)).collect();
+    assert_eq!(
+        shown,
+        vec![
+            (0, Some(r#""x""#), TaskState::None, 1),
+            (1, Some(r#"{"y":1}"#), TaskState::None, 1),
+            (2, Some("3"), TaskState::None, 1)
+        ]
+    );
+    assert_eq!(fetches[0].ti_pk, fetch, "the unexpanded instance becomes item 0");
+    let failed = &by_task(&tis, "bad")[0];
+    assert_eq!(failed.state, TaskState::Failed);
+    assert!(failed.wait_reason.as_deref().unwrap().contains("is a string, not a list"), "{:?}", failed.wait_reason);
+
+    // Each instance is claimed with its item; the outputs come back as a list.
+    let mut actions = Vec::new();
+    for ti in &fetches {
+        actions.extend(queue(ti.ti_pk));
+    }
+    store.apply(&actions, "s", ts(NOW)).await.unwrap();
+    let mut claimed = store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
+    claimed.sort_by_key(|claimed| claimed.map_index);
+    let items: Vec<(i32, Option<&str>)> = claimed.iter().map(|c| (c.map_index, c.map_item.as_deref())).collect();
+    assert_eq!(items, vec![(0, Some(r#""x""#)), (1, Some(r#"{"y":1}"#)), (2, Some("3"))]);
+    let ends = [
+        FinishedAttempt { ti_pk: claimed[0].ti_pk, try_number: 1, end: end(TaskState::Success, Some("10")) },
+        FinishedAttempt { ti_pk: claimed[2].ti_pk, try_number: 1, end: end(TaskState::Success, Some("12")) },
+    ];
+    store.finish_attempts(&ends, "runner", ts(NOW)).await.unwrap();
+    assert_eq!(store.run_outputs("mapped", "r").await.unwrap()["fetch"], "[10,null,12]");
+}
+
 async fn worker_tokens(store: Store) {
     let now = ts(NOW);
     let later = |secs: i64| now + jiff::SignedDuration::from_secs(secs);
@@ -707,9 +797,60 @@ mod sqlite {
         operator_changes_are_all_or_nothing,
         accounts,
         outputs_follow_the_latest_try,
+        mapped_tasks_expand_once,
         worker_tokens,
         variables_and_connections,
     );
+
+    /// The mapped-task migration rebuilds `task_instances`: rows stay, and so do
+    /// the rows that point at them (attempts, outputs), with foreign keys on after.
+    #[tokio::test]
+    async fn the_task_instance_rebuild_keeps_every_row_and_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let old = rusqlite::Connection::open(&path).unwrap();
+            for sql in OLD_MIGRATIONS {
+                old.execute_batch(sql).unwrap();
+            }
+            old.execute_batch(
+                "PRAGMA user_version = 12;
+                 INSERT INTO dag_runs (id, dag_id, run_id, run_type, state, version, logical_date,
+                     data_interval_start, data_interval_end, conf, queued_at) VALUES (1, 'd', 'r', 'manual', 'running', 'v', 0, 0, 0, '{}', 0);
+                 INSERT INTO task_instances (id, run_pk, task_id, state, try_number, max_tries, pool, priority, updated_at)
+                     VALUES (7, 1, 'a', 'success', 1, 0, 'default', 0, 0);
+                 INSERT INTO task_attempts (ti_pk, try_number, state, start_date) VALUES (7, 1, 'success', 0);
+                 INSERT INTO task_outputs (ti_pk, value) VALUES (7, '[1]');",
+            )
+            .unwrap();
+        }
+        let store = updraft_store::open("sqlite://old.db", dir.path()).await.unwrap();
+        let tis = store.task_instances(1).await.unwrap();
+        assert_eq!((tis.len(), tis[0].ti_pk, tis[0].map_index, tis[0].state), (1, 7, -1, TaskState::Success));
+        assert_eq!(store.task_attempts(7).await.unwrap().len(), 1);
+        assert_eq!(store.run_outputs("d", "r").await.unwrap()["a"], "[1]");
+        // The references hold: deleting the run takes its task instances' rows along.
+        drop(store);
+        let reopened = rusqlite::Connection::open(&path).unwrap();
+        reopened.execute_batch("PRAGMA foreign_keys = ON; DELETE FROM dag_runs WHERE id = 1;").unwrap();
+        let left: i64 = reopened.query_row("SELECT COUNT(*) FROM task_attempts", [], |row| row.get(0)).unwrap();
+        assert_eq!(left, 0);
+    }
+
+    const OLD_MIGRATIONS: [&str; 12] = [
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+        include_str!("../migrations/sqlite/0002_claim_index.sql"),
+        include_str!("../migrations/sqlite/0003_queues_and_attempt_heartbeats.sql"),
+        include_str!("../migrations/sqlite/0004_log_chunks.sql"),
+        include_str!("../migrations/sqlite/0005_dag_source.sql"),
+        include_str!("../migrations/sqlite/0006_users.sql"),
+        include_str!("../migrations/sqlite/0007_sessions.sql"),
+        include_str!("../migrations/sqlite/0008_api_tokens.sql"),
+        include_str!("../migrations/sqlite/0009_audit_log.sql"),
+        include_str!("../migrations/sqlite/0010_variables_connections.sql"),
+        include_str!("../migrations/sqlite/0011_worker_tokens.sql"),
+        include_str!("../migrations/sqlite/0012_task_outputs.sql"),
+    ];
 
     #[tokio::test]
     async fn reopening_keeps_data_and_skips_migration() {
@@ -814,6 +955,7 @@ mod postgres {
         operator_changes_are_all_or_nothing,
         accounts,
         outputs_follow_the_latest_try,
+        mapped_tasks_expand_once,
         worker_tokens,
         variables_and_connections,
     );

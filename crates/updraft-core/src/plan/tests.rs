@@ -39,6 +39,7 @@ fn run(run_pk: i64, dag: &Arc<Dag>, state: RunState, states: &[TaskState]) -> Ru
             .map(|(idx, (task, state))| TaskInstanceEntry {
                 ti_pk: run_pk * 100 + idx as i64,
                 task_id: task.task_id.clone(),
+                map_index: crate::mapping::UNMAPPED,
                 state: *state,
                 try_number: 0,
                 retry_at: None,
@@ -86,6 +87,9 @@ fn render(plan: &Plan) -> String {
             Action::SetTaskState { ti_pk, from, to } => format!("ti {ti_pk} {from} -> {to}"),
             Action::SetWaitReason { ti_pk, reason } => {
                 format!("ti {ti_pk} reason {}", reason.as_ref().map_or("-".to_string(), |r| r.to_string()))
+            }
+            Action::ExpandTask { ti_pk, task_id, for_each, limit, .. } => {
+                format!("expand ti {ti_pk} {task_id} over {} (limit {limit})", for_each.expression())
             }
         };
         writeln!(out, "{line}").unwrap();
@@ -363,5 +367,70 @@ fn pools_another_scheduler_fills_are_left_for_later() {
     ti 100 none -> scheduled
     ti 100 scheduled -> queued
     ti 101 none -> scheduled
+    ");
+}
+
+/// list -> fetch (for_each over list's output) -> collect.
+fn mapped_dag() -> Arc<Dag> {
+    let mut fetch = task("fetch", &["list"]);
+    fetch.for_each = Some(crate::mapping::ForEach::Output { task: TaskId::new("list").unwrap(), path: vec![] });
+    dag(vec![task("list", &[]), fetch, task("collect", &["fetch"])])
+}
+
+/// `run` with the mapped task's instances replaced by `mapped` (map index, state).
+fn mapped_run(run_pk: i64, dag: &Arc<Dag>, states: &[TaskState], mapped: &[(i32, TaskState)]) -> RunEntry {
+    let mut entry = run(run_pk, dag, RunState::Running, states);
+    let template = entry.task_instances.remove(1);
+    for (position, (map_index, state)) in mapped.iter().enumerate() {
+        entry.task_instances.push(TaskInstanceEntry {
+            ti_pk: 1000 + position as i64,
+            map_index: *map_index,
+            state: *state,
+            ..template.clone()
+        });
+    }
+    entry
+}
+
+#[test]
+fn a_mapped_task_is_expanded_when_its_upstream_is_done() {
+    use TaskState::*;
+    let d = mapped_dag();
+    let waiting = mapped_run(1, &d, &[Running, None, None], &[(-1, None)]);
+    insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![waiting])), @"
+    ti 1000 reason waiting for upstream tasks (trigger rule `all_success`)
+    ti 102 reason waiting for upstream tasks (trigger rule `all_success`)
+    ");
+    let ready = mapped_run(1, &d, &[Success, None, None], &[(-1, None)]);
+    insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![ready])), @"
+    expand ti 1000 fetch over tasks.list.output (limit 1024)
+    ti 102 reason waiting for upstream tasks (trigger rule `all_success`)
+    wake 2024-06-01T12:00:00Z
+    ");
+}
+
+#[test]
+fn a_mapped_tasks_instances_run_on_their_own_and_hold_downstream_until_all_finish() {
+    use TaskState::*;
+    let d = mapped_dag();
+    let expanded = mapped_run(1, &d, &[Success, None, None], &[(0, None), (1, Running), (2, UpForRetry)]);
+    insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![expanded])), @"
+    ti 102 reason waiting for upstream tasks (trigger rule `all_success`)
+    ti 1000 none -> scheduled
+    ti 1000 scheduled -> queued
+    ti 1002 up_for_retry -> scheduled
+    ti 1002 scheduled -> queued
+    ");
+    // One failed instance: downstream fails once all are done, and so does the run.
+    let done = mapped_run(1, &d, &[Success, None, None], &[(0, Success), (1, Failed), (2, Success)]);
+    insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![done])), @"
+    ti 102 none -> upstream_failed
+    finish run 1 failed
+    ");
+    // No items: the unexpanded instance was skipped, and so is what needs it.
+    let empty = mapped_run(1, &d, &[Success, None, None], &[(-1, Skipped)]);
+    insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![empty])), @"
+    ti 102 none -> skipped
+    finish run 1 success
     ");
 }

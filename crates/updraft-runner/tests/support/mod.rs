@@ -53,6 +53,7 @@ pub fn spec(dir: &Path, task_yaml: &str) -> AttemptSpec {
             },
             conf: serde_json::Map::new(),
             outputs: Default::default(),
+            mapped: None,
         },
         try_number: 1,
         tries_allowed: 1,

@@ -265,6 +265,12 @@ pub struct TaskInstance {
     pub exit_code: Option<i32>,
     /// Why it is not running yet, as the scheduler last saw it.
     pub wait_reason: Option<String>,
+    /// A mapped task's instances count from 0; -1 for a task that is not mapped
+    /// (or not expanded yet).
+    pub map_index: i32,
+    /// The item a mapped instance runs.
+    #[schema(value_type = Option<Object>)]
+    pub map_item: Option<serde_json::Value>,
 }
 
 impl From<TaskInstanceRow> for TaskInstance {
@@ -284,6 +290,8 @@ impl From<TaskInstanceRow> for TaskInstance {
             pid: row.pid,
             exit_code: row.exit_code,
             wait_reason: row.wait_reason,
+            map_index: row.map_index,
+            map_item: row.map_item.and_then(|text| serde_json::from_str(&text).ok()),
         }
     }
 }

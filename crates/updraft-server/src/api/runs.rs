@@ -170,14 +170,12 @@ pub async fn intervene(
 ) -> Result<(), ApiError> {
     use updraft_core::intervene::{Refusal, TaskInstanceState};
     let dag = state.definitions.get(state.store.as_ref(), &run.dag_id, &run.version).await?;
-    let task_instances: Vec<TaskInstanceState> = state
-        .store
-        .task_instances(run.run_pk)
-        .await?
-        .into_iter()
+    let rows = state.store.task_instances(run.run_pk).await?;
+    let task_instances: Vec<TaskInstanceState> = rows
+        .iter()
         .map(|ti| TaskInstanceState {
             ti_pk: ti.ti_pk,
-            task_id: ti.task_id,
+            task_id: ti.task_id.clone(),
             state: ti.state,
             try_number: ti.try_number,
         })
@@ -201,6 +199,10 @@ pub async fn intervene(
         }
         updraft_core::intervene::Request::Clear { task_ids, downstream } => {
             ("clear", format!("{}{}", task_ids.join(", "), if *downstream { " and downstream" } else { "" }))
+        }
+        updraft_core::intervene::Request::MarkInstance { ti_pk, to } => {
+            let label = rows.iter().find(|ti| ti.ti_pk == *ti_pk).map(|ti| ti.label()).unwrap_or_default();
+            ("mark", format!("{label} -> {to}"))
         }
         updraft_core::intervene::Request::MarkRun { to } => ("mark_run", format!("-> {to}")),
     };

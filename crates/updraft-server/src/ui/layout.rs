@@ -108,6 +108,22 @@ pub fn task_url(dag_id: &str, run_id: &str, task_id: &str) -> String {
     format!("/dags/{}/runs/{}/tasks/{}", encode(dag_id), encode(run_id), encode(task_id))
 }
 
+/// The page of one task instance: a mapped one by its map index.
+pub fn instance_url(dag_id: &str, run_id: &str, task_id: &str, map_index: i32) -> String {
+    let url = task_url(dag_id, run_id, task_id);
+    if map_index < 0 { url } else { format!("{url}?map_index={map_index}") }
+}
+
+/// One state for a task's instances (a mapped task's many): what is still moving
+/// first, then a failure, then success.
+pub fn summary_state(states: impl IntoIterator<Item = updraft_core::TaskState>) -> updraft_core::TaskState {
+    use updraft_core::TaskState::*;
+    const PRECEDENCE: [updraft_core::TaskState; 10] =
+        [Running, Queued, UpForRetry, Scheduled, None, Failed, UpstreamFailed, Success, Skipped, Removed];
+    let states: Vec<updraft_core::TaskState> = states.into_iter().collect();
+    PRECEDENCE.into_iter().find(|state| states.contains(state)).unwrap_or(None)
+}
+
 /// How long between two times, in words a person reads at a glance.
 pub fn duration(start: Option<Timestamp>, end: Option<Timestamp>) -> String {
     let (Some(start), Some(end)) = (start, end) else { return String::new() };

@@ -16,7 +16,8 @@ use updraft_core::{Dag, RunState, TaskState};
 use updraft_store::{DagRow, RunRow, TaskInstanceRow};
 
 use super::layout::{
-    csrf_field, dag_url, duration, error_page, highlight_yaml, page, run_url, state_badge, task_url, time,
+    csrf_field, dag_url, duration, error_page, highlight_yaml, instance_url, page, run_url, state_badge, summary_state,
+    task_url, time,
 };
 use crate::api::model::TriggerDagRun;
 use crate::api::{DagFilter, editable_dag, encode, find_run, find_task_instance, intervene, readable_dag};
@@ -62,7 +63,8 @@ pub(super) fn note(query: &HashMap<String, String>) -> Option<&str> {
 
 /// Back to `url` with a message for the page.
 pub(super) fn back(url: &str, note: &str) -> Redirect {
-    Redirect::to(&format!("{url}?note={}", encode(note)))
+    let join = if url.contains('?') { '&' } else { '?' };
+    Redirect::to(&format!("{url}{join}note={}", encode(note)))
 }
 
 async fn definition(state: &AppState, dag_id: &str, version: &str) -> Result<Arc<Dag>, UiError> {
@@ -302,10 +304,19 @@ pub async fn grid_fragment(State(state): State<AppState>, caller: Caller, Path(d
 async fn grid(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiError> {
     let mut runs = state.store.list_runs(&row.dag_id, None, GRID_RUNS).await?;
     runs.reverse();
-    let mut cells: Vec<HashMap<String, TaskInstanceRow>> = Vec::with_capacity(runs.len());
+    // Per run, each task's state and how many instances it has (a mapped task's many).
+    let mut cells: Vec<HashMap<String, (TaskState, usize)>> = Vec::with_capacity(runs.len());
     for run in &runs {
-        let tis = state.store.task_instances(run.run_pk).await?;
-        cells.push(tis.into_iter().map(|ti| (ti.task_id.clone(), ti)).collect());
+        let mut by_task: HashMap<String, Vec<TaskState>> = HashMap::new();
+        for ti in state.store.task_instances(run.run_pk).await? {
+            by_task.entry(ti.task_id).or_default().push(ti.state);
+        }
+        cells.push(
+            by_task
+                .into_iter()
+                .map(|(task_id, states)| (task_id, (summary_state(states.clone()), states.len())))
+                .collect(),
+        );
     }
     let live = runs.iter().any(|run| !run.state.is_finished());
     let order: Vec<&str> = dag.graph().topo_order.iter().map(|&idx| dag.tasks()[idx].task_id.as_str()).collect();
@@ -328,10 +339,11 @@ async fn grid(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiErr
                                 th.task { (task_id) }
                                 @for (run, tis) in runs.iter().zip(&cells) {
                                     td {
-                                        @if let Some(ti) = tis.get(*task_id) {
-                                            a.cell.(format!("s-{}", ti.state)) href=(task_url(&run.dag_id, &run.run_id, task_id))
-                                                title=(format!("{task_id} — {} — {}", run.run_id, ti.state))
-                                                data-task=(task_id) data-state=(ti.state) {}
+                                        @if let Some((ti_state, count)) = tis.get(*task_id) {
+                                            @let mapped = if *count > 1 { format!(" ({count} mapped)") } else { String::new() };
+                                            a.cell.(format!("s-{ti_state}")) href=(task_url(&run.dag_id, &run.run_id, task_id))
+                                                title=(format!("{task_id} — {} — {ti_state}{mapped}", run.run_id))
+                                                data-task=(task_id) data-state=(ti_state) {}
                                         }
                                     }
                                 }
@@ -355,12 +367,14 @@ pub async fn graph_fragment(State(state): State<AppState>, caller: Caller, Path(
 /// in the latest run (live while it runs).
 async fn graph(state: &AppState, row: &DagRow, dag: &Dag) -> Result<Markup, UiError> {
     let latest = state.store.list_runs(&row.dag_id, None, 1).await?.into_iter().next();
-    let states: HashMap<String, TaskState> = match &latest {
-        Some(run) => {
-            state.store.task_instances(run.run_pk).await?.into_iter().map(|ti| (ti.task_id, ti.state)).collect()
+    let mut by_task: HashMap<String, Vec<TaskState>> = HashMap::new();
+    if let Some(run) = &latest {
+        for ti in state.store.task_instances(run.run_pk).await? {
+            by_task.entry(ti.task_id).or_default().push(ti.state);
         }
-        None => HashMap::new(),
-    };
+    }
+    let states: HashMap<String, TaskState> =
+        by_task.into_iter().map(|(task_id, states)| (task_id, summary_state(states))).collect();
     let graph = dag.graph();
     let mut layer = vec![0usize; dag.tasks().len()];
     for &idx in &graph.topo_order {
@@ -575,7 +589,7 @@ pub async fn run_page(
         .map(|(position, &idx)| (dag.tasks()[idx].task_id.as_str(), position))
         .collect();
     let mut sorted: Vec<&TaskInstanceRow> = tis.iter().collect();
-    sorted.sort_by_key(|ti| order.get(ti.task_id.as_str()).copied().unwrap_or(usize::MAX));
+    sorted.sort_by_key(|ti| (order.get(ti.task_id.as_str()).copied().unwrap_or(usize::MAX), ti.map_index));
     let zone = &dag_row.timezone;
     let url = run_url(&dag_id, &run_id);
     let body = html! {
@@ -608,8 +622,8 @@ pub async fn run_page(
             thead { tr { th { "Task" } th { "State" } th { "Try" } th.wide { "Started" } th { "Duration" } th.wide { "Host" } } }
             tbody {
                 @for ti in &sorted {
-                    tr data-task=(ti.task_id) {
-                        td { a href=(task_url(&dag_id, &run_id, &ti.task_id)) { (ti.task_id) } }
+                    tr data-task=(ti.task_id) data-map-index=(ti.map_index) {
+                        td { a href=(instance_url(&dag_id, &run_id, &ti.task_id, ti.map_index)) { (ti.label()) } }
                         td { (state_badge(ti.state.as_str())) }
                         td { (ti.try_number) " / " (ti.max_tries + 1) }
                         td.wide { (time(ti.start_date, zone)) }
@@ -640,12 +654,12 @@ fn gantt(run: &RunRow, tis: &[&TaskInstanceRow]) -> Markup {
                 height=(tis.len() as f64 * row_h + 24.0) role="img" aria-label="Gantt chart of the run" {
                 @for (row, ti) in tis.iter().enumerate() {
                     @let y = 4.0 + row as f64 * row_h;
-                    text x="0" y=(y + 13.0) { (ti.task_id) }
+                    text x="0" y=(y + 13.0) { (ti.label()) }
                     @if let Some(start) = ti.start_date {
                         @let x = label_w + start.duration_since(origin).as_secs_f64() / span * chart_w;
                         @let w = (end_of(ti).duration_since(start).as_secs_f64() / span * chart_w).max(2.0);
                         rect x=(x) y=(y + 2.0) width=(w) height=(row_h - 6.0) rx="2" fill=(format!("var(--{})", ti.state)) {
-                            title { (format!("{} — {} — {}", ti.task_id, ti.state, duration(ti.start_date, ti.end_date))) }
+                            title { (format!("{} — {} — {}", ti.label(), ti.state, duration(ti.start_date, ti.end_date))) }
                         }
                     }
                 }
@@ -659,6 +673,9 @@ fn gantt(run: &RunRow, tis: &[&TaskInstanceRow]) -> Markup {
 #[derive(Debug, Deserialize)]
 pub struct StateForm {
     state: String,
+    /// One instance of a mapped task.
+    #[serde(default)]
+    map_index: Option<i32>,
 }
 
 pub async fn mark_run(
@@ -689,25 +706,50 @@ pub async fn task_page(
     Query(query): Query<HashMap<String, String>>,
 ) -> PageResult {
     let dag_row = readable_dag(&state, &caller, &dag_id).await?;
-    let ti = find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let map_index = query.get("map_index").and_then(|text| text.parse::<i32>().ok());
+    if map_index.is_none() {
+        let instances: Vec<TaskInstanceRow> = state
+            .store
+            .task_instances(run.run_pk)
+            .await?
+            .into_iter()
+            .filter(|ti| ti.task_id == task_id && ti.map_index >= 0)
+            .collect();
+        if !instances.is_empty() {
+            return mapped_page(&state, &caller, &dag_row, &run, &task_id, instances, note(&query)).await;
+        }
+    }
+    let ti = find_task_instance(&state, &dag_id, &run_id, &task_id, map_index).await?;
     let attempts = state.store.task_attempts(ti.ti_pk).await?;
     let chosen = query.get("try").and_then(|text| text.parse::<u32>().ok()).unwrap_or(ti.try_number);
     let zone = &dag_row.timezone;
     let log = if chosen >= 1 && attempts.iter().any(|attempt| attempt.try_number == chosen) {
         let key = (dag_id.clone(), run_id.clone(), task_id.clone(), chosen);
-        Some(crate::logs::tail_for_page(&state, &key, LOG_LINES).await)
+        Some(crate::logs::tail_for_page(&state, &key, map_index, LOG_LINES).await)
     } else {
         None
     };
+    // A mapped instance is named by `?map_index=` on every link and API call.
+    let instance = map_index.map_or(String::new(), |index| format!("map_index={index}"));
     let log_url = format!(
         "/api/v1/dags/{}/runs/{}/tasks/{}/tries/{chosen}/log",
         encode(&dag_id),
         encode(&run_id),
         encode(&task_id)
     );
+    let raw_log_url = if instance.is_empty() { log_url.clone() } else { format!("{log_url}?{instance}") };
+    let stream_url =
+        if instance.is_empty() { format!("{log_url}/stream") } else { format!("{log_url}/stream?{instance}") };
     let url = task_url(&dag_id, &run_id, &task_id);
+    let try_link = |try_number: u32| {
+        if instance.is_empty() {
+            format!("{url}?try={try_number}")
+        } else {
+            format!("{url}?{instance}&try={try_number}")
+        }
+    };
     let busy = matches!(ti.state, TaskState::Queued | TaskState::Running);
-    let run = find_run(&state, &dag_id, &run_id).await?;
     let dag = definition(&state, &dag_id, &run.version.0).await?;
     // Rendered as the attempt would be, with every secret value shown as `***`.
     // The run's outputs and the secrets, read once for the rendered fields and the output.
@@ -720,7 +762,18 @@ pub async fn task_page(
     let secrets = updraft_runner::secrets::for_task(&database, &state.backends, &wanted).await.unwrap_or(database);
     // Outputs may carry secrets too: the output and every rendered value are masked.
     let masker = updraft_runner::secrets::Masker::new(&secrets);
-    let output = texts.get(&task_id).map(|text| crate::api::masked_output(&masker, text));
+    let output = texts
+        .get(&task_id)
+        .and_then(|text| match map_index {
+            None => Some(text.clone()),
+            Some(index) => serde_json::from_str::<Vec<serde_json::Value>>(text)
+                .ok()
+                .and_then(|list| list.into_iter().nth(index as usize))
+                .filter(|value| !value.is_null())
+                .map(|value| value.to_string()),
+        })
+        .map(|text| crate::api::masked_output(&masker, &text));
+    let item = ti.map_item.as_deref().map(|text| masker.mask(text).into_owned());
     let rendered = dag.task(&task_id).map(|task| {
         let context = updraft_runner::template::RunContext {
             run_id: run.run_id.clone(),
@@ -729,6 +782,7 @@ pub async fn task_page(
             interval: run.interval,
             conf: run.conf.clone(),
             outputs,
+            mapped: updraft_runner::template::Mapped::from_stored(ti.map_index, ti.map_item.as_deref()),
         };
         let templates = updraft_runner::template::environment();
         let shown = updraft_runner::secrets::masked(&secrets);
@@ -739,8 +793,10 @@ pub async fn task_page(
     });
     let body = html! {
         p { a href=(dag_url(&dag_id)) { (dag_id) } " / " a href=(run_url(&dag_id, &run_id)) { (run_id) } }
-        h1 { (task_id) " " (state_badge(ti.state.as_str())) }
+        @if ti.map_index >= 0 { p { a href=(url) { "← all instances of " (task_id) } } }
+        h1 { (ti.label()) " " (state_badge(ti.state.as_str())) }
         div.meta {
+            @if let Some(item) = &item { div { span { "Item" } code id="item" { (item) } } }
             div { span { "Try" } (ti.try_number) " of " (ti.max_tries + 1) }
             div { span { "Pool" } (ti.pool) }
             div { span { "Started" } (time(ti.start_date, zone)) }
@@ -753,16 +809,19 @@ pub async fn task_page(
             @if busy {
                 span.muted { "It is " (ti.state) ": it can be changed once its attempt ends." }
             } @else {
-                form.inline method="post" action=(format!("{url}/clear")) data-confirm="Run this task again?" {
-                    (csrf_field(&caller))
-                    label { input type="checkbox" name="downstream" value="true"; " with downstream " }
-                    button.primary type="submit" { "Clear" }
+                @if ti.map_index < 0 {
+                    form.inline method="post" action=(format!("{url}/clear")) data-confirm="Run this task again?" {
+                        (csrf_field(&caller))
+                        label { input type="checkbox" name="downstream" value="true"; " with downstream " }
+                        button.primary type="submit" { "Clear" }
+                    }
                 }
                 @for (to, label) in [("success", "Mark success"), ("failed", "Mark failed"), ("skipped", "Mark skipped")] {
                     @if ti.state.as_str() != to {
                         form.inline method="post" action=(format!("{url}/state")) {
                             (csrf_field(&caller))
                             input type="hidden" name="state" value=(to);
+                            @if ti.map_index >= 0 { input type="hidden" name="map_index" value=(ti.map_index); }
                             button.danger[to == "failed"] type="submit" { (label) }
                         }
                     }
@@ -797,7 +856,7 @@ pub async fn task_page(
             p.attempts { "Try: "
                 @for attempt in &attempts {
                     @if attempt.try_number == chosen { strong { (attempt.try_number) } " " }
-                    @else { a href=(format!("{url}?try={}", attempt.try_number)) { (attempt.try_number) } " " }
+                    @else { a href=(try_link(attempt.try_number)) { (attempt.try_number) } " " }
                 }
                 @if let Some(attempt) = attempts.iter().find(|attempt| attempt.try_number == chosen) {
                     span id="attempt-state" class=(format!("state s-{}", attempt.state)) { (attempt.state) }
@@ -806,9 +865,9 @@ pub async fn task_page(
             }
             @match log {
                 Some(Ok((text, offset, attempt_state))) => {
-                    pre.log id="log" data-stream=(format!("{log_url}/stream")) data-offset=(offset)
+                    pre.log id="log" data-stream=(stream_url) data-offset=(offset)
                         data-state=(attempt_state) aria-live="polite" { (log_lines(&text)) }
-                    p.muted { a href=(log_url) { "Raw log" } }
+                    p.muted { a href=(raw_log_url) { "Raw log" } }
                 }
                 Some(Err(error)) => p.muted { (error.into_parts().1) },
                 None => p.muted { "No such try." },
@@ -817,8 +876,75 @@ pub async fn task_page(
     };
     let note = note(&query);
     Ok(Html(
-        page(&format!("{task_id} — {dag_id}"), Some(&caller), broken_files(&state).await?, note, body).into_string(),
+        page(&format!("{} — {dag_id}", ti.label()), Some(&caller), broken_files(&state).await?, note, body)
+            .into_string(),
     ))
+}
+
+/// A mapped task's page: its instances, each linking to its own page, and the
+/// actions on the whole task.
+async fn mapped_page(
+    state: &AppState,
+    caller: &Caller,
+    dag_row: &DagRow,
+    run: &RunRow,
+    task_id: &str,
+    mut instances: Vec<TaskInstanceRow>,
+    note: Option<&str>,
+) -> PageResult {
+    instances.sort_by_key(|ti| ti.map_index);
+    let (dag_id, run_id) = (&run.dag_id, &run.run_id);
+    let url = task_url(dag_id, run_id, task_id);
+    let zone = &dag_row.timezone;
+    let overall = summary_state(instances.iter().map(|ti| ti.state));
+    let busy = instances.iter().any(|ti| matches!(ti.state, TaskState::Queued | TaskState::Running));
+    let secrets =
+        updraft_runner::secrets::load(state.store.as_ref(), state.cipher.as_deref()).await.unwrap_or_default();
+    let masker = updraft_runner::secrets::Masker::new(&secrets);
+    let mut counts: Vec<(TaskState, usize)> = Vec::new();
+    for ti in &instances {
+        match counts.iter_mut().find(|(state, _)| *state == ti.state) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((ti.state, 1)),
+        }
+    }
+    let body = html! {
+        p { a href=(dag_url(dag_id)) { (dag_id) } " / " a href=(run_url(dag_id, run_id)) { (run_id) } }
+        h1 { (task_id) " " (state_badge(overall.as_str())) }
+        p id="mapped-summary" { "Mapped into " (instances.len()) " instances: "
+            @for (index, (state, count)) in counts.iter().enumerate() {
+                @if index > 0 { ", " }
+                (count) " " (state.as_str())
+            }
+        }
+        div.filters {
+            @if busy {
+                span.muted { "Some instances are queued or running: the task can be cleared once they end." }
+            } @else {
+                form.inline method="post" action=(format!("{url}/clear")) data-confirm="Run every instance again?" {
+                    (csrf_field(caller))
+                    label { input type="checkbox" name="downstream" value="true"; " with downstream " }
+                    button.primary type="submit" { "Clear all" }
+                }
+            }
+        }
+        table.list id="instances" {
+            thead { tr { th { "Index" } th { "Item" } th { "State" } th { "Try" } th.wide { "Started" } th { "Duration" } } }
+            tbody {
+                @for ti in &instances {
+                    tr data-map-index=(ti.map_index) {
+                        td { a href=(instance_url(dag_id, run_id, task_id, ti.map_index)) { (ti.map_index) } }
+                        td { code { (masker.mask(ti.map_item.as_deref().unwrap_or("null"))) } }
+                        td { (state_badge(ti.state.as_str())) }
+                        td { (ti.try_number) " / " (ti.max_tries + 1) }
+                        td.wide { (time(ti.start_date, zone)) }
+                        td { (duration(ti.start_date, ti.end_date)) }
+                    }
+                }
+            }
+        }
+    };
+    Ok(Html(page(&format!("{task_id} — {dag_id}"), Some(caller), broken_files(state).await?, note, body).into_string()))
 }
 
 /// An output for the page: pretty JSON, cut at 64 KiB (the API has it whole).
@@ -881,7 +1007,7 @@ pub async fn mark_task(
 ) -> Result<Redirect, UiError> {
     editable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
-    find_task_instance(&state, &dag_id, &run_id, &task_id).await?;
+    let ti = find_task_instance(&state, &dag_id, &run_id, &task_id, form.map_index).await?;
     let to = match form.state.as_str() {
         "success" => TaskState::Success,
         "failed" => TaskState::Failed,
@@ -893,8 +1019,8 @@ pub async fn mark_task(
             .into());
         }
     };
-    intervene(&state, &caller, &run, Request::MarkTasks { task_ids: vec![task_id.clone()], to }).await?;
-    Ok(back(&task_url(&dag_id, &run_id, &task_id), &format!("Marked {task_id} {to}")))
+    intervene(&state, &caller, &run, Request::MarkInstance { ti_pk: ti.ti_pk, to }).await?;
+    Ok(back(&instance_url(&dag_id, &run_id, &task_id, ti.map_index), &format!("Marked {} {to}", ti.label())))
 }
 
 // ---------------------------------------------------------------- audit log

@@ -32,7 +32,7 @@ use updraft_core::state::check_task_transition;
 use updraft_core::{RunState, TaskState};
 
 use crate::error::{Result, StoreError};
-use crate::grouped::{StateGroup, group};
+use crate::grouped::{Expanded, Expansion, StateGroup, group};
 use crate::model::*;
 use crate::time::{from_db, opt_from_db, to_db};
 use crate::{ChangeWatcher, MetadataStore};
@@ -988,7 +988,8 @@ impl MetadataStore for PgStore {
                  hostname = $3, pid = NULL, pid_start = NULL, exit_code = NULL, start_date = $4, heartbeat_at = $4,
                  end_date = NULL, retry_at = NULL, wait_reason = NULL, updated_at = $4
              FROM picked WHERE t.id = picked.id AND t.state = 'queued'
-             RETURNING t.id, t.run_pk, t.task_id, t.try_number, t.max_tries, t.priority, t.queued_at",
+             RETURNING t.id, t.run_pk, t.task_id, t.try_number, t.max_tries, t.priority, t.queued_at, t.map_index,
+                 t.map_item",
         )
         .bind(i64::from(limit))
         .bind(claimant.process_id)
@@ -1009,6 +1010,8 @@ impl MetadataStore for PgStore {
             try_number: i32,
             max_tries: i32,
             order: (std::cmp::Reverse<i32>, Option<i64>, i64),
+            map_index: i32,
+            map_item: Option<String>,
         }
         let mut taken = rows
             .iter()
@@ -1021,6 +1024,8 @@ impl MetadataStore for PgStore {
                     try_number: row.try_get(3)?,
                     max_tries: row.try_get(4)?,
                     order: (std::cmp::Reverse(row.try_get(5)?), row.try_get(6)?, ti_pk),
+                    map_index: row.try_get(7)?,
+                    map_item: row.try_get(8)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1065,6 +1070,8 @@ impl MetadataStore for PgStore {
                 run_id: run.run_id.clone(),
                 run_type: run.run_type,
                 task_id: taken.task_id,
+                map_index: taken.map_index,
+                map_item: taken.map_item,
                 try_number: taken.try_number as u32,
                 max_tries: taken.max_tries as u32,
                 version: run.version.clone(),
@@ -1108,16 +1115,16 @@ impl MetadataStore for PgStore {
     }
 
     async fn run_outputs(&self, dag_id: &str, run_id: &str) -> Result<std::collections::BTreeMap<String, String>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT t.task_id, o.value FROM task_outputs o
-             JOIN task_instances t ON t.id = o.ti_pk JOIN dag_runs r ON r.id = t.run_pk
-             WHERE r.dag_id = $1 AND r.run_id = $2",
+        let rows: Vec<(String, i32, Option<String>)> = sqlx::query_as(
+            "SELECT t.task_id, t.map_index, o.value FROM task_instances t
+             JOIN dag_runs r ON r.id = t.run_pk LEFT JOIN task_outputs o ON o.ti_pk = t.id
+             WHERE r.dag_id = $1 AND r.run_id = $2 AND (o.value IS NOT NULL OR t.map_index >= 0)",
         )
         .bind(dag_id)
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().collect())
+        Ok(updraft_core::mapping::collect_outputs(rows))
     }
 
     async fn finish_attempts(&self, ends: &[FinishedAttempt], actor: &str, now: Timestamp) -> Result<Vec<bool>> {
@@ -1529,6 +1536,11 @@ async fn apply(tx: &mut Tx<'_>, actions: &[Action], actor: &str, now: Timestamp)
         .execute(&mut **tx)
         .await?;
     }
+    for expansion in &grouped.expansions {
+        if !expand(tx, expansion, &mut transitions, actor, now).await? {
+            report.conflicts += 1;
+        }
+    }
     for (run_pk, state) in &grouped.finishes {
         let done = sqlx::query(
             "UPDATE dag_runs SET state = $2, end_date = $3 WHERE id = $1 AND state = 'running'
@@ -1549,6 +1561,79 @@ async fn apply(tx: &mut Tx<'_>, actions: &[Action], actor: &str, now: Timestamp)
     }
     transitions.flush(tx, now).await?;
     Ok(report)
+}
+
+/// Expands a mapped task's unexpanded instance (compare-and-set on it being `none`
+/// and unexpanded): it becomes item 0 and the others are added after it; no items
+/// skip it, unreadable items fail it. False if it was no longer there to expand.
+async fn expand(
+    tx: &mut Tx<'_>,
+    expansion: &Expansion<'_>,
+    transitions: &mut TransitionBatch,
+    actor: &str,
+    now: Timestamp,
+) -> Result<bool> {
+    let outputs = if expansion.reads_outputs() {
+        let rows: Vec<(String, i32, Option<String>)> = sqlx::query_as(
+            "SELECT t.task_id, t.map_index, o.value FROM task_instances t LEFT JOIN task_outputs o ON o.ti_pk = t.id
+             WHERE t.run_pk = $1 AND (o.value IS NOT NULL OR t.map_index >= 0)",
+        )
+        .bind(expansion.run_pk)
+        .fetch_all(&mut **tx)
+        .await?;
+        updraft_core::mapping::collect_outputs(rows)
+    } else {
+        Default::default()
+    };
+    let (to, reason, detail) = match expansion.decide(&outputs) {
+        Expanded::Items(items) => {
+            let done = sqlx::query(
+                "UPDATE task_instances SET map_index = 0, map_item = $2, updated_at = $3, wait_reason = NULL
+                 WHERE id = $1 AND state = 'none' AND map_index = -1",
+            )
+            .bind(expansion.ti_pk)
+            .bind(&items[0])
+            .bind(to_db(now))
+            .execute(&mut **tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, queue,
+                     updated_at, map_index, map_item)
+                 SELECT t.run_pk, t.task_id, 'none', 0, t.max_tries, t.pool, t.priority, t.queue, $2,
+                     item.ordinality::integer, item.value
+                 FROM task_instances t, unnest($3::text[]) WITH ORDINALITY AS item (value, ordinality)
+                 WHERE t.id = $1 ORDER BY item.ordinality",
+            )
+            .bind(expansion.ti_pk)
+            .bind(to_db(now))
+            .bind(&items[1..])
+            .execute(&mut **tx)
+            .await?;
+            let detail = crate::grouped::mapped_detail(items.len());
+            transitions.push(expansion.run_pk, Some(expansion.ti_pk), Some("none"), "none", actor, Some(&detail));
+            return Ok(true);
+        }
+        Expanded::Skip => ("skipped", None, "for_each has no items".to_string()),
+        Expanded::Fail(message) => ("failed", Some(Expansion::failure_reason(&message)), message),
+    };
+    let done = sqlx::query(
+        "UPDATE task_instances SET state = $2, wait_reason = $3, end_date = $4, updated_at = $4
+         WHERE id = $1 AND state = 'none' AND map_index = -1",
+    )
+    .bind(expansion.ti_pk)
+    .bind(to)
+    .bind(reason)
+    .bind(to_db(now))
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    transitions.push(expansion.run_pk, Some(expansion.ti_pk), Some("none"), to, actor, Some(&detail));
+    Ok(true)
 }
 
 /// Wakes on `NOTIFY updraft` from any process. After a lost connection it

@@ -54,7 +54,7 @@ pub const RUN_SELECT_ACTIVE_ONE: &str = run_select!("WHERE id = $1 AND state IN 
 
 pub const TI_SELECT_BY_RUNS: &str =
     "SELECT id, run_pk, task_id, state, try_number, max_tries, pool, priority, queued_at,
-        start_date, end_date, retry_at, process_id, hostname, pid, exit_code, wait_reason
+        start_date, end_date, retry_at, process_id, hostname, pid, exit_code, wait_reason, map_index, map_item
      FROM task_instances WHERE run_pk = ANY($1) ORDER BY id";
 
 pub const ATTEMPT_SELECT: &str =
@@ -69,7 +69,7 @@ macro_rules! running_attempts {
     ($tail:literal) => {
         concat!(
             "SELECT t.id, t.run_pk, t.task_id, t.try_number, t.max_tries, t.pid, t.pid_start,
-                    r.dag_id, r.run_id, r.run_type, r.version, a.log_path, t.process_id, t.hostname
+                    r.dag_id, r.run_id, r.run_type, r.version, a.log_path, t.process_id, t.hostname, t.map_index
              FROM task_instances t
              JOIN dag_runs r ON r.id = t.run_pk
              LEFT JOIN task_attempts a ON a.ti_pk = t.id AND a.try_number = t.try_number
@@ -161,6 +161,8 @@ pub fn ti_row(row: &PgRow) -> Result<TaskInstanceRow> {
         pid: u32_of(row.try_get(14)?),
         exit_code: row.try_get(15)?,
         wait_reason: row.try_get(16)?,
+        map_index: row.try_get(17)?,
+        map_item: row.try_get(18)?,
     })
 }
 
@@ -201,6 +203,7 @@ pub fn running_attempt(row: &PgRow) -> Result<RunningAttempt> {
         ti_pk: row.try_get(0)?,
         run_pk: row.try_get(1)?,
         task_id: row.try_get(2)?,
+        map_index: row.try_get(14)?,
         try_number: row.try_get::<i32, _>(3)? as u32,
         max_tries: row.try_get::<i32, _>(4)? as u32,
         pid: u32_of(row.try_get(5)?),

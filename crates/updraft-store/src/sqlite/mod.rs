@@ -23,7 +23,7 @@ use updraft_core::state::check_task_transition;
 use updraft_core::{RunState, TaskState};
 
 use crate::error::{Result, StoreError};
-use crate::grouped::{StateGroup, group};
+use crate::grouped::{Expanded, Expansion, StateGroup, group};
 use crate::model::*;
 use crate::time::{from_db, opt_from_db, to_db};
 use crate::{ChangeWatcher, MetadataStore};
@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/sqlite/0010_variables_connections.sql")),
     (11, include_str!("../../migrations/sqlite/0011_worker_tokens.sql")),
     (12, include_str!("../../migrations/sqlite/0012_task_outputs.sql")),
+    (13, include_str!("../../migrations/sqlite/0013_mapped_tasks.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -58,7 +59,7 @@ const CLAIM: &str = "UPDATE task_instances SET state = 'running', try_number = t
            AND CASE WHEN ?5 IS NULL THEN r.run_type <> 'test' ELSE t.run_pk = ?5 END
            AND (?6 IS NULL OR t.queue IN (SELECT value FROM json_each(?6)))
          ORDER BY t.priority DESC, t.queued_at, t.id LIMIT ?1)
-     RETURNING id, run_pk, task_id, try_number, max_tries, priority, queued_at";
+     RETURNING id, run_pk, task_id, try_number, max_tries, priority, queued_at, map_index, map_item";
 
 const FINISHED_STATES: &str = "('success', 'failed', 'skipped', 'upstream_failed', 'removed')";
 
@@ -107,14 +108,27 @@ fn migrate(connection: &mut Connection) -> Result<()> {
     if current > latest {
         return Err(StoreError::SchemaTooNew { found: current, known: latest });
     }
-    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let current: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
-        tx.execute_batch(sql).map_err(|source| StoreError::Migrate { version: *version, source })?;
-        tx.pragma_update(None, "user_version", version)?;
-    }
-    tx.commit()?;
-    Ok(())
+    // A table rebuilt by a migration is dropped and replaced: with foreign keys on,
+    // the drop would cascade into its children. The check before commit proves the
+    // new table satisfies every reference. (The pragma only changes outside a
+    // transaction.)
+    connection.pragma_update(None, "foreign_keys", "off")?;
+    let migrated = (|| {
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+            tx.execute_batch(sql).map_err(|source| StoreError::Migrate { version: *version, source })?;
+            tx.pragma_update(None, "user_version", version)?;
+        }
+        let broken: Option<String> = tx.query_row("PRAGMA foreign_key_check", [], |row| row.get(0)).optional()?;
+        if let Some(table) = broken {
+            return Err(StoreError::Corrupt(format!("a migration left rows in `{table}` without their parent")));
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    connection.pragma_update(None, "foreign_keys", "on")?;
+    migrated
 }
 
 impl SqliteStore {
@@ -1075,12 +1089,14 @@ impl MetadataStore for SqliteStore {
         let (dag_id, run_id) = (dag_id.to_string(), run_id.to_string());
         self.read(move |tx| {
             let mut statement = tx.prepare_cached(
-                "SELECT t.task_id, o.value FROM task_outputs o
-                 JOIN task_instances t ON t.id = o.ti_pk JOIN dag_runs r ON r.id = t.run_pk
-                 WHERE r.dag_id = ?1 AND r.run_id = ?2",
+                "SELECT t.task_id, t.map_index, o.value FROM task_instances t
+                 JOIN dag_runs r ON r.id = t.run_pk LEFT JOIN task_outputs o ON o.ti_pk = t.id
+                 WHERE r.dag_id = ?1 AND r.run_id = ?2 AND (o.value IS NOT NULL OR t.map_index >= 0)",
             )?;
-            let rows = statement.query_map(params![dag_id, run_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let rows = statement
+                .query_map(params![dag_id, run_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(updraft_core::mapping::collect_outputs(rows))
         })
         .await
     }
@@ -1368,7 +1384,7 @@ impl MetadataStore for SqliteStore {
 
 /// Running attempts with what recovery needs; callers add a condition and order.
 const RUNNING_ATTEMPTS: &str = "SELECT t.id, t.run_pk, t.task_id, t.try_number, t.max_tries, t.pid, t.pid_start,
-        r.dag_id, r.run_id, r.run_type, r.version, a.log_path, t.process_id, t.hostname
+        r.dag_id, r.run_id, r.run_type, r.version, a.log_path, t.process_id, t.hostname, t.map_index
      FROM task_instances t
      JOIN dag_runs r ON r.id = t.run_pk
      LEFT JOIN task_attempts a ON a.ti_pk = t.id AND a.try_number = t.try_number
@@ -1381,6 +1397,7 @@ fn running_attempt(row: &rusqlite::Row<'_>) -> Result<RunningAttempt> {
         ti_pk: row.get(0)?,
         run_pk: row.get(1)?,
         task_id: row.get(2)?,
+        map_index: row.get(14)?,
         try_number: row.get(3)?,
         max_tries: row.get(4)?,
         pid: row.get(5)?,
@@ -1533,6 +1550,11 @@ fn apply(tx: &Transaction<'_>, actions: &[Action], actor: &str, now: Timestamp) 
         )?
         .execute(params![json_ids(ti_pks), reason])?;
     }
+    for expansion in &grouped.expansions {
+        if !expand(tx, expansion, &mut transitions, actor, now)? {
+            report.conflicts += 1;
+        }
+    }
     for (run_pk, state) in &grouped.finishes {
         let n = tx
             .prepare_cached(&format!(
@@ -1558,6 +1580,85 @@ fn apply(tx: &Transaction<'_>, actions: &[Action], actor: &str, now: Timestamp) 
     Ok(report)
 }
 
+/// Expands a mapped task's unexpanded instance (compare-and-set on it being `none`
+/// and unexpanded): it becomes item 0 and the others are added after it; no items
+/// skip it, unreadable items fail it. False if it was no longer there to expand.
+fn expand(
+    tx: &Transaction<'_>,
+    expansion: &Expansion<'_>,
+    transitions: &mut TransitionBatch,
+    actor: &str,
+    now: Timestamp,
+) -> Result<bool> {
+    let outputs = if expansion.reads_outputs() { outputs_of_run(tx, expansion.run_pk)? } else { Default::default() };
+    let (to, reason, detail) = match expansion.decide(&outputs) {
+        Expanded::Items(items) => {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE task_instances SET map_index = 0, map_item = ?2, updated_at = ?3, wait_reason = NULL
+                     WHERE id = ?1 AND state = 'none' AND map_index = -1",
+                )?
+                .execute(params![expansion.ti_pk, items[0], to_db(now)])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            tx.prepare_cached(
+                "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, queue,
+                     updated_at, map_index, map_item)
+                 SELECT t.run_pk, t.task_id, 'none', 0, t.max_tries, t.pool, t.priority, t.queue, ?2, j.key + 1, j.value
+                 FROM task_instances t, json_each(?3) j WHERE t.id = ?1 ORDER BY j.key",
+            )?
+            .execute(params![
+                expansion.ti_pk,
+                to_db(now),
+                serde_json::Value::from(&items[1..]).to_string()
+            ])?;
+            let detail = crate::grouped::mapped_detail(items.len());
+            transitions.push(Transition {
+                run_pk: expansion.run_pk,
+                ti_pk: Some(expansion.ti_pk),
+                from: Some("none"),
+                to: "none",
+                actor,
+                detail: Some(&detail),
+            });
+            return Ok(true);
+        }
+        Expanded::Skip => ("skipped", None, "for_each has no items".to_string()),
+        Expanded::Fail(message) => ("failed", Some(Expansion::failure_reason(&message)), message),
+    };
+    let n = tx
+        .prepare_cached(
+            "UPDATE task_instances SET state = ?2, wait_reason = ?3, end_date = ?4, updated_at = ?4
+             WHERE id = ?1 AND state = 'none' AND map_index = -1",
+        )?
+        .execute(params![expansion.ti_pk, to, reason, to_db(now)])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    transitions.push(Transition {
+        run_pk: expansion.run_pk,
+        ti_pk: Some(expansion.ti_pk),
+        from: Some("none"),
+        to,
+        actor,
+        detail: Some(&detail),
+    });
+    Ok(true)
+}
+
+/// A run's outputs by task id, read inside a transaction.
+fn outputs_of_run(tx: &Transaction<'_>, run_pk: i64) -> Result<std::collections::BTreeMap<String, String>> {
+    let rows = tx
+        .prepare_cached(
+            "SELECT t.task_id, t.map_index, o.value FROM task_instances t LEFT JOIN task_outputs o ON o.ti_pk = t.id
+             WHERE t.run_pk = ?1 AND (o.value IS NOT NULL OR t.map_index >= 0)",
+        )?
+        .query_map(params![run_pk], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(updraft_core::mapping::collect_outputs(rows))
+}
+
 fn claim(tx: &Transaction<'_>, scope: Scope, claimant: &Claimant, limit: u32, now: Timestamp) -> Result<Vec<Claimed>> {
     let process_id = claimant.process_id;
     let queues = claimant.queues.as_ref().map(|queues| serde_json::Value::from(queues.clone()).to_string());
@@ -1572,6 +1673,8 @@ fn claim(tx: &Transaction<'_>, scope: Scope, claimant: &Claimant, limit: u32, no
         try_number: u32,
         max_tries: u32,
         order: (std::cmp::Reverse<i64>, Option<i64>, i64),
+        map_index: i32,
+        map_item: Option<String>,
     }
     let mut taken =
         all(tx, CLAIM, params![limit, process_id, claimant.hostname, to_db(now), only_run, queues], |row| {
@@ -1583,6 +1686,8 @@ fn claim(tx: &Transaction<'_>, scope: Scope, claimant: &Claimant, limit: u32, no
                 try_number: row.get(3)?,
                 max_tries: row.get(4)?,
                 order: (std::cmp::Reverse(row.get(5)?), row.get(6)?, ti_pk),
+                map_index: row.get(7)?,
+                map_item: row.get(8)?,
             })
         })?;
     if taken.is_empty() {
@@ -1626,6 +1731,8 @@ fn claim(tx: &Transaction<'_>, scope: Scope, claimant: &Claimant, limit: u32, no
             run_id: run.run_id.clone(),
             run_type: run.run_type,
             task_id: taken.task_id,
+            map_index: taken.map_index,
+            map_item: taken.map_item,
             try_number: taken.try_number,
             max_tries: taken.max_tries,
             version: run.version.clone(),

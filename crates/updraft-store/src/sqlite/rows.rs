@@ -49,7 +49,8 @@ macro_rules! ti_select {
     ($tail:literal) => {
         concat!(
             "SELECT id, run_pk, task_id, state, try_number, max_tries, pool, priority, queued_at, start_date,
-                    end_date, retry_at, process_id, hostname, pid, exit_code, wait_reason FROM task_instances ",
+                    end_date, retry_at, process_id, hostname, pid, exit_code, wait_reason, map_index, map_item
+             FROM task_instances ",
             $tail
         )
     };
@@ -152,6 +153,8 @@ pub fn ti_row(row: &Row<'_>) -> Result<TaskInstanceRow> {
         pid: row.get(14)?,
         exit_code: row.get(15)?,
         wait_reason: row.get(16)?,
+        map_index: row.get(17)?,
+        map_item: row.get(18)?,
     })
 }
 

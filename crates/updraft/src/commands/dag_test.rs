@@ -125,9 +125,8 @@ async fn print_until_done(
     mut events: mpsc::UnboundedReceiver<Event>,
     ticked: Arc<Notify>,
 ) -> Result<RunState> {
-    let tis = store.task_instances(run_pk).await?;
-    let names: std::collections::HashMap<i64, String> = tis.into_iter().map(|ti| (ti.ti_pk, ti.task_id)).collect();
-    let mut printer = Printer { store, run_pk, names, last_id: 0, finished: None };
+    let mut printer = Printer { store, run_pk, names: Default::default(), last_id: 0, finished: None };
+    printer.read_names().await?;
     loop {
         if let Some(state) = printer.finished {
             return Ok(state);
@@ -142,11 +141,11 @@ async fn print_until_done(
                     Event::Started(label) => {
                         // Only what led up to this start: a printer that fell behind
                         // must not print the next task's `scheduled` before this one ran.
-                        printer.drain_through(Some(&label.task_id)).await?;
-                        print(&label.task_id, &format!("running (try {})", label.try_number));
+                        printer.drain_through(Some(&label.name())).await?;
+                        print(&label.name(), &format!("running (try {})", label.try_number));
                     }
                     Event::Line(label, line) | Event::Ended(label, line) | Event::Recorded(label, line) => {
-                        print(&label.task_id, &line);
+                        print(&label.name(), &line);
                     }
                 }
             }
@@ -164,9 +163,20 @@ struct Printer<'a> {
 }
 
 impl Printer<'_> {
+    /// Task instances by primary key, as printed (`task` or `task[3]`); read again
+    /// when a mapped task's new instances appear.
+    async fn read_names(&mut self) -> Result<()> {
+        let tis = self.store.task_instances(self.run_pk).await?;
+        self.names = tis.into_iter().map(|ti| (ti.ti_pk, ti.label())).collect();
+        Ok(())
+    }
+
     /// Prints new transitions: all, or up to the last one of `task_id`.
     async fn drain_through(&mut self, task_id: Option<&str>) -> Result<()> {
         let transitions = self.store.transitions(self.run_pk, None, self.last_id).await?;
+        if transitions.iter().any(|transition| transition.ti_pk.is_some_and(|ti_pk| !self.names.contains_key(&ti_pk))) {
+            self.read_names().await?;
+        }
         let upto = match task_id {
             None => transitions.len(),
             Some(task_id) => transitions

@@ -76,6 +76,7 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
             interval: dag.timetable().manual_interval(logical_date),
             conf,
             outputs: Default::default(),
+            mapped: None,
         },
         try_number: 1,
         tries_allowed: 1,
@@ -122,6 +123,7 @@ async fn states(ctx: &Ctx, dag_id: &str, run_id: &str, output: Output) -> Result
                 .map(|ti| {
                     json!({
                         "task_id": ti.task_id,
+                        "map_index": ti.map_index,
                         // Airflow's "no status" is null.
                         "state": if ti.state == TaskState::None { serde_json::Value::Null } else { json!(ti.state.as_str()) },
                         "try_number": ti.try_number,
@@ -137,7 +139,7 @@ async fn states(ctx: &Ctx, dag_id: &str, run_id: &str, output: Output) -> Result
                 .iter()
                 .map(|ti| {
                     vec![
-                        ti.task_id.clone(),
+                        ti.label(),
                         ti.state.to_string(),
                         ti.try_number.to_string(),
                         output::time(ti.start_date, &tz),

@@ -5,6 +5,7 @@ mod api;
 mod config;
 mod dags;
 mod deploy;
+mod mapped;
 mod outputs;
 mod postgres;
 mod remote;
