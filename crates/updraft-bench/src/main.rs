@@ -3,6 +3,9 @@
 //!   updraft-bench gen chain  --tasks 40 --out DIR       one DAG: a chain of `true` tasks
 //!   updraft-bench gen files  --files 1000 --tasks 10 --out DIR
 //!   updraft-bench gen fanout --width 200 --out DIR      1 -> WIDTH -> 1 of `true` tasks
+//!   updraft-bench gen load --rows 1000000 --out DIR     a CSV into PostgreSQL (`load`)
+//!   updraft-bench gen http-fanout --items 1000 --out DIR  list -> one mapped `http` request per item -> count
+//!   updraft-bench serve --port N                        a small JSON API for `http-fanout` (HTTP/1.1 keep-alive)
 //!   updraft-bench time -n 7 -- COMMAND ARGS...          wall time of a command, min/median/max
 //!   updraft-bench startup -n 5 --dir DIR -- BINARY      standalone launch -> /health answering; idle RSS
 //!
@@ -23,7 +26,8 @@ fn main() {
         Some("gen") => generate(&args[1..]),
         Some("time") => time(&args[1..]),
         Some("startup") => startup(&args[1..]),
-        _ => Err("usage: updraft-bench gen|time|startup ... (see the source's header)".to_string()),
+        Some("serve") => serve(&args[1..]),
+        _ => Err("usage: updraft-bench gen|time|startup|serve ... (see the source's header)".to_string()),
     };
     if let Err(error) = result {
         eprintln!("error: {error}");
@@ -142,7 +146,35 @@ tasks:
             let _ = write!(text, "  finish:\n    shell: \"true\"\n    depends_on: [{}]\n", ends.join(", "));
             write(&out.join(format!("fanout_{width}.yaml")), &text)
         }
-        _ => Err("gen chain|files|fanout".to_string()),
+        Some("http-fanout") => {
+            // The list comes from an upstream output, as in a real pipeline; the API's
+            // base URL from the connection `bench_api` (UPDRAFT_CONN_BENCH_API).
+            let items = number(args, "--items", 1000)?;
+            let dag = format!(
+                r#"dag: http_fanout_{items}
+description: {items} mapped HTTP requests against a local API
+max_active_tasks: {items}
+tasks:
+  list:
+    shell: |
+      {{ printf '['; seq -s, 0 {last} | tr -d '\n'; printf ']'; }} > "$UPDRAFT_OUTPUT"
+  fetch:
+    depends_on: [list]
+    for_each: "{{{{ tasks.list.output }}}}"
+    for_each_limit: {items}
+    http:
+      url: "/items/{{{{ item }}}}"
+      connection: bench_api
+      extract: $.name
+  count:
+    depends_on: [fetch]
+    shell: test "{{{{ tasks.fetch.output | length }}}}" = {items}
+"#,
+                last = items - 1
+            );
+            write(&out.join(format!("http_fanout_{items}.yaml")), &dag)
+        }
+        _ => Err("gen chain|files|fanout|load|http-fanout".to_string()),
     }
 }
 
@@ -205,6 +237,55 @@ fn rss_kib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Answers `GET /items/<n>` with `{"id": n, "name": "item n"}`, a thread per
+/// connection, keeping connections open as HTTP/1.1 clients expect. Runs until
+/// killed (the script stops it).
+fn serve(args: &[String]) -> Result<(), String> {
+    let port = number(args, "--port", 0)?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port as u16)).map_err(|error| error.to_string())?;
+    println!("listening on {}", listener.local_addr().map_err(|error| error.to_string())?);
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || answer(stream));
+    }
+    Ok(())
+}
+
+fn answer(stream: std::net::TcpStream) {
+    let mut reader = std::io::BufReader::new(match stream.try_clone() {
+        Ok(clone) => clone,
+        Err(_) => return,
+    });
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        // Headers up to the blank line; GET requests carry no body.
+        loop {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let (status, body) = match path.strip_prefix("/items/").and_then(|id| id.parse::<u64>().ok()) {
+            Some(id) => ("200 OK", format!(r#"{{"id": {id}, "name": "item {id}"}}"#)),
+            None => ("404 Not Found", r#"{"error": "no such item"}"#.to_string()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
 }
 
 fn startup(args: &[String]) -> Result<(), String> {
