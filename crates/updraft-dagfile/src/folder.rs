@@ -12,7 +12,8 @@ use updraft_core::Dag;
 use updraft_core::plan::DagVersion;
 
 use crate::diagnostic::Diagnostic;
-use crate::parse::parse_dag;
+use crate::parse::parse_dag_with;
+use crate::templates::{self, TaskTemplates, TemplateFile};
 use crate::yaml::{LineIndex, Span};
 
 pub const IGNORE_FILE: &str = ".updraftignore";
@@ -60,14 +61,19 @@ struct ParsedFile {
     /// Line and column of the `dag:` value, for duplicate-id reports.
     dag_id_at: Option<(usize, usize)>,
     stamp: Option<(SystemTime, u64)>,
+    /// The task templates it was parsed with: a change to any parses it again.
+    templates: [u8; 32],
 }
 
 /// Every DAG file of a folder, after cross-file checks.
 #[derive(Debug, Clone, Default)]
 pub struct Folder {
     pub files: Vec<DagFile>,
-    /// Problems not tied to one DAG file (an unreadable sub-folder).
+    /// Problems not tied to one DAG file (an unreadable sub-folder, a task
+    /// template's file).
     pub folder_diagnostics: Vec<Diagnostic>,
+    /// The task templates under `templates/`.
+    pub templates: TaskTemplates,
 }
 
 impl Folder {
@@ -118,7 +124,9 @@ impl DagLoader {
                 return Err(FolderError::Unreadable { path: root_display, source });
             }
         }
-        let (paths, folder_diagnostics) = self.discover();
+        let (paths, template_paths, mut folder_diagnostics) = self.discover();
+        let (templates, template_problems) = self.read_templates(&template_paths);
+        folder_diagnostics.extend(template_problems);
         let work: Vec<(PathBuf, String, String, Option<Arc<ParsedFile>>)> = paths
             .into_iter()
             .map(|path| {
@@ -134,7 +142,7 @@ impl DagLoader {
                 (path, fileloc, display, cached)
             })
             .collect();
-        let parsed = parse_all(&work);
+        let parsed = parse_all(&work, &templates);
         self.cache = work.iter().zip(&parsed).map(|((path, ..), parsed)| (path.clone(), parsed.clone())).collect();
         let files = work
             .into_iter()
@@ -148,7 +156,7 @@ impl DagLoader {
                 parsed,
             })
             .collect();
-        let mut folder = Folder { files, folder_diagnostics };
+        let mut folder = Folder { files, folder_diagnostics, templates };
         report_duplicates(&mut folder);
         Ok(folder)
     }
@@ -162,7 +170,33 @@ impl DagLoader {
         if text.is_empty() { ".".to_string() } else { text.into_owned() }
     }
 
-    fn discover(&self) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+    /// Task templates are read on every load: they are few and small, and a change
+    /// to one must reach every DAG using it.
+    fn read_templates(&self, paths: &[PathBuf]) -> (TaskTemplates, Vec<Diagnostic>) {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut problems = Vec::new();
+        for path in paths {
+            let display_path = self.display(path);
+            let name = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+            match std::fs::read_to_string(path) {
+                Ok(text) => files.push(TemplateFile { name, display_path, text }),
+                Err(error) => problems.push(Diagnostic {
+                    path: display_path,
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot read task template: {error}"),
+                }),
+            }
+        }
+        let (templates, mut more) = TaskTemplates::parse(&files);
+        problems.append(&mut more);
+        (templates, problems)
+    }
+
+    /// DAG files, and task template files (under `templates/`).
+    fn discover(&self) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<Diagnostic>) {
+        let templates_folder = self.root.join(templates::FOLDER);
+        let mut templates = Vec::new();
         let mut paths = Vec::new();
         let mut diagnostics = Vec::new();
         let walker = ignore::WalkBuilder::new(&self.root)
@@ -179,7 +213,11 @@ impl DagLoader {
                     let is_file = entry.file_type().is_some_and(|kind| kind.is_file() || kind.is_symlink());
                     let is_yaml = entry.path().extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
                     if is_file && is_yaml {
-                        paths.push(entry.into_path());
+                        if entry.path().starts_with(&templates_folder) {
+                            templates.push(entry.into_path());
+                        } else {
+                            paths.push(entry.into_path());
+                        }
                     }
                 }
                 Err(error) => {
@@ -189,7 +227,7 @@ impl DagLoader {
                 }
             }
         }
-        (paths, diagnostics)
+        (paths, templates, diagnostics)
     }
 }
 
@@ -203,7 +241,10 @@ fn walk_error_path(error: &ignore::Error) -> Option<&Path> {
 
 /// Parses the files on all cores; a file whose size and modification time match
 /// its cached parse is not read again.
-fn parse_all(work: &[(PathBuf, String, String, Option<Arc<ParsedFile>>)]) -> Vec<Arc<ParsedFile>> {
+fn parse_all(
+    work: &[(PathBuf, String, String, Option<Arc<ParsedFile>>)],
+    templates: &TaskTemplates,
+) -> Vec<Arc<ParsedFile>> {
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len().div_ceil(8)).max(1);
     let mut results: Vec<Option<Arc<ParsedFile>>> = vec![None; work.len()];
@@ -217,7 +258,7 @@ fn parse_all(work: &[(PathBuf, String, String, Option<Arc<ParsedFile>>)]) -> Vec
                         let Some((path, fileloc, display, cached)) = work.get(idx) else {
                             break;
                         };
-                        done.push((idx, parse_file(path, fileloc, display, cached.as_ref())));
+                        done.push((idx, parse_file(path, fileloc, display, cached.as_ref(), templates)));
                     }
                     done
                 })
@@ -232,10 +273,17 @@ fn parse_all(work: &[(PathBuf, String, String, Option<Arc<ParsedFile>>)]) -> Vec
     results.into_iter().map(|parsed| parsed.expect("every file was parsed")).collect()
 }
 
-fn parse_file(path: &Path, fileloc: &str, display: &str, cached: Option<&Arc<ParsedFile>>) -> Arc<ParsedFile> {
+fn parse_file(
+    path: &Path,
+    fileloc: &str,
+    display: &str,
+    cached: Option<&Arc<ParsedFile>>,
+    templates: &TaskTemplates,
+) -> Arc<ParsedFile> {
     let stamp = std::fs::metadata(path).ok().and_then(|meta| Some((meta.modified().ok()?, meta.len())));
     if let (Some(cached), Some(stamp)) = (cached, stamp)
         && cached.stamp == Some(stamp)
+        && cached.templates == templates.fingerprint
     {
         return cached.clone();
     }
@@ -245,6 +293,7 @@ fn parse_file(path: &Path, fileloc: &str, display: &str, cached: Option<&Arc<Par
             diagnostics: vec![Diagnostic { path: display.to_string(), line: 1, column: 1, message }],
             dag_id_at: None,
             stamp,
+            templates: templates.fingerprint,
         })
     };
     let bytes = match std::fs::read(path) {
@@ -255,7 +304,7 @@ fn parse_file(path: &Path, fileloc: &str, display: &str, cached: Option<&Arc<Par
         return failed("file is not valid UTF-8".to_string());
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let parsed = parse_dag(text, fileloc);
+    let parsed = parse_dag_with(text, fileloc, templates);
     let index = LineIndex::new(text);
     let locate = |span: Span| index.line_col(span.start);
     let mut spans = parsed.diagnostics.clone();
@@ -271,7 +320,13 @@ fn parse_file(path: &Path, fileloc: &str, display: &str, cached: Option<&Arc<Par
         let version = version_of(&dag);
         LoadedDag { dag: Arc::new(dag), version, source: Arc::from(text) }
     });
-    Arc::new(ParsedFile { dag, diagnostics, dag_id_at: parsed.dag_id_span.map(locate), stamp })
+    Arc::new(ParsedFile {
+        dag,
+        diagnostics,
+        dag_id_at: parsed.dag_id_span.map(locate),
+        stamp,
+        templates: templates.fingerprint,
+    })
 }
 
 /// The DAG's version: a hash of its canonical definition, so formatting and

@@ -8,8 +8,10 @@
 pub mod diagnostic;
 pub mod folder;
 pub mod parse;
+pub mod templates;
 pub mod yaml;
 
 pub use diagnostic::Diagnostic;
 pub use folder::{DagFile, DagLoader, Folder, FolderError, LoadedDag, version_of};
-pub use parse::parse_dag;
+pub use parse::{parse_dag, parse_dag_with};
+pub use templates::TaskTemplates;

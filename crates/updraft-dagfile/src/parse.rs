@@ -10,6 +10,7 @@ use updraft_core::timetable::{Schedule, parse_date_in_zone};
 use updraft_core::trigger_rule::TriggerRule;
 use updraft_core::{Dag, DagId, DagSpec, Duration, Task, TaskId, TaskKind};
 
+use crate::templates::{self, Missing, TaskTemplates};
 use crate::yaml::{self, Node, Span, Value};
 use updraft_core::suggest::did_you_mean;
 
@@ -108,9 +109,20 @@ pub const LOAD_TYPES: &[&str] = &[
 ];
 const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
+/// Parses a DAG file that uses no task templates.
 pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
-    let mut parser =
-        FileParser { diagnostics: Vec::new(), templates: minijinja::Environment::new(), mapped: Vec::new() };
+    parse_dag_with(text, fileloc, &TaskTemplates::default())
+}
+
+/// Parses a DAG file whose tasks may `use:` the folder's task templates.
+pub fn parse_dag_with(text: &str, fileloc: &str, task_templates: &TaskTemplates) -> Parsed {
+    let mut parser = FileParser {
+        diagnostics: Vec::new(),
+        templates: minijinja::Environment::new(),
+        mapped: Vec::new(),
+        task_templates,
+        uses: Vec::new(),
+    };
     let (dag, dag_id_span) = match yaml::parse(text) {
         Ok(root) => parser.dag(&root, fileloc),
         Err(error) => {
@@ -118,15 +130,20 @@ pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
             (None, None)
         }
     };
+    parser.relocate(0, None);
     let dag = if parser.diagnostics.is_empty() { dag } else { None };
     Parsed { dag, diagnostics: parser.diagnostics, dag_id_span }
 }
 
-struct FileParser {
+struct FileParser<'t> {
     diagnostics: Vec<SpanDiagnostic>,
     templates: minijinja::Environment<'static>,
     /// Tasks with `for_each` written, valid or not: they may use `item`.
     mapped: Vec<TaskId>,
+    task_templates: &'t TaskTemplates,
+    /// Where each template was used (its `use:` value), to place problems found
+    /// in its fields after the task was read (graph errors).
+    uses: Vec<Span>,
 }
 
 /// Task fields as written in `defaults` or in a task; `None` means not written.
@@ -150,7 +167,7 @@ struct TaskFields<'a> {
     kinds: Vec<(&'a str, &'a Node, &'a Node)>,
 }
 
-impl FileParser {
+impl FileParser<'_> {
     fn error(&mut self, span: Span, message: impl Into<String>) {
         self.diagnostics.push(SpanDiagnostic { span, message: message.into() });
     }
@@ -369,8 +386,28 @@ impl FileParser {
                 ok = false;
                 continue;
             };
+            let used = fields.iter().find(|(key, _)| key.as_str() == Some("use"));
+            let expanded;
+            let fields: &[(Node, Node)] = match used {
+                None => fields,
+                Some((_, use_node)) => match self.use_template(&task_id, use_node, fields) {
+                    Some(merged) => {
+                        expanded = merged;
+                        &expanded
+                    }
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            let before = self.diagnostics.len();
             let own = self.task_fields(fields, false);
-            match self.task(&task_id, key, own, defaults) {
+            let built = self.task(&task_id, key, own, defaults);
+            if let Some((_, use_node)) = used {
+                self.relocate(before, Some(use_node.span));
+            }
+            match built {
                 Some((task, task_nodes)) => {
                     tasks.push(task);
                     nodes.push(task_nodes);
@@ -1144,6 +1181,64 @@ impl FileParser {
         }
     }
 
+    /// A task's fields built from the template its `use:` names, with its `with:`
+    /// arguments and its own fields over the template's.
+    fn use_template(
+        &mut self,
+        task_id: &TaskId,
+        use_node: &Node,
+        fields: &[(Node, Node)],
+    ) -> Option<Vec<(Node, Node)>> {
+        let name = self.string(use_node, "use")?;
+        let template = match self.task_templates.get(name) {
+            Ok(template) => template,
+            Err(Missing::Broken(path)) => {
+                self.error(use_node.span, format!("task `{task_id}`: template `{name}` has problems: see `{path}`"));
+                return None;
+            }
+            Err(Missing::Unknown(names)) => {
+                let hint = match did_you_mean(name, names.iter().copied()) {
+                    Some(suggestion) => format!(", did you mean `{suggestion}`?"),
+                    None if names.is_empty() => {
+                        format!(" (task templates are `{}/<name>.yaml` in the DAGs folder)", templates::FOLDER)
+                    }
+                    None => format!(" (templates: {})", names.join(", ")),
+                };
+                self.error(use_node.span, format!("task `{task_id}`: no task template `{name}`{hint}"));
+                return None;
+            }
+        };
+        let with = fields.iter().find(|(key, _)| key.as_str() == Some("with")).map(|(_, value)| value);
+        let own: Vec<(Node, Node)> =
+            fields.iter().filter(|(key, _)| !matches!(key.as_str(), Some("use" | "with"))).cloned().collect();
+        self.uses.push(use_node.span);
+        match template.expand(with, &own, use_node.span) {
+            Ok(merged) => Some(merged),
+            Err(problems) => {
+                for (span, message) in problems {
+                    self.error(span, format!("task `{task_id}`: {message}"));
+                }
+                None
+            }
+        }
+    }
+
+    /// Problems found in a template's nodes are reported where it is used, naming
+    /// the place in the template (`at`: the `use:` of the task being read; else the
+    /// file's first use).
+    fn relocate(&mut self, from: usize, at: Option<Span>) {
+        let Some(at) = at.or_else(|| self.uses.first().copied()) else { return };
+        for diagnostic in &mut self.diagnostics[from..] {
+            if let Some((template, line, column)) = self.task_templates.locate(diagnostic.span) {
+                diagnostic.message = format!(
+                    "{} (in template `{}`, {}:{line}:{column})",
+                    diagnostic.message, template.name, template.display_path
+                );
+                diagnostic.span = at;
+            }
+        }
+    }
+
     /// `for_each`: a list, or `{{ tasks.<id>.output }}` with an optional path
     /// (`.key`, `["key"]`, `[0]`) to a list inside that output.
     fn for_each(&mut self, node: &Node) -> Option<ForEach> {
@@ -1575,7 +1670,7 @@ mod schema_tests {
         };
         assert_eq!(keys(&schema), sorted(TOP_FIELDS));
         let task = &schema["$defs"]["task"];
-        let task_keys: Vec<&str> = TASK_FIELDS.iter().chain(TASK_TYPES).copied().collect();
+        let task_keys: Vec<&str> = TASK_FIELDS.iter().chain(TASK_TYPES).chain(&["use", "with"]).copied().collect();
         assert_eq!(keys(task), sorted(&task_keys));
         assert_eq!(keys(&schema["properties"]["defaults"]), sorted(TASK_FIELDS));
         assert_eq!(keys(&task["properties"]["http"]), sorted(HTTP_FIELDS));

@@ -321,6 +321,7 @@ fn looks_like_float(text: &str) -> bool {
 }
 
 /// Maps character offsets to 1-based line and column, for rendering diagnostics.
+#[derive(Debug)]
 pub struct LineIndex {
     /// Character offset at which each line starts.
     line_starts: Vec<usize>,

@@ -92,3 +92,77 @@ fn cache_rereads_changed_files_only() {
     fs::remove_file(root.join("a.yaml")).unwrap();
     assert!(loader.load().unwrap().find("a").is_none());
 }
+
+const API_TEMPLATE: &str = r#"description: one call to the public data API, retried for a day
+parameters:
+  endpoint: {description: the path after the base URL}
+  params: {default: {}}
+  retries: {default: 24}
+task:
+  retries: ${{ with.retries }}
+  retry_delay: 1h
+  pool: public_api
+  http:
+    url: /B090041/openapi/service/${{ with.endpoint }}
+    connection: public_data
+    query: ${{ with.params }}
+"#;
+
+#[test]
+fn tasks_use_templates_with_arguments_and_their_own_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "templates/public_data_api.yaml", API_TEMPLATE);
+    write(
+        root,
+        "listings.yaml",
+        "dag: listings\ntasks:\n  codes:\n    use: public_data_api\n    with: {endpoint: codes, params: {day: '{{ ds }}', rows: 100}}\n  names:\n    use: public_data_api\n    with: {endpoint: names}\n    retries: 3\n    depends_on: [codes]\n",
+    );
+    let folder = DagLoader::new(root, Some(root.to_path_buf())).load().unwrap();
+    assert!(!folder.has_errors(), "{:?}", folder.diagnostics().collect::<Vec<_>>());
+    assert_eq!(folder.dags().count(), 1, "the template file is not a DAG file");
+    let (loaded, _) = folder.find("listings").unwrap();
+    let codes = loaded.dag.task("codes").unwrap();
+    assert_eq!(
+        (codes.retries, codes.retry_delay.to_string(), codes.pool.as_str()),
+        (24, "1h".to_string(), "public_api")
+    );
+    let updraft_core::TaskKind::Http(http) = &codes.kind else { panic!("{:?}", codes.kind) };
+    assert_eq!(http.url, "/B090041/openapi/service/codes");
+    assert_eq!(http.query.get("day").map(String::as_str), Some("{{ ds }}"), "run-time templates stay");
+    assert_eq!(http.query.get("rows").map(String::as_str), Some("100"));
+    let names = loaded.dag.task("names").unwrap();
+    assert_eq!(names.retries, 3, "the task's own field wins");
+    let updraft_core::TaskKind::Http(http) = &names.kind else { panic!() };
+    assert!(http.query.is_empty());
+
+    // A changed template reaches the DAG on the next load (new version).
+    let before = loaded.version.clone();
+    write(root, "templates/public_data_api.yaml", &API_TEMPLATE.replace("retry_delay: 1h", "retry_delay: 2h"));
+    let mut loader = DagLoader::new(root, Some(root.to_path_buf()));
+    loader.load().unwrap();
+    let again = loader.load().unwrap();
+    assert_ne!(again.find("listings").unwrap().0.version, before);
+}
+
+#[test]
+fn template_problems_point_at_the_use_site_and_the_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "templates/public_data_api.yaml", &API_TEMPLATE.replace("retry_delay: 1h", "retry_delay: 1hour"));
+    write(root, "templates/broken.yaml", "parameters: {a: {}}\ntask:\n  shell: echo ${{ with.b }}\n  use: other\n");
+    write(
+        root,
+        "uses.yaml",
+        "dag: uses\ntasks:\n  codes:\n    use: public_data_api\n    with: {endpont: codes}\n  ok_args:\n    use: public_data_api\n    with: {endpoint: codes}\n  unknown:\n    use: public_data\n  broken:\n    use: broken\n",
+    );
+    insta::assert_snapshot!(summary(root), @"
+    templates/broken.yaml:3:10: `${{ with.b }}`: no parameter `b` is declared
+    templates/broken.yaml:4:3: a template cannot use another template
+    uses.yaml:4:10: task `codes`: template `public_data_api` needs `endpoint` in `with` (templates/public_data_api.yaml)
+    uses.yaml:5:12: task `codes`: `with`: template `public_data_api` has no parameter `endpont`, did you mean `endpoint`?
+    uses.yaml:7:10: `retry_delay`: invalid duration `1hour`: expected a duration like `30s`, `5m`, `1h30m`, `2d` or whole seconds (in template `public_data_api`, templates/public_data_api.yaml:8:16)
+    uses.yaml:10:10: task `unknown`: no task template `public_data` (templates: public_data_api)
+    uses.yaml:12:10: task `broken`: template `broken` has problems: see `templates/broken.yaml`
+    ");
+}

@@ -19,7 +19,10 @@ fn yaml_files(folder: &Path) -> Vec<PathBuf> {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
             if path.is_dir() {
-                stack.push(path);
+                // Task templates are not DAG files.
+                if !path.ends_with("templates") {
+                    stack.push(path);
+                }
             } else if path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml") {
                 files.push(path);
             }
