@@ -125,3 +125,39 @@ tasks:
     }
     assert!(!out.contains("never"), "{out}");
 }
+
+/// The public-data example end to end: its portal stand-in (started by its first
+/// task) on a free port, a throw-away PostgreSQL database as the warehouse.
+#[test]
+fn the_public_data_example_fans_out_recovers_and_loads_into_postgres() {
+    let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
+    let mut p = project();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    updraft_testkit::copy_tree(&repo.join("examples"), &p.path().join("examples"));
+    let _ = std::fs::remove_dir_all(p.path().join("examples/.updraft"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    p.env("UPDRAFT_CONN_PUBLIC_DATA", &format!("http://:example-key@127.0.0.1:{port}"));
+    p.env("UPDRAFT_CONN_WAREHOUSE", &database.url);
+    let tested = p.run(&[
+        "--config",
+        "examples/updraft.toml",
+        "dags",
+        "test",
+        "public_securities",
+        "--date",
+        "2024-03-01",
+        "--retries",
+    ]);
+    let out = &tested.stdout;
+    assert_eq!(tested.code, 0, "{out}\n{}", tested.stderr);
+    assert!(out.contains("answered 503 Service Unavailable; retrying in 1.0s"), "the portal failed some: {out}");
+    assert!(out.contains("to_file | 48 securities written"), "{out}");
+    assert!(out.contains("load | loaded 48 row(s) into `public_securities`"), "{out}");
+    assert!(!out.contains("example-key"), "the API key is masked: {out}");
+    let stored = updraft_testkit::postgres::psql(
+        &database.url,
+        "SELECT name || '|' || issuer || '|' || issue_date FROM public_securities WHERE code = '005930'",
+    )
+    .unwrap();
+    assert_eq!(stored.trim(), "Samsung Electronics|Samsung Electronics Co., Ltd.|1975-06-11");
+}
