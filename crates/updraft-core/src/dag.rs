@@ -159,6 +159,64 @@ pub struct LoadTask {
     pub rename: BTreeMap<String, String>,
     /// Rows that may fail validation before the load fails.
     pub max_rejected: u64,
+    /// A spreadsheet's sheet (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sheet: Option<String>,
+    /// A spreadsheet's cells: the header row first (default: the sheet's used cells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<CellRange>,
+}
+
+/// Spreadsheet formats `load` reads, by extension.
+pub const SHEET_FORMATS: &[&str] = &["xlsx", "xlsm", "xlsb", "xls", "ods"];
+
+/// Cells in A1 notation, 0-based: `B2:E100`, or `B2` for everything from there on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellRange {
+    pub first: (u32, u32),
+    /// Row and column of the last cell; `None`: to the end of the used cells.
+    pub last: Option<(u32, u32)>,
+}
+
+impl CellRange {
+    pub fn parse(text: &str) -> Result<CellRange, String> {
+        let (first, last) = match text.split_once(':') {
+            Some((first, last)) => (first, Some(last)),
+            None => (text, None),
+        };
+        let first = cell(first.trim())?;
+        let last = last.map(|last| cell(last.trim())).transpose()?;
+        if let Some(last) = last
+            && (last.0 < first.0 || last.1 < first.1)
+        {
+            return Err(format!("`{text}` ends before it starts"));
+        }
+        Ok(CellRange { first, last })
+    }
+}
+
+/// `A1` -> (row 0, column 0); `AB12` -> (11, 27).
+pub fn cell(text: &str) -> Result<(u32, u32), String> {
+    let letters = text.chars().take_while(char::is_ascii_alphabetic).count();
+    let (column, row) = text.split_at(letters);
+    let row: u32 =
+        row.parse().ok().filter(|row| *row >= 1).ok_or_else(|| format!("`{text}` is not a cell like `B2`"))?;
+    if column.is_empty() || column.len() > 3 {
+        return Err(format!("`{text}` is not a cell like `B2`"));
+    }
+    let column = column.chars().fold(0u32, |sum, c| sum * 26 + (c.to_ascii_uppercase() as u32 - 'A' as u32 + 1));
+    Ok((row - 1, column - 1))
+}
+
+/// (row, column), 0-based -> `B2`.
+pub fn cell_name((row, column): (u32, u32)) -> String {
+    let mut letters = Vec::new();
+    let mut n = column + 1;
+    while n > 0 {
+        letters.push((b'A' + ((n - 1) % 26) as u8) as char);
+        n = (n - 1) / 26;
+    }
+    letters.iter().rev().collect::<String>() + &(row + 1).to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -92,8 +92,20 @@ const PYTHON_FIELDS: &[&str] = &["script", "code", "args", "interpreter", "venv"
 const SQL_FIELDS: &[&str] = &["connection", "statements", "file", "parameters", "output", "max_rows"];
 const SPARK_FIELDS: &[&str] =
     &["application", "master", "deploy_mode", "name", "class", "conf", "packages", "args", "spark_submit"];
-const LOAD_FIELDS: &[&str] =
-    &["source", "format", "delimiter", "connection", "table", "mode", "key", "columns", "rename", "max_rejected"];
+const LOAD_FIELDS: &[&str] = &[
+    "source",
+    "format",
+    "delimiter",
+    "connection",
+    "table",
+    "mode",
+    "key",
+    "columns",
+    "rename",
+    "max_rejected",
+    "sheet",
+    "range",
+];
 /// Column types a `load` may declare (PostgreSQL's names).
 pub const LOAD_TYPES: &[&str] = &[
     "text",
@@ -855,18 +867,48 @@ impl FileParser<'_> {
         }
         let format = get("format").and_then(|value| {
             let format = self.non_empty(value, "load.format")?;
-            if !["csv", "tsv", "json", "ndjson"].contains(&format.as_str()) {
-                self.error(value.span, format!("`load.format`: `{format}` is not csv, tsv, json or ndjson"));
+            if !["csv", "tsv", "json", "ndjson"].contains(&format.as_str())
+                && !updraft_core::dag::SHEET_FORMATS.contains(&format.as_str())
+            {
+                self.error(
+                    value.span,
+                    format!("`load.format`: `{format}` is not csv, tsv, json, ndjson, xlsx, xlsm, xlsb, xls or ods"),
+                );
             }
             Some(format)
         });
-        if let (None, Some(source)) = (&format, &source)
-            && ![".csv", ".tsv", ".json", ".ndjson", ".jsonl"].iter().any(|ext| source.ends_with(ext))
+        let lower = source.as_deref().map(str::to_ascii_lowercase).unwrap_or_default();
+        let sheet_by_extension = updraft_core::dag::SHEET_FORMATS.iter().any(|ext| lower.ends_with(&format!(".{ext}")));
+        if let (None, Some(_)) = (&format, &source)
+            && ![".csv", ".tsv", ".json", ".ndjson", ".jsonl"].iter().any(|ext| lower.ends_with(ext))
+            && !sheet_by_extension
         {
             self.error(
                 get("source").map_or(node.span, |value| value.span),
-                "`load.source`: set `format`: the extension does not tell (csv, tsv, json, ndjson)",
+                "`load.source`: set `format`: the extension does not tell (csv, tsv, json, ndjson, xlsx, ods, ...)",
             );
+        }
+        let is_sheet = match &format {
+            Some(format) => updraft_core::dag::SHEET_FORMATS.contains(&format.as_str()),
+            None => sheet_by_extension,
+        };
+        let sheet = get("sheet").and_then(|value| self.non_empty(value, "load.sheet"));
+        let range = get("range").and_then(|value| {
+            let text = self.non_empty(value, "load.range")?;
+            match updraft_core::dag::CellRange::parse(&text) {
+                Ok(range) => Some(range),
+                Err(problem) => {
+                    self.error(value.span, format!("`load.range`: {problem}; expected cells like `A1:D200` or `B3`"));
+                    None
+                }
+            }
+        });
+        for name in ["sheet", "range"] {
+            if let Some(value) = get(name)
+                && !is_sheet
+            {
+                self.error(value.span, format!("`load.{name}`: only for spreadsheets (xlsx, xls, ods, ...)"));
+            }
         }
         let delimiter = get("delimiter").and_then(|value| {
             let text = self.string(value, "load.delimiter")?;
@@ -945,6 +987,8 @@ impl FileParser<'_> {
             columns,
             rename,
             max_rejected,
+            sheet,
+            range,
         })
     }
 

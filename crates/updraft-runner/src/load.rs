@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::Value;
 use sqlx::Connection;
 use tokio::sync::mpsc;
-use updraft_core::dag::{LoadMode, LoadTask};
+use updraft_core::dag::{LoadMode, LoadTask, SHEET_FORMATS};
 use updraft_store::ConnectionValues;
 
 /// Rejected rows listed in the log and the output at most.
@@ -46,6 +46,8 @@ pub async fn run(
             "json".into()
         } else if name.ends_with(".ndjson") || name.ends_with(".jsonl") {
             "ndjson".into()
+        } else if let Some(sheet) = SHEET_FORMATS.iter().find(|ext| name.ends_with(&format!(".{ext}"))) {
+            (*sheet).into()
         } else {
             "csv".into()
         }
@@ -87,6 +89,9 @@ pub async fn run(
 }
 
 fn read(task: &LoadTask, path: &Path, format: &str) -> Result<Table, String> {
+    if SHEET_FORMATS.contains(&format) {
+        return read_sheet(task, path);
+    }
     let shown = path.display();
     let file = std::fs::File::open(path).map_err(|error| format!("cannot read `{shown}`: {error}"))?;
     let rename = |name: &str| task.rename.get(name).cloned().unwrap_or_else(|| name.to_string());
@@ -170,6 +175,77 @@ fn read(task: &LoadTask, path: &Path, format: &str) -> Result<Table, String> {
             Ok(Table { columns, rows })
         }
         other => Err(format!("unknown format `{other}`")),
+    }
+}
+
+/// A sheet's cells as a table: the range's (or the used cells') first row is the
+/// header; a row's "line" is its row number in the sheet, as the spreadsheet shows.
+fn read_sheet(task: &LoadTask, path: &Path) -> Result<Table, String> {
+    use calamine::Reader;
+    let shown = path.display();
+    let mut workbook = calamine::open_workbook_auto(path).map_err(|error| format!("cannot read `{shown}`: {error}"))?;
+    let names = workbook.sheet_names();
+    let sheet = match &task.sheet {
+        Some(name) if names.contains(name) => name.clone(),
+        Some(name) => {
+            return Err(format!("`{shown}` has no sheet `{name}` (its sheets: {})", names.join(", ")));
+        }
+        None => names.first().cloned().ok_or_else(|| format!("`{shown}` has no sheets"))?,
+    };
+    let cells = workbook.worksheet_range(&sheet).map_err(|error| format!("`{shown}` sheet `{sheet}`: {error}"))?;
+    let (Some(used_first), Some(used_last)) = (cells.start(), cells.end()) else {
+        return Err(format!("`{shown}` sheet `{sheet}` is empty"));
+    };
+    let (first, last) = match task.range {
+        Some(range) => (range.first, range.last.unwrap_or(used_last)),
+        None => (used_first, used_last),
+    };
+    let rename = |name: &str| task.rename.get(name).cloned().unwrap_or_else(|| name.to_string());
+    let value = |row: u32, column: u32| cells.get_value((row, column)).and_then(cell_text);
+    let mut columns = Vec::new();
+    for column in first.1..=last.1 {
+        match value(first.0, column) {
+            Some(name) => columns.push(rename(name.trim())),
+            None => {
+                let at = updraft_core::dag::cell_name((first.0, column));
+                return Err(format!("`{shown}` sheet `{sheet}` cell {at}: the header row has an empty cell"));
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for row in first.0 + 1..=last.0 {
+        let fields: Vec<Option<String>> = (first.1..=last.1).map(|column| value(row, column)).collect();
+        if fields.iter().any(Option::is_some) {
+            rows.push((u64::from(row) + 1, fields));
+        }
+    }
+    Ok(Table { columns, rows })
+}
+
+/// A cell as text, the way it shows: whole numbers without `.0`, dates as ISO
+/// dates (with the time when there is one), Excel errors as written (`#N/A`, which
+/// a numeric column then rejects).
+fn cell_text(cell: &calamine::Data) -> Option<String> {
+    use calamine::Data;
+    match cell {
+        Data::Empty => None,
+        Data::String(text) if text.is_empty() => None,
+        Data::String(text) | Data::DateTimeIso(text) | Data::DurationIso(text) => Some(text.clone()),
+        Data::Int(value) => Some(value.to_string()),
+        Data::Float(value) if value.fract() == 0.0 && value.abs() < 1e15 => Some(format!("{}", *value as i64)),
+        Data::Float(value) => Some(value.to_string()),
+        Data::Bool(value) => Some(value.to_string()),
+        Data::DateTime(value) if value.is_datetime() => {
+            let (year, month, day, hour, minute, second, milli) = value.to_ymd_hms_milli();
+            Some(if (hour, minute, second, milli) == (0, 0, 0, 0) {
+                format!("{year:04}-{month:02}-{day:02}")
+            } else {
+                format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}.{milli:03}")
+            })
+        }
+        // A duration: its length in seconds.
+        Data::DateTime(value) => Some(format!("{}", (value.as_f64() * 86_400.0).round() as i64)),
+        Data::Error(error) => Some(error.to_string()),
     }
 }
 
@@ -316,6 +392,28 @@ async fn write(
     };
     let create = format!("CREATE TABLE IF NOT EXISTS {table} ({}{primary_key})", definitions.join(", "));
     sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await.map_err(describe)?;
+    if task.mode == LoadMode::Upsert {
+        // A table made earlier (by a replace, or by hand) may lack a unique index on
+        // the key, which an upsert needs: it gets one (refused, with the duplicate
+        // named, if its rows repeat a key).
+        let mut key: Vec<&str> = task.key.iter().map(String::as_str).collect();
+        key.sort_unstable();
+        let has_unique: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1::regclass AND i.indisunique
+                AND i.indpred IS NULL AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                    FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = $2::text[])",
+        )
+        .bind(&table)
+        .bind(&key)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(describe)?;
+        if !has_unique {
+            let keys = task.key.iter().map(|column| quoted(column)).collect::<Vec<_>>().join(", ");
+            let index = format!("CREATE UNIQUE INDEX ON {table} ({keys})");
+            sqlx::query(sqlx::AssertSqlSafe(index)).execute(&mut *tx).await.map_err(describe)?;
+        }
+    }
     if task.mode == LoadMode::Replace {
         sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {table}"))).execute(&mut *tx).await.map_err(describe)?;
     }

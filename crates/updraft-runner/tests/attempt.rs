@@ -580,3 +580,41 @@ async fn load_checks_rows_copies_them_into_postgresql_and_upserts() {
     let reason = result.reason().unwrap();
     assert!(reason.ends_with("broken.csv`:3: 1 field(s) where the header has 2"), "{reason}");
 }
+
+#[tokio::test]
+async fn load_reads_a_sheet_of_a_spreadsheet_from_its_header_row() {
+    use sqlx::Connection;
+    let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dags/sub/data")).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/listings.xlsx");
+    std::fs::copy(&fixture, dir.path().join("dags/sub/data/listings.xlsx")).unwrap();
+    // The table starts at A3, under a title; D7 holds an Excel error (#N/A).
+    let task = |sheet: &str, max_rejected: u32| {
+        format!(
+            "    load:\n      source: data/listings.xlsx\n      sheet: {sheet}\n      range: A3\n      connection: warehouse\n      table: listings\n      mode: replace\n      rename: {{Code: code, Name: name, Listed: listed, Amount: amount, Preferred: preferred}}\n      columns: {{code: text, name: text, listed: date, amount: numeric, preferred: boolean}}\n      max_rejected: {max_rejected}\n"
+        )
+    };
+    let (result, lines, log) = run(&with_sql_connection(spec(dir.path(), &task("Listings", 1)), &database.url)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    assert!(lines[0].contains("listings.xlsx:7: column `amount`: `#N/A`"), "{lines:?}");
+    let mut conn = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let rows: Vec<(String, String, Option<String>, bool)> =
+        sqlx::query_as("SELECT code, listed::text, amount::text, preferred FROM listings ORDER BY code")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("000660".to_string(), "1996-12-26".to_string(), Some("150000".to_string()), false),
+            ("005930".to_string(), "1975-06-11".to_string(), Some("71000.5".to_string()), false),
+            ("035420".to_string(), "2008-11-28".to_string(), None, true),
+        ]
+    );
+
+    // A wrong sheet name is an error naming the sheets there are.
+    let (result, _, _) = run(&with_sql_connection(spec(dir.path(), &task("Listngs", 1)), &database.url)).await;
+    let reason = result.reason().unwrap();
+    assert!(reason.ends_with("has no sheet `Listngs` (its sheets: Listings, Notes)"), "{reason}");
+}

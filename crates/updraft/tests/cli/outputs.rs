@@ -83,3 +83,26 @@ fn the_python_and_sql_example_runs_on_its_own_config() {
     assert!(tested.stdout.contains("report | stored 3 codes for 2024-03-01"), "{}", tested.stdout);
     assert!(p.path().join("examples/.updraft/example.db").is_file());
 }
+
+/// The spreadsheets example: two sheets of one workbook (replace, then upsert into
+/// the same table), a table under a title row, a CSV, into one schema.
+#[test]
+fn the_sheets_example_loads_every_sheet_into_one_schema() {
+    let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
+    let mut p = project();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    updraft_testkit::copy_tree(&repo.join("examples"), &p.path().join("examples"));
+    let _ = std::fs::remove_dir_all(p.path().join("examples/.updraft"));
+    p.env("UPDRAFT_CONN_WAREHOUSE", &database.url);
+    let tested =
+        p.run(&["--config", "examples/updraft.toml", "dags", "test", "sheets_to_postgres", "--date", "2024-03-01"]);
+    assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
+    let counts = updraft_testkit::postgres::psql(
+        &database.url,
+        "SELECT (SELECT count(*) FROM sheets.companies) || ' ' || (SELECT count(*) FROM sheets.prices) || ' '
+            || (SELECT count(*) FROM sheets.sectors) || ' ' || (SELECT max(close)::text FROM sheets.prices)
+            || ' ' || (SELECT listed::text FROM sheets.companies WHERE code = '293490')",
+    )
+    .unwrap();
+    assert_eq!(counts.trim(), "7 20 5 240752.5 2020-09-10");
+}
