@@ -137,6 +137,51 @@ pub enum TaskKind {
     Spark(SparkTask),
     /// A file loaded into a table, run by the runner itself.
     Load(LoadTask),
+    /// Objects copied between local folders and object stores.
+    Copy(TransferTask),
+    /// A prefix made the same at the target: changed and new objects copied.
+    Sync(TransferTask),
+    /// Waits for an object (or any object under a prefix) to appear.
+    Sensor(SensorTask),
+}
+
+/// `copy` and `sync`: from one location to another. A location is a local path
+/// (relative to the DAG's folder) or a URL (`s3://`, `gs://`, `az://`, `file://`);
+/// one ending with `/` (or a local folder) is a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferTask {
+    /// A template.
+    pub from: String,
+    pub from_connection: Option<String>,
+    /// A template.
+    pub to: String,
+    pub to_connection: Option<String>,
+    /// A wildcard (`*`, `?`) the names under a prefix must match, e.g. `*.csv`.
+    pub include: Option<String>,
+    /// `sync`: delete objects at the target that the source does not have.
+    pub delete: bool,
+}
+
+/// `sensor`: succeeds once `path` exists (an object, or any object under a prefix
+/// ending with `/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorTask {
+    /// A template.
+    pub path: String,
+    pub connection: Option<String>,
+    pub poke_interval: Duration,
+    /// How long to wait in all before failing.
+    pub timeout: Duration,
+    pub mode: SensorMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorMode {
+    /// One attempt holds its slot and looks every `poke_interval`.
+    Poke,
+    /// Each look is a short attempt; between looks the slot is free.
+    Reschedule,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,11 +345,28 @@ impl TaskKind {
             TaskKind::Sql(_) => "sql",
             TaskKind::Spark(_) => "spark",
             TaskKind::Load(_) => "load",
+            TaskKind::Copy(_) => "copy",
+            TaskKind::Sync(_) => "sync",
+            TaskKind::Sensor(_) => "sensor",
         }
     }
 }
 
 impl Task {
+    /// The connections its type uses (besides those its templates name).
+    pub fn connections(&self) -> Vec<&str> {
+        match &self.kind {
+            TaskKind::Shell { .. } | TaskKind::Python(_) | TaskKind::Spark(_) => Vec::new(),
+            TaskKind::Http(http) => http.connection.iter().map(String::as_str).collect(),
+            TaskKind::Sql(sql) => vec![sql.connection.as_str()],
+            TaskKind::Load(load) => vec![load.connection.as_str()],
+            TaskKind::Copy(transfer) | TaskKind::Sync(transfer) => {
+                transfer.from_connection.iter().chain(&transfer.to_connection).map(String::as_str).collect()
+            }
+            TaskKind::Sensor(sensor) => sensor.connection.iter().map(String::as_str).collect(),
+        }
+    }
+
     /// Every text rendered as a template when the task runs, named by its field
     /// (`shell`, `http.url`, `http.query.<name>`, ..., `cwd`, `env.<NAME>`), the
     /// DAG's `env` before the task's. The runner, the UI and the validator all
@@ -339,6 +401,11 @@ impl Task {
                 fields
             }
             TaskKind::Load(load) => vec![("load.source".to_string(), load.source.as_str())],
+            TaskKind::Copy(transfer) | TaskKind::Sync(transfer) => {
+                let name = self.kind.type_name();
+                vec![(format!("{name}.from"), transfer.from.as_str()), (format!("{name}.to"), transfer.to.as_str())]
+            }
+            TaskKind::Sensor(sensor) => vec![("sensor.path".to_string(), sensor.path.as_str())],
         };
         if let Some(cwd) = &self.cwd {
             fields.push(("cwd".to_string(), cwd.as_str()));

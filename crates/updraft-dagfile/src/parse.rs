@@ -65,10 +65,14 @@ const TASK_FIELDS: &[&str] = &[
     "for_each_limit",
 ];
 
-const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql", "spark", "load"];
+const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql", "spark", "load", "copy", "sync", "sensor"];
 /// Task types of later versions of the format: named, so the error says "not yet"
 /// rather than "unknown field".
-const FUTURE_TASK_TYPES: &[&str] = &["kubernetes", "copy", "sync", "sensor", "container"];
+const FUTURE_TASK_TYPES: &[&str] = &["kubernetes", "container"];
+
+const COPY_FIELDS: &[&str] = &["from", "from_connection", "to", "to_connection", "include"];
+const SYNC_FIELDS: &[&str] = &["from", "from_connection", "to", "to_connection", "include", "delete"];
+const SENSOR_FIELDS: &[&str] = &["path", "connection", "poke_interval", "timeout", "mode"];
 
 const HTTP_FIELDS: &[&str] = &[
     "url",
@@ -571,6 +575,9 @@ impl FileParser<'_> {
             "sql" => self.sql(value).map(TaskKind::Sql),
             "spark" => self.spark(value).map(TaskKind::Spark),
             "load" => self.load(value).map(TaskKind::Load),
+            "copy" => self.transfer(value, "copy").map(TaskKind::Copy),
+            "sync" => self.transfer(value, "sync").map(TaskKind::Sync),
+            "sensor" => self.sensor(value).map(TaskKind::Sensor),
             other => {
                 self.error(
                     key.span,
@@ -990,6 +997,112 @@ impl FileParser<'_> {
             sheet,
             range,
         })
+    }
+
+    /// `copy` and `sync`: `from` and `to` locations (templates), their connections.
+    fn transfer(&mut self, node: &Node, name: &str) -> Option<updraft_core::dag::TransferTask> {
+        let Value::Map(entries) = &node.value else {
+            self.error(node.span, format!("`{name}`: expected a mapping with `from` and `to`, found {}", node.kind()));
+            return None;
+        };
+        let errors_before = self.diagnostics.len();
+        let known = if name == "sync" { SYNC_FIELDS } else { COPY_FIELDS };
+        let fields = self.fields(entries, known, &[]);
+        let get = |field: &str| fields.get(field).map(|(_, value)| *value);
+        let location = |this: &mut Self, field: &str| match get(field) {
+            Some(value) => {
+                let text = this.non_empty(value, &format!("{name}.{field}"))?;
+                this.check_template(&text, value.span, &format!("{name}.{field}"));
+                if let Some((scheme, _)) = text.split_once("://")
+                    && !["s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "file"].contains(&scheme)
+                    && !scheme.contains("{{")
+                {
+                    this.error(
+                        value.span,
+                        format!("`{name}.{field}`: `{scheme}://` is not a store this reads (s3, gs, az, abfss, file, or a local path)"),
+                    );
+                }
+                Some(text)
+            }
+            None => {
+                this.error(node.span, format!("`{name}`: missing required field `{field}`"));
+                None
+            }
+        };
+        let from = location(self, "from");
+        let to = location(self, "to");
+        let connection = |this: &mut Self, field: &str| {
+            get(field).and_then(|value| this.non_empty(value, &format!("{name}.{field}")))
+        };
+        let from_connection = connection(self, "from_connection");
+        let to_connection = connection(self, "to_connection");
+        let include = get("include").and_then(|value| self.non_empty(value, &format!("{name}.include")));
+        let delete = get("delete").and_then(|value| self.boolean(value, "sync.delete")).unwrap_or(false);
+        if name == "sync" {
+            for (field, text) in [("from", &from), ("to", &to)] {
+                if let Some(text) = text
+                    && !text.ends_with('/')
+                {
+                    self.error(
+                        get(field).map_or(node.span, |value| value.span),
+                        format!("`sync.{field}`: a sync is between prefixes: end `{text}` with `/`"),
+                    );
+                }
+            }
+        }
+        if self.diagnostics.len() > errors_before {
+            return None;
+        }
+        Some(updraft_core::dag::TransferTask { from: from?, from_connection, to: to?, to_connection, include, delete })
+    }
+
+    fn sensor(&mut self, node: &Node) -> Option<updraft_core::dag::SensorTask> {
+        let Value::Map(entries) = &node.value else {
+            self.error(node.span, format!("`sensor`: expected a mapping with `path`, found {}", node.kind()));
+            return None;
+        };
+        let errors_before = self.diagnostics.len();
+        let fields = self.fields(entries, SENSOR_FIELDS, &[]);
+        let get = |field: &str| fields.get(field).map(|(_, value)| *value);
+        let path = match get("path") {
+            Some(value) => {
+                let text = self.non_empty(value, "sensor.path");
+                if let Some(text) = &text {
+                    self.check_template(text, value.span, "sensor.path");
+                }
+                text
+            }
+            None => {
+                self.error(node.span, "`sensor`: missing required field `path`");
+                None
+            }
+        };
+        let connection = get("connection").and_then(|value| self.non_empty(value, "sensor.connection"));
+        let positive = |this: &mut Self, field: &str, default: Duration| match get(field) {
+            None => default,
+            Some(value) => match this.duration(value, &format!("sensor.{field}")) {
+                Some(duration) if duration == Duration::ZERO => {
+                    this.error(value.span, format!("`sensor.{field}`: must be longer than 0s"));
+                    default
+                }
+                Some(duration) => duration,
+                None => default,
+            },
+        };
+        let poke_interval = positive(self, "poke_interval", Duration::from_secs(60));
+        let timeout = positive(self, "timeout", Duration::from_secs(7 * 86_400));
+        let mode = match get("mode").map(|value| (value, value.as_str())) {
+            None | Some((_, Some("poke"))) => updraft_core::dag::SensorMode::Poke,
+            Some((_, Some("reschedule"))) => updraft_core::dag::SensorMode::Reschedule,
+            Some((value, _)) => {
+                self.error(value.span, "`sensor.mode`: expected `poke` or `reschedule`");
+                updraft_core::dag::SensorMode::Poke
+            }
+        };
+        if self.diagnostics.len() > errors_before {
+            return None;
+        }
+        Some(updraft_core::dag::SensorTask { path: path?, connection, poke_interval, timeout, mode })
     }
 
     fn python(&mut self, node: &Node) -> Option<updraft_core::dag::PythonTask> {
@@ -1722,5 +1835,8 @@ mod schema_tests {
         assert_eq!(keys(&task["properties"]["sql"]), sorted(SQL_FIELDS));
         assert_eq!(keys(&task["properties"]["spark"]), sorted(SPARK_FIELDS));
         assert_eq!(keys(&task["properties"]["load"]), sorted(LOAD_FIELDS));
+        assert_eq!(keys(&task["properties"]["copy"]), sorted(COPY_FIELDS));
+        assert_eq!(keys(&task["properties"]["sync"]), sorted(SYNC_FIELDS));
+        assert_eq!(keys(&task["properties"]["sensor"]), sorted(SENSOR_FIELDS));
     }
 }

@@ -179,7 +179,15 @@ pub async fn execute(
             return not_started(started, why, &label, observer.as_ref());
         }
     };
-    if matches!(task.kind, TaskKind::Http(_) | TaskKind::Sql(_) | TaskKind::Load(_)) {
+    if matches!(
+        task.kind,
+        TaskKind::Http(_)
+            | TaskKind::Sql(_)
+            | TaskKind::Load(_)
+            | TaskKind::Copy(_)
+            | TaskKind::Sync(_)
+            | TaskKind::Sensor(_)
+    ) {
         return run_in_process(spec, task, prepared, log, masker, observer, label, started, cancel).await;
     }
     let output_path = output_path(spec);
@@ -417,23 +425,21 @@ async fn run_in_process(
     started: Instant,
     mut cancel: watch::Receiver<bool>,
 ) -> AttemptResult {
-    let conn_id = match &task.kind {
-        TaskKind::Http(http) => http.connection.as_deref(),
-        TaskKind::Sql(sql) => Some(sql.connection.as_str()),
-        TaskKind::Load(load) => Some(load.connection.as_str()),
-        _ => None,
-    };
-    let connection = match conn_id {
-        None => None,
-        Some(conn_id) => match spec.secrets.connections.get(conn_id) {
-            Some(connection) => Some(connection.clone()),
+    let mut connections = std::collections::BTreeMap::new();
+    for conn_id in task.connections() {
+        match spec.secrets.connections.get(conn_id) {
+            Some(connection) => {
+                connections.insert(conn_id.to_string(), connection.clone());
+            }
             None => {
                 let why = format!("no connection `{conn_id}` (see `updraft connections list`)");
                 log.note(&why);
                 return not_started(started, why, &label, observer.as_ref());
             }
-        },
-    };
+        }
+    }
+    // The one connection of the types that have one.
+    let connection = task.connections().first().and_then(|conn_id| connections.get(*conn_id)).cloned();
     match &task.kind {
         TaskKind::Http(http) => log.note(&format!(
             "http: {} {}",
@@ -442,6 +448,19 @@ async fn run_in_process(
         )),
         TaskKind::Sql(sql) => log.note(&format!("sql: on connection `{}`", sql.connection)),
         TaskKind::Load(load) => log.note(&format!("load: into `{}` on connection `{}`", load.table, load.connection)),
+        TaskKind::Copy(_) | TaskKind::Sync(_) => log.note(&format!(
+            "{}: {} -> {}",
+            task.kind.type_name(),
+            prepared.rendered.first().map_or("", |(_, from)| from.as_str()),
+            prepared.rendered.get(1).map_or("", |(_, to)| to.as_str())
+        )),
+        TaskKind::Sensor(sensor) => log.note(&format!(
+            "sensor: waiting for {} (every {}, at most {}, {:?} mode)",
+            prepared.rendered.first().map_or("", |(_, path)| path.as_str()),
+            sensor.poke_interval,
+            sensor.timeout,
+            sensor.mode
+        )),
         _ => {}
     }
     let (lines_tx, lines_rx) = mpsc::channel::<String>(1024);
@@ -461,6 +480,20 @@ async fn run_in_process(
                 let source =
                     rendered.fields.iter().find(|(field, _)| field == "load.source").map_or("", |(_, v)| v.as_str());
                 crate::load::run(load, source, connection, &prepared.cwd_base, lines_tx).await
+            }
+            (TaskKind::Copy(transfer) | TaskKind::Sync(transfer), _) => {
+                let sync = matches!(task.kind, TaskKind::Sync(_));
+                let field = |index: usize| rendered.fields.get(index).map_or("", |(_, value)| value.as_str());
+                crate::objects::transfer(transfer, sync, field(0), field(1), &connections, &prepared.cwd_base, lines_tx)
+                    .await
+            }
+            (TaskKind::Sensor(sensor), _) => {
+                let path = rendered.fields.first().map_or("", |(_, value)| value.as_str());
+                let waited = std::time::Duration::ZERO;
+                match crate::objects::sense(sensor, path, &connections, &prepared.cwd_base, waited, lines_tx).await? {
+                    crate::objects::Sensed::Found(output) => Ok(Some(output)),
+                    crate::objects::Sensed::NotYet => Err("not found yet".to_string()),
+                }
             }
             _ => Err("this task type does not run in the runner".to_string()),
         }

@@ -9,6 +9,7 @@
 pub mod attempt;
 pub mod http;
 pub mod load;
+pub mod objects;
 pub mod procfs;
 pub mod recovery;
 pub mod remote;

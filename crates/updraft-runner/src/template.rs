@@ -7,7 +7,7 @@ use std::sync::Arc;
 use minijinja::value::{Object, Serde, Value};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior};
 use updraft_core::timetable::format_in_zone;
-use updraft_core::{Dag, DataInterval, Task, TaskKind};
+use updraft_core::{Dag, DataInterval, Task};
 
 /// The run an attempt belongs to, as templates and `UPDRAFT_*` variables see it.
 #[derive(Debug, Clone)]
@@ -198,16 +198,7 @@ pub fn render_fields(
 pub fn wanted(dag: &Dag, task: &Task) -> updraft_secrets::Wanted {
     let env = Environment::new();
     let mut wanted = updraft_secrets::Wanted::default();
-    match &task.kind {
-        TaskKind::Http(http) => wanted.connections.extend(http.connection.clone()),
-        TaskKind::Sql(sql) => {
-            wanted.connections.insert(sql.connection.clone());
-        }
-        TaskKind::Load(load) => {
-            wanted.connections.insert(load.connection.clone());
-        }
-        _ => {}
-    }
+    wanted.connections.extend(task.connections().into_iter().map(str::to_string));
     for text in template_texts(dag, task) {
         let Ok(template) = env.template_from_str(text) else { continue };
         for name in template.undeclared_variables(true) {

@@ -1,0 +1,171 @@
+//! `copy`, `sync` and `sensor` against moto's S3 server (PyPI `moto[server]`, found
+//! as `UPDRAFT_MOTO_VENV`; required under CI) and local folders.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{run, spec};
+use updraft_runner::attempt::{AttemptSpec, Ending};
+
+/// moto's S3 on a free loopback port, stopped when dropped.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+    python: PathBuf,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    fn start() -> Option<Moto> {
+        let Some(venv) = std::env::var("UPDRAFT_MOTO_VENV").ok().map(PathBuf::from) else {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "moto is required under CI (.ci/run installs it)");
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("skipping: moto not found (set UPDRAFT_MOTO_VENV to a virtualenv with `moto[server]`)");
+            }
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(venv.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}"), python: venv.join("bin/python") };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    /// Runs boto3 against the server: `s3` is the client.
+    fn boto(&self, code: &str) -> String {
+        let script = format!(
+            "import boto3, sys\ns3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='AKIAMOTO', aws_secret_access_key='moto-secret')\n{code}"
+        );
+        let output = std::process::Command::new(&self.python).args(["-c", &script, &self.endpoint]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn keys(&self, bucket: &str) -> Vec<String> {
+        let listed = self.boto(&format!(
+            "for item in s3.list_objects_v2(Bucket='{bucket}').get('Contents', []): print(item['Key'])"
+        ));
+        listed.lines().map(str::to_string).collect()
+    }
+}
+
+/// The spec with the connection `lake`: moto's endpoint and keys, Airflow's shape.
+fn with_lake(mut spec: AttemptSpec, moto: &Moto) -> AttemptSpec {
+    let mut secrets = updraft_store::Secrets::default();
+    let extra = serde_json::json!({ "region_name": "us-east-1", "endpoint_url": moto.endpoint }).to_string();
+    secrets.connections.insert(
+        "lake".into(),
+        updraft_store::ConnectionValues {
+            conn_type: "aws".into(),
+            login: Some("AKIAMOTO".into()),
+            password: Some("moto-secret".into()),
+            extra: Some(extra),
+            ..Default::default()
+        },
+    );
+    spec.secrets = Arc::new(secrets);
+    spec
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn copy_and_sync_between_a_folder_and_s3() {
+    let Some(moto) = Moto::start() else { return };
+    moto.boto("s3.create_bucket(Bucket='raw')");
+    let dir = tempfile::tempdir().unwrap();
+    let dags = dir.path().join("dags/sub");
+    write(&dags, "export/prices.csv", "code,close\n005930,71000\n");
+    write(&dags, "export/deep/volumes.csv", "code,volume\n005930,100\n");
+    write(&dags, "export/readme.txt", "not data\n");
+
+    // Up: the CSV files under a local folder to a dated prefix.
+    let up = "    copy:\n      from: export/\n      to: s3://raw/prices/{{ ds }}/\n      to_connection: lake\n      include: '*.csv'\n";
+    let (result, _, log) = run(&with_lake(spec(dir.path(), up), &moto)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let output: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["copied"], 2, "{output}");
+    let mut keys = moto.keys("raw");
+    keys.sort();
+    assert_eq!(keys, ["prices/2024-03-01/deep/volumes.csv", "prices/2024-03-01/prices.csv"]);
+
+    // Down with sync: new objects come, a stale local file goes, and a second sync
+    // copies nothing.
+    moto.boto("s3.put_object(Bucket='raw', Key='prices/2024-03-01/late.csv', Body=b'code\\n000660\\n')");
+    write(&dags, "mirror/stale.csv", "old\n");
+    let down = "    sync:\n      from: s3://raw/prices/{{ ds }}/\n      from_connection: lake\n      to: mirror/\n      delete: true\n";
+    let (result, _, log) = run(&with_lake(spec(dir.path(), down), &moto)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let output: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!((output["copied"].clone(), output["deleted"].clone()), (3.into(), 1.into()), "{output}");
+    assert_eq!(std::fs::read_to_string(dags.join("mirror/deep/volumes.csv")).unwrap(), "code,volume\n005930,100\n");
+    assert!(!dags.join("mirror/stale.csv").exists());
+    let (result, _, log) = run(&with_lake(spec(dir.path(), down), &moto)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    let output: serde_json::Value = serde_json::from_str(result.output.as_deref().unwrap()).unwrap();
+    assert_eq!((output["copied"].clone(), output["skipped"].clone()), (0.into(), 3.into()), "{output}");
+
+    // One object to a local file name; a missing one is an error naming it.
+    let one =
+        "    copy: {from: 's3://raw/prices/2024-03-01/late.csv', from_connection: lake, to: single/late_copy.csv}\n";
+    let (result, _, log) = run(&with_lake(spec(dir.path(), one), &moto)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    assert_eq!(std::fs::read_to_string(dags.join("single/late_copy.csv")).unwrap(), "code\n000660\n");
+    let missing = "    copy: {from: 's3://raw/nope.csv', from_connection: lake, to: single/}\n";
+    let (result, _, _) = run(&with_lake(spec(dir.path(), missing), &moto)).await;
+    let reason = result.reason().unwrap();
+    assert!(reason.contains("s3://raw/nope.csv"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_sensor_waits_for_its_object_and_times_out_without_it() {
+    let Some(moto) = Moto::start() else { return };
+    moto.boto("s3.create_bucket(Bucket='landing')");
+    let dir = tempfile::tempdir().unwrap();
+    // The object lands while the sensor pokes.
+    let endpoint = moto.endpoint.clone();
+    let python = moto.python.clone();
+    let lands = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let script = "import boto3, sys\nboto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='a', aws_secret_access_key='b').put_object(Bucket='landing', Key='2024-03-01/_SUCCESS', Body=b'')";
+        std::process::Command::new(python).args(["-c", script, &endpoint]).status().unwrap();
+    });
+    let waits =
+        "    sensor: {path: 's3://landing/{{ ds }}/_SUCCESS', connection: lake, poke_interval: 1s, timeout: 30s}\n";
+    let (result, lines, log) = run(&with_lake(spec(dir.path(), waits), &moto)).await;
+    lands.join().unwrap();
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    assert!(
+        lines.iter().any(|line| line.starts_with("nothing at `s3://landing/2024-03-01/_SUCCESS` yet")),
+        "{lines:?}"
+    );
+    assert!(result.output.as_deref().unwrap().contains("2024-03-01/_SUCCESS"));
+
+    // A prefix: any object under it; none comes, and the sensor gives up.
+    let gives_up = "    sensor: {path: 's3://landing/2024-03-02/', connection: lake, poke_interval: 1s, timeout: 2s}\n";
+    let (result, _, _) = run(&with_lake(spec(dir.path(), gives_up), &moto)).await;
+    assert_eq!(result.reason().unwrap(), "nothing at `s3://landing/2024-03-02/` after 2s");
+}
