@@ -90,6 +90,12 @@ pub enum Ending {
     Done,
     /// A built-in task type failed, for this reason.
     Failed(String),
+    /// A sensor in reschedule mode found nothing yet: it looks again after `next`,
+    /// its wait counted from `waiting_since`.
+    Rescheduled {
+        next: updraft_core::Duration,
+        waiting_since: jiff::Timestamp,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +133,7 @@ impl AttemptResult {
                 Some("interrupted: updraft was stopped; it runs again without using a retry".to_string())
             }
             Ending::NotStarted(why) | Ending::BadOutput(why) | Ending::Failed(why) => Some(why.clone()),
+            Ending::Rescheduled { next, .. } => Some(format!("rescheduled: nothing yet, looking again in {next}")),
         }
     }
 
@@ -466,6 +473,8 @@ async fn run_in_process(
     let (lines_tx, lines_rx) = mpsc::channel::<String>(1024);
     let writer = spawn_writer(lines_rx, log, masker, observer.clone(), label.clone());
     let rendered = crate::http::Rendered { fields: prepared.rendered };
+    // Set by a sensor in reschedule mode that found nothing yet.
+    let rescheduled: std::sync::Mutex<Option<Ending>> = std::sync::Mutex::new(None);
     let timeout = task.timeout;
     let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit.to_std());
     let work = async {
@@ -489,10 +498,15 @@ async fn run_in_process(
             }
             (TaskKind::Sensor(sensor), _) => {
                 let path = rendered.fields.first().map_or("", |(_, value)| value.as_str());
-                let waited = std::time::Duration::ZERO;
+                let waiting_since = waiting_since(spec);
+                let waited = (jiff::Timestamp::now().duration_since(waiting_since)).unsigned_abs();
                 match crate::objects::sense(sensor, path, &connections, &prepared.cwd_base, waited, lines_tx).await? {
                     crate::objects::Sensed::Found(output) => Ok(Some(output)),
-                    crate::objects::Sensed::NotYet => Err("not found yet".to_string()),
+                    crate::objects::Sensed::NotYet => {
+                        *rescheduled.lock().expect("one writer") =
+                            Some(Ending::Rescheduled { next: sensor.poke_interval, waiting_since });
+                        Ok(None)
+                    }
                 }
             }
             _ => Err("this task type does not run in the runner".to_string()),
@@ -508,7 +522,10 @@ async fn run_in_process(
                 )),
                 None,
             ),
-            Ok(output) => (Ending::Done, output),
+            Ok(output) => match rescheduled.lock().expect("one writer").take() {
+                Some(ending) => (ending, None),
+                None => (Ending::Done, output),
+            },
             Err(why) => (Ending::Failed(why), None),
         },
         () = sleep_until(deadline) => (Ending::TimedOut(timeout.expect("a deadline comes from a timeout")), None),
@@ -528,6 +545,18 @@ async fn run_in_process(
     log.note(&format!("attempt ended after {:.2}s: {}", result.duration.as_secs_f64(), result.describe()));
     observer.ended(&label, &result);
     result
+}
+
+/// When a sensor started waiting: the previous try's, if that try was a reschedule
+/// of this wait (it left `{"waiting_since": ..., "try": n - 1}` as the task's
+/// output), else now.
+fn waiting_since(spec: &AttemptSpec) -> jiff::Timestamp {
+    let previous = spec.run.outputs.get(&spec.task_id);
+    let earlier = previous.filter(|output| output["try"].as_u64() == Some(u64::from(spec.try_number) - 1));
+    earlier
+        .and_then(|output| output["waiting_since"].as_str())
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(jiff::Timestamp::now)
 }
 
 fn prepare(spec: &AttemptSpec, task: &Task, templates: &Environment<'static>) -> Result<Prepared, String> {

@@ -85,6 +85,11 @@ fn locate(
     };
     if writing {
         std::fs::create_dir_all(&folder).map_err(|error| format!("cannot create `{}`: {error}", folder.display()))?;
+    } else if !folder.is_dir() {
+        // Nothing there yet (a sensor waits for it; a copy finds nothing).
+        let path = ObjectPath::parse(&name).map_err(|error| format!("`{text}`: {error}"))?;
+        let empty = object_store::memory::InMemory::new();
+        return Ok(Location { store: Arc::new(empty), path, prefix: folder_like, shown });
     }
     let store = LocalFileSystem::new_with_prefix(&folder)
         .map_err(|error| format!("`{}`: {error}", folder.display()))?

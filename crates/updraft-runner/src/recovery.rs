@@ -198,7 +198,15 @@ impl Recovery {
             true => append_note(&path, &reason),
             false => self.note_in_store(attempt, &reason).await?,
         }
-        let end = AttemptEnd { state, retry_at, exit_code: None, reason: Some(reason), process: None, output: None };
+        let end = AttemptEnd {
+            state,
+            retry_at,
+            exit_code: None,
+            reason: Some(reason),
+            process: None,
+            output: None,
+            reschedule: false,
+        };
         let done = self
             .store
             .finish_attempt(attempt.ti_pk, attempt.try_number, &end, &format!("recovery:{}", self.process_id), now)

@@ -118,7 +118,9 @@ impl Runner {
         claimed: &Claimed,
     ) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
         let Some(task) = dag.task(&claimed.task_id) else { return Ok(Default::default()) };
-        if !template::uses_outputs(dag, task) {
+        // A rescheduled sensor reads its own last output: when it started waiting.
+        let rescheduled_sensor = matches!(&task.kind, updraft_core::TaskKind::Sensor(sensor) if sensor.mode == updraft_core::dag::SensorMode::Reschedule);
+        if !template::uses_outputs(dag, task) && !rescheduled_sensor {
             return Ok(Default::default());
         }
         let texts = self
@@ -249,6 +251,7 @@ impl Runner {
                 reason: Some(reason),
                 process: None,
                 output: None,
+                reschedule: false,
             };
             let _ = outcomes.send(Outcome { claimed, end, logs: Vec::new() });
         };
@@ -322,6 +325,18 @@ impl Runner {
         let _ = ended_tx.send(());
         let process = record.await.ok().flatten();
         let end = match (&result.ending, dag.task(&claimed.task_id)) {
+            (Ending::Rescheduled { next, waiting_since }, Some(_)) => AttemptEnd {
+                state: TaskState::UpForRetry,
+                retry_at: Some(self.clock.now() + next.to_std()),
+                exit_code: None,
+                reason: result.reason(),
+                process,
+                // The next look counts its wait from the first.
+                output: Some(
+                    serde_json::json!({ "waiting_since": waiting_since, "try": claimed.try_number }).to_string(),
+                ),
+                reschedule: true,
+            },
             (Ending::Interrupted, _) => AttemptEnd {
                 state: TaskState::Scheduled,
                 retry_at: None,
@@ -329,6 +344,7 @@ impl Runner {
                 reason: result.reason(),
                 process,
                 output: None,
+                reschedule: false,
             },
             (_, Some(task)) => {
                 let (state, retry_at) =
@@ -340,6 +356,7 @@ impl Runner {
                     reason: result.reason(),
                     process,
                     output: result.output.clone(),
+                    reschedule: false,
                 }
             }
             // Retrying cannot help a task its pinned version does not have.
@@ -350,6 +367,7 @@ impl Runner {
                 reason: result.reason(),
                 process,
                 output: None,
+                reschedule: false,
             },
         };
         let logs = match shipper {

@@ -317,6 +317,7 @@ async fn an_attempt_whose_lease_was_taken_over_is_killed_not_finished() {
         reason: Some("zombie".into()),
         process: None,
         output: None,
+        reschedule: false,
     };
     assert!(
         engine

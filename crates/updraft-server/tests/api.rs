@@ -574,6 +574,7 @@ async fn a_running_log_is_followed_live_until_the_attempt_ends() {
         reason: None,
         process: None,
         output: None,
+        reschedule: false,
     };
     let finished = updraft_store::FinishedAttempt { ti_pk, try_number: 1, end };
     s.store.finish_attempts(&[finished], "test", SystemClock.now()).await.unwrap();

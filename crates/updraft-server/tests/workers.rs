@@ -145,6 +145,7 @@ async fn a_remote_worker_runs_an_attempt_through_the_api() {
         reason: None,
         process: None,
         output: Some(r#"{"codes": ["005930"]}"#.to_string()),
+        reschedule: false,
     };
     let ends = [FinishedAttempt { ti_pk: a, try_number: 1, end }];
     let tail = [LogChunk { ti_pk: a, try_number: 1, offset: 6, data: b"bye\n".to_vec() }];
@@ -239,6 +240,7 @@ async fn worker_requests_need_the_token() {
         reason: None,
         process: None,
         output: None,
+        reschedule: false,
     };
     match right.finish(&[FinishedAttempt { ti_pk: 1, try_number: 1, end }], &[], "x").await {
         Err(SourceError::Refused { status: 400, .. }) => {}

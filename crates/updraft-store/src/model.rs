@@ -432,6 +432,23 @@ pub struct AttemptEnd {
     /// What a successful attempt handed on (JSON text); replaces any earlier try's.
     #[serde(default)]
     pub output: Option<String>,
+    /// A sensor in reschedule mode looked and will look again (`up_for_retry` at
+    /// `retry_at`): the look does not use up a retry.
+    #[serde(default)]
+    pub reschedule: bool,
+}
+
+impl AttemptEnd {
+    /// The attempt's own recorded state: a reschedule's is `up_for_retry`, other
+    /// ends but success and skipped are failures.
+    pub fn attempt_state(&self) -> &'static str {
+        match self.state {
+            TaskState::Success => "success",
+            TaskState::Skipped => "skipped",
+            _ if self.reschedule => "up_for_retry",
+            _ => "failed",
+        }
+    }
 }
 
 /// An attempt's end, addressed by task instance and try number.

@@ -225,6 +225,7 @@ async fn claim_and_finish(store: Store) {
         reason: None,
         process: None,
         output: None,
+        reschedule: false,
     };
     assert!(store.finish_attempt(b.ti_pk, 1, &end, "runner", ts(NOW)).await.unwrap());
     // A second report of the same attempt, or one from an older try, changes nothing.
@@ -239,6 +240,7 @@ async fn claim_and_finish(store: Store) {
         // A short attempt reports its process with its outcome.
         process: Some(AttemptProcess { pid: 777, pid_start: Some(9), log_path: Some("/logs/c/1.log".into()) }),
         output: None,
+        reschedule: false,
     };
     assert!(store.finish_attempt(c.ti_pk, 1, &retry, "runner", ts(NOW)).await.unwrap());
     let c_attempt = &store.task_attempts(c.ti_pk).await.unwrap()[0];
@@ -261,6 +263,7 @@ async fn claim_and_finish(store: Store) {
         reason: Some("shutdown".into()),
         process: None,
         output: None,
+        reschedule: false,
     };
     assert!(store.finish_attempt(a.ti_pk, 1, &interrupted, "runner", ts(NOW)).await.unwrap());
     let tis = store.task_instances(run_pk).await.unwrap();
@@ -420,6 +423,7 @@ async fn leases_are_fenced_by_the_try_number(store: Store) {
         reason: Some("zombie".into()),
         process: None,
         output: None,
+        reschedule: false,
     };
     assert!(store.finish_attempt(ti_pk, try_number, &failed, "recovery", later).await.unwrap());
     let beat = store.heartbeat(worker, &[(ti_pk, try_number)], later).await.unwrap();
@@ -431,6 +435,7 @@ async fn leases_are_fenced_by_the_try_number(store: Store) {
         reason: None,
         process: None,
         output: None,
+        reschedule: false,
     };
     assert!(!store.finish_attempt(ti_pk, try_number, &success, "runner", later).await.unwrap());
 }
@@ -526,6 +531,7 @@ async fn outputs_follow_the_latest_try(store: Store) {
         reason: None,
         process: None,
         output: output.map(str::to_string),
+        reschedule: false,
     };
     let ends = [
         FinishedAttempt { ti_pk: ti("a"), try_number: 1, end: end(TaskState::UpForRetry, Some(r#""partial""#)) },
@@ -587,6 +593,7 @@ async fn mapped_tasks_expand_once(store: Store) {
         reason: None,
         process: None,
         output: output.map(str::to_string),
+        reschedule: false,
     };
     let listed = end(TaskState::Success, Some(r#"{"codes": ["x", {"y": 1}, 3], "name": "n"}"#));
     assert!(store.finish_attempt(list, 1, &listed, "runner", ts(NOW)).await.unwrap());

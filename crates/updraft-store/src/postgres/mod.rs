@@ -1135,10 +1135,12 @@ impl MetadataStore for PgStore {
         let mut tx = self.pool.begin().await?;
         let moved: Vec<(i64, i64)> = sqlx::query_as(
             "UPDATE task_instances t SET state = v.state, end_date = $8, retry_at = v.retry_at, exit_code = v.exit_code,
-                 updated_at = $8, max_tries = CASE WHEN v.state = 'scheduled' THEN t.max_tries + 1 ELSE t.max_tries END,
+                 updated_at = $8,
+                 max_tries = CASE WHEN v.state = 'scheduled' OR v.reschedule THEN t.max_tries + 1 ELSE t.max_tries END,
                  pid = COALESCE(v.pid, t.pid), pid_start = COALESCE(v.pid_start, t.pid_start)
-             FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::int[], $6::bigint[], $7::bigint[])
-                  AS v(id, try_number, state, retry_at, exit_code, pid, pid_start)
+             FROM UNNEST($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::int[], $6::bigint[], $7::bigint[],
+                         $9::bool[])
+                  AS v(id, try_number, state, retry_at, exit_code, pid, pid_start, reschedule)
              WHERE t.id = v.id AND t.try_number = v.try_number AND t.state = 'running'
              RETURNING t.id, t.run_pk",
         )
@@ -1150,6 +1152,7 @@ impl MetadataStore for PgStore {
         .bind(column(&|f| f.end.process.as_ref().map(|process| i64::from(process.pid))))
         .bind(column(&|f| f.end.process.as_ref().and_then(|process| process.pid_start).map(|start| start as i64)))
         .bind(to_db(now))
+        .bind(ends.iter().map(|f| f.end.reschedule).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         let moved: HashMap<i64, i64> = moved.into_iter().collect();
@@ -1164,7 +1167,7 @@ impl MetadataStore for PgStore {
         )
         .bind(recorded.iter().map(|f| f.ti_pk).collect::<Vec<_>>())
         .bind(recorded.iter().map(|f| f.try_number as i32).collect::<Vec<_>>())
-        .bind(recorded.iter().map(|f| attempt_state(f.end.state).to_string()).collect::<Vec<_>>())
+        .bind(recorded.iter().map(|f| f.end.attempt_state().to_string()).collect::<Vec<_>>())
         .bind(recorded.iter().map(|f| f.end.exit_code).collect::<Vec<_>>())
         .bind(recorded.iter().map(|f| f.end.reason.clone()).collect::<Vec<_>>())
         .bind(recorded.iter().map(|f| f.end.process.as_ref().map(|process| i64::from(process.pid))).collect::<Vec<_>>())
@@ -1334,14 +1337,6 @@ impl MetadataStore for PgStore {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(Box::new(PgWatcher { listener }))
-    }
-}
-
-fn attempt_state(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Success => "success",
-        TaskState::Skipped => "skipped",
-        _ => "failed",
     }
 }
 

@@ -1115,12 +1115,22 @@ impl MetadataStore for SqliteStore {
                 let run_pk: Option<i64> = tx
                     .prepare_cached(
                         "UPDATE task_instances SET state = ?3, end_date = ?4, retry_at = ?5, exit_code = ?6, updated_at = ?4,
-                             max_tries = CASE WHEN ?3 = 'scheduled' THEN max_tries + 1 ELSE max_tries END,
+                             max_tries = CASE WHEN ?3 = 'scheduled' OR ?9 THEN max_tries + 1 ELSE max_tries END,
                              pid = COALESCE(?7, pid), pid_start = COALESCE(?8, pid_start)
                          WHERE id = ?1 AND try_number = ?2 AND state = 'running' RETURNING run_pk",
                     )?
                     .query_row(
-                        params![ti_pk, try_number, end.state.as_str(), to_db(now), end.retry_at.map(to_db), end.exit_code, pid, pid_start],
+                        params![
+                            ti_pk,
+                            try_number,
+                            end.state.as_str(),
+                            to_db(now),
+                            end.retry_at.map(to_db),
+                            end.exit_code,
+                            pid,
+                            pid_start,
+                            end.reschedule
+                        ],
                         |row| row.get(0),
                     )
                     .optional()?;
@@ -1128,11 +1138,7 @@ impl MetadataStore for SqliteStore {
                     done.push(false);
                     continue;
                 };
-                let attempt_state = match end.state {
-                    TaskState::Success => "success",
-                    TaskState::Skipped => "skipped",
-                    _ => "failed",
-                };
+                let attempt_state = end.attempt_state();
                 tx.prepare_cached(
                     "UPDATE task_attempts SET state = ?3, end_date = ?4, exit_code = ?5, reason = ?6,
                          pid = COALESCE(?7, pid), log_path = COALESCE(?8, log_path)

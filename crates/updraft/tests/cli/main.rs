@@ -11,6 +11,7 @@ mod postgres;
 mod remote;
 mod run;
 mod secrets;
+mod sensors;
 mod standalone;
 mod ui;
 mod users;
