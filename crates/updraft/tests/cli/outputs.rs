@@ -94,8 +94,8 @@ fn the_sheets_example_loads_every_sheet_into_one_schema() {
     updraft_testkit::copy_tree(&repo.join("examples"), &p.path().join("examples"));
     let _ = std::fs::remove_dir_all(p.path().join("examples/.updraft"));
     p.env("UPDRAFT_CONN_WAREHOUSE", &database.url);
-    let tested =
-        p.run(&["--config", "examples/updraft.toml", "dags", "test", "sheets_to_postgres", "--date", "2024-03-01"]);
+    let config = "examples/sheets-to-postgres/updraft.toml";
+    let tested = p.run(&["--config", config, "dags", "test", "sheets_to_postgres", "--date", "2024-03-01"]);
     assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
     let counts = updraft_testkit::postgres::psql(
         &database.url,
