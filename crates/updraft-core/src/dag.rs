@@ -186,8 +186,11 @@ pub enum SensorMode {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadTask {
-    /// The file, relative to the DAG's folder (a template).
+    /// The file, relative to the DAG's folder, or an object's URL (a template).
     pub source: String,
+    /// Credentials for an object-storage `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_connection: Option<String>,
     /// `csv`, `tsv`, `json` (an array of objects) or `ndjson`; from the extension unless set.
     pub format: Option<String>,
     pub delimiter: Option<char>,
@@ -359,7 +362,9 @@ impl Task {
             TaskKind::Shell { .. } | TaskKind::Python(_) | TaskKind::Spark(_) => Vec::new(),
             TaskKind::Http(http) => http.connection.iter().map(String::as_str).collect(),
             TaskKind::Sql(sql) => vec![sql.connection.as_str()],
-            TaskKind::Load(load) => vec![load.connection.as_str()],
+            TaskKind::Load(load) => {
+                std::iter::once(load.connection.as_str()).chain(load.source_connection.as_deref()).collect()
+            }
             TaskKind::Copy(transfer) | TaskKind::Sync(transfer) => {
                 transfer.from_connection.iter().chain(&transfer.to_connection).map(String::as_str).collect()
             }

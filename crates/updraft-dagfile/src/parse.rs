@@ -98,6 +98,7 @@ const SPARK_FIELDS: &[&str] =
     &["application", "master", "deploy_mode", "name", "class", "conf", "packages", "args", "spark_submit"];
 const LOAD_FIELDS: &[&str] = &[
     "source",
+    "source_connection",
     "format",
     "delimiter",
     "connection",
@@ -983,8 +984,11 @@ impl FileParser<'_> {
         if self.diagnostics.len() > errors_before {
             return None;
         }
+        let source_connection =
+            get("source_connection").and_then(|value| self.non_empty(value, "load.source_connection"));
         Some(LoadTask {
             source: source?,
+            source_connection,
             format,
             delimiter,
             connection: connection?,

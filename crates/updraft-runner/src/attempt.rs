@@ -485,10 +485,10 @@ async fn run_in_process(
             (TaskKind::Sql(sql), Some(connection)) => {
                 crate::sql::run(sql, &rendered, connection, &prepared.cwd_base, lines_tx).await
             }
-            (TaskKind::Load(load), Some(connection)) => {
+            (TaskKind::Load(load), _) => {
                 let source =
                     rendered.fields.iter().find(|(field, _)| field == "load.source").map_or("", |(_, v)| v.as_str());
-                crate::load::run(load, source, connection, &prepared.cwd_base, lines_tx).await
+                crate::load::run(load, source, &connections, &prepared.cwd_base, lines_tx).await
             }
             (TaskKind::Copy(transfer) | TaskKind::Sync(transfer), _) => {
                 let sync = matches!(task.kind, TaskKind::Sync(_));

@@ -27,17 +27,54 @@ struct Table {
 pub async fn run(
     task: &LoadTask,
     source: &str,
-    connection: &ConnectionValues,
+    connections: &BTreeMap<String, ConnectionValues>,
     dag_folder: &Path,
     log: mpsc::Sender<String>,
 ) -> Result<Option<String>, String> {
+    let connection = connections
+        .get(&task.connection)
+        .ok_or_else(|| format!("no connection `{}` (see `updraft connections list`)", task.connection))?;
     if !matches!(connection.conn_type.as_str(), "postgres" | "postgresql") {
         return Err(format!(
             "`load` writes to PostgreSQL; connection `{}` is `{}`",
             task.connection, connection.conn_type
         ));
     }
-    let path = dag_folder.join(source);
+    // An object-storage source is read into a temporary file first (named like the
+    // object, so its extension still tells the format), removed at the end.
+    let downloaded = if source.contains("://") && !source.starts_with("file://") {
+        let source_connection = task.source_connection.as_ref().and_then(|id| connections.get(id));
+        let data = crate::objects::fetch(source, source_connection, dag_folder).await?;
+        let name = source.rsplit('/').next().unwrap_or("source");
+        let folder = std::env::temp_dir().join(format!("updraft-load-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&folder).map_err(|error| format!("cannot make `{}`: {error}", folder.display()))?;
+        let _ = log.send(format!("read {} bytes from {source}", data.len())).await;
+        std::fs::write(folder.join(name), data).map_err(|error| format!("cannot write a temporary file: {error}"))?;
+        Some((folder.clone(), folder.join(name)))
+    } else {
+        None
+    };
+    let result = load_file(task, source, connection, dag_folder, downloaded.as_ref().map(|(_, path)| path), log).await;
+    if let Some((folder, _)) = downloaded {
+        let _ = std::fs::remove_dir_all(folder);
+    }
+    result
+}
+
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+async fn load_file(
+    task: &LoadTask,
+    source: &str,
+    connection: &ConnectionValues,
+    dag_folder: &Path,
+    downloaded: Option<&std::path::PathBuf>,
+    log: mpsc::Sender<String>,
+) -> Result<Option<String>, String> {
+    let path = downloaded.cloned().unwrap_or_else(|| dag_folder.join(source));
     let format = task.format.clone().unwrap_or_else(|| {
         let name = source.to_ascii_lowercase();
         if name.ends_with(".tsv") {

@@ -257,6 +257,20 @@ pub async fn transfer(
     Ok(Some(output.to_string()))
 }
 
+/// One object's bytes (a `load` source in object storage).
+pub async fn fetch(text: &str, connection: Option<&ConnectionValues>, dag_folder: &Path) -> Result<Vec<u8>, String> {
+    let location = locate(text, connection, dag_folder, false)?;
+    let data = location
+        .store
+        .get(&location.path)
+        .await
+        .map_err(|error| format!("cannot read `{text}`: {error}"))?
+        .bytes()
+        .await
+        .map_err(|error| format!("cannot read `{text}`: {error}"))?;
+    Ok(data.to_vec())
+}
+
 /// What is at the sensor's path now: the names found (empty: nothing yet).
 async fn look(location: &Location) -> Result<Vec<String>, String> {
     if location.prefix {

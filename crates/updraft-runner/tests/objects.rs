@@ -169,3 +169,26 @@ async fn a_sensor_waits_for_its_object_and_times_out_without_it() {
     let (result, _, _) = run(&with_lake(spec(dir.path(), gives_up), &moto)).await;
     assert_eq!(result.reason().unwrap(), "nothing at `s3://landing/2024-03-02/` after 2s");
 }
+
+#[tokio::test]
+async fn load_reads_its_file_from_s3() {
+    let Some(moto) = Moto::start() else { return };
+    let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
+    moto.boto("s3.create_bucket(Bucket='raw')\ns3.put_object(Bucket='raw', Key='2024-03-01/prices.csv', Body=b'code,close\\n005930,71000\\n000660,150000.5\\n')");
+    let dir = tempfile::tempdir().unwrap();
+    let task = "    load: {source: 's3://raw/{{ ds }}/prices.csv', source_connection: lake, connection: warehouse, table: prices}\n";
+    let mut spec = with_lake(spec(dir.path(), task), &moto);
+    let mut secrets = (*spec.secrets).clone();
+    secrets.connections.insert("warehouse".into(), updraft_secrets::connection_from_uri(&database.url).unwrap());
+    spec.secrets = Arc::new(secrets);
+    let (result, lines, log) = run(&spec).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    assert!(
+        lines.iter().any(|line| line.starts_with("read 40 bytes from s3://raw/2024-03-01/prices.csv")),
+        "{lines:?}"
+    );
+    let stored =
+        updraft_testkit::postgres::psql(&database.url, "SELECT code || '=' || close FROM prices ORDER BY code")
+            .unwrap();
+    assert_eq!(stored.trim(), "000660=150000.5\n005930=71000");
+}
