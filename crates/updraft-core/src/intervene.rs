@@ -16,6 +16,8 @@ use crate::state::{RunState, TaskState};
 pub struct TaskInstanceState {
     pub ti_pk: i64,
     pub task_id: String,
+    /// -1 unless the task is mapped (and expanded).
+    pub map_index: i32,
     pub state: TaskState,
     pub try_number: u32,
 }
@@ -43,6 +45,9 @@ pub struct Intervention {
     pub max_tries: Vec<(i64, u32)>,
     /// The run's move `(from, to)`, if it moves.
     pub run: Option<(RunState, RunState)>,
+    /// Cleared mapped tasks' first instances (map index 0): they become
+    /// unexpanded again, so the items are read anew when the task is ready.
+    pub unexpand: Vec<i64>,
 }
 
 impl Intervention {
@@ -160,6 +165,9 @@ pub fn intervene(
             for idx in graph.topo_order.iter().copied().filter(|&idx| chosen[idx]) {
                 let task = &dag.tasks()[idx];
                 let Ok(tis) = find(task.task_id.as_str()) else { continue };
+                if task.for_each.is_some() {
+                    out.unexpand.extend(tis.iter().filter(|ti| ti.map_index == 0).map(|ti| ti.ti_pk));
+                }
                 for ti in tis {
                     refuse_busy(ti)?;
                     if ti.state != TaskState::None {
@@ -227,6 +235,7 @@ mod tests {
             .map(|(i, (task_id, state, try_number))| TaskInstanceState {
                 ti_pk: i as i64 + 1,
                 task_id: task_id.to_string(),
+                map_index: crate::mapping::UNMAPPED,
                 state: *state,
                 try_number: *try_number,
             })

@@ -406,7 +406,14 @@ impl Planner {
             .collect();
         for (topo_pos, &task_idx) in graph.topo_order.iter().enumerate() {
             let task = &dag.tasks()[task_idx];
+            // A cleared mapped task is unexpanded again: the instances of its last
+            // expansion wait for the new one, which reuses or removes them.
+            let unexpanded =
+                task.for_each.is_some() && slots[task_idx].iter().any(|ti| ti.map_index == crate::mapping::UNMAPPED);
             for (position, &ti) in slots[task_idx].iter().enumerate() {
+                if unexpanded && ti.map_index != crate::mapping::UNMAPPED {
+                    continue;
+                }
                 let candidate = |from| Ready {
                     ti,
                     from,

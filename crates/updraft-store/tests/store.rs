@@ -498,6 +498,7 @@ async fn operator_changes_are_all_or_nothing(store: Store) {
         tasks: vec![(a, TaskState::Skipped, TaskState::None)],
         max_tries: vec![(a, 3)],
         run: Some((RunState::Failed, RunState::Queued)),
+        ..Intervention::default()
     };
     store.intervene(run_pk, &clear, "api:me", ts(NOW)).await.unwrap();
     let cleared = store.task_instances(run_pk).await.unwrap();
@@ -646,6 +647,45 @@ async fn mapped_tasks_expand_once(store: Store) {
     ];
     store.finish_attempts(&ends, "runner", ts(NOW)).await.unwrap();
     assert_eq!(store.run_outputs("mapped", "r").await.unwrap()["fetch"], "[10,null,12]");
+
+    // Cleared (with `list`, whose new output has two codes), `fetch` expands anew:
+    // its first two instances are reused with the new items, the third removed.
+    store.finish_attempt(claimed[1].ti_pk, 1, &end(TaskState::Failed, None), "runner", ts(NOW)).await.unwrap();
+    let tis = store.task_instances(run_pk).await.unwrap();
+    let states: Vec<updraft_core::intervene::TaskInstanceState> = tis
+        .iter()
+        .map(|ti| updraft_core::intervene::TaskInstanceState {
+            ti_pk: ti.ti_pk,
+            task_id: ti.task_id.clone(),
+            map_index: ti.map_index,
+            state: ti.state,
+            try_number: ti.try_number,
+        })
+        .collect();
+    let request = updraft_core::intervene::Request::Clear { task_ids: vec!["list".into()], downstream: true };
+    let change = updraft_core::intervene::intervene(&mapped, RunState::Queued, &states, &request).unwrap();
+    assert_eq!(change.unexpand, vec![fetch]);
+    store.intervene(run_pk, &change, "api:me", ts(NOW)).await.unwrap();
+    let fetches = by_task(&store.task_instances(run_pk).await.unwrap(), "fetch");
+    assert_eq!(fetches[0].map_index, -1, "unexpanded again");
+    store.apply(&queue(list), "s", ts(NOW)).await.unwrap();
+    store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
+    let shorter = end(TaskState::Success, Some(r#"{"codes": ["p", "q"], "name": "n"}"#));
+    assert!(store.finish_attempt(list, 2, &shorter, "runner", ts(NOW)).await.unwrap());
+    store.apply(&[expand(fetch, "fetch")], "s", ts(NOW)).await.unwrap();
+    let fetches = by_task(&store.task_instances(run_pk).await.unwrap(), "fetch");
+    let shown: Vec<(i32, Option<&str>, TaskState, u32)> =
+        fetches.iter().map(|ti| (ti.map_index, ti.map_item.as_deref(), ti.state, ti.try_number)).collect();
+    assert_eq!(
+        shown,
+        vec![
+            (0, Some(r#""p""#), TaskState::None, 1),
+            (1, Some(r#""q""#), TaskState::None, 1),
+            (2, Some("3"), TaskState::Removed, 1)
+        ],
+        "tries keep counting"
+    );
+    assert_eq!(fetches[1].max_tries, 2, "a reused instance has its retries again");
 }
 
 async fn worker_tokens(store: Store) {

@@ -427,6 +427,13 @@ fn a_mapped_tasks_instances_run_on_their_own_and_hold_downstream_until_all_finis
     ti 102 none -> upstream_failed
     finish run 1 failed
     ");
+    // Cleared and unexpanded again: the last expansion's instances wait for the new one.
+    let cleared = mapped_run(1, &d, &[Success, None, None], &[(-1, None), (1, None), (2, None)]);
+    insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![cleared])), @"
+    expand ti 1000 fetch over tasks.list.output (limit 1024)
+    ti 102 reason waiting for upstream tasks (trigger rule `all_success`)
+    wake 2024-06-01T12:00:00Z
+    ");
     // No items: the unexpanded instance was skipped, and so is what needs it.
     let empty = mapped_run(1, &d, &[Success, None, None], &[(-1, Skipped)]);
     insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![empty])), @"

@@ -176,6 +176,7 @@ pub async fn intervene(
         .map(|ti| TaskInstanceState {
             ti_pk: ti.ti_pk,
             task_id: ti.task_id.clone(),
+            map_index: ti.map_index,
             state: ti.state,
             try_number: ti.try_number,
         })

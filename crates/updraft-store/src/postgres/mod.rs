@@ -933,6 +933,14 @@ impl MetadataStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if !change.unexpand.is_empty() {
+            sqlx::query(
+                "UPDATE task_instances SET map_index = -1, map_item = NULL WHERE id = ANY($1) AND map_index = 0",
+            )
+            .bind(&change.unexpand)
+            .execute(&mut *tx)
+            .await?;
+        }
         if let Some((from, to)) = change.run {
             let end_date = to.is_finished().then(|| to_db(now));
             let moved = sqlx::query("UPDATE dag_runs SET state = $3, end_date = $4 WHERE id = $1 AND state = $2")
@@ -1594,17 +1602,31 @@ async fn expand(
             if done.rows_affected() == 0 {
                 return Ok(false);
             }
+            // After a clear, the last expansion's instances are reused (their try
+            // numbers keep growing, so old attempts stay fenced off) or removed.
             sqlx::query(
                 "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, queue,
                      updated_at, map_index, map_item)
-                 SELECT t.run_pk, t.task_id, 'none', 0, t.max_tries, t.pool, t.priority, t.queue, $2,
+                 SELECT t.run_pk, t.task_id, 'none', 0, t.max_tries - t.try_number, t.pool, t.priority, t.queue, $2,
                      item.ordinality::integer, item.value
                  FROM task_instances t, unnest($3::text[]) WITH ORDINALITY AS item (value, ordinality)
-                 WHERE t.id = $1 ORDER BY item.ordinality",
+                 WHERE t.id = $1 ORDER BY item.ordinality
+                 ON CONFLICT (run_pk, task_id, map_index) DO UPDATE SET state = 'none', map_item = excluded.map_item,
+                     wait_reason = NULL, end_date = NULL, updated_at = excluded.updated_at",
             )
             .bind(expansion.ti_pk)
             .bind(to_db(now))
             .bind(&items[1..])
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE task_instances SET state = 'removed', updated_at = $3
+                 WHERE (run_pk, task_id) = (SELECT run_pk, task_id FROM task_instances WHERE id = $1)
+                   AND map_index >= $2 AND state = 'none'",
+            )
+            .bind(expansion.ti_pk)
+            .bind(items.len() as i32)
+            .bind(to_db(now))
             .execute(&mut **tx)
             .await?;
             let detail = crate::grouped::mapped_detail(items.len());

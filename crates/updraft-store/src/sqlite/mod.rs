@@ -1341,6 +1341,12 @@ impl MetadataStore for SqliteStore {
                 tx.prepare_cached("UPDATE task_instances SET max_tries = ?2 WHERE id = ?1")?
                     .execute(params![ti_pk, max_tries])?;
             }
+            for ti_pk in &change.unexpand {
+                tx.prepare_cached(
+                    "UPDATE task_instances SET map_index = -1, map_item = NULL WHERE id = ?1 AND map_index = 0",
+                )?
+                .execute(params![ti_pk])?;
+            }
             if let Some((from, to)) = change.run {
                 let end_date = if to.is_finished() { Some(to_db(now)) } else { None };
                 let moved = tx
@@ -1608,17 +1614,28 @@ fn expand(
             if n == 0 {
                 return Ok(false);
             }
+            // After a clear, the last expansion's instances are reused (their try
+            // numbers keep growing, so old attempts stay fenced off) or removed.
             tx.prepare_cached(
                 "INSERT INTO task_instances (run_pk, task_id, state, try_number, max_tries, pool, priority, queue,
                      updated_at, map_index, map_item)
-                 SELECT t.run_pk, t.task_id, 'none', 0, t.max_tries, t.pool, t.priority, t.queue, ?2, j.key + 1, j.value
-                 FROM task_instances t, json_each(?3) j WHERE t.id = ?1 ORDER BY j.key",
+                 SELECT t.run_pk, t.task_id, 'none', 0, t.max_tries - t.try_number, t.pool, t.priority, t.queue, ?2,
+                     j.key + 1, j.value
+                 FROM task_instances t, json_each(?3) j WHERE t.id = ?1 ORDER BY j.key
+                 ON CONFLICT (run_pk, task_id, map_index) DO UPDATE SET state = 'none', map_item = excluded.map_item,
+                     wait_reason = NULL, end_date = NULL, updated_at = excluded.updated_at",
             )?
             .execute(params![
                 expansion.ti_pk,
                 to_db(now),
                 serde_json::Value::from(&items[1..]).to_string()
             ])?;
+            tx.prepare_cached(
+                "UPDATE task_instances SET state = 'removed', updated_at = ?3
+                 WHERE (run_pk, task_id) = (SELECT run_pk, task_id FROM task_instances WHERE id = ?1)
+                   AND map_index >= ?2 AND state = 'none'",
+            )?
+            .execute(params![expansion.ti_pk, items.len() as i64, to_db(now)])?;
             let detail = crate::grouped::mapped_detail(items.len());
             transitions.push(Transition {
                 run_pk: expansion.run_pk,
