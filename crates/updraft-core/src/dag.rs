@@ -360,7 +360,7 @@ impl Task {
     pub fn connections(&self) -> Vec<&str> {
         match &self.kind {
             TaskKind::Shell { .. } | TaskKind::Python(_) | TaskKind::Spark(_) => Vec::new(),
-            TaskKind::Http(http) => http.connection.iter().map(String::as_str).collect(),
+            TaskKind::Http(http) => http.connection.iter().chain(&http.save_connection).map(String::as_str).collect(),
             TaskKind::Sql(sql) => vec![sql.connection.as_str()],
             TaskKind::Load(load) => {
                 std::iter::once(load.connection.as_str()).chain(load.source_connection.as_deref()).collect()

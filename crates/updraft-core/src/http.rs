@@ -31,8 +31,12 @@ pub struct HttpTask {
     /// Retries of one request answered 429 or 5xx, or not answered.
     pub request_retries: u32,
     pub request_timeout: Duration,
-    /// A file (relative to the DAG's folder) receiving each raw answer as a line.
+    /// A file (relative to the DAG's folder), or an object's URL (`s3://...`),
+    /// receiving each raw answer as a line.
     pub save_to: Option<String>,
+    /// Credentials for a `save_to` in object storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_connection: Option<String>,
 }
 
 /// How the connection's `login`/`password` are presented.

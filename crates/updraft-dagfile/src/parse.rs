@@ -91,6 +91,7 @@ const HTTP_FIELDS: &[&str] = &[
     "request_retries",
     "request_timeout",
     "save_to",
+    "save_connection",
 ];
 const PYTHON_FIELDS: &[&str] = &["script", "code", "args", "interpreter", "venv"];
 const SQL_FIELDS: &[&str] = &["connection", "statements", "file", "parameters", "output", "max_rows"];
@@ -713,6 +714,7 @@ impl FileParser<'_> {
             request_retries,
             request_timeout,
             save_to,
+            save_connection: get("save_connection").and_then(|value| self.non_empty(value, "http.save_connection")),
         })
     }
 

@@ -479,9 +479,7 @@ async fn run_in_process(
     let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit.to_std());
     let work = async {
         match (&task.kind, connection.as_ref()) {
-            (TaskKind::Http(http), connection) => {
-                crate::http::run(http, &rendered, connection, &prepared.cwd, lines_tx).await
-            }
+            (TaskKind::Http(http), _) => crate::http::run(http, &rendered, &connections, &prepared.cwd, lines_tx).await,
             (TaskKind::Sql(sql), Some(connection)) => {
                 crate::sql::run(sql, &rendered, connection, &prepared.cwd_base, lines_tx).await
             }

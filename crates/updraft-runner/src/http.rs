@@ -53,10 +53,11 @@ impl Rendered {
 pub async fn run(
     task: &HttpTask,
     rendered: &Rendered,
-    connection: Option<&ConnectionValues>,
+    connections: &std::collections::BTreeMap<String, ConnectionValues>,
     dag_folder: &Path,
     log: mpsc::Sender<String>,
 ) -> Result<Option<String>, String> {
+    let connection = task.connection.as_ref().and_then(|id| connections.get(id));
     let say = |line: String| {
         let log = log.clone();
         async move {
@@ -84,7 +85,10 @@ pub async fn run(
         (None, Some(body)) => Some((body.to_string(), "text/plain; charset=utf-8")),
         (None, None) => None,
     };
-    let save_to = rendered.get("http.save_to").map(|path| dag_folder.join(path));
+    // Answers for an object are gathered and written once, at the end.
+    let save_object = rendered.get("http.save_to").filter(|to| to.contains("://") && !to.starts_with("file://"));
+    let mut saved = Vec::new();
+    let save_to = rendered.get("http.save_to").filter(|_| save_object.is_none()).map(|path| dag_folder.join(path));
     if let Some(path) = &save_to {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -119,6 +123,10 @@ pub async fn run(
         let Answer { status, elapsed, text, link_next } = answer;
         if let Some(path) = &save_to {
             append_line(path, &text)?;
+        }
+        if save_object.is_some() {
+            saved.extend_from_slice(saved_line(&text).as_bytes());
+            saved.push(b'\n');
         }
         let needs_json = extract.is_some() || expect_path.is_some() || task.pagination.is_some();
         let json: Option<Value> = match serde_json::from_str(&text) {
@@ -216,6 +224,12 @@ pub async fn run(
         (None, None) => pages.pop(),
         (None, Some(_)) => Some(Value::Array(pages)),
     };
+    if let Some(target) = save_object {
+        let save_connection = task.save_connection.as_ref().and_then(|id| connections.get(id));
+        let size = saved.len();
+        crate::objects::put(target, save_connection, dag_folder, saved).await?;
+        say(format!("saved the answers to {target} ({size} bytes)")).await;
+    }
     Ok(output.map(|output| output.to_string()))
 }
 
@@ -477,9 +491,12 @@ fn append_line(path: &Path, text: &str) -> Result<(), String> {
         .create(true)
         .open(path)
         .map_err(|error| format!("cannot write `{}`: {error}", path.display()))?;
-    // JSON is saved compact, one answer a line; other text as it came.
-    let line = serde_json::from_str::<Value>(text).map(|json| json.to_string()).unwrap_or_else(|_| text.to_string());
-    writeln!(file, "{line}").map_err(|error| format!("cannot write `{}`: {error}", path.display()))
+    writeln!(file, "{}", saved_line(text)).map_err(|error| format!("cannot write `{}`: {error}", path.display()))
+}
+
+/// JSON is saved compact, one answer a line; other text as it came.
+fn saved_line(text: &str) -> String {
+    serde_json::from_str::<Value>(text).map(|json| json.to_string()).unwrap_or_else(|_| text.to_string())
 }
 
 fn quote(text: &str) -> String {

@@ -257,6 +257,18 @@ pub async fn transfer(
     Ok(Some(output.to_string()))
 }
 
+/// Writes one object (an `http` task's saved answers).
+pub async fn put(
+    text: &str,
+    connection: Option<&ConnectionValues>,
+    dag_folder: &Path,
+    data: Vec<u8>,
+) -> Result<(), String> {
+    let location = locate(text, connection, dag_folder, true)?;
+    location.store.put(&location.path, data.into()).await.map_err(|error| format!("cannot write `{text}`: {error}"))?;
+    Ok(())
+}
+
 /// One object's bytes (a `load` source in object storage).
 pub async fn fetch(text: &str, connection: Option<&ConnectionValues>, dag_folder: &Path) -> Result<Vec<u8>, String> {
     let location = locate(text, connection, dag_folder, false)?;

@@ -174,14 +174,14 @@ async fn a_sensor_waits_for_its_object_and_times_out_without_it() {
 async fn load_reads_its_file_from_s3() {
     let Some(moto) = Moto::start() else { return };
     let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
-    moto.boto("s3.create_bucket(Bucket='raw')\ns3.put_object(Bucket='raw', Key='2024-03-01/prices.csv', Body=b'code,close\\n005930,71000\\n000660,150000.5\\n')");
+    moto.boto("s3.create_bucket(Bucket='raw')\ns3.put_object(Bucket='raw', Key='2024-03-01/prices.csv', ACL='public-read', Body=b'code,close\\n005930,71000\\n000660,150000.5\\n')");
     let dir = tempfile::tempdir().unwrap();
     let task = "    load: {source: 's3://raw/{{ ds }}/prices.csv', source_connection: lake, connection: warehouse, table: prices}\n";
-    let mut spec = with_lake(spec(dir.path(), task), &moto);
-    let mut secrets = (*spec.secrets).clone();
+    let mut loading = with_lake(spec(dir.path(), task), &moto);
+    let mut secrets = (*loading.secrets).clone();
     secrets.connections.insert("warehouse".into(), updraft_secrets::connection_from_uri(&database.url).unwrap());
-    spec.secrets = Arc::new(secrets);
-    let (result, lines, log) = run(&spec).await;
+    loading.secrets = Arc::new(secrets);
+    let (result, lines, log) = run(&loading).await;
     assert_eq!(result.ending, Ending::Done, "{log}");
     assert!(
         lines.iter().any(|line| line.starts_with("read 40 bytes from s3://raw/2024-03-01/prices.csv")),
@@ -191,4 +191,19 @@ async fn load_reads_its_file_from_s3() {
         updraft_testkit::postgres::psql(&database.url, "SELECT code || '=' || close FROM prices ORDER BY code")
             .unwrap();
     assert_eq!(stored.trim(), "000660=150000.5\n005930=71000");
+
+    // An http task's raw answers saved to an object (here, moto serving the CSV).
+    let fetch = format!(
+        "    http: {{url: '{}/raw/2024-03-01/prices.csv', save_to: 's3://raw/answers/{{{{ ds }}}}.txt', save_connection: lake}}\n",
+        moto.endpoint
+    );
+    let (result, lines, log) = run(&with_lake(spec(dir.path(), &fetch), &moto)).await;
+    assert_eq!(result.ending, Ending::Done, "{log}");
+    assert!(
+        lines.iter().any(|line| line.starts_with("saved the answers to s3://raw/answers/2024-03-01.txt")),
+        "{lines:?}"
+    );
+    let saved =
+        moto.boto("print(s3.get_object(Bucket='raw', Key='answers/2024-03-01.txt')['Body'].read().decode(), end='')");
+    assert_eq!(saved, "code,close\n005930,71000\n000660,150000.5\n\n");
 }
