@@ -302,6 +302,17 @@ pub struct TaskInstanceRow {
 }
 
 impl TaskInstanceRow {
+    /// What an operator's change (`updraft_core::intervene`) needs to know of it.
+    pub fn intervention_state(&self) -> updraft_core::intervene::TaskInstanceState {
+        updraft_core::intervene::TaskInstanceState {
+            ti_pk: self.ti_pk,
+            task_id: self.task_id.clone(),
+            map_index: self.map_index,
+            state: self.state,
+            try_number: self.try_number,
+        }
+    }
+
     /// `task_id`, or `task_id[3]` for a mapped instance: for messages and pages.
     pub fn label(&self) -> String {
         if self.map_index < 0 { self.task_id.clone() } else { format!("{}[{}]", self.task_id, self.map_index) }

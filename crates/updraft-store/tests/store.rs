@@ -516,6 +516,19 @@ async fn operator_changes_are_all_or_nothing(store: Store) {
     assert!(store.transitions(run_pk, None, 0).await.unwrap().is_empty());
 }
 
+/// An attempt's end in `state`, handing on `output`.
+fn end(state: TaskState, output: Option<&str>) -> AttemptEnd {
+    AttemptEnd {
+        state,
+        retry_at: None,
+        exit_code: Some(0),
+        reason: None,
+        process: None,
+        output: output.map(str::to_string),
+        reschedule: false,
+    }
+}
+
 async fn outputs_follow_the_latest_try(store: Store) {
     let (chain, version) = dag(CHAIN);
     let run_pk =
@@ -525,15 +538,6 @@ async fn outputs_follow_the_latest_try(store: Store) {
     let me = Claimant { process_id: 1, hostname: "h".into(), queues: None };
     let claimed = store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
     let ti = |task_id: &str| claimed.iter().find(|c| c.task_id == task_id).unwrap().ti_pk;
-    let end = |state: TaskState, output: Option<&str>| AttemptEnd {
-        state,
-        retry_at: None,
-        exit_code: Some(0),
-        reason: None,
-        process: None,
-        output: output.map(str::to_string),
-        reschedule: false,
-    };
     let ends = [
         FinishedAttempt { ti_pk: ti("a"), try_number: 1, end: end(TaskState::UpForRetry, Some(r#""partial""#)) },
         FinishedAttempt { ti_pk: ti("b"), try_number: 1, end: end(TaskState::Success, Some(r#"{"codes": [1, 2]}"#)) },
@@ -587,15 +591,6 @@ async fn mapped_tasks_expand_once(store: Store) {
     };
     store.apply(&queue(list), "s", ts(NOW)).await.unwrap();
     store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
-    let end = |state: TaskState, output: Option<&str>| AttemptEnd {
-        state,
-        retry_at: None,
-        exit_code: Some(0),
-        reason: None,
-        process: None,
-        output: output.map(str::to_string),
-        reschedule: false,
-    };
     let listed = end(TaskState::Success, Some(r#"{"codes": ["x", {"y": 1}, 3], "name": "n"}"#));
     assert!(store.finish_attempt(list, 1, &listed, "runner", ts(NOW)).await.unwrap());
 
@@ -652,16 +647,8 @@ async fn mapped_tasks_expand_once(store: Store) {
     // its first two instances are reused with the new items, the third removed.
     store.finish_attempt(claimed[1].ti_pk, 1, &end(TaskState::Failed, None), "runner", ts(NOW)).await.unwrap();
     let tis = store.task_instances(run_pk).await.unwrap();
-    let states: Vec<updraft_core::intervene::TaskInstanceState> = tis
-        .iter()
-        .map(|ti| updraft_core::intervene::TaskInstanceState {
-            ti_pk: ti.ti_pk,
-            task_id: ti.task_id.clone(),
-            map_index: ti.map_index,
-            state: ti.state,
-            try_number: ti.try_number,
-        })
-        .collect();
+    let states: Vec<updraft_core::intervene::TaskInstanceState> =
+        tis.iter().map(TaskInstanceRow::intervention_state).collect();
     let request = updraft_core::intervene::Request::Clear { task_ids: vec!["list".into()], downstream: true };
     let change = updraft_core::intervene::intervene(&mapped, RunState::Queued, &states, &request).unwrap();
     assert_eq!(change.unexpand, vec![fetch]);

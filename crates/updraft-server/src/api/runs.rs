@@ -171,16 +171,8 @@ pub async fn intervene(
     use updraft_core::intervene::{Refusal, TaskInstanceState};
     let dag = state.definitions.get(state.store.as_ref(), &run.dag_id, &run.version).await?;
     let rows = state.store.task_instances(run.run_pk).await?;
-    let task_instances: Vec<TaskInstanceState> = rows
-        .iter()
-        .map(|ti| TaskInstanceState {
-            ti_pk: ti.ti_pk,
-            task_id: ti.task_id.clone(),
-            map_index: ti.map_index,
-            state: ti.state,
-            try_number: ti.try_number,
-        })
-        .collect();
+    let task_instances: Vec<TaskInstanceState> =
+        rows.iter().map(updraft_store::TaskInstanceRow::intervention_state).collect();
     let change = updraft_core::intervene::intervene(&dag, run.state, &task_instances, &request).map_err(|refusal| {
         let detail = format!("run `{}` of DAG `{}`: {refusal}", run.run_id, run.dag_id);
         match refusal {

@@ -9,8 +9,9 @@ use crate::project;
 
 const TOKEN: &str = "a-long-shared-worker-token";
 
-/// Prints a line, waits, prints another: its log is read while it runs.
-const TALK: &str = "dag: talk
+/// Prints a line, waits, prints another: its log is read while it runs. `fan` is
+/// mapped over `codes`' output, which the worker reads through the API.
+const TALK: &str = r#"dag: talk
 tasks:
   say:
     shell: |
@@ -18,7 +19,13 @@ tasks:
       sleep 2
       echo second line
   after: {shell: 'echo done', depends_on: [say]}
-";
+  codes:
+    shell: echo '["x", "y"]' > "$UPDRAFT_OUTPUT"
+  fan:
+    depends_on: [codes]
+    for_each: "{{ tasks.codes.output }}"
+    shell: echo "item {{ item }} of {{ tasks.codes.output | length }}"
+"#;
 
 #[test]
 fn a_remote_worker_runs_tasks_and_ships_their_logs() {
@@ -65,6 +72,9 @@ fn a_remote_worker_runs_tasks_and_ships_their_logs() {
     let (status, body) = api.get(&format!("/api/v1/dags/talk/runs/{run_id}/tasks/after/tries/1/log"));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("done"), "{body}");
+    let (status, body) = api.get(&format!("/api/v1/dags/talk/runs/{run_id}/tasks/fan/tries/1/log?map_index=1"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("item y of 2"), "a mapped instance on a remote worker: {body}");
 
     let (code, log) = worker.interrupt();
     assert_eq!(code, Some(0), "{log}");
