@@ -33,6 +33,7 @@ pub async fn explain(
     dag_id: &str,
     run_id: &str,
     task_id: &str,
+    map_index: Option<i32>,
     now: Timestamp,
 ) -> Result<Explanation, ExplainError> {
     let run = store
@@ -40,11 +41,27 @@ pub async fn explain(
         .await?
         .ok_or_else(|| ExplainError::RunNotFound { dag_id: dag_id.to_string(), run_id: run_id.to_string() })?;
     let tis = store.task_instances(run.run_pk).await?;
-    let Some(ti) = tis.iter().find(|ti| ti.task_id == task_id) else {
-        let names: Vec<&str> = tis.iter().map(|ti| ti.task_id.as_str()).collect();
-        let hint = format!(" (its tasks: {})", names.join(", "));
-        return Err(ExplainError::TaskNotFound { run_id: run_id.to_string(), task_id: task_id.to_string(), hint });
+    let mut instances: Vec<&updraft_store::TaskInstanceRow> = tis.iter().filter(|ti| ti.task_id == task_id).collect();
+    instances.sort_by_key(|ti| ti.map_index);
+    // A mapped task: the instance asked for, else the first still to finish.
+    let chosen = match map_index {
+        Some(index) => instances.iter().find(|ti| ti.map_index == index),
+        None => instances.iter().find(|ti| !ti.state.is_finished()).or(instances.first()),
     };
+    let Some(ti) = chosen.copied() else {
+        let hint = match (map_index, instances.len()) {
+            (Some(_), count) if count > 0 => format!(" (its instances: 0 to {})", count - 1),
+            _ => {
+                let mut names: Vec<&str> = tis.iter().map(|ti| ti.task_id.as_str()).collect();
+                names.dedup();
+                format!(" (its tasks: {})", names.join(", "))
+            }
+        };
+        let named = map_index.map_or_else(|| task_id.to_string(), |index| format!("{task_id}[{index}]"));
+        return Err(ExplainError::TaskNotFound { run_id: run_id.to_string(), task_id: named, hint });
+    };
+    let label = ti.label();
+    let task_id = label.as_str();
     let dag = definitions.get(store.as_ref(), dag_id, &run.version).await?;
     let tz = dag.tz();
     let at = |ts: Timestamp| format_in_zone(ts, tz);
@@ -61,6 +78,9 @@ pub async fn explain(
         | TaskState::UpstreamFailed
         | TaskState::Removed => {
             let when = ti.end_date.map(|end| format!(" at {}", at(end))).unwrap_or_default();
+            if let Some(reason @ WaitReason::Unexpandable { .. }) = &recorded {
+                details.push(reason.to_string());
+            }
             format!("`{task_id}` is finished: {}{when}", ti.state)
         }
         TaskState::Running => {

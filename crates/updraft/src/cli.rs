@@ -202,6 +202,9 @@ pub enum TasksCommand {
         run_id: String,
         /// The task id.
         task_id: String,
+        /// Which instance of a mapped task (default: the first not finished).
+        #[arg(long)]
+        map_index: Option<i32>,
     },
 }
 

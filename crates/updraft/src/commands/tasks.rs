@@ -22,7 +22,9 @@ pub async fn run(ctx: &Ctx, command: TasksCommand) -> Result<ExitCode> {
     match command {
         TasksCommand::Test { dag_id, task_id, date, params } => test(ctx, &dag_id, &task_id, date, &params).await,
         TasksCommand::StatesForDagRun { dag_id, run_id, output } => states(ctx, &dag_id, &run_id, output).await,
-        TasksCommand::Explain { dag_id, run_id, task_id } => explain(ctx, &dag_id, &run_id, &task_id).await,
+        TasksCommand::Explain { dag_id, run_id, task_id, map_index } => {
+            explain(ctx, &dag_id, &run_id, &task_id, map_index).await
+        }
     }
 }
 
@@ -153,15 +155,16 @@ async fn states(ctx: &Ctx, dag_id: &str, run_id: &str, output: Output) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
-async fn explain(ctx: &Ctx, dag_id: &str, run_id: &str, task_id: &str) -> Result<ExitCode> {
+async fn explain(ctx: &Ctx, dag_id: &str, run_id: &str, task_id: &str, map_index: Option<i32>) -> Result<ExitCode> {
     let store = ctx.store().await?;
     let definitions = DefinitionCache::default();
-    let explanation = updraft_scheduler::explain(&store, &definitions, dag_id, run_id, task_id, ctx.clock.now())
+    let now = ctx.clock.now();
+    let explanation = updraft_scheduler::explain(&store, &definitions, dag_id, run_id, task_id, map_index, now)
         .await
         .map_err(|error| match error {
-            updraft_scheduler::ExplainError::Store(error) => anyhow::Error::new(error),
-            other => user_error(other.to_string(), Some(&format!("`updraft dags list-runs {dag_id}` lists its runs"))),
-        })?;
+        updraft_scheduler::ExplainError::Store(error) => anyhow::Error::new(error),
+        other => user_error(other.to_string(), Some(&format!("`updraft dags list-runs {dag_id}` lists its runs"))),
+    })?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", explanation.headline);
     for line in explanation.details {

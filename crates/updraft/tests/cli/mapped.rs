@@ -57,6 +57,9 @@ fn a_mapped_task_runs_once_per_item_and_downstream_collects_their_outputs() {
     // The CLI and the API show the instances; the API picks one with `map_index`.
     let states = p.run(&["tasks", "states-for-dag-run", "fan_out", "test__2024-03-01T00:00:00+00:00"]);
     assert!(states.stdout.contains("fetch[2]"), "{}", states.stdout);
+    let explained =
+        p.run(&["tasks", "explain", "fan_out", "test__2024-03-01T00:00:00+00:00", "fetch", "--map-index", "1"]);
+    assert!(explained.stdout.starts_with("`fetch[1]` is finished: success"), "{}", explained.stdout);
     let server = p.standalone();
     let run = "/api/v1/dags/fan_out/runs/test__2024-03-01T00:00:00+00:00";
     let (status, body) = http_get(&server.address, &format!("{run}/tasks"));
@@ -124,6 +127,14 @@ tasks:
         assert!(out.contains(line), "missing `{line}` in\n{out}");
     }
     assert!(!out.contains("never"), "{out}");
+    let run = "test__2024-03-01T00:00:00+00:00";
+    let explained = p.run(&["tasks", "explain", "bad_items", run, "not_a_list"]);
+    assert!(
+        explained.stdout.contains("failed before any attempt: for_each: `tasks.list.output.codes` is a string"),
+        "{}{}",
+        explained.stdout,
+        explained.stderr
+    );
 }
 
 /// The public-data example end to end: its portal stand-in (started by its first
