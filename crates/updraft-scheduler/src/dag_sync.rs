@@ -24,6 +24,8 @@ pub struct SyncReport {
     pub changed: usize,
     pub deactivated: usize,
     pub files_with_errors: usize,
+    /// DAGs whose file has errors now, kept on their last good version.
+    pub kept_broken: usize,
 }
 
 pub struct DagSync {
@@ -36,7 +38,53 @@ pub struct DagSync {
     errors: Option<BTreeMap<String, String>>,
 }
 
+/// How long a burst of file events (an editor's save is several) settles before
+/// the folder is read.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Changes to the DAGs folder as they happen (inotify on Linux), so an edit takes
+/// effect at once; the periodic full read stays as the fallback.
+pub struct FolderWatch {
+    _watcher: notify::RecommendedWatcher,
+    events: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl FolderWatch {
+    /// Resolves when something in the folder changed. Cancel-safe: an event is
+    /// never lost to a `select!` that another branch won.
+    pub async fn changed(&mut self) {
+        if self.events.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 impl DagSync {
+    /// Watches the folder; `None` (with a warning) where the system refuses, e.g.
+    /// out of inotify watches: then only the periodic read sees changes.
+    pub fn watch(&self) -> Option<FolderWatch> {
+        use notify::Watcher;
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && !event.kind.is_access()
+            {
+                let _ = sender.send(());
+            }
+        });
+        let watched = watcher.and_then(|mut watcher| {
+            watcher.watch(self.loader.root(), notify::RecursiveMode::Recursive)?;
+            Ok(watcher)
+        });
+        match watched {
+            Ok(watcher) => Some(FolderWatch { _watcher: watcher, events }),
+            Err(error) => {
+                tracing::warn!(%error, folder = %self.loader.root().display(), "cannot watch the DAGs folder; reading it periodically");
+                None
+            }
+        }
+    }
+
     pub fn new(
         dags_folder: PathBuf,
         display_base: Option<PathBuf>,
@@ -96,9 +144,19 @@ impl DagSync {
         }
         report.changed = upserts.len();
         self.store.upsert_dags(&upserts, now).await?;
+        // A file that is there but does not parse keeps its DAGs on their last good
+        // version (its error is shown); only a file that is gone takes them away.
+        let broken: std::collections::HashSet<&str> = folder
+            .files
+            .iter()
+            .filter(|file| file.dag.is_none() && !file.diagnostics.is_empty())
+            .map(|file| file.fileloc.as_str())
+            .collect();
         let gone: Vec<String> = known
             .iter()
-            .filter(|(dag_id, (_, _, active))| *active && !present.contains_key(*dag_id))
+            .filter(|(dag_id, (_, fileloc, active))| {
+                *active && !present.contains_key(*dag_id) && !broken.contains(fileloc.as_str())
+            })
             .map(|(dag_id, _)| dag_id.clone())
             .collect();
         report.deactivated = gone.len();
@@ -110,6 +168,8 @@ impl DagSync {
             }
         }
         next_known.extend(present);
+        report.kept_broken =
+            next_known.values().filter(|(_, fileloc, active)| *active && broken.contains(fileloc.as_str())).count();
         self.known = Some(next_known);
 
         let mut errors: BTreeMap<String, String> = BTreeMap::new();

@@ -78,6 +78,10 @@ impl Scheduler {
             Scope::Run(_) => None,
         };
         let mut next_sync = tokio::time::Instant::now();
+        let mut folder = match &self.dag_sync {
+            Some(sync) => sync.lock().await.watch(),
+            None => None,
+        };
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -117,6 +121,10 @@ impl Scheduler {
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {}
+                // Read once the burst of events settles (the first event sets the time).
+                () = folder_changed(&mut folder) => {
+                    next_sync = next_sync.min(tokio::time::Instant::now() + crate::dag_sync::SETTLE);
+                }
                 _ = shutdown.changed() => {}
             }
         }
@@ -286,6 +294,14 @@ impl PassPlanner {
 async fn changed(watcher: &mut Option<Box<dyn updraft_store::ChangeWatcher>>) -> Result<(), StoreError> {
     match watcher {
         Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A change in the DAGs folder, or never without a watch.
+async fn folder_changed(folder: &mut Option<crate::dag_sync::FolderWatch>) {
+    match folder {
+        Some(folder) => folder.changed().await,
         None => std::future::pending().await,
     }
 }

@@ -8,6 +8,7 @@ mod deploy;
 mod mapped;
 mod outputs;
 mod postgres;
+mod reload;
 mod remote;
 mod run;
 mod secrets;
