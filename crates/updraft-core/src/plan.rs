@@ -94,6 +94,8 @@ pub struct DagEntry {
     pub paused: bool,
     /// The newest parsed version; `None` once its file is gone.
     pub latest: Option<(DagVersion, Arc<Dag>)>,
+    /// False once its file is gone: what is left of its runs becomes `removed`.
+    pub active: bool,
     /// Set when the DAG is due: the stored time was reached.
     pub due: Option<DueDag>,
 }
@@ -201,6 +203,7 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
         }
     }
     let paused = |dag_id: &DagId| !snapshot.ignore_pause && dags.get(dag_id).is_some_and(|dag| dag.paused);
+    let removed = |dag_id: &DagId| dags.get(dag_id).is_some_and(|dag| !dag.active);
     let max_active_runs = |run: &RunEntry| match dags.get(&run.dag_id).and_then(|dag| dag.latest.as_ref()) {
         Some((_, latest)) => latest.spec().max_active_runs,
         None => run.dag.spec().max_active_runs,
@@ -243,6 +246,10 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
     let mut run_slots: HashMap<i64, u32> = HashMap::new();
     for run in &snapshot.runs {
         if run.state != RunState::Running && !started.contains(&run.run_pk) {
+            continue;
+        }
+        if removed(&run.dag_id) {
+            planner.remove_run(run);
             continue;
         }
         if paused(&run.dag_id) {
@@ -494,6 +501,24 @@ impl Planner {
                 .all(|state| matches!(state, TaskState::Success | TaskState::Skipped));
             let state = if succeeded { RunState::Success } else { RunState::Failed };
             self.plan.actions.push(Action::FinishRun { run_pk: run.run_pk, state });
+        }
+    }
+
+    /// A running run of a DAG whose file is gone: its tasks not yet started become
+    /// `removed`; once the started ones end, the run ends `failed`.
+    fn remove_run(&mut self, run: &RunEntry) {
+        let mut busy = false;
+        for ti in &run.task_instances {
+            match ti.state {
+                TaskState::None | TaskState::Scheduled | TaskState::UpForRetry => {
+                    self.set_state(ti.ti_pk, ti.state, TaskState::Removed);
+                }
+                TaskState::Queued | TaskState::Running => busy = true,
+                _ => {}
+            }
+        }
+        if !busy && run.state == RunState::Running {
+            self.plan.actions.push(Action::FinishRun { run_pk: run.run_pk, state: RunState::Failed });
         }
     }
 

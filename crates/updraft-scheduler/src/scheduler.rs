@@ -240,7 +240,7 @@ impl PassPlanner {
                 _ => None,
             };
             let Ok(dag_id) = DagId::new(row.dag_id.clone()) else { continue };
-            dags.push(DagEntry { dag_id, paused: row.is_paused, latest, due });
+            dags.push(DagEntry { dag_id, paused: row.is_paused, latest, due, active: row.is_active });
         }
         let mut by_run: HashMap<i64, Vec<TaskInstanceEntry>> = HashMap::new();
         for ti in &raw.task_instances {

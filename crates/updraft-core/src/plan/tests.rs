@@ -63,6 +63,7 @@ fn snapshot(dags: Vec<DagEntry>, runs: Vec<RunEntry>) -> Snapshot {
 
 fn entry(dag: &Arc<Dag>, paused: bool) -> DagEntry {
     DagEntry {
+        active: true,
         dag_id: dag.dag_id().clone(),
         paused,
         latest: Some((DagVersion("v1".to_string()), dag.clone())),
@@ -439,5 +440,22 @@ fn a_mapped_tasks_instances_run_on_their_own_and_hold_downstream_until_all_finis
     insta::assert_snapshot!(run_plan(snapshot(vec![entry(&d, false)], vec![empty])), @"
     ti 102 none -> skipped
     finish run 1 success
+    ");
+}
+
+#[test]
+fn a_run_of_a_dag_whose_file_is_gone_ends_with_its_unstarted_tasks_removed() {
+    use TaskState::*;
+    let d = dag(vec![task("a", &[]), task("b", &["a"]), task("c", &[])]);
+    let gone = DagEntry { active: false, latest: Option::None, ..entry(&d, false) };
+    let busy = run(1, &d, RunState::Running, &[Running, None, UpForRetry]);
+    insta::assert_snapshot!(run_plan(snapshot(vec![gone.clone()], vec![busy])), @"
+    ti 101 none -> removed
+    ti 102 up_for_retry -> removed
+    ");
+    let done = run(1, &d, RunState::Running, &[Success, None, Failed]);
+    insta::assert_snapshot!(run_plan(snapshot(vec![gone], vec![done])), @"
+    ti 101 none -> removed
+    finish run 1 failed
     ");
 }

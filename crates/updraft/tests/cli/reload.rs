@@ -56,14 +56,35 @@ fn edits_take_effect_at_once_and_a_broken_edit_keeps_the_last_good_version() {
         (tasks == [("a", "success"), ("b", "success")]).then_some(())
     });
 
-    // Fixed, the error goes; removed, the DAG goes.
-    p.dag("hot.yaml", "dag: hot\ndescription: four\ntasks:\n  a: {shell: 'echo first'}\n");
+    // Fixed, the error goes.
+    p.dag(
+        "hot.yaml",
+        "dag: hot\ndescription: four\ntasks:\n  a: {shell: 'sleep 2'}\n  b: {shell: 'true', depends_on: [a]}\n",
+    );
     eventually(Duration::from_secs(5), "the fix to take effect", || {
         let (_, errors) = standalone.get("/api/v1/importErrors");
         (dag(&standalone, "hot")["description"] == "four" && !errors.contains("hot.yaml")).then_some(())
     });
+    // Removed while a run is going: the DAG goes, the running task ends, the rest
+    // of the run is `removed` and the run ends.
+    let (status, body) =
+        updraft_testkit::http_request(&standalone.address, "POST", "/api/v1/dags/hot/runs", &[], Some("{}"));
+    assert_eq!(status, 201, "{body}");
+    let run: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let state_of = |task: &str| {
+        let (_, body) = standalone.get(&format!("/api/v1/dags/hot/runs/{run_id}/tasks/{task}"));
+        serde_json::from_str::<serde_json::Value>(&body).ok().map(|ti| ti["state"].as_str().unwrap_or("").to_string())
+    };
+    eventually(Duration::from_secs(10), "`a` to run", || (state_of("a")? == "running").then_some(()));
     std::fs::remove_file(p.path().join("dags/hot.yaml")).unwrap();
     eventually(Duration::from_secs(5), "the DAG to go", || {
         (dag(&standalone, "hot")["is_active"] == false).then_some(())
     });
+    eventually(Duration::from_secs(10), "the run to end", || {
+        let (_, body) = standalone.get(&format!("/api/v1/dags/hot/runs/{run_id}"));
+        body.contains(r#""state":"failed""#).then_some(())
+    });
+    assert_eq!(state_of("a").as_deref(), Some("success"), "the running task was left to finish");
+    assert_eq!(state_of("b").as_deref(), Some("removed"));
 }
