@@ -18,6 +18,7 @@ use crate::attempt::{AttemptLabel, AttemptObserver, AttemptSpec, Ending, execute
 use crate::shipping::LogShipper;
 use crate::source::WorkSource;
 use crate::template::{self, Mapped, RunContext};
+use updraft_metrics::catalog;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -180,6 +181,8 @@ impl Runner {
             }
             while running.try_join_next().is_some() {}
             let free = self.config.slots.saturating_sub(running.len());
+            updraft_metrics::gauge(&catalog::EXECUTOR_OPEN_SLOTS, &[], free as f64);
+            updraft_metrics::gauge(&catalog::EXECUTOR_RUNNING_TASKS, &[], running.len() as f64);
             if free > 0 {
                 let claimant = Claimant {
                     process_id: self.config.process_id,
@@ -321,6 +324,7 @@ impl Runner {
                 }
             }
         });
+        updraft_metrics::incr(&catalog::TI_START, &[&claimed.dag_id, &claimed.task_id]);
         let result = execute(&spec, &self.templates, self.observer.clone(), cancel, spawned_tx).await;
         let _ = ended_tx.send(());
         let process = record.await.ok().flatten();
@@ -370,6 +374,16 @@ impl Runner {
                 reschedule: false,
             },
         };
+        let labels = [claimed.dag_id.as_str(), claimed.task_id.as_str()];
+        updraft_metrics::incr(&catalog::TI_FINISH, &[labels[0], labels[1], end.state.as_str()]);
+        updraft_metrics::timing(&catalog::TASK_DURATION, &labels, result.duration);
+        match end.state {
+            TaskState::Success => updraft_metrics::incr(&catalog::TI_SUCCESSES, &[]),
+            TaskState::Failed | TaskState::UpForRetry if !end.reschedule => {
+                updraft_metrics::incr(&catalog::TI_FAILURES, &[]);
+            }
+            _ => {}
+        }
         let logs = match shipper {
             Some(shipper) => shipper.finish().await,
             None => Vec::new(),

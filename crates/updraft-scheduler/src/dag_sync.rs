@@ -104,6 +104,7 @@ impl DagSync {
 
     /// Parses the folder (changed files only, on all cores) and records differences.
     pub async fn sync(&mut self, now: Timestamp) -> Result<(SyncReport, Folder), SyncError> {
+        let started = std::time::Instant::now();
         let mut loader = std::mem::replace(&mut self.loader, DagLoader::new(PathBuf::new(), None));
         let (loader, folder) = tokio::task::spawn_blocking(move || {
             let folder = loader.load();
@@ -183,6 +184,10 @@ impl DagSync {
             errors.insert(diagnostic.path.clone(), diagnostic.to_string());
         }
         report.files_with_errors = errors.len();
+        use updraft_metrics::catalog;
+        updraft_metrics::gauge(&catalog::DAG_PROCESSING_TOTAL_PARSE_TIME, &[], started.elapsed().as_secs_f64());
+        updraft_metrics::gauge(&catalog::DAG_PROCESSING_IMPORT_ERRORS, &[], errors.len() as f64);
+        updraft_metrics::gauge(&catalog::DAGBAG_SIZE, &[], report.dags as f64);
         if self.errors.as_ref() != Some(&errors) {
             let rows: Vec<ImportError> = errors
                 .iter()

@@ -86,6 +86,7 @@ impl Scheduler {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            updraft_metrics::incr(&updraft_metrics::catalog::SCHEDULER_HEARTBEAT, &[]);
             if tokio::time::Instant::now() >= next_sync {
                 self.sync_dags().await;
                 next_sync = tokio::time::Instant::now() + self.config.dag_sync_interval;
@@ -210,6 +211,15 @@ struct PassPlanner {
 
 impl PassPlanner {
     fn plan(self, raw: &RawSnapshot, now: Timestamp) -> Vec<plan::Action> {
+        for pool in &raw.pools {
+            let free = f64::from(pool.slots.saturating_sub(pool.occupied));
+            updraft_metrics::gauge(&updraft_metrics::catalog::POOL_OPEN_SLOTS, &[&pool.name], free);
+            updraft_metrics::gauge(
+                &updraft_metrics::catalog::POOL_RUNNING_SLOTS,
+                &[&pool.name],
+                f64::from(pool.occupied),
+            );
+        }
         let mut missing = Vec::new();
         let snapshot = self.resolve(raw, now, &mut missing);
         let plan = plan::plan(&snapshot, now);

@@ -7,7 +7,7 @@ use serde::Serialize;
 use updraft_store::ProcessState;
 use utoipa::ToSchema;
 
-use crate::AppState;
+use crate::{ApiError, AppState, Caller};
 
 /// A scheduler whose heartbeat is older than this is reported unhealthy.
 const SCHEDULER_STALE_SECS: f64 = 30.0;
@@ -61,4 +61,13 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         },
     };
     (StatusCode::OK, Json(health))
+}
+
+/// This process's metrics in Prometheus's text format (`docs/metrics.md`); like the
+/// API, for a caller who may read the platform (a viewer's token will do).
+pub async fn metrics(caller: Caller) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    caller.require(updraft_auth::Action::ReadPlatform)?;
+    let headers = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+    Ok((headers, updraft_metrics::render()).into_response())
 }

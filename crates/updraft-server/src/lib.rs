@@ -155,6 +155,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ui::router())
         .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics))
         .merge(api)
         .merge(api::document_routes(&document))
         .nest(updraft_protocol::WORKERS, workers)
@@ -168,6 +169,21 @@ pub fn router(state: AppState) -> Router {
 /// The OpenAPI document of the REST API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     api::router().1
+}
+
+/// Serves only `GET /metrics` on `listener`: a scheduler's or worker's own
+/// endpoint (on a port of its own, like the health of a process without the API).
+pub async fn serve_metrics(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let router = Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                updraft_metrics::render(),
+            )
+        }),
+    );
+    axum::serve(listener, router).await
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves.

@@ -60,6 +60,9 @@ pub struct Config {
     pub secrets_cache_ttl: Duration,
     /// `[oidc]`, when an issuer is set.
     pub oidc: Option<updraft_server::OidcConfig>,
+    pub metrics_prefix: String,
+    pub statsd: Option<updraft_metrics::StatsdConfig>,
+    pub metrics_port: Option<u16>,
 }
 
 impl Config {
@@ -80,6 +83,24 @@ struct FileConfig {
     logging: Option<LoggingSection>,
     secrets: Option<SecretsSection>,
     oidc: Option<OidcSection>,
+    metrics: Option<MetricsSection>,
+}
+
+/// `/metrics` (Prometheus) and StatsD/DogStatsD.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    /// Prometheus names start with it (`airflow_ti_finish`).
+    prefix: Option<String>,
+    /// Where StatsD lines go; unset: none are sent.
+    statsd_host: Option<String>,
+    statsd_port: Option<u16>,
+    statsd_prefix: Option<String>,
+    /// DogStatsD: labels also as tags.
+    statsd_datadog: Option<bool>,
+    /// A scheduler or worker process serves `/metrics` on this port (the API
+    /// server and standalone serve it on theirs).
+    port: Option<u16>,
 }
 
 /// Single sign-on through an OpenID Connect provider.
@@ -349,6 +370,16 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         secrets_base: pick!(secrets.parsed_backends).map_or_else(|| file_base.clone(), |(_, origin)| base_of(origin)),
         secrets_backends: pick!(secrets.parsed_backends).map(|(backends, _)| backends).unwrap_or_default(),
         secrets_cache_ttl: pick!(secrets.cache_ttl).map_or(updraft_secrets::DEFAULT_TTL, |(ttl, _)| ttl.0),
+        metrics_prefix: pick!(metrics.prefix).map_or_else(|| "airflow".to_string(), |(prefix, _)| prefix),
+        statsd: pick!(metrics.statsd_host).filter(|(host, _)| !host.is_empty()).map(|(host, _)| {
+            let port = pick!(metrics.statsd_port).map_or(8125, |(port, _)| port);
+            updraft_metrics::StatsdConfig {
+                address: if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") },
+                prefix: pick!(metrics.statsd_prefix).map_or_else(|| "airflow".to_string(), |(prefix, _)| prefix),
+                datadog: pick!(metrics.statsd_datadog).is_some_and(|(datadog, _)| datadog),
+            }
+        }),
+        metrics_port: pick!(metrics.port).map(|(port, _)| port).filter(|port| *port != 0),
     })
 }
 

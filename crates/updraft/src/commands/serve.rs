@@ -15,8 +15,31 @@ use crate::context::{Ctx, display_path};
 use crate::engine::{Engine, Parts, Work, service_options, termination};
 use crate::error::user_error;
 
+/// Metrics under the configured names, sent to StatsD if configured; a scheduler
+/// or worker with `metrics.port` serves its own `/metrics` there.
+fn start_metrics(ctx: &Ctx, own_endpoint: bool) -> Result<()> {
+    let config = &ctx.config;
+    updraft_metrics::configure(&config.metrics_prefix, config.statsd.clone())
+        .map_err(|error| anyhow::anyhow!("cannot send metrics to StatsD: {error}"))?;
+    if let (true, Some(port)) = (own_endpoint, config.metrics_port) {
+        let address = format!("{}:{port}", config.host);
+        let listener = std::net::TcpListener::bind(&address)
+            .map_err(|error| anyhow::anyhow!("cannot serve metrics on {address}: {error}"))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tokio::spawn(async move {
+            if let Err(error) = updraft_server::serve_metrics(listener).await {
+                tracing::error!(%error, "the metrics endpoint stopped");
+            }
+        });
+        crate::errln!("metrics on http://{address}/metrics");
+    }
+    Ok(())
+}
+
 pub async fn standalone(ctx: &Ctx) -> Result<ExitCode> {
     require_dags_folder(ctx)?;
+    start_metrics(ctx, false)?;
     let store = ctx.store().await?;
     let listener = bind(ctx).await?;
     let address = listener.local_addr()?;
@@ -50,6 +73,7 @@ pub async fn standalone(ctx: &Ctx) -> Result<ExitCode> {
 
 pub async fn scheduler(ctx: &Ctx) -> Result<ExitCode> {
     require_dags_folder(ctx)?;
+    start_metrics(ctx, true)?;
     let store = ctx.store().await?;
     let process_id = Engine::register(ctx, &store, ProcessKind::Scheduler).await?;
     let options = service_options(Parts { scheduler: true, runner: false });
@@ -65,6 +89,7 @@ pub async fn scheduler(ctx: &Ctx) -> Result<ExitCode> {
 }
 
 pub async fn worker(ctx: &Ctx) -> Result<ExitCode> {
+    start_metrics(ctx, true)?;
     let options = service_options(Parts { scheduler: false, runner: true });
     let (engine, location) = match &ctx.config.worker_api_url {
         Some(url) => {
@@ -124,6 +149,7 @@ async fn register_remote(api: &ApiSource) -> Result<Option<i64>> {
 }
 
 pub async fn webserver(ctx: &Ctx) -> Result<ExitCode> {
+    start_metrics(ctx, false)?;
     let store = ctx.store().await?;
     let listener = bind(ctx).await?;
     let address = listener.local_addr()?;

@@ -6,6 +6,7 @@ mod config;
 mod dags;
 mod deploy;
 mod mapped;
+mod metrics;
 mod outputs;
 mod postgres;
 mod reload;
