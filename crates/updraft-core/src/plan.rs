@@ -183,6 +183,8 @@ pub struct Plan {
     pub wake_at: Option<Timestamp>,
     /// Whether tasks were queued, so a runner should look.
     pub queued_any: bool,
+    /// Ready tasks held because their pool is full (Airflow's `scheduler.tasks.starving`).
+    pub starving: u32,
 }
 
 /// Runs created per DAG per plan; more catch-up follows in the next loop.
@@ -299,6 +301,9 @@ pub fn plan(snapshot: &Snapshot, now: Timestamp) -> Plan {
         };
         match hold {
             Some(reason) => {
+                if matches!(reason, WaitReason::PoolFull { .. }) {
+                    planner.plan.starving += 1;
+                }
                 if candidate.from != TaskState::Scheduled {
                     planner.set_state(ti.ti_pk, candidate.from, TaskState::Scheduled);
                     planner.set_reason_always(ti.ti_pk, &reason);

@@ -40,6 +40,22 @@ pub const TASK_DURATION: Metric = Metric {
     help: "How long attempts ran (Airflow's task duration timer).",
 };
 
+pub const SCHEDULER_TASKS_STARVING: Metric = Metric {
+    name: "scheduler.tasks.starving",
+    kind: Kind::Gauge,
+    help: "Ready tasks the last scheduling pass held because their pool was full.",
+};
+pub const DAGRUN_DURATION: Metric = Metric {
+    name: "dagrun.duration.{state}.{dag_id}",
+    kind: Kind::Timer,
+    help: "How long runs took, from start to end, by how they ended.",
+};
+pub const DAGRUN_SCHEDULE_DELAY: Metric = Metric {
+    name: "dagrun.schedule_delay.{dag_id}",
+    kind: Kind::Timer,
+    help: "How late scheduled runs started after their data interval ended.",
+};
+
 pub const ALL: &[&Metric] = &[
     &SCHEDULER_HEARTBEAT,
     &DAG_PROCESSING_TOTAL_PARSE_TIME,
@@ -54,4 +70,7 @@ pub const ALL: &[&Metric] = &[
     &TI_SUCCESSES,
     &TI_FAILURES,
     &TASK_DURATION,
+    &SCHEDULER_TASKS_STARVING,
+    &DAGRUN_DURATION,
+    &DAGRUN_SCHEDULE_DELAY,
 ];

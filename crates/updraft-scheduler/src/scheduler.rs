@@ -223,6 +223,7 @@ impl PassPlanner {
         let mut missing = Vec::new();
         let snapshot = self.resolve(raw, now, &mut missing);
         let plan = plan::plan(&snapshot, now);
+        record_metrics(raw, &plan, now);
         let mut outcome = self.outcome.lock().expect("plan outcome lock");
         outcome.wake_at = plan.wake_at;
         outcome.changed = !plan.actions.is_empty();
@@ -313,5 +314,30 @@ async fn folder_changed(folder: &mut Option<crate::dag_sync::FolderWatch>) {
     match folder {
         Some(folder) => folder.changed().await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a pass decided, as Airflow's metrics: how long finished runs took, how late
+/// scheduled runs started after their interval ended, and tasks starving for pool slots.
+fn record_metrics(raw: &RawSnapshot, plan: &plan::Plan, now: Timestamp) {
+    use updraft_metrics::catalog;
+    updraft_metrics::gauge(&catalog::SCHEDULER_TASKS_STARVING, &[], f64::from(plan.starving));
+    for action in &plan.actions {
+        match action {
+            plan::Action::FinishRun { run_pk, state } => {
+                let Some(run) = raw.runs.iter().find(|run| run.run_pk == *run_pk) else { continue };
+                let Some(started) = run.start_date else { continue };
+                let took = Duration::try_from(now.duration_since(started)).unwrap_or_default();
+                updraft_metrics::timing(&catalog::DAGRUN_DURATION, &[state.as_str(), &run.dag_id], took);
+            }
+            plan::Action::StartRun { run_pk } => {
+                let Some(run) = raw.runs.iter().find(|run| run.run_pk == *run_pk) else { continue };
+                if run.run_type == plan::RunType::Scheduled {
+                    let late = Duration::try_from(now.duration_since(run.interval.end)).unwrap_or_default();
+                    updraft_metrics::timing(&catalog::DAGRUN_SCHEDULE_DELAY, &[&run.dag_id], late);
+                }
+            }
+            _ => {}
+        }
     }
 }

@@ -221,6 +221,7 @@ fn limits_hold_tasks_in_priority_order() {
             ti 101 reason pool `default` is full: all 1 slot(s) are taken by queued or running tasks
             ti 103 reason pool `small` does not exist; create it with `updraft pools set small <slots>`
             ");
+    assert_eq!(plan(&snap, ts(NOW)).starving, 2, "held for a full pool (a missing one is not starving)");
     snap.pools = Option::None;
     snap.parallelism = Some(Slots { limit: 3, occupied: 2 });
     insta::assert_snapshot!(run_plan(

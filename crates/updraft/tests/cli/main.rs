@@ -24,6 +24,15 @@ pub fn project() -> Project {
     Project::new(env!("CARGO_BIN_EXE_updraft"))
 }
 
+/// The repository's `examples/` in the project, without any state a local run left.
+pub fn with_examples(project: &Project) {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    updraft_testkit::copy_tree(&repo.join("examples"), &project.path().join("examples"));
+    for state in ["examples/.updraft", "examples/public-data/.updraft", "examples/sheets-to-postgres/.updraft"] {
+        let _ = std::fs::remove_dir_all(project.path().join(state));
+    }
+}
+
 /// Every byte of a project's SQLite database, WAL included: to prove what is not
 /// stored in clear.
 pub fn database_bytes(project: &Project) -> Vec<u8> {

@@ -143,9 +143,7 @@ tasks:
 fn the_public_data_example_fans_out_recovers_and_loads_into_postgres() {
     let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
     let mut p = project();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    updraft_testkit::copy_tree(&repo.join("examples"), &p.path().join("examples"));
-    let _ = std::fs::remove_dir_all(p.path().join("examples/public-data/.updraft"));
+    crate::with_examples(&p);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     p.env("UPDRAFT_CONN_PUBLIC_DATA", &format!("http://:example-key@127.0.0.1:{port}"));
     p.env("UPDRAFT_CONN_WAREHOUSE", &database.url);

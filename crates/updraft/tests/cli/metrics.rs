@@ -38,6 +38,13 @@ fn a_run_shows_in_statsd_lines_and_on_the_prometheus_endpoint() {
         lines.iter().any(|line| line.starts_with("airflow.dag.chain.") && line.contains(".duration:")),
         "{lines:?}"
     );
+    eventually(Duration::from_secs(5), "the run's duration", || {
+        let mut buffer = [0u8; 2048];
+        while let Ok(size) = statsd.recv(&mut buffer) {
+            lines.push(String::from_utf8_lossy(&buffer[..size]).into_owned());
+        }
+        lines.iter().any(|line| line.starts_with("airflow.dagrun.duration.success.chain:")).then_some(())
+    });
 
     // Prometheus: the same, parsed.
     let (status, body) = standalone.get("/metrics");

@@ -72,9 +72,7 @@ fn reading_an_output_that_is_not_upstream_is_a_file_error() {
 #[test]
 fn the_python_and_sql_example_runs_on_its_own_config() {
     let p = project();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    updraft_testkit::copy_tree(&repo.join("examples"), &p.path().join("examples"));
-    let _ = std::fs::remove_dir_all(p.path().join("examples/.updraft"));
+    crate::with_examples(&p);
     let tested =
         p.run(&["--config", "examples/updraft.toml", "dags", "test", "codes_to_sqlite", "--date", "2024-03-01"]);
     assert_eq!(tested.code, 0, "{}\n{}", tested.stdout, tested.stderr);
@@ -90,9 +88,7 @@ fn the_python_and_sql_example_runs_on_its_own_config() {
 fn the_sheets_example_loads_every_sheet_into_one_schema() {
     let Some(database) = updraft_testkit::postgres::TestDatabase::create() else { return };
     let mut p = project();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    updraft_testkit::copy_tree(&repo.join("examples"), &p.path().join("examples"));
-    let _ = std::fs::remove_dir_all(p.path().join("examples/.updraft"));
+    crate::with_examples(&p);
     p.env("UPDRAFT_CONN_WAREHOUSE", &database.url);
     let config = "examples/sheets-to-postgres/updraft.toml";
     let tested = p.run(&["--config", config, "dags", "test", "sheets_to_postgres", "--date", "2024-03-01"]);
