@@ -56,6 +56,12 @@ pub const DAGRUN_SCHEDULE_DELAY: Metric = Metric {
     help: "How late scheduled runs started after their data interval ended.",
 };
 
+pub const TI_SCHEDULING_DELAY: Metric = Metric {
+    name: "ti.scheduling_delay.{dag_id}.{task_id}",
+    kind: Kind::Timer,
+    help: "From ready (trigger rule met, or retry due) to the attempt's start: Updraft's own.",
+};
+
 pub const ALL: &[&Metric] = &[
     &SCHEDULER_HEARTBEAT,
     &DAG_PROCESSING_TOTAL_PARSE_TIME,
@@ -73,4 +79,5 @@ pub const ALL: &[&Metric] = &[
     &SCHEDULER_TASKS_STARVING,
     &DAGRUN_DURATION,
     &DAGRUN_SCHEDULE_DELAY,
+    &TI_SCHEDULING_DELAY,
 ];

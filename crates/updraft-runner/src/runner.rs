@@ -325,6 +325,10 @@ impl Runner {
             }
         });
         updraft_metrics::incr(&catalog::TI_START, &[&claimed.dag_id, &claimed.task_id]);
+        if let Some(ready) = claimed.ready_at {
+            let waited = std::time::Duration::try_from(self.clock.now().duration_since(ready)).unwrap_or_default();
+            updraft_metrics::timing(&catalog::TI_SCHEDULING_DELAY, &[&claimed.dag_id, &claimed.task_id], waited);
+        }
         let result = execute(&spec, &self.templates, self.observer.clone(), cancel, spawned_tx).await;
         let _ = ended_tx.send(());
         let process = record.await.ok().flatten();

@@ -416,6 +416,9 @@ pub struct Claimed {
     /// A mapped instance's item (JSON text).
     #[serde(default)]
     pub map_item: Option<String>,
+    /// When it last became ready (`scheduled`), for the scheduling delay.
+    #[serde(default)]
+    pub ready_at: Option<Timestamp>,
     pub try_number: u32,
     pub max_tries: u32,
     pub version: DagVersion,

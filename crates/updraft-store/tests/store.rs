@@ -635,6 +635,7 @@ async fn mapped_tasks_expand_once(store: Store) {
     let mut claimed = store.claim(Scope::All, &me, 10, ts(NOW)).await.unwrap();
     claimed.sort_by_key(|claimed| claimed.map_index);
     let items: Vec<(i32, Option<&str>)> = claimed.iter().map(|c| (c.map_index, c.map_item.as_deref())).collect();
+    assert!(claimed.iter().all(|c| c.ready_at == Some(ts(NOW))), "when each became ready, for the delay metric");
     assert_eq!(items, vec![(0, Some(r#""x""#)), (1, Some(r#"{"y":1}"#)), (2, Some("3"))]);
     let ends = [
         FinishedAttempt { ti_pk: claimed[0].ti_pk, try_number: 1, end: end(TaskState::Success, Some("10")) },

@@ -997,7 +997,7 @@ impl MetadataStore for PgStore {
                  end_date = NULL, retry_at = NULL, wait_reason = NULL, updated_at = $4
              FROM picked WHERE t.id = picked.id AND t.state = 'queued'
              RETURNING t.id, t.run_pk, t.task_id, t.try_number, t.max_tries, t.priority, t.queued_at, t.map_index,
-                 t.map_item",
+                 t.map_item, t.scheduled_at",
         )
         .bind(i64::from(limit))
         .bind(claimant.process_id)
@@ -1020,6 +1020,7 @@ impl MetadataStore for PgStore {
             order: (std::cmp::Reverse<i32>, Option<i64>, i64),
             map_index: i32,
             map_item: Option<String>,
+            ready_at: Option<i64>,
         }
         let mut taken = rows
             .iter()
@@ -1034,6 +1035,7 @@ impl MetadataStore for PgStore {
                     order: (std::cmp::Reverse(row.try_get(5)?), row.try_get(6)?, ti_pk),
                     map_index: row.try_get(7)?,
                     map_item: row.try_get(8)?,
+                    ready_at: row.try_get(9)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1080,6 +1082,7 @@ impl MetadataStore for PgStore {
                 task_id: taken.task_id,
                 map_index: taken.map_index,
                 map_item: taken.map_item,
+                ready_at: taken.ready_at.map(crate::time::from_db),
                 try_number: taken.try_number as u32,
                 max_tries: taken.max_tries as u32,
                 version: run.version.clone(),
@@ -1504,10 +1507,11 @@ async fn apply(tx: &mut Tx<'_>, actions: &[Action], actor: &str, now: Timestamp)
         for StateGroup { from, to, ti_pks } in step {
             let queued_at = if *to == TaskState::Queued { "$2" } else { "queued_at" };
             let end_date = if to.is_finished() { "$2" } else { "end_date" };
+            let scheduled_at = if *to == TaskState::Scheduled { "$2" } else { "scheduled_at" };
             // Safe to assemble: both parts are chosen from literals above.
             let moved: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(format!(
                 "UPDATE task_instances SET state = $3, wait_reason = NULL, updated_at = $2,
-                     queued_at = {queued_at}, end_date = {end_date}
+                     queued_at = {queued_at}, end_date = {end_date}, scheduled_at = {scheduled_at}
                  WHERE id = ANY($1) AND state = $4 RETURNING id, run_pk"
             )))
             .bind(ti_pks)

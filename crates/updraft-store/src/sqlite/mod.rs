@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../../migrations/sqlite/0011_worker_tokens.sql")),
     (12, include_str!("../../migrations/sqlite/0012_task_outputs.sql")),
     (13, include_str!("../../migrations/sqlite/0013_mapped_tasks.sql")),
+    (14, include_str!("../../migrations/sqlite/0014_ready_time.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -59,7 +60,7 @@ const CLAIM: &str = "UPDATE task_instances SET state = 'running', try_number = t
            AND CASE WHEN ?5 IS NULL THEN r.run_type <> 'test' ELSE t.run_pk = ?5 END
            AND (?6 IS NULL OR t.queue IN (SELECT value FROM json_each(?6)))
          ORDER BY t.priority DESC, t.queued_at, t.id LIMIT ?1)
-     RETURNING id, run_pk, task_id, try_number, max_tries, priority, queued_at, map_index, map_item";
+     RETURNING id, run_pk, task_id, try_number, max_tries, priority, queued_at, map_index, map_item, scheduled_at";
 
 const FINISHED_STATES: &str = "('success', 'failed', 'skipped', 'upstream_failed', 'removed')";
 
@@ -1524,11 +1525,12 @@ fn apply(tx: &Transaction<'_>, actions: &[Action], actor: &str, now: Timestamp) 
             let (from_state, to_state) = (from.as_str(), to.as_str());
             let queued_at = if *to == TaskState::Queued { "?2" } else { "queued_at" };
             let end_date = if to.is_finished() { "?2" } else { "end_date" };
+            let scheduled_at = if *to == TaskState::Scheduled { "?2" } else { "scheduled_at" };
             let moved: HashMap<i64, i64> = all(
                 tx,
                 &format!(
                     "UPDATE task_instances SET state = '{to_state}', wait_reason = NULL, updated_at = ?2,
-                         queued_at = {queued_at}, end_date = {end_date}
+                         queued_at = {queued_at}, end_date = {end_date}, scheduled_at = {scheduled_at}
                      WHERE id IN (SELECT value FROM json_each(?1)) AND state = '{from_state}' RETURNING id, run_pk"
                 ),
                 params![json_ids(ti_pks), to_db(now)],
@@ -1698,6 +1700,7 @@ fn claim(tx: &Transaction<'_>, scope: Scope, claimant: &Claimant, limit: u32, no
         order: (std::cmp::Reverse<i64>, Option<i64>, i64),
         map_index: i32,
         map_item: Option<String>,
+        ready_at: Option<i64>,
     }
     let mut taken =
         all(tx, CLAIM, params![limit, process_id, claimant.hostname, to_db(now), only_run, queues], |row| {
@@ -1711,6 +1714,7 @@ fn claim(tx: &Transaction<'_>, scope: Scope, claimant: &Claimant, limit: u32, no
                 order: (std::cmp::Reverse(row.get(5)?), row.get(6)?, ti_pk),
                 map_index: row.get(7)?,
                 map_item: row.get(8)?,
+                ready_at: row.get(9)?,
             })
         })?;
     if taken.is_empty() {
@@ -1756,6 +1760,7 @@ fn claim(tx: &Transaction<'_>, scope: Scope, claimant: &Claimant, limit: u32, no
             task_id: taken.task_id,
             map_index: taken.map_index,
             map_item: taken.map_item,
+            ready_at: taken.ready_at.map(crate::time::from_db),
             try_number: taken.try_number,
             max_tries: taken.max_tries,
             version: run.version.clone(),

@@ -64,4 +64,13 @@ fn a_run_shows_in_statsd_lines_and_on_the_prometheus_endpoint() {
     assert_eq!(finished, count as f64, "{body}");
     assert!(scrape.samples.iter().any(|sample| sample.metric == "airflow_pool_open_slots"), "{body}");
     assert!(scrape.docs.contains_key("airflow_scheduler_heartbeat"), "{body}");
+    // What Airflow lacks: ready -> running per task, a histogram.
+    let delays = scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == "airflow_ti_scheduling_delay" && sample.labels.get("dag_id") == Some("chain"));
+    assert!(
+        matches!(delays.map(|sample| &sample.value), Some(prometheus_parse::Value::Histogram(buckets)) if !buckets.is_empty()),
+        "{body}"
+    );
 }
