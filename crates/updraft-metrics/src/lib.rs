@@ -85,7 +85,7 @@ pub struct StatsdConfig {
     /// `host:port`.
     pub address: String,
     pub prefix: String,
-    /// DogStatsD: labels also as tags (`|#dag_id:etl`).
+    /// DogStatsD: the name without labels, the labels as tags (`ti.finish|#dag_id:etl,...`).
     pub datadog: bool,
 }
 
@@ -195,24 +195,8 @@ impl Registry {
             }
         }
         if let Some((socket, config)) = self.statsd.lock().expect("metrics lock").as_ref() {
-            let value = match sample {
-                Sample::Count(n) => format!("{n}|c"),
-                Sample::Gauge(value) => format!("{value}|g"),
-                Sample::Time(duration) => format!("{}|ms", duration.as_secs_f64() * 1000.0),
-            };
-            let name = metric.statsd_name(labels);
-            let mut line = if config.prefix.is_empty() {
-                format!("{name}:{value}")
-            } else {
-                format!("{}.{name}:{value}", config.prefix)
-            };
-            if config.datadog && !labels.is_empty() {
-                let tags: Vec<String> =
-                    metric.labels().iter().zip(labels).map(|(name, value)| format!("{name}:{value}")).collect();
-                line.push_str(&format!("|#{}", tags.join(",")));
-            }
             // Fire and forget: a full buffer or an absent listener loses the line only.
-            let _ = socket.send(line.as_bytes());
+            let _ = socket.send(statsd_line(metric, labels, &sample, config).as_bytes());
         }
     }
 
@@ -272,6 +256,26 @@ impl Registry {
     }
 }
 
+/// One StatsD line. DogStatsD: the name without its labels, the labels as tags
+/// (what Datadog's Airflow integration maps Airflow's names to); StatsD: Airflow's
+/// names with the labels in them.
+fn statsd_line(metric: &Metric, labels: &[&str], sample: &Sample, config: &StatsdConfig) -> String {
+    let value = match sample {
+        Sample::Count(n) => format!("{n}|c"),
+        Sample::Gauge(value) => format!("{value}|g"),
+        Sample::Time(duration) => format!("{}|ms", duration.as_secs_f64() * 1000.0),
+    };
+    let name = if config.datadog { metric.base() } else { metric.statsd_name(labels) };
+    let mut line =
+        if config.prefix.is_empty() { format!("{name}:{value}") } else { format!("{}.{name}:{value}", config.prefix) };
+    if config.datadog && !labels.is_empty() {
+        let tags: Vec<String> =
+            metric.labels().iter().zip(labels).map(|(name, value)| format!("{name}:{value}")).collect();
+        line.push_str(&format!("|#{}", tags.join(",")));
+    }
+    line
+}
+
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -288,6 +292,19 @@ mod tests {
         assert_eq!(metric.prometheus_name("airflow"), "airflow_ti_finish");
         assert_eq!(metric.statsd_name(&["etl", "load", "success"]), "ti.finish.etl.load.success");
         assert_eq!(metric.statsd_name(&["a:b|c", "t", "s"]), "ti.finish.a_b_c.t.s");
+    }
+
+    #[test]
+    fn statsd_lines_carry_labels_in_the_name_or_as_dogstatsd_tags() {
+        let plain = StatsdConfig { address: String::new(), prefix: "airflow".into(), datadog: false };
+        let line = statsd_line(&catalog::TI_FINISH, &["etl", "load", "failed"], &Sample::Count(1), &plain);
+        assert_eq!(line, "airflow.ti.finish.etl.load.failed:1|c");
+        let dog = StatsdConfig { datadog: true, ..plain.clone() };
+        let line =
+            statsd_line(&catalog::TASK_DURATION, &["etl", "load"], &Sample::Time(Duration::from_millis(1500)), &dog);
+        assert_eq!(line, "airflow.dag.duration:1500|ms|#dag_id:etl,task_id:load");
+        let bare = StatsdConfig { prefix: String::new(), ..plain };
+        assert_eq!(statsd_line(&catalog::DAGBAG_SIZE, &[], &Sample::Gauge(3.0), &bare), "dagbag_size:3|g");
     }
 
     #[test]
@@ -328,5 +345,70 @@ mod docs {
             .map(|metric| format!("| `{}` | {} | {} |", metric.name, metric.kind.as_str(), metric.help))
             .collect();
         assert_eq!(rows, expected);
+    }
+}
+
+#[cfg(test)]
+mod dashboards {
+    use crate::catalog::ALL;
+
+    /// Words made of `allowed` characters that start with `start`, in `text`.
+    fn words<'a>(text: &'a str, start: &str, allowed: impl Fn(char) -> bool + Copy) -> Vec<&'a str> {
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(start) {
+            let word = &rest[at..];
+            let end = word.char_indices().find(|(_, c)| !allowed(*c)).map_or(word.len(), |(i, _)| i);
+            found.push(&word[..end]);
+            rest = &word[end..];
+        }
+        found
+    }
+
+    /// The shipped dashboards query only metrics Updraft sends, by the names it
+    /// sends them under; the Grafana one shows all but a few per-task counters.
+    #[test]
+    fn the_dashboards_use_only_metrics_of_the_catalog() {
+        let grafana: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/dashboards/grafana-updraft.json")).unwrap();
+        let prometheus: Vec<String> = ALL.iter().map(|metric| metric.prometheus_name("airflow")).collect();
+        let mut used = std::collections::BTreeSet::new();
+        for panel in grafana["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in words(expr, "airflow_", |c| c.is_ascii_alphanumeric() || c == '_') {
+                    let name = ["_bucket", "_sum", "_count"].iter().fold(word, |name, suffix| {
+                        name.strip_suffix(suffix)
+                            .filter(|base| prometheus.iter().any(|known| known == base))
+                            .unwrap_or(name)
+                    });
+                    assert!(prometheus.iter().any(|known| known == name), "Grafana queries unknown `{word}`");
+                    used.insert(name.to_string());
+                }
+            }
+        }
+        let datadog: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/dashboards/datadog-updraft.json")).unwrap();
+        let statsd: Vec<String> = ALL.iter().map(|metric| format!("airflow.{}", metric.base())).collect();
+        for widget in datadog["widgets"].as_array().unwrap() {
+            for request in widget["definition"]["requests"].as_array().unwrap() {
+                let query = request["q"].as_str().unwrap();
+                for word in words(query, "airflow.", |c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                    assert!(statsd.iter().any(|known| known == word), "Datadog queries unknown `{word}`");
+                }
+            }
+        }
+        let unused: Vec<&String> = prometheus.iter().filter(|name| !used.contains(*name)).collect();
+        let allowed_unused = [
+            "airflow_ti_start",
+            "airflow_ti_successes",
+            "airflow_ti_failures",
+            "airflow_dag_duration",
+            "airflow_dagrun_schedule_delay",
+        ];
+        assert!(
+            unused.iter().all(|name| allowed_unused.contains(&name.as_str())),
+            "not on the Grafana dashboard: {unused:?}"
+        );
     }
 }

@@ -29,13 +29,17 @@ fn a_run_shows_in_statsd_lines_and_on_the_prometheus_endpoint() {
         }
         lines
             .iter()
-            .any(|line| line.starts_with("airflow.ti.finish.chain.") && line.contains(":1|c|#dag_id:chain,"))
+            .any(|line| {
+                line.starts_with("airflow.ti.finish:1|c|#dag_id:chain,task_id:") && line.ends_with(",state:success")
+            })
             .then_some(())
     });
     assert!(lines.iter().any(|line| line == "airflow.scheduler_heartbeat:1|c"), "{lines:?}");
     assert!(lines.iter().any(|line| line.starts_with("airflow.dagbag_size:1|g")), "{lines:?}");
     assert!(
-        lines.iter().any(|line| line.starts_with("airflow.dag.chain.") && line.contains(".duration:")),
+        lines
+            .iter()
+            .any(|line| line.starts_with("airflow.dag.duration:") && line.contains("|ms|#dag_id:chain,task_id:")),
         "{lines:?}"
     );
     eventually(Duration::from_secs(5), "the run's duration", || {
@@ -43,7 +47,10 @@ fn a_run_shows_in_statsd_lines_and_on_the_prometheus_endpoint() {
         while let Ok(size) = statsd.recv(&mut buffer) {
             lines.push(String::from_utf8_lossy(&buffer[..size]).into_owned());
         }
-        lines.iter().any(|line| line.starts_with("airflow.dagrun.duration.success.chain:")).then_some(())
+        lines
+            .iter()
+            .any(|line| line.starts_with("airflow.dagrun.duration:") && line.ends_with("|#state:success,dag_id:chain"))
+            .then_some(())
     });
 
     // Prometheus: the same, parsed.
