@@ -149,6 +149,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Deletes a finished run with its task instances, attempts, logs and
     /// transitions; false if there is no such finished run.
     async fn delete_run(&self, run_pk: i64) -> Result<bool>;
+    /// Metadata clean-up, one batch in one short transaction: deletes (or, with
+    /// `dry_run`, counts) up to `batch` finished runs that ended before `cutoff`,
+    /// with everything under them, and audit rows older than `cutoff`. Call again
+    /// until a batch removes nothing; other processes work between batches.
+    async fn clean_batch(&self, cutoff: Timestamp, batch: u32, dry_run: bool) -> Result<CleanReport>;
     /// The run's transition log (or one task instance's), oldest first, after row `after_id`.
     async fn transitions(&self, run_pk: i64, ti_pk: Option<i64>, after_id: i64) -> Result<Vec<TransitionRow>>;
 

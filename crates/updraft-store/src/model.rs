@@ -519,6 +519,36 @@ pub struct Heartbeat {
     pub lost: Vec<(i64, u32)>,
 }
 
+/// What a clean-up removed (or would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CleanReport {
+    pub runs: u64,
+    pub task_instances: u64,
+    pub attempts: u64,
+    pub transitions: u64,
+    pub log_pieces: u64,
+    pub audit_rows: u64,
+    /// `(dag_id, run_id)` of the runs, whose log folders go too.
+    #[serde(skip)]
+    pub removed_runs: Vec<(String, String)>,
+}
+
+impl CleanReport {
+    pub fn add(&mut self, other: CleanReport) {
+        self.runs += other.runs;
+        self.task_instances += other.task_instances;
+        self.attempts += other.attempts;
+        self.transitions += other.transitions;
+        self.log_pieces += other.log_pieces;
+        self.audit_rows += other.audit_rows;
+        self.removed_runs.extend(other.removed_runs);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs == 0 && self.audit_rows == 0
+    }
+}
+
 /// A piece of an attempt's log, at its byte offset in the log file the attempt
 /// writes. Pieces of remote attempts are stored, so the API serves their logs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -676,6 +676,42 @@ async fn mapped_tasks_expand_once(store: Store) {
     assert_eq!(fetches[1].max_tries, 2, "a reused instance has its retries again");
 }
 
+async fn clean_removes_old_finished_runs_in_batches(store: Store) {
+    use updraft_core::intervene::Intervention;
+    let (chain, version) = dag(CHAIN);
+    let mut pks = Vec::new();
+    for (run_id, at) in [("old1", "2024-01-01T00:00:00Z"), ("old2", "2024-01-02T00:00:00Z"), ("new", NOW)] {
+        let run_pk = store
+            .create_run(&new_run(&chain, &version, run_id, RunType::Manual, at), "t", ts(at))
+            .await
+            .unwrap()
+            .unwrap();
+        let end = Intervention { run: Some((RunState::Queued, RunState::Success)), ..Intervention::default() };
+        store.intervene(run_pk, &end, "t", ts(at)).await.unwrap();
+        pks.push(run_pk);
+    }
+    let going = new_run(&chain, &version, "going", RunType::Manual, "2024-01-01T00:00:00Z");
+    store.create_run(&going, "t", ts(NOW)).await.unwrap().unwrap();
+    let entry = AuditEntry { actor: "api:me".into(), action: "trigger".into(), target: "chain".into(), detail: None };
+    store.audit(&entry, ts("2024-01-01T00:00:00Z")).await.unwrap();
+    store.audit(&entry, ts(NOW)).await.unwrap();
+
+    let cutoff = ts("2024-03-01T00:00:00Z");
+    let counted = store.clean_batch(cutoff, u32::MAX, true).await.unwrap();
+    assert_eq!((counted.runs, counted.task_instances, counted.audit_rows), (2, 6, 1), "{counted:?}");
+    assert_eq!(store.list_runs("chain", None, 10).await.unwrap().len(), 4, "a dry run deletes nothing");
+    let first = store.clean_batch(cutoff, 1, false).await.unwrap();
+    assert_eq!((first.runs, first.removed_runs.clone()), (1, vec![("chain".to_string(), "old1".to_string())]));
+    let second = store.clean_batch(cutoff, 1, false).await.unwrap();
+    assert_eq!(second.runs, 1);
+    assert!(store.clean_batch(cutoff, 1, false).await.unwrap().is_empty());
+    let left: Vec<String> =
+        store.list_runs("chain", None, 10).await.unwrap().into_iter().map(|run| run.run_id).collect();
+    assert_eq!(left.len(), 2, "the new run and the unfinished old one stay: {left:?}");
+    assert!(store.task_instances(pks[0]).await.unwrap().is_empty());
+    assert_eq!(store.audit_log(None, 10).await.unwrap().len(), 1);
+}
+
 async fn worker_tokens(store: Store) {
     let now = ts(NOW);
     let later = |secs: i64| now + jiff::SignedDuration::from_secs(secs);
@@ -833,6 +869,7 @@ mod sqlite {
         accounts,
         outputs_follow_the_latest_try,
         mapped_tasks_expand_once,
+        clean_removes_old_finished_runs_in_batches,
         worker_tokens,
         variables_and_connections,
     );
@@ -991,6 +1028,7 @@ mod postgres {
         accounts,
         outputs_follow_the_latest_try,
         mapped_tasks_expand_once,
+        clean_removes_old_finished_runs_in_batches,
         worker_tokens,
         variables_and_connections,
     );

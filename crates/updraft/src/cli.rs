@@ -399,4 +399,21 @@ pub enum WorkerTokensCommand {
 pub enum DbCommand {
     /// Create or upgrade the metadata schema.
     Migrate,
+    /// Delete finished runs (with their task instances, attempts, logs and state
+    /// changes) and audit rows older than a cutoff, in short batches.
+    Clean {
+        /// How old: `90d`, `12h`, `2w` (finished runs by their end, audit rows by their time).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: updraft_core::Duration,
+        /// Count what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Runs (and audit rows) per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<updraft_core::Duration, String> {
+    updraft_core::Duration::parse(text).map_err(|error| error.to_string())
 }

@@ -1339,6 +1339,48 @@ impl MetadataStore for PgStore {
         Ok(())
     }
 
+    async fn clean_batch(&self, cutoff: Timestamp, batch: u32, dry_run: bool) -> Result<CleanReport> {
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: a run a scheduler holds right now is left for the next batch.
+        let runs: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, dag_id, run_id FROM dag_runs WHERE state IN ('success', 'failed') AND end_date < $1
+             ORDER BY end_date LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(to_db(cutoff))
+        .bind(i64::from(batch))
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids: Vec<i64> = runs.iter().map(|(id, _, _)| *id).collect();
+        let counted: (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM task_instances WHERE run_pk = ANY($1)),
+                    (SELECT count(*) FROM task_attempts WHERE ti_pk IN (SELECT id FROM task_instances WHERE run_pk = ANY($1))),
+                    (SELECT count(*) FROM state_transitions WHERE run_pk = ANY($1)),
+                    (SELECT count(*) FROM task_log_chunks WHERE ti_pk IN (SELECT id FROM task_instances WHERE run_pk = ANY($1)))",
+        )
+        .bind(&ids)
+        .fetch_one(&mut *tx)
+        .await?;
+        let audit: Vec<i64> = sqlx::query_scalar("SELECT id FROM audit_log WHERE at < $1 ORDER BY id LIMIT $2")
+            .bind(to_db(cutoff))
+            .bind(i64::from(batch))
+            .fetch_all(&mut *tx)
+            .await?;
+        if !dry_run {
+            sqlx::query("DELETE FROM dag_runs WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM audit_log WHERE id = ANY($1)").bind(&audit).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(CleanReport {
+            runs: runs.len() as u64,
+            task_instances: counted.0 as u64,
+            attempts: counted.1 as u64,
+            transitions: counted.2 as u64,
+            log_pieces: counted.3 as u64,
+            audit_rows: audit.len() as u64,
+            removed_runs: runs.into_iter().map(|(_, dag_id, run_id)| (dag_id, run_id)).collect(),
+        })
+    }
+
     async fn delete_pool(&self, name: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM pools WHERE name = $1").bind(name).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)

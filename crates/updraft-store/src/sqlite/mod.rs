@@ -1380,6 +1380,50 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn clean_batch(&self, cutoff: Timestamp, batch: u32, dry_run: bool) -> Result<CleanReport> {
+        self.write(move |tx| {
+            let runs: Vec<(i64, String, String)> = all(
+                tx,
+                "SELECT id, dag_id, run_id FROM dag_runs
+                 WHERE state IN ('success', 'failed') AND end_date < ?1 ORDER BY end_date LIMIT ?2",
+                params![to_db(cutoff), batch],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
+            let ids = json_ids(&runs.iter().map(|(id, _, _)| *id).collect::<Vec<_>>());
+            let count = |sql: &str| -> Result<u64> {
+                Ok(tx.prepare_cached(sql)?.query_row(params![ids], |row| row.get::<_, i64>(0))? as u64)
+            };
+            let in_runs = "(SELECT value FROM json_each(?1))";
+            let mut report = CleanReport {
+                runs: runs.len() as u64,
+                task_instances: count(&format!("SELECT count(*) FROM task_instances WHERE run_pk IN {in_runs}"))?,
+                attempts: count(&format!(
+                    "SELECT count(*) FROM task_attempts WHERE ti_pk IN (SELECT id FROM task_instances WHERE run_pk IN {in_runs})"
+                ))?,
+                transitions: count(&format!("SELECT count(*) FROM state_transitions WHERE run_pk IN {in_runs}"))?,
+                log_pieces: count(&format!(
+                    "SELECT count(*) FROM task_log_chunks WHERE ti_pk IN (SELECT id FROM task_instances WHERE run_pk IN {in_runs})"
+                ))?,
+                audit_rows: 0,
+                removed_runs: runs.iter().map(|(_, dag_id, run_id)| (dag_id.clone(), run_id.clone())).collect(),
+            };
+            let audit: Vec<i64> = all(
+                tx,
+                "SELECT id FROM audit_log WHERE at < ?1 ORDER BY id LIMIT ?2",
+                params![to_db(cutoff), batch],
+                |row| Ok(row.get(0)?),
+            )?;
+            report.audit_rows = audit.len() as u64;
+            if !dry_run {
+                tx.prepare_cached(&format!("DELETE FROM dag_runs WHERE id IN {in_runs}"))?.execute(params![ids])?;
+                tx.prepare_cached("DELETE FROM audit_log WHERE id IN (SELECT value FROM json_each(?1))")?
+                    .execute(params![json_ids(&audit)])?;
+            }
+            Ok(report)
+        })
+        .await
+    }
+
     async fn delete_pool(&self, name: &str) -> Result<bool> {
         let name = name.to_string();
         self.write(move |tx| Ok(tx.prepare_cached("DELETE FROM pools WHERE name = ?1")?.execute(params![name])? > 0))

@@ -2,6 +2,7 @@
 //! each test snapshots exit code, stdout and stderr together.
 
 mod api;
+mod clean;
 mod config;
 mod dags;
 mod deploy;
