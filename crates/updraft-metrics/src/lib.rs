@@ -204,7 +204,6 @@ impl Registry {
         let prefix = self.prefix.lock().expect("metrics lock").clone();
         let series = self.series.lock().expect("metrics lock").clone();
         let mut out = String::new();
-        let mut described = std::collections::BTreeSet::new();
         // Series sharing a Prometheus name (one metric, several label values) are
         // written together under one HELP and TYPE.
         let mut by_name: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
@@ -213,15 +212,13 @@ impl Registry {
         }
         for (name, samples) in by_name {
             let metric = samples[0].0;
-            if described.insert(name.clone()) {
-                let kind = match metric.kind {
-                    Kind::Counter => "counter",
-                    Kind::Gauge => "gauge",
-                    Kind::Timer => "histogram",
-                };
-                let _ = writeln!(out, "# HELP {name} {}", metric.help);
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-            }
+            let kind = match metric.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Timer => "histogram",
+            };
+            let _ = writeln!(out, "# HELP {name} {}", metric.help);
+            let _ = writeln!(out, "# TYPE {name} {kind}");
             for (metric, values, value) in samples {
                 let labels: Vec<String> = metric
                     .labels()

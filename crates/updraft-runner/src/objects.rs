@@ -42,6 +42,12 @@ impl Location {
         ObjectPath::parse(&joined).map_err(|error| format!("`{joined}`: {error}"))
     }
 
+    /// One object's bytes, whole; errors name `what`.
+    async fn read(&self, path: &ObjectPath, what: &str) -> Result<bytes::Bytes, String> {
+        let failed = |error: object_store::Error| format!("cannot read {what}: {error}");
+        self.store.get(path).await.map_err(failed)?.bytes().await.map_err(failed)
+    }
+
     /// Objects under the prefix, by name relative to it.
     async fn list(&self) -> Result<BTreeMap<String, ObjectMeta>, String> {
         let prefix = (!self.path.as_ref().is_empty()).then_some(&self.path);
@@ -221,14 +227,7 @@ pub async fn transfer(
     let (mut copied, mut bytes) = (0u64, 0u64);
     let mut listed = Vec::new();
     for (source, target, size, name) in plan {
-        let data = from
-            .store
-            .get(&source)
-            .await
-            .map_err(|error| format!("cannot read `{name}` from `{}`: {error}", from.shown))?
-            .bytes()
-            .await
-            .map_err(|error| format!("cannot read `{name}` from `{}`: {error}", from.shown))?;
+        let data = from.read(&source, &format!("`{name}` from `{}`", from.shown)).await?;
         to.store
             .put(&target, data.into())
             .await
@@ -272,15 +271,7 @@ pub async fn put(
 /// One object's bytes (a `load` source in object storage).
 pub async fn fetch(text: &str, connection: Option<&ConnectionValues>, dag_folder: &Path) -> Result<Vec<u8>, String> {
     let location = locate(text, connection, dag_folder, false)?;
-    let data = location
-        .store
-        .get(&location.path)
-        .await
-        .map_err(|error| format!("cannot read `{text}`: {error}"))?
-        .bytes()
-        .await
-        .map_err(|error| format!("cannot read `{text}`: {error}"))?;
-    Ok(data.to_vec())
+    Ok(location.read(&location.path, &format!("`{text}`")).await?.to_vec())
 }
 
 /// What is at the sensor's path now: the names found (empty: nothing yet).

@@ -24,8 +24,6 @@ pub struct SyncReport {
     pub changed: usize,
     pub deactivated: usize,
     pub files_with_errors: usize,
-    /// DAGs whose file has errors now, kept on their last good version.
-    pub kept_broken: usize,
 }
 
 pub struct DagSync {
@@ -169,8 +167,6 @@ impl DagSync {
             }
         }
         next_known.extend(present);
-        report.kept_broken =
-            next_known.values().filter(|(_, fileloc, active)| *active && broken.contains(fileloc.as_str())).count();
         self.known = Some(next_known);
 
         let mut errors: BTreeMap<String, String> = BTreeMap::new();

@@ -68,6 +68,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
 pub async fn metrics(caller: Caller) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     caller.require(updraft_auth::Action::ReadPlatform)?;
+    Ok(prometheus_text().into_response())
+}
+
+/// The registry in Prometheus's text exposition format, with its content type.
+pub fn prometheus_text() -> impl axum::response::IntoResponse {
     let headers = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
-    Ok((headers, updraft_metrics::render()).into_response())
+    (headers, updraft_metrics::render())
 }

@@ -174,15 +174,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Serves only `GET /metrics` on `listener`: a scheduler's or worker's own
 /// endpoint (on a port of its own, like the health of a process without the API).
 pub async fn serve_metrics(listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let router = Router::new().route(
-        "/metrics",
-        get(|| async {
-            (
-                [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                updraft_metrics::render(),
-            )
-        }),
-    );
+    let router = Router::new().route("/metrics", get(|| async { health::prometheus_text() }));
     axum::serve(listener, router).await
 }
 

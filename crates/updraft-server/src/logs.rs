@@ -209,15 +209,16 @@ impl Follow {
     }
 }
 
-/// The last `lines` lines of an attempt's log for a page: the text, the offset
-/// after it (to follow from), and the attempt's state.
+/// The last `lines` lines of an attempt's log for a page (which has found its task
+/// instance, `ti_pk`): the text, the offset after it (to follow from), and the
+/// attempt's state.
 pub async fn tail_for_page(
     state: &AppState,
+    ti_pk: i64,
     attempt: &Attempt,
-    map_index: Option<i32>,
     lines: usize,
 ) -> Result<(Vec<u8>, u64, TaskState), ApiError> {
-    let (ti_pk, row) = find_attempt(state, attempt, map_index).await?;
+    let row = attempt_row(state, ti_pk, attempt).await?;
     let (start, data) = read(state, ti_pk, &row, None).await?;
     let cut = tail_start(&data, lines);
     Ok((data[cut..].to_vec(), start + data.len() as u64, row.state))

@@ -26,7 +26,7 @@ use crate::AppState;
 pub use dags::{DagFilter, editable_dag, readable_dag};
 pub use extract::{Path, Query};
 pub use runs::{encode, find_run, intervene, trigger};
-pub use tasks::{find_task_instance, masked_output};
+pub use tasks::{find_task_instance, instance_output, masked_output, pick_instance, task_instances_of};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -74,10 +74,11 @@ pub async fn get_task_output(
 ) -> Result<axum::Json<TaskOutput>, ApiError> {
     readable_dag(&state, &caller, &dag_id).await?;
     // A mapped task without `map_index` hands on the list of its instances' outputs.
-    let mapped = state.store.task_instances(find_run(&state, &dag_id, &run_id).await?.run_pk).await?;
-    let is_mapped = mapped.iter().any(|ti| ti.task_id == task_id && ti.map_index >= 0);
+    let run = find_run(&state, &dag_id, &run_id).await?;
+    let instances = task_instances_of(&state, &run, &task_id).await?;
+    let is_mapped = instances.iter().any(|ti| ti.map_index >= 0);
     if query.map_index.is_some() || !is_mapped {
-        find_task_instance(&state, &dag_id, &run_id, &task_id, query.map_index).await?;
+        pick_instance(instances, &run_id, &task_id, query.map_index)?;
     }
     let output = shown_output(&state, &dag_id, &run_id, &task_id, query.map_index)
         .await?
@@ -116,7 +117,7 @@ pub fn masked_output(masker: &updraft_runner::secrets::Masker, text: &str) -> se
 }
 
 /// One mapped instance's output, out of the list a mapped task hands on.
-fn instance_output(list: &str, map_index: i32) -> Option<String> {
+pub fn instance_output(list: &str, map_index: i32) -> Option<String> {
     let mut outputs: Vec<serde_json::Value> = serde_json::from_str(list).ok()?;
     let index = usize::try_from(map_index).ok().filter(|index| *index < outputs.len())?;
     Some(outputs.swap_remove(index)).filter(|output| !output.is_null()).map(|output| output.to_string())
@@ -140,14 +141,35 @@ pub async fn find_task_instance(
     task_id: &str,
     map_index: Option<i32>,
 ) -> Result<updraft_store::TaskInstanceRow, ApiError> {
-    if let Some(index) = map_index.filter(|index| *index < 0) {
-        return Err(ApiError::BadRequest(format!("`map_index` must be 0 or more, not {index}")));
-    }
     let run = find_run(state, dag_id, run_id).await?;
-    let mut instances: Vec<updraft_store::TaskInstanceRow> =
+    pick_instance(task_instances_of(state, &run, task_id).await?, &run.run_id, task_id, map_index)
+}
+
+/// A run's instances of one task: one, or a mapped task's many; 404 if none.
+pub async fn task_instances_of(
+    state: &AppState,
+    run: &updraft_store::RunRow,
+    task_id: &str,
+) -> Result<Vec<updraft_store::TaskInstanceRow>, ApiError> {
+    let instances: Vec<updraft_store::TaskInstanceRow> =
         state.store.task_instances(run.run_pk).await?.into_iter().filter(|ti| ti.task_id == task_id).collect();
     if instances.is_empty() {
+        let (run_id, dag_id) = (&run.run_id, &run.dag_id);
         return Err(ApiError::NotFound(format!("run `{run_id}` of DAG `{dag_id}` has no task `{task_id}`")));
+    }
+    Ok(instances)
+}
+
+/// One of a task's instances: the one at `map_index`, or the only one of a task
+/// that is not mapped.
+pub fn pick_instance(
+    mut instances: Vec<updraft_store::TaskInstanceRow>,
+    run_id: &str,
+    task_id: &str,
+    map_index: Option<i32>,
+) -> Result<updraft_store::TaskInstanceRow, ApiError> {
+    if let Some(index) = map_index.filter(|index| *index < 0) {
+        return Err(ApiError::BadRequest(format!("`map_index` must be 0 or more, not {index}")));
     }
     match map_index {
         Some(index) => instances.into_iter().find(|ti| ti.map_index == index).ok_or_else(|| {

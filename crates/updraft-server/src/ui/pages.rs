@@ -20,7 +20,10 @@ use super::layout::{
     task_url, time,
 };
 use crate::api::model::TriggerDagRun;
-use crate::api::{DagFilter, editable_dag, encode, find_run, find_task_instance, intervene, readable_dag};
+use crate::api::{
+    DagFilter, editable_dag, encode, find_run, find_task_instance, intervene, pick_instance, readable_dag,
+    task_instances_of,
+};
 use crate::{ApiError, AppState, Caller};
 
 /// A page or an error page with the right status.
@@ -708,25 +711,18 @@ pub async fn task_page(
     let dag_row = readable_dag(&state, &caller, &dag_id).await?;
     let run = find_run(&state, &dag_id, &run_id).await?;
     let map_index = query.get("map_index").and_then(|text| text.parse::<i32>().ok());
-    if map_index.is_none() {
-        let instances: Vec<TaskInstanceRow> = state
-            .store
-            .task_instances(run.run_pk)
-            .await?
-            .into_iter()
-            .filter(|ti| ti.task_id == task_id && ti.map_index >= 0)
-            .collect();
-        if !instances.is_empty() {
-            return mapped_page(&state, &caller, &dag_row, &run, &task_id, instances, note(&query)).await;
-        }
+    let instances = task_instances_of(&state, &run, &task_id).await?;
+    if map_index.is_none() && instances.iter().any(|ti| ti.map_index >= 0) {
+        let mapped = instances.into_iter().filter(|ti| ti.map_index >= 0).collect();
+        return mapped_page(&state, &caller, &dag_row, &run, &task_id, mapped, note(&query)).await;
     }
-    let ti = find_task_instance(&state, &dag_id, &run_id, &task_id, map_index).await?;
+    let ti = pick_instance(instances, &run_id, &task_id, map_index)?;
     let attempts = state.store.task_attempts(ti.ti_pk).await?;
     let chosen = query.get("try").and_then(|text| text.parse::<u32>().ok()).unwrap_or(ti.try_number);
     let zone = &dag_row.timezone;
     let log = if chosen >= 1 && attempts.iter().any(|attempt| attempt.try_number == chosen) {
         let key = (dag_id.clone(), run_id.clone(), task_id.clone(), chosen);
-        Some(crate::logs::tail_for_page(&state, &key, map_index, LOG_LINES).await)
+        Some(crate::logs::tail_for_page(&state, ti.ti_pk, &key, LOG_LINES).await)
     } else {
         None
     };
@@ -766,11 +762,7 @@ pub async fn task_page(
         .get(&task_id)
         .and_then(|text| match map_index {
             None => Some(text.clone()),
-            Some(index) => serde_json::from_str::<Vec<serde_json::Value>>(text)
-                .ok()
-                .and_then(|list| list.into_iter().nth(index as usize))
-                .filter(|value| !value.is_null())
-                .map(|value| value.to_string()),
+            Some(index) => crate::api::instance_output(text, index),
         })
         .map(|text| crate::api::masked_output(&masker, &text));
     let item = ti.map_item.as_deref().map(|text| masker.mask(text).into_owned());

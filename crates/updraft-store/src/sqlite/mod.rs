@@ -1089,15 +1089,14 @@ impl MetadataStore for SqliteStore {
     async fn run_outputs(&self, dag_id: &str, run_id: &str) -> Result<std::collections::BTreeMap<String, String>> {
         let (dag_id, run_id) = (dag_id.to_string(), run_id.to_string());
         self.read(move |tx| {
-            let mut statement = tx.prepare_cached(
-                "SELECT t.task_id, t.map_index, o.value FROM task_instances t
-                 JOIN dag_runs r ON r.id = t.run_pk LEFT JOIN task_outputs o ON o.ti_pk = t.id
-                 WHERE r.dag_id = ?1 AND r.run_id = ?2 AND (o.value IS NOT NULL OR t.map_index >= 0)",
-            )?;
-            let rows = statement
-                .query_map(params![dag_id, run_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(updraft_core::mapping::collect_outputs(rows))
+            let run_pk: Option<i64> = tx
+                .prepare_cached("SELECT id FROM dag_runs WHERE dag_id = ?1 AND run_id = ?2")?
+                .query_row(params![dag_id, run_id], |row| row.get(0))
+                .optional()?;
+            match run_pk {
+                Some(run_pk) => outputs_of_run(tx, run_pk),
+                None => Ok(Default::default()),
+            }
         })
         .await
     }

@@ -86,6 +86,28 @@ fn a_mapped_task_runs_once_per_item_and_downstream_collects_their_outputs() {
     let (status, page) = http_get(&server.address, "/dags/fan_out/runs/test__2024-03-01T00:00:00+00:00/tasks/fetch");
     assert_eq!(status, 200);
     assert!(page.contains("Mapped into 3 instances: 3 success"), "{page}");
+    let (status, body) = http_get(&server.address, &format!("{run}/tasks/fetch?map_index=9"));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("has no mapped instance 9"), "{body}");
+    // Marking acts on one instance.
+    let (status, body) = updraft_testkit::http_request(
+        &server.address,
+        "PATCH",
+        &format!("{run}/tasks/fetch?map_index=2"),
+        &[],
+        Some(r#"{"state": "failed"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http_get(&server.address, &format!("{run}/tasks"));
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let states: Vec<(i64, &str)> = list["task_instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|ti| ti["task_id"] == "fetch")
+        .map(|ti| (ti["map_index"].as_i64().unwrap(), ti["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states.iter().filter(|(_, state)| *state == "failed").collect::<Vec<_>>(), [&(2, "failed")], "{body}");
 }
 
 #[test]
