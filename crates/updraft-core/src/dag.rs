@@ -80,6 +80,12 @@ pub struct DagSpec {
     pub params: serde_json::Map<String, serde_json::Value>,
     pub env: BTreeMap<String, String>,
     pub tasks: Vec<Task>,
+    /// Who hears about this DAG's runs.
+    #[serde(default, skip_serializing_if = "crate::alerts::Alerts::is_empty")]
+    pub alerts: crate::alerts::Alerts,
+    /// A scheduled run must succeed this long after its data interval ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +113,12 @@ pub struct Task {
     /// Items allowed per run; more fail the task.
     #[serde(default = "default_map_limit", skip_serializing_if = "is_default_map_limit")]
     pub for_each_limit: u32,
+    /// Who hears about this task's instances.
+    #[serde(default, skip_serializing_if = "crate::alerts::Alerts::is_empty")]
+    pub alerts: crate::alerts::Alerts,
+    /// The task must succeed this long after its run's data interval ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
 }
 
 fn default_map_limit() -> u32 {
@@ -711,6 +723,8 @@ pub(crate) mod tests {
             priority: 0,
             for_each: None,
             for_each_limit: crate::mapping::DEFAULT_LIMIT,
+            alerts: crate::alerts::Alerts::default(),
+            deadline: None,
         }
     }
 
@@ -731,6 +745,8 @@ pub(crate) mod tests {
             params: serde_json::Map::new(),
             env: BTreeMap::new(),
             tasks,
+            alerts: crate::alerts::Alerts::default(),
+            deadline: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! what lets the scheduler be tested exhaustively and run in several processes at
 //! once against one store.
 
+pub mod alerts;
 pub mod clock;
 pub mod cron;
 pub mod dag;
@@ -14,6 +15,7 @@ pub mod errors;
 pub mod http;
 pub mod id;
 pub mod intervene;
+pub mod links;
 pub mod mapping;
 pub mod plan;
 pub mod reason;

@@ -1,7 +1,7 @@
 //! The DAGs folder: discovery (recursive, `.updraftignore`), parallel parsing, a
 //! cache keyed by file metadata, and the cross-file check for duplicate DAG ids.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +12,7 @@ use updraft_core::Dag;
 use updraft_core::plan::DagVersion;
 
 use crate::diagnostic::Diagnostic;
-use crate::parse::parse_dag_with;
+use crate::parse::{ParseOptions, parse_dag_with};
 use crate::templates::{self, TaskTemplates, TemplateFile};
 use crate::yaml::{LineIndex, Span};
 
@@ -100,12 +100,19 @@ pub struct DagLoader {
     root: PathBuf,
     display_base: Option<PathBuf>,
     cache: HashMap<PathBuf, Arc<ParsedFile>>,
+    notifiers: Option<BTreeSet<String>>,
 }
 
 impl DagLoader {
     /// `display_base`: the folder paths in messages are relative to, when inside it.
     pub fn new(root: impl Into<PathBuf>, display_base: Option<PathBuf>) -> DagLoader {
-        DagLoader { root: root.into(), display_base, cache: HashMap::new() }
+        DagLoader { root: root.into(), display_base, cache: HashMap::new(), notifiers: None }
+    }
+
+    /// Checks `alerts` against the notifiers configured (else any name passes).
+    pub fn with_notifiers(mut self, notifiers: BTreeSet<String>) -> DagLoader {
+        self.notifiers = Some(notifiers);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -142,7 +149,7 @@ impl DagLoader {
                 (path, fileloc, display, cached)
             })
             .collect();
-        let parsed = parse_all(&work, &templates);
+        let parsed = parse_all(&work, &templates, self.notifiers.as_ref());
         self.cache = work.iter().zip(&parsed).map(|((path, ..), parsed)| (path.clone(), parsed.clone())).collect();
         let files = work
             .into_iter()
@@ -244,6 +251,7 @@ fn walk_error_path(error: &ignore::Error) -> Option<&Path> {
 fn parse_all(
     work: &[(PathBuf, String, String, Option<Arc<ParsedFile>>)],
     templates: &TaskTemplates,
+    notifiers: Option<&BTreeSet<String>>,
 ) -> Vec<Arc<ParsedFile>> {
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(work.len().div_ceil(8)).max(1);
@@ -258,7 +266,7 @@ fn parse_all(
                         let Some((path, fileloc, display, cached)) = work.get(idx) else {
                             break;
                         };
-                        done.push((idx, parse_file(path, fileloc, display, cached.as_ref(), templates)));
+                        done.push((idx, parse_file(path, fileloc, display, cached.as_ref(), templates, notifiers)));
                     }
                     done
                 })
@@ -279,6 +287,7 @@ fn parse_file(
     display: &str,
     cached: Option<&Arc<ParsedFile>>,
     templates: &TaskTemplates,
+    notifiers: Option<&BTreeSet<String>>,
 ) -> Arc<ParsedFile> {
     let stamp = std::fs::metadata(path).ok().and_then(|meta| Some((meta.modified().ok()?, meta.len())));
     if let (Some(cached), Some(stamp)) = (cached, stamp)
@@ -304,7 +313,7 @@ fn parse_file(
         return failed("file is not valid UTF-8".to_string());
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let parsed = parse_dag_with(text, fileloc, templates);
+    let parsed = parse_dag_with(text, fileloc, ParseOptions { templates: Some(templates), notifiers });
     let index = LineIndex::new(text);
     let locate = |span: Span| index.line_col(span.start);
     let mut spans = parsed.diagnostics.clone();

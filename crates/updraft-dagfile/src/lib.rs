@@ -13,5 +13,5 @@ pub mod yaml;
 
 pub use diagnostic::Diagnostic;
 pub use folder::{DagFile, DagLoader, Folder, FolderError, LoadedDag, version_of};
-pub use parse::{parse_dag, parse_dag_with};
+pub use parse::{ParseOptions, parse_dag, parse_dag_with};
 pub use templates::TaskTemplates;

@@ -1,9 +1,10 @@
 //! One DAG file's text to a validated [`Dag`], reporting every problem found with
 //! the span of the offending key or value.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use jiff::Timestamp;
+use updraft_core::alerts::{AlertEvent, Alerts};
 use updraft_core::dag::{GraphError, TEMPLATE_NAMES, ZoneName, defaults};
 use updraft_core::mapping::{self, ForEach, PathStep};
 use updraft_core::timetable::{Schedule, parse_date_in_zone};
@@ -46,6 +47,8 @@ const TOP_FIELDS: &[&str] = &[
     "env",
     "defaults",
     "tasks",
+    "alerts",
+    "deadline",
 ];
 
 const TASK_FIELDS: &[&str] = &[
@@ -63,6 +66,8 @@ const TASK_FIELDS: &[&str] = &[
     "priority",
     "for_each",
     "for_each_limit",
+    "alerts",
+    "deadline",
 ];
 
 const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql", "spark", "load", "copy", "sync", "sensor"];
@@ -127,19 +132,31 @@ pub const LOAD_TYPES: &[&str] = &[
 ];
 const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
+/// What a file is read against besides its own text.
+#[derive(Default, Clone, Copy)]
+pub struct ParseOptions<'a> {
+    /// The folder's task templates, for `use:`.
+    pub templates: Option<&'a TaskTemplates>,
+    /// The notifiers `updraft.toml` configures, when known: `alerts` naming
+    /// another is an error of the file.
+    pub notifiers: Option<&'a BTreeSet<String>>,
+}
+
 /// Parses a DAG file that uses no task templates.
 pub fn parse_dag(text: &str, fileloc: &str) -> Parsed {
-    parse_dag_with(text, fileloc, &TaskTemplates::default())
+    parse_dag_with(text, fileloc, ParseOptions::default())
 }
 
 /// Parses a DAG file whose tasks may `use:` the folder's task templates.
-pub fn parse_dag_with(text: &str, fileloc: &str, task_templates: &TaskTemplates) -> Parsed {
+pub fn parse_dag_with(text: &str, fileloc: &str, options: ParseOptions<'_>) -> Parsed {
+    let no_templates = TaskTemplates::default();
     let mut parser = FileParser {
         diagnostics: Vec::new(),
         templates: minijinja::Environment::new(),
         mapped: Vec::new(),
-        task_templates,
+        task_templates: options.templates.unwrap_or(&no_templates),
         uses: Vec::new(),
+        notifiers: options.notifiers,
     };
     let (dag, dag_id_span) = match yaml::parse(text) {
         Ok(root) => parser.dag(&root, fileloc),
@@ -162,6 +179,7 @@ struct FileParser<'t> {
     /// Where each template was used (its `use:` value), to place problems found
     /// in its fields after the task was read (graph errors).
     uses: Vec<Span>,
+    notifiers: Option<&'t BTreeSet<String>>,
 }
 
 /// Task fields as written in `defaults` or in a task; `None` means not written.
@@ -182,6 +200,8 @@ struct TaskFields<'a> {
     for_each: Option<ForEach>,
     for_each_written: bool,
     for_each_limit: Option<u32>,
+    alerts: Option<Alerts>,
+    deadline: Option<Duration>,
     kinds: Vec<(&'a str, &'a Node, &'a Node)>,
 }
 
@@ -293,6 +313,8 @@ impl FileParser<'_> {
             None => serde_json::Map::new(),
         };
         let env = get("env").map(|(_, v)| self.env(v, "env")).unwrap_or_default();
+        let alerts = get("alerts").and_then(|(_, v)| self.alerts(v, true)).unwrap_or_default();
+        let deadline = get("deadline").and_then(|(_, v)| self.deadline(v));
         let defaults = match get("defaults") {
             Some((_, value)) => match &value.value {
                 Value::Map(entries) => self.task_fields(entries, true),
@@ -336,6 +358,8 @@ impl FileParser<'_> {
             params,
             env,
             tasks,
+            alerts,
+            deadline,
         };
         match Dag::new(spec) {
             Ok(dag) => {
@@ -497,6 +521,8 @@ impl FileParser<'_> {
                     out.for_each_written = true;
                 }
                 "for_each_limit" => out.for_each_limit = self.number(value, "for_each_limit", 1),
+                "alerts" => out.alerts = self.alerts(value, false),
+                "deadline" => out.deadline = self.deadline(value),
                 kind if in_defaults => {
                     self.error(key.span, format!("task type `{kind}` cannot be a default; set it on each task"));
                 }
@@ -555,6 +581,8 @@ impl FileParser<'_> {
             priority: own.priority.or(defaults.priority).unwrap_or(0),
             for_each: own.for_each,
             for_each_limit: own.for_each_limit.or(defaults.for_each_limit).unwrap_or(mapping::DEFAULT_LIMIT),
+            alerts: own.alerts.or_else(|| defaults.alerts.clone()).unwrap_or_default(),
+            deadline: own.deadline.or(defaults.deadline),
         };
         let nodes = TaskNodes {
             name: task_id.to_string(),
@@ -1736,6 +1764,92 @@ impl FileParser<'_> {
                 None
             }
         }
+    }
+
+    /// `alerts:`: `on_<event>` to a notifier name or a list of them. A DAG's are
+    /// about its runs, which are not retried.
+    fn alerts(&mut self, node: &Node, of_dag: bool) -> Option<Alerts> {
+        let Value::Map(entries) = &node.value else {
+            self.error(
+                node.span,
+                format!("`alerts`: expected a mapping like `on_failure: [team-slack]`, found {}", node.kind()),
+            );
+            return None;
+        };
+        let events: Vec<&str> = AlertEvent::ALL.iter().map(|event| event.field()).collect();
+        let fields = self.fields(entries, &events, &[]);
+        let mut alerts = Alerts::default();
+        let mut ordered: Vec<_> = fields.into_iter().collect();
+        ordered.sort_by_key(|(_, (key, _))| key.span.start);
+        for (name, (key, value)) in ordered {
+            let Some(event) = AlertEvent::ALL.into_iter().find(|event| event.field() == name) else { continue };
+            if of_dag && event == AlertEvent::Retry {
+                self.error(
+                    key.span,
+                    "`alerts.on_retry` is about tasks: set it on a task or in `defaults` (a run is not retried)",
+                );
+                continue;
+            }
+            let field = format!("alerts.{name}");
+            let names = match &value.value {
+                Value::String(_) => self.string(value, &field).map(|name| vec![(name.to_string(), value.span)]),
+                Value::Seq(items) => Some(
+                    items
+                        .iter()
+                        .filter_map(|item| self.string(item, &field).map(|name| (name.to_string(), item.span)))
+                        .collect(),
+                ),
+                Value::Null => Some(Vec::new()),
+                _ => {
+                    self.error(
+                        value.span,
+                        format!("`{field}`: expected a notifier name or a list of them, found {}", value.kind()),
+                    );
+                    None
+                }
+            };
+            for (notifier, span) in names.unwrap_or_default() {
+                if notifier.trim().is_empty() {
+                    self.error(span, format!("`{field}`: a notifier name cannot be empty"));
+                    continue;
+                }
+                if let Some(known) = self.notifiers
+                    && !known.contains(&notifier)
+                {
+                    let message = match did_you_mean(&notifier, known.iter().map(String::as_str)) {
+                        Some(suggestion) => {
+                            format!("`{field}`: unknown notifier `{notifier}`, did you mean `{suggestion}`?")
+                        }
+                        None if known.is_empty() => format!(
+                            "`{field}`: unknown notifier `{notifier}`: updraft.toml configures none (add `[notifiers.{notifier}]`)"
+                        ),
+                        None => {
+                            let names: Vec<&str> = known.iter().map(String::as_str).collect();
+                            format!(
+                                "`{field}`: unknown notifier `{notifier}` (updraft.toml configures {})",
+                                names.join(", ")
+                            )
+                        }
+                    };
+                    self.error(span, message);
+                    continue;
+                }
+                let list = alerts.to_mut(event);
+                if !list.contains(&notifier) {
+                    list.push(notifier);
+                }
+            }
+        }
+        Some(alerts)
+    }
+
+    fn deadline(&mut self, node: &Node) -> Option<Duration> {
+        let deadline = self.duration(node, "deadline")?;
+        if deadline == Duration::ZERO {
+            self.error(node.span, "`deadline`: must be longer than 0s");
+            return None;
+        }
+        Some(deadline)
     }
 
     fn timestamp(&mut self, node: &Node, field: &str, zone: &ZoneName) -> Option<Timestamp> {

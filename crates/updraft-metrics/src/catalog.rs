@@ -62,6 +62,29 @@ pub const TI_SCHEDULING_DELAY: Metric = Metric {
     help: "From ready (trigger rule met, or retry due) to the attempt's start: Updraft's own.",
 };
 
+pub const SLA_MISSED: Metric =
+    Metric { name: "sla_missed", kind: Kind::Counter, help: "Deadlines missed (runs and tasks), once per run each." };
+pub const DAGRUN_DEADLINE_MISSED: Metric = Metric {
+    name: "dagrun.deadline_missed.{dag_id}",
+    kind: Kind::Counter,
+    help: "Scheduled runs that missed their DAG's `deadline`: Updraft's own.",
+};
+pub const TI_DEADLINE_MISSED: Metric = Metric {
+    name: "ti.deadline_missed.{dag_id}.{task_id}",
+    kind: Kind::Counter,
+    help: "Runs in which a task missed its `deadline`: Updraft's own.",
+};
+pub const ALERTS_SENT: Metric = Metric {
+    name: "alerts.sent.{notifier}",
+    kind: Kind::Counter,
+    help: "Alert messages a notifier accepted (a rate-limit summary counts once).",
+};
+pub const ALERTS_FAILED: Metric = Metric {
+    name: "alerts.failed.{notifier}",
+    kind: Kind::Counter,
+    help: "Tries to send an alert that failed (each retried in the background).",
+};
+
 pub const ALL: &[&Metric] = &[
     &SCHEDULER_HEARTBEAT,
     &DAG_PROCESSING_TOTAL_PARSE_TIME,
@@ -80,4 +103,9 @@ pub const ALL: &[&Metric] = &[
     &DAGRUN_DURATION,
     &DAGRUN_SCHEDULE_DELAY,
     &TI_SCHEDULING_DELAY,
+    &SLA_MISSED,
+    &DAGRUN_DEADLINE_MISSED,
+    &TI_DEADLINE_MISSED,
+    &ALERTS_SENT,
+    &ALERTS_FAILED,
 ];

@@ -100,6 +100,12 @@ impl DagSync {
         }
     }
 
+    /// Checks DAGs' `alerts` against the notifiers configured.
+    pub fn with_notifiers(mut self, notifiers: std::collections::BTreeSet<String>) -> DagSync {
+        self.loader = self.loader.with_notifiers(notifiers);
+        self
+    }
+
     /// Parses the folder (changed files only, on all cores) and records differences.
     pub async fn sync(&mut self, now: Timestamp) -> Result<(SyncReport, Folder), SyncError> {
         let started = std::time::Instant::now();

@@ -210,6 +210,38 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// yet stored; `None` if no piece of it was ever stored (not a remote attempt).
     async fn read_log(&self, ti_pk: i64, try_number: u32, from: u64) -> Result<Option<Vec<u8>>>;
 
+    // Operations: alerts, deadlines, the digest, maintenance.
+    /// Transitions after row `after_id` (up to `limit` ids), with the changes
+    /// alerts report on: task instances ending `success`, `failed` or
+    /// `up_for_retry`, runs ending `success` or `failed` (not `dags test` runs).
+    async fn alert_transitions(&self, after_id: i64, limit: u32) -> Result<AlertTransitions>;
+    /// The newest transition's id (0 with none).
+    async fn last_transition_id(&self) -> Result<i64>;
+    /// Queues messages; for each, whether it was new (its key not seen before).
+    async fn enqueue_alerts(&self, alerts: &[NewAlert], now: Timestamp) -> Result<Vec<bool>>;
+    /// Takes up to `limit` pending messages that are due and not claimed by
+    /// another process, claiming them until `lease_until`.
+    async fn claim_alerts(&self, now: Timestamp, lease_until: Timestamp, limit: u32) -> Result<Vec<AlertRow>>;
+    /// Messages sent to `notifier` since `since` (its rate limit).
+    async fn alerts_sent_since(&self, notifier: &str, since: Timestamp) -> Result<u64>;
+    async fn settle_alerts(&self, outcomes: &[(i64, AlertOutcome)], now: Timestamp) -> Result<()>;
+    /// Messages by state (`pending`, `sent`, `folded`, `failed`), for status pages and tests.
+    async fn alert_counts(&self) -> Result<std::collections::BTreeMap<String, u64>>;
+    /// Records a missed deadline of a run (`task_id` `None`) or of one of its
+    /// tasks; false if it was recorded before.
+    async fn record_deadline_miss(&self, run_pk: i64, task_id: Option<&str>, now: Timestamp) -> Result<bool>;
+    /// Scheduled runs that are unfinished, or that ended or started since `since`.
+    async fn recent_scheduled_runs(&self, since: Timestamp) -> Result<Vec<RunRow>>;
+    /// Runs (not `dags test` runs) that failed since `since`.
+    async fn failed_runs_since(&self, since: Timestamp) -> Result<Vec<RunRow>>;
+    /// Task instances `scheduled` or `queued` since before `before`, oldest first, at most `limit`.
+    async fn stuck_task_instances(&self, before: Timestamp, limit: u32) -> Result<Vec<StuckTask>>;
+    async fn ops_value(&self, name: &str) -> Result<Option<OpsValue>>;
+    /// Compare-and-set of a job's progress: writes if the stored value is
+    /// `expected` (`None`: no row yet). Exactly one of several processes racing
+    /// to move it wins.
+    async fn set_ops_value(&self, name: &str, expected: Option<i64>, value: &OpsValue) -> Result<bool>;
+
     // Pools.
     async fn pools(&self) -> Result<Vec<PoolRow>>;
     async fn set_pool(&self, name: &str, slots: u32, description: &str) -> Result<()>;

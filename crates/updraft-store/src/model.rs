@@ -528,6 +528,8 @@ pub struct CleanReport {
     pub transitions: u64,
     pub log_pieces: u64,
     pub audit_rows: u64,
+    /// Alerts sent (or given up) before the cutoff.
+    pub alerts: u64,
     /// `(dag_id, run_id)` of the runs, whose log folders go too.
     #[serde(skip)]
     pub removed_runs: Vec<(String, String)>,
@@ -541,11 +543,12 @@ impl CleanReport {
         self.transitions += other.transitions;
         self.log_pieces += other.log_pieces;
         self.audit_rows += other.audit_rows;
+        self.alerts += other.alerts;
         self.removed_runs.extend(other.removed_runs);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.runs == 0 && self.audit_rows == 0
+        self.runs == 0 && self.audit_rows == 0 && self.alerts == 0
     }
 }
 
@@ -624,4 +627,114 @@ mod tests {
         assert_eq!(json, r#"{"ti_pk":1,"try_number":2,"offset":3,"data":"/wBh"}"#);
         assert_eq!(serde_json::from_str::<LogChunk>(&json).unwrap(), chunk);
     }
+}
+
+/// A state change the alerts may report, with the names a message needs.
+#[derive(Debug, Clone)]
+pub struct AlertTransition {
+    pub id: i64,
+    pub at: Timestamp,
+    pub run_pk: i64,
+    pub ti_pk: Option<i64>,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub actor: String,
+    pub detail: Option<String>,
+    pub dag_id: String,
+    pub run_id: String,
+    pub run_type: RunType,
+    pub version: DagVersion,
+    pub interval: DataInterval,
+    /// Of a task instance's change; `None` for the run's own.
+    pub task_id: Option<String>,
+    /// -1: not a mapped instance.
+    pub map_index: i32,
+    /// The try that ended (the latest begun by then).
+    pub try_number: Option<u32>,
+}
+
+/// What [`crate::MetadataStore::alert_transitions`] read: every id after the
+/// cursor (to see gaps a slower transaction may still fill) and the changes
+/// alerts are about.
+#[derive(Debug, Clone, Default)]
+pub struct AlertTransitions {
+    pub ids: Vec<i64>,
+    pub events: Vec<AlertTransition>,
+}
+
+/// A message to queue; `dedup_key` makes queuing it twice a no-op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAlert {
+    pub dedup_key: String,
+    pub notifier: String,
+    /// JSON, the message's content.
+    pub payload: String,
+}
+
+/// A queued message, claimed for sending.
+#[derive(Debug, Clone)]
+pub struct AlertRow {
+    pub id: i64,
+    pub notifier: String,
+    pub payload: String,
+    pub attempts: u32,
+    pub created_at: Timestamp,
+}
+
+/// What became of a claimed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertOutcome {
+    Sent,
+    /// Part of a rate-limit summary that was sent.
+    Folded,
+    /// Try again at `at`.
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
+    /// Not tried yet (over the rate limit): send at `at`.
+    Later {
+        at: Timestamp,
+    },
+    /// Not sent, and not tried again.
+    GaveUp {
+        error: String,
+    },
+}
+
+impl AlertOutcome {
+    /// Whether this outcome was a try at sending.
+    pub(crate) fn counts_as_try(&self) -> bool {
+        matches!(self, AlertOutcome::Sent | AlertOutcome::Retry { .. } | AlertOutcome::GaveUp { .. })
+    }
+
+    /// The row's new state, next try and error.
+    pub(crate) fn columns(&self) -> (&'static str, Option<Timestamp>, Option<&str>) {
+        match self {
+            AlertOutcome::Sent => ("sent", None, None),
+            AlertOutcome::Folded => ("folded", None, None),
+            AlertOutcome::Retry { at, error } => ("pending", Some(*at), Some(error)),
+            AlertOutcome::Later { at } => ("pending", Some(*at), None),
+            AlertOutcome::GaveUp { error } => ("failed", None, Some(error)),
+        }
+    }
+}
+
+/// One background job's progress (`ops_state`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsValue {
+    pub value: i64,
+    pub detail: Option<String>,
+}
+
+/// A task instance waiting longer than it should (the digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckTask {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: i32,
+    pub state: TaskState,
+    /// Since when it has been in that state.
+    pub since: Timestamp,
 }

@@ -5,6 +5,7 @@
 //! short forms, command-line flags. Relative paths in the file are relative to the
 //! file's folder; relative paths from the environment, to the working folder.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,11 +64,29 @@ pub struct Config {
     pub metrics_prefix: String,
     pub statsd: Option<updraft_metrics::StatsdConfig>,
     pub metrics_port: Option<u16>,
+    /// The UI's address as people reach it (links in alerts).
+    pub base_url: String,
+    /// `[notifiers.<name>]`.
+    pub notifiers: BTreeMap<String, updraft_ops::NotifierConfig>,
+    /// `[digest]`, when it names a notifier.
+    pub digest: Option<updraft_ops::DigestConfig>,
+    pub maintenance: updraft_ops::MaintenanceConfig,
 }
 
 impl Config {
     pub fn logs_folder(&self) -> PathBuf {
         self.state_folder.join("logs")
+    }
+
+    /// What the background jobs (alerts, digest, deadlines, clean-up) need.
+    pub fn ops(&self) -> updraft_ops::OpsConfig {
+        updraft_ops::OpsConfig {
+            notifiers: self.notifiers.clone(),
+            ui_url: self.base_url.clone(),
+            digest: self.digest.clone(),
+            maintenance: self.maintenance.clone(),
+            logs_folder: self.logs_folder(),
+        }
     }
 }
 
@@ -84,6 +103,34 @@ struct FileConfig {
     secrets: Option<SecretsSection>,
     oidc: Option<OidcSection>,
     metrics: Option<MetricsSection>,
+    /// Read as tables first, like `[[secrets.backends]]`, so errors get positions.
+    notifiers: Option<BTreeMap<String, toml::Spanned<toml::Table>>>,
+    #[serde(skip)]
+    parsed_notifiers: Option<BTreeMap<String, updraft_ops::NotifierConfig>>,
+    digest: Option<DigestSection>,
+    maintenance: Option<MaintenanceSection>,
+}
+
+/// One message a window listing what was not scheduled normally.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DigestSection {
+    /// Where it goes; unset: no digest.
+    notifier: Option<String>,
+    every: Option<DurationSetting>,
+    late_after: Option<DurationSetting>,
+    stuck_after: Option<DurationSetting>,
+    send_when_quiet: Option<bool>,
+}
+
+/// The built-in metadata clean-up.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceSection {
+    clean: Option<bool>,
+    retention: Option<DurationSetting>,
+    every: Option<DurationSetting>,
+    batch: Option<u32>,
 }
 
 /// `/metrics` (Prometheus) and StatsD/DogStatsD.
@@ -161,6 +208,8 @@ struct DatabaseSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WebserverSection {
+    /// How people reach the UI (`https://updraft.example.com`), for links in alerts.
+    base_url: Option<String>,
     host: Option<String>,
     port: Option<u16>,
     auth: Option<String>,
@@ -323,7 +372,63 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
     let duration = |value: Option<(DurationSetting, Origin)>, default: u64| {
         value.map_or(Duration::from_secs(default), |(d, _)| d.0)
     };
+    // Notifiers come from the file only (a name cannot be an environment key).
+    let notifiers = match layers.iter().rev().find_map(|layer| layer.config.parsed_notifiers.clone()) {
+        Some(notifiers) => expand_env(notifiers, env, file.as_deref().map(|path| display(path, cwd)))?,
+        None => BTreeMap::new(),
+    };
+    let digest = match pick!(digest.notifier).filter(|(name, _)| !name.is_empty()) {
+        Some((notifier, _)) => {
+            if !notifiers.contains_key(&notifier) {
+                let names: Vec<&str> = notifiers.keys().map(String::as_str).collect();
+                return Err(user_error(
+                    format!("`digest.notifier` names `{notifier}`, which is not configured"),
+                    Some(&if names.is_empty() {
+                        format!("add a `[notifiers.{notifier}]` table (kind = \"slack\", webhook_url = ...)")
+                    } else {
+                        format!("configured notifiers: {}", names.join(", "))
+                    }),
+                ));
+            }
+            Some(updraft_ops::DigestConfig {
+                notifier,
+                every: duration(pick!(digest.every), 600).max(Duration::from_secs(60)),
+                late_after: duration(pick!(digest.late_after), 1800),
+                stuck_after: duration(pick!(digest.stuck_after), 900),
+                heartbeat_timeout: duration(pick!(scheduler.heartbeat_timeout), 60),
+                send_when_quiet: pick!(digest.send_when_quiet).is_some_and(|(quiet, _)| quiet),
+            })
+        }
+        None => None,
+    };
+    let maintenance_default = updraft_ops::MaintenanceConfig::default();
+    let maintenance = updraft_ops::MaintenanceConfig {
+        enabled: pick!(maintenance.clean).is_none_or(|(clean, _)| clean),
+        retention: pick!(maintenance.retention).map_or(maintenance_default.retention, |(retention, _)| retention.0),
+        every: pick!(maintenance.every).map_or(maintenance_default.every, |(every, _)| every.0),
+        batch: pick!(maintenance.batch).map_or(maintenance_default.batch, |(batch, _)| batch).max(1),
+    };
+    if maintenance.enabled && maintenance.retention < Duration::from_secs(86_400) {
+        return Err(user_error(
+            format!(
+                "`maintenance.retention` is {}: the clean-up would delete runs less than a day old",
+                updraft_core::Duration::from_secs(maintenance.retention.as_secs())
+            ),
+            Some("keep at least `1d` (the default is `180d`), or set `maintenance.clean = false`"),
+        ));
+    }
+    let base_url = pick!(webserver.base_url)
+        .map(|(url, _)| url.trim_end_matches('/').to_string())
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| {
+            let shown = if host == "0.0.0.0" || host == "::" { "localhost" } else { host.as_str() };
+            format!("http://{shown}:{port}")
+        });
     Ok(Config {
+        base_url,
+        notifiers,
+        digest,
+        maintenance,
         file,
         dags_folder,
         state_folder,
@@ -440,22 +545,7 @@ fn parse_file(text: &str, shown: &str) -> Result<FileConfig> {
             let backend =
                 toml::Value::Table(table.get_ref().clone()).try_into().map_err(|error: toml::de::Error| {
                     let message = error.message().trim_end().to_string();
-                    // Point at the field the message names (in the table's lines, up to
-                    // the next header), else at the table.
-                    let field = message.split('`').nth(1).unwrap_or_default();
-                    let at = text[span.start..]
-                        .lines()
-                        .scan(span.start, |offset, line| {
-                            let start = *offset;
-                            *offset += line.len() + 1;
-                            Some((start, line))
-                        })
-                        .take_while(|(start, line)| *start == span.start || !line.trim_start().starts_with('['))
-                        .find(|(_, line)| {
-                            let line = line.trim_start();
-                            !field.is_empty() && (line.starts_with(field) || line.contains(&format!("\"{field}\"")))
-                        })
-                        .map_or(span.start, |(start, line)| start + line.len() - line.trim_start().len());
+                    let at = field_in_table(text, span.start, &message);
                     let (line, column) = line_col(text, at);
                     user_error(format!("{shown}:{line}:{column}: {}", with_suggestion(&message)), None)
                 })?;
@@ -463,7 +553,108 @@ fn parse_file(text: &str, shown: &str) -> Result<FileConfig> {
         }
         secrets.parsed_backends = Some(parsed);
     }
+    if let Some(tables) = &config.notifiers {
+        let mut parsed = BTreeMap::new();
+        for (name, table) in tables {
+            let span = table.span();
+            let notifier: updraft_ops::NotifierConfig =
+                toml::Value::Table(table.get_ref().clone()).try_into().map_err(|error: toml::de::Error| {
+                    let message = error.message().trim_end().to_string();
+                    let (line, column) = line_col(text, field_in_table(text, span.start, &message));
+                    user_error(
+                        format!("{shown}:{line}:{column}: notifier `{name}`: {}", with_suggestion(&message)),
+                        None,
+                    )
+                })?;
+            if let Err(problem) = notifier.check()
+                && !problem.contains("${")
+            {
+                let field = problem.split('`').nth(1).unwrap_or_default().to_string();
+                let (line, column) = line_col(text, field_in_table(text, span.start, &format!("`{field}`")));
+                return Err(user_error(format!("{shown}:{line}:{column}: notifier `{name}`: {problem}"), None));
+            }
+            parsed.insert(name.clone(), notifier);
+        }
+        config.parsed_notifiers = Some(parsed);
+    }
     Ok(config)
+}
+
+/// Where the field a message names (in backticks) is set in the table starting
+/// at `start` (up to the next header); else the table's start.
+fn field_in_table(text: &str, start: usize, message: &str) -> usize {
+    let field = message.split('`').nth(1).unwrap_or_default();
+    text[start..]
+        .lines()
+        .scan(start, |offset, line| {
+            let at = *offset;
+            *offset += line.len() + 1;
+            Some((at, line))
+        })
+        .take_while(|(at, line)| *at == start || !line.trim_start().starts_with('['))
+        .find(|(_, line)| {
+            let line = line.trim_start();
+            !field.is_empty() && (line.starts_with(field) || line.contains(&format!("\"{field}\"")))
+        })
+        .map_or(start, |(at, line)| at + line.len() - line.trim_start().len())
+}
+
+/// Puts in `${NAME}` values from the environment, so a webhook URL or an SMTP
+/// password need not be written in the file.
+fn expand_env(
+    notifiers: BTreeMap<String, updraft_ops::NotifierConfig>,
+    env: &[(String, String)],
+    file: Option<String>,
+) -> Result<BTreeMap<String, updraft_ops::NotifierConfig>> {
+    use updraft_ops::NotifierConfig;
+    let shown = file.unwrap_or_else(|| FILE_NAME.to_string());
+    let mut out = BTreeMap::new();
+    for (name, mut notifier) in notifiers {
+        let mut problem = None;
+        let mut expand = |value: &mut String| {
+            let mut out = String::with_capacity(value.len());
+            let mut rest = value.as_str();
+            while let Some(at) = rest.find("${") {
+                let Some(end) = rest[at..].find('}') else { break };
+                let variable = &rest[at + 2..at + end];
+                out.push_str(&rest[..at]);
+                match env.iter().find(|(key, _)| key == variable) {
+                    Some((_, found)) => out.push_str(found),
+                    None => problem = Some(variable.to_string()),
+                }
+                rest = &rest[at + end + 1..];
+            }
+            out.push_str(rest);
+            *value = out;
+        };
+        match &mut notifier {
+            NotifierConfig::Slack(slack) => expand(&mut slack.webhook_url),
+            NotifierConfig::Webhook(webhook) => {
+                expand(&mut webhook.url);
+                webhook.headers.values_mut().for_each(&mut expand);
+            }
+            NotifierConfig::Email(email) => {
+                expand(&mut email.smtp_host);
+                if let Some(username) = &mut email.username {
+                    expand(username);
+                }
+                if let Some(password) = &mut email.password {
+                    expand(password);
+                }
+            }
+        }
+        if let Some(variable) = problem {
+            return Err(user_error(
+                format!("{shown}: notifier `{name}` reads `${{{variable}}}`, but the environment has no `{variable}`"),
+                Some("set it in the environment of every Updraft process"),
+            ));
+        }
+        if let Err(problem) = notifier.check() {
+            return Err(user_error(format!("{shown}: notifier `{name}`: {problem}"), None));
+        }
+        out.insert(name, notifier);
+    }
+    Ok(out)
 }
 
 fn line_col(text: &str, byte: usize) -> (usize, usize) {
@@ -535,7 +726,8 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
         | ("database", "url")
         | ("worker", "api_url" | "token")
         | ("oidc", "issuer" | "client_id" | "client_secret" | "redirect_url" | "name")
-        | ("webserver", "host" | "auth")
+        | ("webserver", "host" | "auth" | "base_url")
+        | ("digest", "notifier")
         | ("logging", "level") => toml::Value::String(value.to_string()),
         _ => parsed,
     };

@@ -62,6 +62,7 @@ impl Ctx {
 
     pub fn dag_loader(&self) -> DagLoader {
         DagLoader::new(self.config.dags_folder.clone(), Some(self.cwd.clone()))
+            .with_notifiers(self.config.notifiers.keys().cloned().collect())
     }
 
     /// Parses the DAGs folder; a missing folder is an error with a hint.

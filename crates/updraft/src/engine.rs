@@ -110,6 +110,7 @@ impl Engine {
                     definitions.clone(),
                     config.dags_are_paused_at_creation,
                 )
+                .with_notifiers(config.notifiers.keys().cloned().collect())
             });
             let scheduler = Scheduler::new(
                 store.clone(),
@@ -131,6 +132,10 @@ impl Engine {
             );
             // The first sync happens before serving, so the page and `/health` see DAGs.
             scheduler.sync_dags().await;
+            if !options.test_mode {
+                let ops = updraft_ops::Ops::new(store.clone(), definitions.clone(), config.ops(), ctx.clock.clone());
+                tasks.spawn(ops.run(stopped.clone()));
+            }
             let stopped = stopped.clone();
             tasks.spawn(async move {
                 if let Err(error) = scheduler.run(stopped).await {

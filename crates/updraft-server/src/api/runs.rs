@@ -147,18 +147,7 @@ fn run_id(text: &str) -> Result<RunId, ApiError> {
     RunId::new(text).map_err(|error| ApiError::BadRequest(format!("invalid `run_id` `{text}`: {error}")))
 }
 
-/// Percent-encodes a path segment (run ids hold `:` and `+`).
-pub fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
+pub use updraft_core::links::encode;
 
 /// Applies an operator's request to a run: decided by `updraft_core::intervene`
 /// from the run's current states, written all or nothing.

@@ -4,7 +4,6 @@ use jiff::Timestamp;
 use maud::{DOCTYPE, Markup, html};
 
 use crate::Caller;
-use crate::api::encode;
 
 /// A whole page: header, the parse-error banner when any DAG file is broken,
 /// an optional message, and `body`.
@@ -96,23 +95,7 @@ pub fn state_badge(state: &str) -> Markup {
     html! { span.state.(format!("s-{state}")) { (state.replace('_', " ")) } }
 }
 
-pub fn dag_url(dag_id: &str) -> String {
-    format!("/dags/{}", encode(dag_id))
-}
-
-pub fn run_url(dag_id: &str, run_id: &str) -> String {
-    format!("/dags/{}/runs/{}", encode(dag_id), encode(run_id))
-}
-
-pub fn task_url(dag_id: &str, run_id: &str, task_id: &str) -> String {
-    format!("/dags/{}/runs/{}/tasks/{}", encode(dag_id), encode(run_id), encode(task_id))
-}
-
-/// The page of one task instance: a mapped one by its map index.
-pub fn instance_url(dag_id: &str, run_id: &str, task_id: &str, map_index: i32) -> String {
-    let url = task_url(dag_id, run_id, task_id);
-    if map_index < 0 { url } else { format!("{url}?map_index={map_index}") }
-}
+pub use updraft_core::links::{dag_url, instance_url, run_url, task_url};
 
 /// One state for a task's instances (a mapped task's many): what is still moving
 /// first, then a failure, then success.

@@ -1365,7 +1365,15 @@ impl MetadataStore for PgStore {
             .bind(i64::from(batch))
             .fetch_all(&mut *tx)
             .await?;
+        let alerts: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM alert_outbox WHERE state <> 'pending' AND created_at < $1 ORDER BY id LIMIT $2",
+        )
+        .bind(to_db(cutoff))
+        .bind(i64::from(batch))
+        .fetch_all(&mut *tx)
+        .await?;
         if !dry_run {
+            sqlx::query("DELETE FROM alert_outbox WHERE id = ANY($1)").bind(&alerts).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM dag_runs WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM audit_log WHERE id = ANY($1)").bind(&audit).execute(&mut *tx).await?;
         }
@@ -1377,8 +1385,217 @@ impl MetadataStore for PgStore {
             transitions: counted.2 as u64,
             log_pieces: counted.3 as u64,
             audit_rows: audit.len() as u64,
+            alerts: alerts.len() as u64,
             removed_runs: runs.into_iter().map(|(_, dag_id, run_id)| (dag_id, run_id)).collect(),
         })
+    }
+
+    async fn alert_transitions(&self, after_id: i64, limit: u32) -> Result<AlertTransitions> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM state_transitions WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(last) = ids.last().copied() else { return Ok(AlertTransitions::default()) };
+        let rows = sqlx::query(ALERT_TRANSITIONS).bind(after_id).bind(last).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let events = rows
+            .iter()
+            .map(|row| {
+                let run_type: String = row.try_get(10)?;
+                Ok(AlertTransition {
+                    id: row.try_get(0)?,
+                    at: from_db(row.try_get(1)?),
+                    run_pk: row.try_get(2)?,
+                    ti_pk: row.try_get(3)?,
+                    from_state: row.try_get(4)?,
+                    to_state: row.try_get(5)?,
+                    actor: row.try_get(6)?,
+                    detail: row.try_get(7)?,
+                    dag_id: row.try_get(8)?,
+                    run_id: row.try_get(9)?,
+                    run_type: updraft_core::plan::RunType::parse(&run_type)
+                        .ok_or_else(|| StoreError::Corrupt(format!("run type `{run_type}`")))?,
+                    version: DagVersion(row.try_get(11)?),
+                    interval: updraft_core::DataInterval {
+                        start: from_db(row.try_get(12)?),
+                        end: from_db(row.try_get(13)?),
+                    },
+                    task_id: row.try_get(14)?,
+                    map_index: row.try_get::<Option<i32>, _>(15)?.unwrap_or(-1),
+                    try_number: row.try_get::<Option<i32>, _>(16)?.map(|number| number.max(0) as u32),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(AlertTransitions { ids, events })
+    }
+
+    async fn last_transition_id(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(max(id), 0)::BIGINT FROM state_transitions")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn enqueue_alerts(&self, alerts: &[NewAlert], now: Timestamp) -> Result<Vec<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let mut new = Vec::with_capacity(alerts.len());
+        for alert in alerts {
+            let done = sqlx::query(
+                "INSERT INTO alert_outbox (dedup_key, notifier, payload, created_at, next_attempt_at)
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (dedup_key) DO NOTHING",
+            )
+            .bind(&alert.dedup_key)
+            .bind(&alert.notifier)
+            .bind(&alert.payload)
+            .bind(to_db(now))
+            .execute(&mut *tx)
+            .await?;
+            new.push(done.rows_affected() > 0);
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn claim_alerts(&self, now: Timestamp, lease_until: Timestamp, limit: u32) -> Result<Vec<AlertRow>> {
+        let rows = sqlx::query(
+            "UPDATE alert_outbox SET claimed_until = $2
+             WHERE id IN (SELECT id FROM alert_outbox
+                          WHERE state = 'pending' AND next_attempt_at <= $1
+                            AND (claimed_until IS NULL OR claimed_until <= $1)
+                          ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id, notifier, payload, attempts, created_at",
+        )
+        .bind(to_db(now))
+        .bind(to_db(lease_until))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut alerts = rows
+            .iter()
+            .map(|row| {
+                Ok(AlertRow {
+                    id: row.try_get(0)?,
+                    notifier: row.try_get(1)?,
+                    payload: row.try_get(2)?,
+                    attempts: row.try_get::<i32, _>(3)?.max(0) as u32,
+                    created_at: from_db(row.try_get(4)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        alerts.sort_by_key(|alert| alert.id);
+        Ok(alerts)
+    }
+
+    async fn alerts_sent_since(&self, notifier: &str, since: Timestamp) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM alert_outbox WHERE state = 'sent' AND notifier = $1 AND sent_at >= $2",
+        )
+        .bind(notifier)
+        .bind(to_db(since))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count as u64)
+    }
+
+    async fn settle_alerts(&self, outcomes: &[(i64, AlertOutcome)], now: Timestamp) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, outcome) in outcomes {
+            let (state, next, error) = outcome.columns();
+            sqlx::query(
+                "UPDATE alert_outbox SET state = $2, next_attempt_at = COALESCE($3, next_attempt_at),
+                     last_error = COALESCE($4, last_error), claimed_until = NULL, attempts = attempts + $5,
+                     sent_at = CASE WHEN $2 IN ('sent', 'folded') THEN $6 ELSE sent_at END
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(next.map(to_db))
+            .bind(error)
+            .bind(i32::from(outcome.counts_as_try()))
+            .bind(to_db(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn alert_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM alert_outbox GROUP BY state").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(state, count)| (state, count as u64)).collect())
+    }
+
+    async fn record_deadline_miss(&self, run_pk: i64, task_id: Option<&str>, now: Timestamp) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO deadline_misses (run_pk, task_id, detected_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(run_pk)
+        .bind(task_id.unwrap_or_default())
+        .bind(to_db(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn recent_scheduled_runs(&self, since: Timestamp) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(RUN_SELECT_RECENT_SCHEDULED).bind(to_db(since)).fetch_all(&self.pool).await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    async fn failed_runs_since(&self, since: Timestamp) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(RUN_SELECT_FAILED_SINCE).bind(to_db(since)).fetch_all(&self.pool).await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    async fn stuck_task_instances(&self, before: Timestamp, limit: u32) -> Result<Vec<StuckTask>> {
+        let rows =
+            sqlx::query(STUCK_TASK_INSTANCES).bind(to_db(before)).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get(4)?;
+                Ok(StuckTask {
+                    dag_id: row.try_get(0)?,
+                    run_id: row.try_get(1)?,
+                    task_id: row.try_get(2)?,
+                    map_index: row.try_get(3)?,
+                    state: state.parse().map_err(|_| StoreError::Corrupt(format!("task state `{state}`")))?,
+                    since: from_db(row.try_get(5)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn ops_value(&self, name: &str) -> Result<Option<OpsValue>> {
+        let row: Option<(i64, Option<String>)> = sqlx::query_as("SELECT value, detail FROM ops_state WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(value, detail)| OpsValue { value, detail }))
+    }
+
+    async fn set_ops_value(&self, name: &str, expected: Option<i64>, value: &OpsValue) -> Result<bool> {
+        let done = match expected {
+            None => {
+                sqlx::query("INSERT INTO ops_state (name, value, detail) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(name)
+                    .bind(value.value)
+                    .bind(&value.detail)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Some(expected) => {
+                sqlx::query("UPDATE ops_state SET value = $2, detail = $3 WHERE name = $1 AND value = $4")
+                    .bind(name)
+                    .bind(value.value)
+                    .bind(&value.detail)
+                    .bind(expected)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected() > 0)
     }
 
     async fn delete_pool(&self, name: &str) -> Result<bool> {

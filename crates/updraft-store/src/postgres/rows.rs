@@ -50,6 +50,10 @@ pub const RUN_SELECT_BY_PK: &str = run_select!("WHERE id = $1");
 pub const RUN_SELECT_BY_PKS: &str = run_select!("WHERE id = ANY($1)");
 pub const RUN_SELECT_ACTIVE_OF_DAGS: &str =
     run_select!("WHERE dag_id = ANY($1) AND state IN ('queued', 'running') AND run_type <> 'test'");
+pub const RUN_SELECT_RECENT_SCHEDULED: &str =
+    run_select!("WHERE run_type = 'scheduled' AND (state IN ('queued', 'running') OR end_date >= $1) ORDER BY id");
+pub const RUN_SELECT_FAILED_SINCE: &str =
+    run_select!("WHERE state = 'failed' AND end_date >= $1 AND run_type <> 'test' ORDER BY end_date, id");
 pub const RUN_SELECT_ACTIVE_ONE: &str = run_select!("WHERE id = $1 AND state IN ('queued', 'running')");
 
 pub const TI_SELECT_BY_RUNS: &str =
@@ -217,3 +221,26 @@ pub fn running_attempt(row: &PgRow) -> Result<RunningAttempt> {
         hostname: row.try_get(13)?,
     })
 }
+
+/// Transitions alerts report on, in `($1, $2]`, with their run, task and try.
+pub const ALERT_TRANSITIONS: &str = "SELECT s.id, s.at, s.run_pk, s.ti_pk, s.from_state, s.to_state, s.actor, s.detail,
+        r.dag_id, r.run_id, r.run_type, r.version, r.data_interval_start, r.data_interval_end, t.task_id, t.map_index,
+        (SELECT max(a.try_number) FROM task_attempts a WHERE a.ti_pk = s.ti_pk AND a.start_date <= s.at)
+     FROM state_transitions s
+     JOIN dag_runs r ON r.id = s.run_pk
+     LEFT JOIN task_instances t ON t.id = s.ti_pk
+     WHERE s.id > $1 AND s.id <= $2 AND r.run_type <> 'test'
+       AND ((s.ti_pk IS NOT NULL AND s.to_state IN ('success', 'failed', 'up_for_retry'))
+         OR (s.ti_pk IS NULL AND s.to_state IN ('success', 'failed')))
+     ORDER BY s.id";
+
+/// Ready or queued for longer than they should be (outside `dags test`).
+pub const STUCK_TASK_INSTANCES: &str = "SELECT r.dag_id, r.run_id, t.task_id, t.map_index, t.state, t.since FROM (
+        SELECT run_pk, task_id, map_index, state, scheduled_at AS since FROM task_instances
+         WHERE state = 'scheduled' AND scheduled_at < $1
+        UNION ALL
+        SELECT run_pk, task_id, map_index, state, queued_at FROM task_instances
+         WHERE state = 'queued' AND queued_at < $1
+     ) t JOIN dag_runs r ON r.id = t.run_pk
+     WHERE r.run_type <> 'test'
+     ORDER BY t.since LIMIT $2";

@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("../../migrations/sqlite/0012_task_outputs.sql")),
     (13, include_str!("../../migrations/sqlite/0013_mapped_tasks.sql")),
     (14, include_str!("../../migrations/sqlite/0014_ready_time.sql")),
+    (15, include_str!("../../migrations/sqlite/0015_alerts.sql")),
 ];
 
 /// Takes up to `?1` queued task instances in scope (`?5`: a run, or NULL for every
@@ -1404,6 +1405,7 @@ impl MetadataStore for SqliteStore {
                     "SELECT count(*) FROM task_log_chunks WHERE ti_pk IN (SELECT id FROM task_instances WHERE run_pk IN {in_runs})"
                 ))?,
                 audit_rows: 0,
+                alerts: 0,
                 removed_runs: runs.iter().map(|(_, dag_id, run_id)| (dag_id.clone(), run_id.clone())).collect(),
             };
             let audit: Vec<i64> = all(
@@ -1413,12 +1415,213 @@ impl MetadataStore for SqliteStore {
                 |row| Ok(row.get(0)?),
             )?;
             report.audit_rows = audit.len() as u64;
+            let alerts: Vec<i64> = all(
+                tx,
+                "SELECT id FROM alert_outbox WHERE state <> 'pending' AND created_at < ?1 ORDER BY id LIMIT ?2",
+                params![to_db(cutoff), batch],
+                |row| Ok(row.get(0)?),
+            )?;
+            report.alerts = alerts.len() as u64;
             if !dry_run {
+                tx.prepare_cached("DELETE FROM alert_outbox WHERE id IN (SELECT value FROM json_each(?1))")?
+                    .execute(params![json_ids(&alerts)])?;
                 tx.prepare_cached(&format!("DELETE FROM dag_runs WHERE id IN {in_runs}"))?.execute(params![ids])?;
                 tx.prepare_cached("DELETE FROM audit_log WHERE id IN (SELECT value FROM json_each(?1))")?
                     .execute(params![json_ids(&audit)])?;
             }
             Ok(report)
+        })
+        .await
+    }
+
+    async fn alert_transitions(&self, after_id: i64, limit: u32) -> Result<AlertTransitions> {
+        self.read(move |tx| {
+            let ids = all(
+                tx,
+                "SELECT id FROM state_transitions WHERE id > ?1 ORDER BY id LIMIT ?2",
+                params![after_id, limit],
+                |row| Ok(row.get(0)?),
+            )?;
+            let Some(last) = ids.last().copied() else { return Ok(AlertTransitions::default()) };
+            let events = all(tx, ALERT_TRANSITIONS, params![after_id, last], |row| {
+                Ok(AlertTransition {
+                    id: row.get(0)?,
+                    at: from_db(row.get(1)?),
+                    run_pk: row.get(2)?,
+                    ti_pk: row.get(3)?,
+                    from_state: row.get(4)?,
+                    to_state: row.get(5)?,
+                    actor: row.get(6)?,
+                    detail: row.get(7)?,
+                    dag_id: row.get(8)?,
+                    run_id: row.get(9)?,
+                    run_type: parse_run_type(&row.get::<_, String>(10)?)?,
+                    version: DagVersion(row.get(11)?),
+                    interval: updraft_core::DataInterval { start: from_db(row.get(12)?), end: from_db(row.get(13)?) },
+                    task_id: row.get(14)?,
+                    map_index: row.get::<_, Option<i32>>(15)?.unwrap_or(-1),
+                    try_number: row.get::<_, Option<u32>>(16)?,
+                })
+            })?;
+            Ok(AlertTransitions { ids, events })
+        })
+        .await
+    }
+
+    async fn last_transition_id(&self) -> Result<i64> {
+        self.read(|tx| Ok(tx.query_row("SELECT COALESCE(max(id), 0) FROM state_transitions", [], |row| row.get(0))?))
+            .await
+    }
+
+    async fn enqueue_alerts(&self, alerts: &[NewAlert], now: Timestamp) -> Result<Vec<bool>> {
+        let alerts = alerts.to_vec();
+        self.write(move |tx| {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO alert_outbox (dedup_key, notifier, payload, created_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (dedup_key) DO NOTHING",
+            )?;
+            let mut new = Vec::with_capacity(alerts.len());
+            for alert in &alerts {
+                new.push(statement.execute(params![alert.dedup_key, alert.notifier, alert.payload, to_db(now)])? > 0);
+            }
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn claim_alerts(&self, now: Timestamp, lease_until: Timestamp, limit: u32) -> Result<Vec<AlertRow>> {
+        self.write(move |tx| {
+            all(
+                tx,
+                "UPDATE alert_outbox SET claimed_until = ?2
+                 WHERE id IN (SELECT id FROM alert_outbox
+                              WHERE state = 'pending' AND next_attempt_at <= ?1
+                                AND (claimed_until IS NULL OR claimed_until <= ?1)
+                              ORDER BY id LIMIT ?3)
+                 RETURNING id, notifier, payload, attempts, created_at",
+                params![to_db(now), to_db(lease_until), limit],
+                alert_row,
+            )
+        })
+        .await
+        .map(|mut rows| {
+            rows.sort_by_key(|row| row.id);
+            rows
+        })
+    }
+
+    async fn alerts_sent_since(&self, notifier: &str, since: Timestamp) -> Result<u64> {
+        let notifier = notifier.to_string();
+        self.read(move |tx| {
+            let count: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM alert_outbox WHERE state = 'sent' AND notifier = ?1 AND sent_at >= ?2",
+                )?
+                .query_row(params![notifier, to_db(since)], |row| row.get(0))?;
+            Ok(count as u64)
+        })
+        .await
+    }
+
+    async fn settle_alerts(&self, outcomes: &[(i64, AlertOutcome)], now: Timestamp) -> Result<()> {
+        let outcomes = outcomes.to_vec();
+        self.write(move |tx| {
+            for (id, outcome) in &outcomes {
+                let (state, next, error) = outcome.columns();
+                tx.prepare_cached(
+                    "UPDATE alert_outbox SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
+                         last_error = COALESCE(?4, last_error), claimed_until = NULL, attempts = attempts + ?5,
+                         sent_at = CASE WHEN ?2 IN ('sent', 'folded') THEN ?6 ELSE sent_at END
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    state,
+                    next.map(to_db),
+                    error,
+                    i64::from(outcome.counts_as_try()),
+                    to_db(now)
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn alert_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        self.read(|tx| {
+            Ok(all(tx, "SELECT state, count(*) FROM alert_outbox GROUP BY state", [], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })?
+            .into_iter()
+            .collect())
+        })
+        .await
+    }
+
+    async fn record_deadline_miss(&self, run_pk: i64, task_id: Option<&str>, now: Timestamp) -> Result<bool> {
+        let task_id = task_id.unwrap_or_default().to_string();
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "INSERT INTO deadline_misses (run_pk, task_id, detected_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![run_pk, task_id, to_db(now)])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn recent_scheduled_runs(&self, since: Timestamp) -> Result<Vec<RunRow>> {
+        self.read(move |tx| all(tx, RUN_SELECT_RECENT_SCHEDULED, params![to_db(since)], run_row)).await
+    }
+
+    async fn failed_runs_since(&self, since: Timestamp) -> Result<Vec<RunRow>> {
+        self.read(move |tx| all(tx, RUN_SELECT_FAILED_SINCE, params![to_db(since)], run_row)).await
+    }
+
+    async fn stuck_task_instances(&self, before: Timestamp, limit: u32) -> Result<Vec<StuckTask>> {
+        self.read(move |tx| {
+            all(tx, STUCK_TASK_INSTANCES, params![to_db(before), limit], |row| {
+                Ok(StuckTask {
+                    dag_id: row.get(0)?,
+                    run_id: row.get(1)?,
+                    task_id: row.get(2)?,
+                    map_index: row.get(3)?,
+                    state: parse_task_state(&row.get::<_, String>(4)?)?,
+                    since: from_db(row.get(5)?),
+                })
+            })
+        })
+        .await
+    }
+
+    async fn ops_value(&self, name: &str) -> Result<Option<OpsValue>> {
+        let name = name.to_string();
+        self.read(move |tx| {
+            Ok(tx
+                .prepare_cached("SELECT value, detail FROM ops_state WHERE name = ?1")?
+                .query_row(params![name], |row| Ok(OpsValue { value: row.get(0)?, detail: row.get(1)? }))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_ops_value(&self, name: &str, expected: Option<i64>, value: &OpsValue) -> Result<bool> {
+        let (name, value) = (name.to_string(), value.clone());
+        self.write(move |tx| {
+            let changed = match expected {
+                None => tx
+                    .prepare_cached(
+                        "INSERT INTO ops_state (name, value, detail) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![name, value.value, value.detail])?,
+                Some(expected) => tx
+                    .prepare_cached("UPDATE ops_state SET value = ?2, detail = ?3 WHERE name = ?1 AND value = ?4")?
+                    .execute(params![name, value.value, value.detail, expected])?,
+            };
+            Ok(changed > 0)
         })
         .await
     }
@@ -1436,6 +1639,16 @@ impl MetadataStore for SqliteStore {
         let version: i64 = connection.query_row("PRAGMA data_version", [], |row| row.get(0))?;
         Ok(Box::new(DataVersionWatcher { worker: Worker::spawn("updraft-store-watch", connection)?, version }))
     }
+}
+
+fn alert_row(row: &rusqlite::Row<'_>) -> Result<AlertRow> {
+    Ok(AlertRow {
+        id: row.get(0)?,
+        notifier: row.get(1)?,
+        payload: row.get(2)?,
+        attempts: row.get(3)?,
+        created_at: from_db(row.get(4)?),
+    })
 }
 
 /// Running attempts with what recovery needs; callers add a condition and order.

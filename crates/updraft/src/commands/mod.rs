@@ -46,38 +46,31 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<ExitCode> {
 async fn db_clean(ctx: &Ctx, older_than: updraft_core::Duration, dry_run: bool, batch: u32) -> Result<ExitCode> {
     let store = ctx.store().await?;
     let cutoff = ctx.clock.now() - older_than.to_std();
-    let mut total = updraft_store::CleanReport::default();
-    loop {
-        // A dry run deletes nothing, so it counts everything at once.
-        let size = if dry_run { u32::MAX } else { batch.max(1) };
-        let report = store.clean_batch(cutoff, size, dry_run).await?;
-        let done = report.is_empty() || dry_run;
-        total.add(report);
-        if done {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let mut folders = 0;
-    if !dry_run {
-        let logs = ctx.config.logs_folder();
-        for (dag_id, run_id) in &total.removed_runs {
-            if std::fs::remove_dir_all(logs.join(dag_id).join(run_id)).is_ok() {
-                folders += 1;
-            }
-        }
-    }
+    let total = updraft_ops::maintenance::clean(&store, cutoff, batch, dry_run, &ctx.config.logs_folder()).await?;
     let verb = if dry_run { "would remove" } else { "removed" };
     let when = updraft_core::timetable::format_in_zone(cutoff, &jiff::tz::TimeZone::UTC);
     crate::outln!(
-        "{verb} {} run(s), {} task instance(s), {} attempt(s), {} state change(s), {} log piece(s), {} audit row(s){} (older than {when})",
+        "{verb} {} run(s), {} task instance(s), {} attempt(s), {} state change(s), {} log piece(s), {} audit row(s), {} alert(s){} (older than {when})",
         total.runs,
         total.task_instances,
         total.attempts,
         total.transitions,
         total.log_pieces,
         total.audit_rows,
-        if dry_run { String::new() } else { format!(", {folders} log folder(s)") },
+        total.alerts,
+        if dry_run { String::new() } else { format!(", {} log folder(s)", total.log_folders) },
     );
+    // What the built-in schedule did last, for whoever checks before cleaning by hand.
+    if dry_run && let Some((at, last)) = updraft_ops::maintenance::last_report(&store).await? {
+        let at = updraft_core::timetable::format_in_zone(at, &jiff::tz::TimeZone::UTC);
+        crate::outln!(
+            "the scheduled clean-up last ran at {at}: removed {} run(s), {} task instance(s), {} audit row(s), {} alert(s) in {:.1} s",
+            last.runs,
+            last.task_instances,
+            last.audit_rows,
+            last.alerts,
+            last.seconds
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

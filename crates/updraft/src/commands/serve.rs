@@ -154,10 +154,18 @@ pub async fn webserver(ctx: &Ctx) -> Result<ExitCode> {
     let listener = bind(ctx).await?;
     let address = listener.local_addr()?;
     let (server, stop_server) = spawn_server(ctx, &store, listener);
+    // The API server runs the background jobs too: with every scheduler down, its
+    // digest still says so.
+    let (stop_ops, ops_stopped) = tokio::sync::watch::channel(false);
+    let definitions = std::sync::Arc::new(updraft_store::DefinitionCache::default());
+    let ops = updraft_ops::Ops::new(store.clone(), definitions, ctx.config.ops(), ctx.clock.clone());
+    let ops = tokio::spawn(ops.run(ops_stopped));
     crate::errln!("updraft webserver on http://{address}");
     termination().await;
     let _ = stop_server.send(());
+    let _ = stop_ops.send(true);
     let _ = server.await;
+    let _ = ops.await;
     Ok(ExitCode::SUCCESS)
 }
 

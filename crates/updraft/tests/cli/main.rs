@@ -1,6 +1,7 @@
 //! Black-box tests of the `updraft` binary: it runs in a temporary project, and
 //! each test snapshots exit code, stdout and stderr together.
 
+mod alerts;
 mod api;
 mod clean;
 mod config;
