@@ -28,6 +28,8 @@ use crate::notifier::Notifiers;
 pub const CURSOR: &str = "alerts.cursor";
 /// Transitions one read takes.
 const BATCH: u32 = 1_000;
+/// Reads per round: a busy store's backlog is caught up over a few rounds.
+const MAX_BATCHES: usize = 20;
 /// How long a gap in transition ids may be a transaction still committing.
 const GAP_WAIT: Duration = Duration::from_secs(5);
 /// Events older than this when first read are not announced (a store that had
@@ -78,13 +80,28 @@ impl Producer {
         Producer { store, definitions, notifiers, ui_url, gaps: Gaps::default() }
     }
 
-    /// Reads what happened since the last call; returns the messages queued.
+    /// Reads what happened since the last call (in batches, up to
+    /// [`MAX_BATCHES`] per call); returns the messages queued.
     pub async fn produce(&mut self, now: Timestamp) -> Result<usize, StoreError> {
+        let mut queued = 0;
+        for _ in 0..MAX_BATCHES {
+            let (more, count) = self.produce_batch(now).await?;
+            queued += count;
+            if !more {
+                break;
+            }
+        }
+        Ok(queued)
+    }
+
+    /// One batch; says whether a full batch was read and the cursor moved (more
+    /// may be waiting).
+    async fn produce_batch(&mut self, now: Timestamp) -> Result<(bool, usize), StoreError> {
         let Some(cursor) = self.store.ops_value(CURSOR).await? else {
             // First start: history is not news.
             let last = self.store.last_transition_id().await?;
             self.store.set_ops_value(CURSOR, None, &OpsValue { value: last, detail: None }).await?;
-            return Ok(0);
+            return Ok((false, 0));
         };
         let cursor = cursor.value;
         if self.notifiers.is_empty() {
@@ -93,7 +110,7 @@ impl Producer {
             if last != cursor {
                 self.store.set_ops_value(CURSOR, Some(cursor), &OpsValue { value: last, detail: None }).await?;
             }
-            return Ok(0);
+            return Ok((false, 0));
         }
         let read = self.store.alert_transitions(cursor, BATCH).await?;
         if read.ids.is_empty() {
@@ -103,7 +120,7 @@ impl Producer {
             if last < cursor {
                 self.store.set_ops_value(CURSOR, Some(cursor), &OpsValue { value: 0, detail: None }).await?;
             }
-            return Ok(0);
+            return Ok((false, 0));
         }
         let safe = self.gaps.safe_cursor(cursor, &read.ids, Instant::now());
         let mut alerts = Vec::new();
@@ -129,7 +146,7 @@ impl Producer {
             // Another process may have moved it; then it read the same.
             self.store.set_ops_value(CURSOR, Some(cursor), &OpsValue { value: safe, detail: None }).await?;
         }
-        Ok(queued)
+        Ok((read.ids.len() == BATCH as usize && safe > cursor, queued))
     }
 
     async fn alerts_for(&self, event: &AlertTransition) -> Result<Vec<NewAlert>, StoreError> {
