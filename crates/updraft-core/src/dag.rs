@@ -119,6 +119,12 @@ pub struct Task {
     /// The task must succeed this long after its run's data interval ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Duration>,
+    /// Where its attempts run; `None`: the deployment's `[executor] kind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<crate::kubernetes::Executor>,
+    /// Pod settings (`defaults` merged in), for the Kubernetes executor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kubernetes::PodSettings>,
 }
 
 fn default_map_limit() -> u32 {
@@ -725,6 +731,8 @@ pub(crate) mod tests {
             for_each_limit: crate::mapping::DEFAULT_LIMIT,
             alerts: crate::alerts::Alerts::default(),
             deadline: None,
+            executor: None,
+            kubernetes: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod http;
 pub mod id;
 pub mod intervene;
+pub mod kubernetes;
 pub mod links;
 pub mod mapping;
 pub mod plan;

@@ -8,6 +8,7 @@
 pub mod diagnostic;
 pub mod folder;
 pub mod parse;
+mod pods;
 pub mod templates;
 pub mod yaml;
 

@@ -68,6 +68,8 @@ const TASK_FIELDS: &[&str] = &[
     "for_each_limit",
     "alerts",
     "deadline",
+    "executor",
+    "kubernetes",
 ];
 
 const TASK_TYPES: &[&str] = &["shell", "http", "python", "sql", "spark", "load", "copy", "sync", "sensor"];
@@ -170,7 +172,7 @@ pub fn parse_dag_with(text: &str, fileloc: &str, options: ParseOptions<'_>) -> P
     Parsed { dag, diagnostics: parser.diagnostics, dag_id_span }
 }
 
-struct FileParser<'t> {
+pub(crate) struct FileParser<'t> {
     diagnostics: Vec<SpanDiagnostic>,
     templates: minijinja::Environment<'static>,
     /// Tasks with `for_each` written, valid or not: they may use `item`.
@@ -202,11 +204,13 @@ struct TaskFields<'a> {
     for_each_limit: Option<u32>,
     alerts: Option<Alerts>,
     deadline: Option<Duration>,
+    executor: Option<updraft_core::kubernetes::Executor>,
+    kubernetes: Option<updraft_core::kubernetes::PodSettings>,
     kinds: Vec<(&'a str, &'a Node, &'a Node)>,
 }
 
 impl FileParser<'_> {
-    fn error(&mut self, span: Span, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, span: Span, message: impl Into<String>) {
         self.diagnostics.push(SpanDiagnostic { span, message: message.into() });
     }
 
@@ -375,7 +379,7 @@ impl FileParser<'_> {
 
     /// Collects a mapping's fields by name, reporting unknown ones. `extra` are names
     /// accepted beyond `known` (task types).
-    fn fields<'a>(
+    pub(crate) fn fields<'a>(
         &mut self,
         entries: &'a [(Node, Node)],
         known: &[&str],
@@ -523,6 +527,8 @@ impl FileParser<'_> {
                 "for_each_limit" => out.for_each_limit = self.number(value, "for_each_limit", 1),
                 "alerts" => out.alerts = self.alerts(value, false),
                 "deadline" => out.deadline = self.deadline(value),
+                "executor" => out.executor = self.executor(value),
+                "kubernetes" => out.kubernetes = self.pod_settings(value),
                 kind if in_defaults => {
                     self.error(key.span, format!("task type `{kind}` cannot be a default; set it on each task"));
                 }
@@ -583,6 +589,11 @@ impl FileParser<'_> {
             for_each_limit: own.for_each_limit.or(defaults.for_each_limit).unwrap_or(mapping::DEFAULT_LIMIT),
             alerts: own.alerts.or_else(|| defaults.alerts.clone()).unwrap_or_default(),
             deadline: own.deadline.or(defaults.deadline),
+            executor: own.executor.or(defaults.executor),
+            kubernetes: match (own.kubernetes, &defaults.kubernetes) {
+                (Some(own), Some(base)) => Some(own.over(base)),
+                (own, base) => own.or_else(|| base.clone()),
+            },
         };
         let nodes = TaskNodes {
             name: task_id.to_string(),
@@ -1617,7 +1628,7 @@ impl FileParser<'_> {
         }
     }
 
-    fn string<'a>(&mut self, node: &'a Node, field: &str) -> Option<&'a str> {
+    pub(crate) fn string<'a>(&mut self, node: &'a Node, field: &str) -> Option<&'a str> {
         match &node.value {
             Value::String(text) => Some(text),
             _ => {
@@ -1627,7 +1638,7 @@ impl FileParser<'_> {
         }
     }
 
-    fn non_empty(&mut self, node: &Node, field: &str) -> Option<String> {
+    pub(crate) fn non_empty(&mut self, node: &Node, field: &str) -> Option<String> {
         let text = self.string(node, field)?;
         if text.trim().is_empty() {
             self.error(node.span, format!("`{field}`: must not be empty"));
@@ -1637,7 +1648,7 @@ impl FileParser<'_> {
     }
 
     /// Free text: any scalar, as written.
-    fn text(&mut self, node: &Node, field: &str) -> Option<String> {
+    pub(crate) fn text(&mut self, node: &Node, field: &str) -> Option<String> {
         match node.scalar_text() {
             Some(text) => Some(text),
             None => {
@@ -1692,7 +1703,7 @@ impl FileParser<'_> {
         env
     }
 
-    fn boolean(&mut self, node: &Node, field: &str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, node: &Node, field: &str) -> Option<bool> {
         match &node.value {
             Value::Bool(value) => Some(*value),
             Value::String(text) => {
@@ -1706,7 +1717,7 @@ impl FileParser<'_> {
         }
     }
 
-    fn integer(&mut self, node: &Node, field: &str) -> Option<i32> {
+    pub(crate) fn integer(&mut self, node: &Node, field: &str) -> Option<i32> {
         match &node.value {
             Value::Int(value) => match i32::try_from(*value) {
                 Ok(value) => Some(value),

@@ -326,6 +326,60 @@ fn argv(task: &Task, prepared: &Prepared) -> Result<(PathBuf, Vec<String>), Stri
     Ok((program, args))
 }
 
+/// What a pod runs for an attempt of a `shell` or `python` task: the program and
+/// its arguments (paths as the DAG file writes them, relative to the container's
+/// working folder) and the environment, every template rendered.
+pub fn container_command(
+    spec: &AttemptSpec,
+    templates: &Environment<'static>,
+) -> Result<(Vec<String>, std::collections::BTreeMap<String, String>), String> {
+    let task = spec
+        .dag
+        .task(&spec.task_id)
+        .ok_or_else(|| format!("task `{}` is not in DAG `{}`", spec.task_id, spec.dag.dag_id()))?;
+    let prepared = prepare(spec, task, templates)?;
+    let argv = match &task.kind {
+        TaskKind::Shell { .. } => vec!["/bin/sh".to_string(), "-c".to_string(), prepared.command.clone()],
+        TaskKind::Python(python) => {
+            let program = match (&python.venv, &python.interpreter) {
+                (Some(venv), _) => format!("{}/bin/python", venv.trim_end_matches('/')),
+                (None, Some(interpreter)) => interpreter.clone(),
+                (None, None) => "python3".to_string(),
+            };
+            let mut argv = vec![program];
+            match (&python.script, &python.code) {
+                (Some(script), _) => argv.push(script.clone()),
+                (None, Some(code)) => argv.extend(["-c".to_string(), code.clone()]),
+                (None, None) => {}
+            }
+            argv.extend(
+                prepared
+                    .rendered
+                    .iter()
+                    .filter(|(field, _)| field.starts_with("python.args."))
+                    .map(|(_, arg)| arg.clone()),
+            );
+            argv
+        }
+        _ => return Err(format!("a `{}` task does not run in a pod", kind_name(&task.kind))),
+    };
+    Ok((argv, prepared.env.into_iter().collect()))
+}
+
+fn kind_name(kind: &TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Shell { .. } => "shell",
+        TaskKind::Http(_) => "http",
+        TaskKind::Python(_) => "python",
+        TaskKind::Sql(_) => "sql",
+        TaskKind::Spark(_) => "spark",
+        TaskKind::Load(_) => "load",
+        TaskKind::Copy(_) => "copy",
+        TaskKind::Sync(_) => "sync",
+        TaskKind::Sensor(_) => "sensor",
+    }
+}
+
 /// `spark-submit` with the task's options, the application, then its arguments.
 fn spark_argv(
     spark: &updraft_core::dag::SparkTask,

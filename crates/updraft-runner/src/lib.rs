@@ -21,7 +21,8 @@ pub mod sql;
 pub mod template;
 
 pub use attempt::{
-    AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, DEFAULT_OUTPUT_LIMIT, Ending, Quiet, execute,
+    AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, DEFAULT_OUTPUT_LIMIT, Ending, Quiet, container_command,
+    execute,
 };
 pub use recovery::{Recovered, Recovery, heartbeat_loop};
 pub use remote::ApiSource;

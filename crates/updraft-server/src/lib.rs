@@ -174,7 +174,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Serves only `GET /metrics` on `listener`: a scheduler's or worker's own
 /// endpoint (on a port of its own, like the health of a process without the API).
 pub async fn serve_metrics(listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let router = Router::new().route("/metrics", get(|| async { health::prometheus_text() }));
+    // `/health` answers while the process serves: a probe for schedulers and
+    // workers (their work state is the store's, shown by the API server's `/health`).
+    let router = Router::new()
+        .route("/metrics", get(|| async { health::prometheus_text() }))
+        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "healthy"})) }));
     axum::serve(listener, router).await
 }
 

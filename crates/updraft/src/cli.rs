@@ -185,6 +185,24 @@ pub enum TasksCommand {
         #[arg(long = "param", value_name = "KEY=VALUE")]
         params: Vec<String>,
     },
+    /// Print a task's fields with every template rendered, or (`--pod`) the pod its
+    /// attempt would be on Kubernetes.
+    Render {
+        /// The DAG id (its `dag:` field).
+        dag_id: String,
+        /// The task id.
+        task_id: String,
+        #[arg(long)]
+        date: Option<String>,
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// The pod spec (YAML; `-o json` for JSON), with the task's `kubernetes:`
+        /// settings and `[kubernetes]` of updraft.toml.
+        #[arg(long)]
+        pod: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Each task instance of a run: task id, state, try number, start, end.
     StatesForDagRun {
         /// The DAG id (its `dag:` field).

@@ -71,6 +71,8 @@ pub struct Config {
     /// `[digest]`, when it names a notifier.
     pub digest: Option<updraft_ops::DigestConfig>,
     pub maintenance: updraft_ops::MaintenanceConfig,
+    /// `[kubernetes]`: namespace, default image, node pools.
+    pub kubernetes: updraft_kube::KubeConfig,
 }
 
 impl Config {
@@ -109,6 +111,29 @@ struct FileConfig {
     parsed_notifiers: Option<BTreeMap<String, updraft_ops::NotifierConfig>>,
     digest: Option<DigestSection>,
     maintenance: Option<MaintenanceSection>,
+    kubernetes: Option<KubernetesSection>,
+}
+
+/// The Kubernetes executor's cluster side.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubernetesSection {
+    namespace: Option<String>,
+    /// For tasks that name no image.
+    image: Option<String>,
+    service_account: Option<String>,
+    kill_grace: Option<DurationSetting>,
+    node_pools: Option<BTreeMap<String, NodePoolSection>>,
+}
+
+/// What a node pool name in a DAG file stands for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodePoolSection {
+    #[serde(default)]
+    node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    tolerations: Vec<updraft_core::kubernetes::Toleration>,
 }
 
 /// One message a window listing what was not scheduled normally.
@@ -424,7 +449,28 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
             let shown = if host == "0.0.0.0" || host == "::" { "localhost" } else { host.as_str() };
             format!("http://{shown}:{port}")
         });
+    let kube_default = updraft_kube::KubeConfig::default();
+    let kubernetes = updraft_kube::KubeConfig {
+        namespace: pick!(kubernetes.namespace).map_or(kube_default.namespace, |(namespace, _)| namespace),
+        image: pick!(kubernetes.image).map_or(kube_default.image, |(image, _)| image),
+        service_account: pick!(kubernetes.service_account).map(|(account, _)| account).filter(|a| !a.is_empty()),
+        kill_grace: pick!(kubernetes.kill_grace).map_or(kube_default.kill_grace, |(grace, _)| grace.0),
+        node_pools: pick!(kubernetes.node_pools)
+            .map(|(pools, _)| {
+                pools
+                    .into_iter()
+                    .map(|(name, pool)| {
+                        (
+                            name,
+                            updraft_kube::NodePool { node_selector: pool.node_selector, tolerations: pool.tolerations },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
     Ok(Config {
+        kubernetes,
         base_url,
         notifiers,
         digest,
@@ -728,6 +774,7 @@ fn env_layer(section: &str, key: &str, name: &str, value: &str) -> Result<Layer>
         | ("oidc", "issuer" | "client_id" | "client_secret" | "redirect_url" | "name")
         | ("webserver", "host" | "auth" | "base_url")
         | ("digest", "notifier")
+        | ("kubernetes", "namespace" | "image" | "service_account")
         | ("logging", "level") => toml::Value::String(value.to_string()),
         _ => parsed,
     };

@@ -21,6 +21,9 @@ use crate::output;
 pub async fn run(ctx: &Ctx, command: TasksCommand) -> Result<ExitCode> {
     match command {
         TasksCommand::Test { dag_id, task_id, date, params } => test(ctx, &dag_id, &task_id, date, &params).await,
+        TasksCommand::Render { dag_id, task_id, date, params, pod, output } => {
+            render(ctx, &dag_id, &task_id, date, &params, pod, output).await
+        }
         TasksCommand::StatesForDagRun { dag_id, run_id, output } => states(ctx, &dag_id, &run_id, output).await,
         TasksCommand::Explain { dag_id, run_id, task_id, map_index } => {
             explain(ctx, &dag_id, &run_id, &task_id, map_index).await
@@ -46,7 +49,15 @@ fn print_line(task_id: &str, text: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{task_id} | {text}");
 }
 
-async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, params: &[String]) -> Result<ExitCode> {
+/// A first try of `task_id` in a test run on `date`, as `tasks test` and `tasks
+/// render` see it: secrets read, templates not yet rendered.
+async fn attempt_spec(
+    ctx: &Ctx,
+    dag_id: &str,
+    task_id: &str,
+    date: Option<String>,
+    params: &[String],
+) -> Result<AttemptSpec> {
     let conf = parse_params(params)?;
     let folder = ctx.load_folder()?;
     let (loaded, _) = ctx.find_dag(&folder, dag_id)?;
@@ -68,7 +79,7 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
         .await
         .map_err(|why| user_error(why, None))?;
     let logical_date = logical_date(ctx, &dag, date.as_deref())?;
-    let spec = AttemptSpec {
+    Ok(AttemptSpec {
         dag: dag.clone(),
         task_id: task_id.to_string(),
         run: RunContext {
@@ -88,7 +99,11 @@ async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, para
         kill_grace: ctx.config.kill_grace,
         secrets: std::sync::Arc::new(secrets),
         output_limit: ctx.config.output_limit,
-    };
+    })
+}
+
+async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, params: &[String]) -> Result<ExitCode> {
+    let spec = attempt_spec(ctx, dag_id, task_id, date, params).await?;
     let (cancel, cancelled) = watch::channel(false);
     let (spawned, _) = oneshot::channel();
     let templates = updraft_runner::template::environment();
@@ -171,4 +186,83 @@ async fn explain(ctx: &Ctx, dag_id: &str, run_id: &str, task_id: &str, map_index
         let _ = writeln!(out, "  {line}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tasks render`: the task's templated fields rendered, or its pod.
+async fn render(
+    ctx: &Ctx,
+    dag_id: &str,
+    task_id: &str,
+    date: Option<String>,
+    params: &[String],
+    pod: bool,
+    output: Output,
+) -> Result<ExitCode> {
+    let spec = attempt_spec(ctx, dag_id, task_id, date, params).await?;
+    let templates = updraft_runner::template::environment();
+    let task = spec.dag.task(task_id).expect("found by attempt_spec");
+    if !pod {
+        let mut fields = serde_json::Map::new();
+        for (field, value) in updraft_runner::template::render_fields(
+            &templates,
+            &spec.dag,
+            task,
+            &spec.run,
+            spec.try_number,
+            &spec.secrets,
+        ) {
+            let value = value.map_err(|error| user_error(format!("cannot render `{field}`: {error}"), None))?;
+            fields.insert(field, json!(value));
+        }
+        match output {
+            Output::Json => output::json(&serde_json::Value::Object(fields)),
+            Output::Table => {
+                for (field, value) in &fields {
+                    crate::outln!("# {field}\n{}", value.as_str().unwrap_or_default());
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (command, env) = updraft_runner::container_command(&spec, &templates)
+        .map_err(|why| user_error(format!("task `{task_id}`: {why}"), None))?;
+    let settings = task.kubernetes.clone().unwrap_or_default();
+    let template = match &settings.pod_template {
+        Some(path) => Some(read_pod_template(ctx, &spec.dag, path)?),
+        None => None,
+    };
+    let attempt = updraft_kube::Attempt {
+        dag_id,
+        run_id: &spec.run.run_id,
+        task_id,
+        map_index: -1,
+        try_number: spec.try_number,
+        command,
+        env,
+        settings: &settings,
+        timeout: task.timeout.map(|timeout| timeout.to_std()),
+        template,
+    };
+    let pod = updraft_kube::pod(&attempt, &ctx.config.kubernetes).map_err(|error| {
+        user_error(format!("task `{task_id}`: {error}"), Some("see `[kubernetes]` in updraft.toml"))
+    })?;
+    match output {
+        Output::Json => output::json(&pod),
+        Output::Table => crate::outln!("{}", updraft_kube::yaml::to_yaml(&pod).trim_end()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A `pod_template` file (relative to the DAG file's folder) as JSON.
+fn read_pod_template(ctx: &Ctx, dag: &updraft_core::Dag, path: &str) -> Result<serde_json::Value> {
+    let folder =
+        std::path::Path::new(&dag.spec().fileloc).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let file = ctx.config.dags_folder.join(folder).join(path);
+    let text = std::fs::read_to_string(&file)
+        .map_err(|error| user_error(format!("cannot read pod template `{}`: {error}", file.display()), None))?;
+    let tree = updraft_dagfile::yaml::parse(&text).map_err(|error| {
+        let (line, column) = updraft_dagfile::yaml::LineIndex::new(&text).line_col(error.span.start);
+        user_error(format!("{}:{line}:{column}: {}", file.display(), error.message), None)
+    })?;
+    Ok(tree.to_json())
 }

@@ -7,6 +7,7 @@ mod clean;
 mod config;
 mod dags;
 mod deploy;
+mod kube;
 mod mapped;
 mod metrics;
 mod outputs;
