@@ -194,17 +194,29 @@ impl FileParser<'_> {
         Some(node.to_json())
     }
 
-    fn tolerations(&mut self, node: &Node) -> Vec<Toleration> {
+    /// The entries of each mapping in a list (`tolerations`, `volumes`, ...);
+    /// what is not a list, or an item that is not a mapping, is reported.
+    fn list_of_maps<'n>(&mut self, node: &'n Node, field: &str, example: &str) -> Vec<(&'n Node, &'n [(Node, Node)])> {
         let Value::Seq(items) = &node.value else {
-            self.error(node.span, format!("`kubernetes.tolerations`: expected a list, found {}", node.kind()));
+            self.error(node.span, format!("`{field}`: expected a list, found {}", node.kind()));
             return Vec::new();
         };
         let mut out = Vec::new();
         for item in items {
-            let Value::Map(entries) = &item.value else {
-                self.error(item.span, format!("`kubernetes.tolerations`: expected a mapping like `{{key: dedicated, value: gpu, effect: NoSchedule}}`, found {}", item.kind()));
-                continue;
-            };
+            match &item.value {
+                Value::Map(entries) => out.push((item, entries.as_slice())),
+                _ => self
+                    .error(item.span, format!("`{field}`: expected a mapping like `{example}`, found {}", item.kind())),
+            }
+        }
+        out
+    }
+
+    fn tolerations(&mut self, node: &Node) -> Vec<Toleration> {
+        let mut out = Vec::new();
+        for (item, entries) in
+            self.list_of_maps(node, "kubernetes.tolerations", "{key: dedicated, value: gpu, effect: NoSchedule}")
+        {
             let fields = self.fields(entries, TOLERATION_FIELDS, &[]);
             let mut toleration = Toleration::default();
             for (name, (_, value)) in fields {
@@ -239,16 +251,10 @@ impl FileParser<'_> {
     }
 
     fn volumes(&mut self, node: &Node) -> Vec<serde_json::Value> {
-        let Value::Seq(items) = &node.value else {
-            self.error(node.span, format!("`kubernetes.volumes`: expected a list, found {}", node.kind()));
-            return Vec::new();
-        };
         let mut out = Vec::new();
-        for item in items {
-            let Value::Map(entries) = &item.value else {
-                self.error(item.span, format!("`kubernetes.volumes`: expected a mapping like `{{name: data, persistentVolumeClaim: {{claimName: data}}}}`, found {}", item.kind()));
-                continue;
-            };
+        for (item, entries) in
+            self.list_of_maps(node, "kubernetes.volumes", "{name: data, persistentVolumeClaim: {claimName: data}}")
+        {
             match entries.iter().find(|(key, _)| key.as_str() == Some("name")) {
                 Some((_, name)) => {
                     if self.k8s_name(name, "kubernetes.volumes.name").is_some() {
@@ -262,16 +268,8 @@ impl FileParser<'_> {
     }
 
     fn volume_mounts(&mut self, node: &Node) -> Vec<VolumeMount> {
-        let Value::Seq(items) = &node.value else {
-            self.error(node.span, format!("`kubernetes.volume_mounts`: expected a list, found {}", node.kind()));
-            return Vec::new();
-        };
         let mut out = Vec::new();
-        for item in items {
-            let Value::Map(entries) = &item.value else {
-                self.error(item.span, format!("`kubernetes.volume_mounts`: expected a mapping like `{{name: data, mount_path: /data}}`, found {}", item.kind()));
-                continue;
-            };
+        for (item, entries) in self.list_of_maps(node, "kubernetes.volume_mounts", "{name: data, mount_path: /data}") {
             let fields = self.fields(entries, MOUNT_FIELDS, &[]);
             let mut mount = VolumeMount::default();
             for (name, (_, value)) in &fields {

@@ -35,17 +35,12 @@ impl Default for MaintenanceConfig {
     }
 }
 
-/// What a clean-up removed, with the log folders.
+/// What a clean-up removed, with the log folders, and how long it took.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cleaned {
     pub cutoff: Option<Timestamp>,
-    pub runs: u64,
-    pub task_instances: u64,
-    pub attempts: u64,
-    pub transitions: u64,
-    pub log_pieces: u64,
-    pub audit_rows: u64,
-    pub alerts: u64,
+    #[serde(flatten)]
+    pub removed: CleanReport,
     pub log_folders: u64,
     pub batches: u64,
     pub seconds: f64,
@@ -82,19 +77,8 @@ pub async fn clean(
             }
         }
     }
-    Ok(Cleaned {
-        cutoff: Some(cutoff),
-        runs: total.runs,
-        task_instances: total.task_instances,
-        attempts: total.attempts,
-        transitions: total.transitions,
-        log_pieces: total.log_pieces,
-        audit_rows: total.audit_rows,
-        alerts: total.alerts,
-        log_folders,
-        batches,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    total.removed_runs.clear();
+    Ok(Cleaned { cutoff: Some(cutoff), removed: total, log_folders, batches, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// The built-in schedule.
@@ -132,10 +116,10 @@ impl Maintenance {
         let report = OpsValue { value: taken.value, detail: Some(serde_json::to_string(&cleaned).expect("JSON")) };
         self.store.set_ops_value(LAST_CLEAN, Some(taken.value), &report).await?;
         tracing::info!(
-            runs = cleaned.runs,
-            task_instances = cleaned.task_instances,
-            audit_rows = cleaned.audit_rows,
-            alerts = cleaned.alerts,
+            runs = cleaned.removed.runs,
+            task_instances = cleaned.removed.task_instances,
+            audit_rows = cleaned.removed.audit_rows,
+            alerts = cleaned.removed.alerts,
             log_folders = cleaned.log_folders,
             seconds = cleaned.seconds,
             "metadata clean-up done"

@@ -485,17 +485,17 @@ async fn the_scheduled_clean_up_runs_once_a_day_in_one_process(store: Store) {
     let second = updraft_ops::maintenance::Maintenance::new(store.clone(), config, dir.path().to_path_buf());
     // Within the retention: nothing goes, but the turn is taken for the day.
     let cleaned = first.tick(ts(NOW) + SignedDuration::from_hours(24)).await.unwrap().expect("due at first start");
-    assert_eq!(cleaned.runs, 0);
+    assert_eq!(cleaned.removed.runs, 0);
     assert!(second.tick(ts(NOW) + SignedDuration::from_hours(25)).await.unwrap().is_none(), "one a day");
     // 31 days on, the run is old enough; of two processes, one cleans.
     let later = ts(NOW) + SignedDuration::from_hours(31 * 24);
     let (a, b) = tokio::join!(first.tick(later), second.tick(later));
     let done: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
     assert_eq!(done.len(), 1);
-    assert_eq!((done[0].runs, done[0].task_instances, done[0].attempts), (1, 1, 1));
+    assert_eq!((done[0].removed.runs, done[0].removed.task_instances, done[0].removed.attempts), (1, 1, 1));
     assert!(store.get_run_by_pk(old).await.unwrap().is_none());
     let (at, report) = updraft_ops::maintenance::last_report(&store).await.unwrap().expect("a report");
-    assert_eq!((at, report.runs), (later, 1));
+    assert_eq!((at, report.removed.runs), (later, 1));
 }
 
 mod sqlite {

@@ -361,23 +361,9 @@ pub fn container_command(
             );
             argv
         }
-        _ => return Err(format!("a `{}` task does not run in a pod", kind_name(&task.kind))),
+        _ => return Err(format!("a `{}` task does not run in a pod", task.kind.type_name())),
     };
     Ok((argv, prepared.env.into_iter().collect()))
-}
-
-fn kind_name(kind: &TaskKind) -> &'static str {
-    match kind {
-        TaskKind::Shell { .. } => "shell",
-        TaskKind::Http(_) => "http",
-        TaskKind::Python(_) => "python",
-        TaskKind::Sql(_) => "sql",
-        TaskKind::Spark(_) => "spark",
-        TaskKind::Load(_) => "load",
-        TaskKind::Copy(_) => "copy",
-        TaskKind::Sync(_) => "sync",
-        TaskKind::Sensor(_) => "sensor",
-    }
 }
 
 /// `spark-submit` with the task's options, the application, then its arguments.

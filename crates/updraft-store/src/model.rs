@@ -520,7 +520,7 @@ pub struct Heartbeat {
 }
 
 /// What a clean-up removed (or would remove).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CleanReport {
     pub runs: u64,
     pub task_instances: u64,

@@ -51,13 +51,13 @@ async fn db_clean(ctx: &Ctx, older_than: updraft_core::Duration, dry_run: bool, 
     let when = updraft_core::timetable::format_in_zone(cutoff, &jiff::tz::TimeZone::UTC);
     crate::outln!(
         "{verb} {} run(s), {} task instance(s), {} attempt(s), {} state change(s), {} log piece(s), {} audit row(s), {} alert(s){} (older than {when})",
-        total.runs,
-        total.task_instances,
-        total.attempts,
-        total.transitions,
-        total.log_pieces,
-        total.audit_rows,
-        total.alerts,
+        total.removed.runs,
+        total.removed.task_instances,
+        total.removed.attempts,
+        total.removed.transitions,
+        total.removed.log_pieces,
+        total.removed.audit_rows,
+        total.removed.alerts,
         if dry_run { String::new() } else { format!(", {} log folder(s)", total.log_folders) },
     );
     // What the built-in schedule did last, for whoever checks before cleaning by hand.
@@ -65,10 +65,10 @@ async fn db_clean(ctx: &Ctx, older_than: updraft_core::Duration, dry_run: bool, 
         let at = updraft_core::timetable::format_in_zone(at, &jiff::tz::TimeZone::UTC);
         crate::outln!(
             "the scheduled clean-up last ran at {at}: removed {} run(s), {} task instance(s), {} audit row(s), {} alert(s) in {:.1} s",
-            last.runs,
-            last.task_instances,
-            last.audit_rows,
-            last.alerts,
+            last.removed.runs,
+            last.removed.task_instances,
+            last.removed.audit_rows,
+            last.removed.alerts,
             last.seconds
         );
     }
