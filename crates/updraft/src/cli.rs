@@ -172,30 +172,31 @@ pub enum DagsCommand {
     },
 }
 
+/// One task of a DAG, as a test run on a date would see it.
+#[derive(Debug, clap::Args)]
+pub struct TaskOnDate {
+    /// The DAG id (its `dag:` field).
+    pub dag_id: String,
+    /// The task id.
+    pub task_id: String,
+    #[arg(long)]
+    pub date: Option<String>,
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TasksCommand {
     /// Run one task now, ignoring its dependencies; nothing is recorded.
     Test {
-        /// The DAG id (its `dag:` field).
-        dag_id: String,
-        /// The task id.
-        task_id: String,
-        #[arg(long)]
-        date: Option<String>,
-        #[arg(long = "param", value_name = "KEY=VALUE")]
-        params: Vec<String>,
+        #[command(flatten)]
+        task: TaskOnDate,
     },
     /// Print a task's fields with every template rendered, or (`--pod`) the pod its
     /// attempt would be on Kubernetes.
     Render {
-        /// The DAG id (its `dag:` field).
-        dag_id: String,
-        /// The task id.
-        task_id: String,
-        #[arg(long)]
-        date: Option<String>,
-        #[arg(long = "param", value_name = "KEY=VALUE")]
-        params: Vec<String>,
+        #[command(flatten)]
+        task: TaskOnDate,
         /// The pod spec (YAML; `-o json` for JSON), with the task's `kubernetes:`
         /// settings and `[kubernetes]` of updraft.toml.
         #[arg(long)]

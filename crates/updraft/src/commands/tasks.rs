@@ -13,17 +13,15 @@ use updraft_runner::{AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, 
 use updraft_store::DefinitionCache;
 
 use super::dags::{dag_zone, logical_date, parse_params};
-use crate::cli::{Output, TasksCommand};
+use crate::cli::{Output, TaskOnDate, TasksCommand};
 use crate::context::Ctx;
 use crate::error::user_error;
 use crate::output;
 
 pub async fn run(ctx: &Ctx, command: TasksCommand) -> Result<ExitCode> {
     match command {
-        TasksCommand::Test { dag_id, task_id, date, params } => test(ctx, &dag_id, &task_id, date, &params).await,
-        TasksCommand::Render { dag_id, task_id, date, params, pod, output } => {
-            render(ctx, &dag_id, &task_id, date, &params, pod, output).await
-        }
+        TasksCommand::Test { task } => test(ctx, &task).await,
+        TasksCommand::Render { task, pod, output } => render(ctx, &task, pod, output).await,
         TasksCommand::StatesForDagRun { dag_id, run_id, output } => states(ctx, &dag_id, &run_id, output).await,
         TasksCommand::Explain { dag_id, run_id, task_id, map_index } => {
             explain(ctx, &dag_id, &run_id, &task_id, map_index).await
@@ -51,13 +49,9 @@ fn print_line(task_id: &str, text: &str) {
 
 /// A first try of `task_id` in a test run on `date`, as `tasks test` and `tasks
 /// render` see it: secrets read, templates not yet rendered.
-async fn attempt_spec(
-    ctx: &Ctx,
-    dag_id: &str,
-    task_id: &str,
-    date: Option<String>,
-    params: &[String],
-) -> Result<AttemptSpec> {
+async fn attempt_spec(ctx: &Ctx, task: &TaskOnDate) -> Result<AttemptSpec> {
+    let TaskOnDate { dag_id, task_id, date, params } = task;
+    let (dag_id, task_id) = (dag_id.as_str(), task_id.as_str());
     let conf = parse_params(params)?;
     let folder = ctx.load_folder()?;
     let (loaded, _) = ctx.find_dag(&folder, dag_id)?;
@@ -102,8 +96,9 @@ async fn attempt_spec(
     })
 }
 
-async fn test(ctx: &Ctx, dag_id: &str, task_id: &str, date: Option<String>, params: &[String]) -> Result<ExitCode> {
-    let spec = attempt_spec(ctx, dag_id, task_id, date, params).await?;
+async fn test(ctx: &Ctx, task: &TaskOnDate) -> Result<ExitCode> {
+    let spec = attempt_spec(ctx, task).await?;
+    let task_id = task.task_id.as_str();
     let (cancel, cancelled) = watch::channel(false);
     let (spawned, _) = oneshot::channel();
     let templates = updraft_runner::template::environment();
@@ -189,16 +184,9 @@ async fn explain(ctx: &Ctx, dag_id: &str, run_id: &str, task_id: &str, map_index
 }
 
 /// `tasks render`: the task's templated fields rendered, or its pod.
-async fn render(
-    ctx: &Ctx,
-    dag_id: &str,
-    task_id: &str,
-    date: Option<String>,
-    params: &[String],
-    pod: bool,
-    output: Output,
-) -> Result<ExitCode> {
-    let spec = attempt_spec(ctx, dag_id, task_id, date, params).await?;
+async fn render(ctx: &Ctx, on_date: &TaskOnDate, pod: bool, output: Output) -> Result<ExitCode> {
+    let spec = attempt_spec(ctx, on_date).await?;
+    let (dag_id, task_id) = (on_date.dag_id.as_str(), on_date.task_id.as_str());
     let templates = updraft_runner::template::environment();
     let task = spec.dag.task(task_id).expect("found by attempt_spec");
     if !pod {
