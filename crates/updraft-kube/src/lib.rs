@@ -7,6 +7,7 @@
 //! fencing token — so a restarted executor finds the pods of its attempts.
 //! [`yaml`] prints it for people (`updraft tasks render --pod`).
 
+pub mod executor;
 pub mod status;
 pub mod yaml;
 
