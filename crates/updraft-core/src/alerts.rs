@@ -25,15 +25,6 @@ impl AlertEvent {
     pub const ALL: [AlertEvent; 4] =
         [AlertEvent::Failure, AlertEvent::Retry, AlertEvent::Success, AlertEvent::DeadlineMiss];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertEvent::Failure => "failure",
-            AlertEvent::Retry => "retry",
-            AlertEvent::Success => "success",
-            AlertEvent::DeadlineMiss => "deadline_miss",
-        }
-    }
-
     /// The DAG file's key: `on_failure`, ...
     pub fn field(self) -> &'static str {
         match self {

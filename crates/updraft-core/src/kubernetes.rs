@@ -21,15 +21,6 @@ pub enum Executor {
     Kubernetes,
 }
 
-impl Executor {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Executor::Local => "local",
-            Executor::Kubernetes => "kubernetes",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PodSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,41 +134,57 @@ pub struct VolumeMount {
     pub sub_path: Option<String>,
 }
 
-/// Checks a Kubernetes quantity (`500m`, `4Gi`, `1.5`, `2e3`), as the API server
-/// parses it: a decimal number, then one suffix — binary (`Ki` ... `Ei`), decimal
-/// (`n`, `u`, `m`, `k`, `M`, `G`, `T`, `P`, `E`) or an exponent (`e3`, `E-2`).
-pub fn check_quantity(text: &str) -> Result<(), String> {
+/// A Kubernetes quantity's value (`500m` is 0.5, `4Gi` is 4 × 2³⁰), checked as
+/// the API server parses it: a decimal number, then one suffix — binary (`Ki` ...
+/// `Ei`), decimal (`n`, `u`, `m`, `k`, `M`, `G`, `T`, `P`, `E`) or an exponent
+/// (`e3`, `E-2`).
+pub fn quantity(text: &str) -> Result<f64, String> {
     let digits_end = text
         .char_indices()
         .find(|(i, c)| !(c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '+' || *c == '-'))))
         .map_or(text.len(), |(i, _)| i);
     let (number, suffix) = text.split_at(digits_end);
     let unsigned = number.trim_start_matches(['+', '-']);
-    let valid_number =
-        !unsigned.is_empty() && unsigned.matches('.').count() <= 1 && unsigned.chars().any(|c| c.is_ascii_digit());
-    if !valid_number {
-        return Err("expected a number with an optional unit, like `500m`, `2`, `4Gi` or `1.5G`".to_string());
-    }
+    let value = match unsigned.parse::<f64>() {
+        Ok(value) if unsigned.chars().any(|c| c.is_ascii_digit()) => value,
+        _ => return Err("expected a number with an optional unit, like `500m`, `2`, `4Gi` or `1.5G`".to_string()),
+    };
     if number.starts_with('-') {
         return Err("must not be negative".to_string());
     }
-    const SUFFIXES: &[&str] = &["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E"];
-    if SUFFIXES.contains(&suffix) {
-        return Ok(());
-    }
-    if let Some(exponent) = suffix.strip_prefix(['e', 'E'])
-        && exponent.trim_start_matches(['+', '-']).chars().all(|c| c.is_ascii_digit())
-        && !exponent.trim_start_matches(['+', '-']).is_empty()
-    {
-        return Ok(());
-    }
-    let hint = match suffix {
-        "K" => " (kilo is `k`; kibi is `Ki`)",
-        "gb" | "GB" | "Gb" => " (use `G` or `Gi`)",
-        "mb" | "MB" | "Mb" => " (use `M` or `Mi`)",
-        _ => "",
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        other => match other.strip_prefix(['e', 'E']).and_then(|exponent| exponent.parse::<i32>().ok()) {
+            Some(exponent) => 10f64.powi(exponent),
+            None => {
+                let hint = match other {
+                    "K" => " (kilo is `k`; kibi is `Ki`)",
+                    "gb" | "GB" | "Gb" => " (use `G` or `Gi`)",
+                    "mb" | "MB" | "Mb" => " (use `M` or `Mi`)",
+                    _ => "",
+                };
+                return Err(format!(
+                    "unknown unit `{other}`: use Ki, Mi, Gi, Ti, Pi, Ei, or m, k, M, G, T, P, E{hint}"
+                ));
+            }
+        },
     };
-    Err(format!("unknown unit `{suffix}`: use Ki, Mi, Gi, Ti, Pi, Ei, or m, k, M, G, T, P, E{hint}"))
+    Ok(value * scale)
 }
 
 /// Checks a DNS-1123 label or subdomain (names of secrets, service accounts,
@@ -202,15 +209,19 @@ mod tests {
     #[test]
     fn quantities_as_the_api_server_reads_them() {
         for good in ["500m", "2", "0.5", "4Gi", "1.5G", "128974848", "129e6", "123Mi", "1E3", "100k", "+1"] {
-            assert_eq!(check_quantity(good), Ok(()), "{good}");
+            assert!(quantity(good).is_ok(), "{good}");
         }
-        assert!(check_quantity("4GG").unwrap_err().starts_with("unknown unit `GG`"));
-        assert!(check_quantity("4GB").unwrap_err().ends_with("(use `G` or `Gi`)"));
-        assert!(check_quantity("1K").unwrap_err().contains("kilo is `k`"));
-        assert!(check_quantity("").is_err());
-        assert!(check_quantity("Gi").is_err());
-        assert!(check_quantity("1.2.3").is_err());
-        assert_eq!(check_quantity("-1"), Err("must not be negative".to_string()));
+        assert_eq!(quantity("500m"), Ok(0.5));
+        assert_eq!(quantity("4Gi"), Ok(4.0 * 1024.0 * 1024.0 * 1024.0));
+        assert_eq!(quantity("129e6"), Ok(129e6));
+        assert!(quantity("4GG").unwrap_err().starts_with("unknown unit `GG`"));
+        assert!(quantity("4GB").unwrap_err().ends_with("(use `G` or `Gi`)"));
+        assert!(quantity("1K").unwrap_err().contains("kilo is `k`"));
+        assert!(quantity("").is_err());
+        assert!(quantity("Gi").is_err());
+        assert!(quantity("1.2.3").is_err());
+        assert!(quantity("1e").is_err());
+        assert_eq!(quantity("-1"), Err("must not be negative".to_string()));
     }
 
     #[test]

@@ -14,6 +14,12 @@ use crate::id::TaskId;
 /// The map index of a task instance that is not mapped (or not yet expanded).
 pub const UNMAPPED: i32 = -1;
 
+/// How people name a task instance: `load`, or `load[3]` for a mapped one (a
+/// negative index: not mapped).
+pub fn instance_label(task_id: &str, map_index: i32) -> String {
+    if map_index < 0 { task_id.to_string() } else { format!("{task_id}[{map_index}]") }
+}
+
 /// Items per mapped task unless the task says otherwise (Airflow's `max_map_length`).
 pub const DEFAULT_LIMIT: u32 = 1024;
 

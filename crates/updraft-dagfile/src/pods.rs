@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use updraft_core::kubernetes::{Executor, PodSettings, Toleration, VolumeMount, check_name, check_quantity};
+use updraft_core::kubernetes::{Executor, PodSettings, Toleration, VolumeMount, check_name, quantity};
 use updraft_core::suggest::did_you_mean;
 
 use crate::parse::FileParser;
@@ -118,8 +118,8 @@ impl FileParser<'_> {
                     );
                     continue;
                 };
-                match check_quantity(&text) {
-                    Ok(()) => {
+                match quantity(&text) {
+                    Ok(_) => {
                         out.insert(resource, text);
                     }
                     Err(problem) => self.error(amount.span, format!("`{field}.{resource}`: `{text}`: {problem}")),
@@ -133,7 +133,7 @@ impl FileParser<'_> {
         }
         for (resource, limit) in &pod.resources.limits {
             if let Some(request) = pod.resources.requests.get(resource)
-                && let (Some(request), Some(limit)) = (quantity_value(request), quantity_value(limit))
+                && let (Ok(request), Ok(limit)) = (quantity(request), quantity(limit))
                 && request > limit
             {
                 self.error(node.span, format!("`kubernetes.resources`: the {resource} request is above its limit"));
@@ -289,31 +289,4 @@ impl FileParser<'_> {
         }
         out
     }
-}
-
-/// A quantity's value, to compare a request with its limit.
-fn quantity_value(text: &str) -> Option<f64> {
-    let end = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+')).unwrap_or(text.len());
-    let (number, suffix) = text.split_at(end);
-    let number: f64 = number.parse().ok()?;
-    let scale = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        exponent => 10f64.powi(exponent.get(1..)?.parse().ok()?),
-    };
-    Some(number * scale)
 }

@@ -66,20 +66,6 @@ pub enum Failure {
     Config,
 }
 
-impl Failure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Failure::OutOfMemory => "OOMKilled",
-            Failure::ImagePull => "ImagePullBackOff",
-            Failure::Unschedulable => "Unschedulable",
-            Failure::Evicted => "Evicted",
-            Failure::NodeLost => "NodeLost",
-            Failure::DeadlineExceeded => "DeadlineExceeded",
-            Failure::Config => "CreateContainerConfigError",
-        }
-    }
-}
-
 /// What `pod` (one version of it, as the API returned it) says at `now`.
 pub fn progress(pod: &Value, now: Timestamp, graces: &Graces) -> Progress {
     let status = &pod["status"];
@@ -109,9 +95,8 @@ pub fn progress(pod: &Value, now: Timestamp, graces: &Graces) -> Progress {
     if let Some(terminated) = container.map(|c| &c["state"]["terminated"]).filter(|t| t.is_object()) {
         let code = terminated["exitCode"].as_i64().unwrap_or(-1) as i32;
         if terminated["reason"].as_str() == Some("OOMKilled") {
-            let limit = container
-                .and_then(|_| limit_of(pod, "memory"))
-                .map_or(String::new(), |limit| format!(" (its memory limit is {limit})"));
+            let limit =
+                limit_of(pod, "memory").map_or(String::new(), |limit| format!(" (its memory limit is {limit})"));
             return failed(
                 Failure::OutOfMemory,
                 format!("the container ran out of memory and was killed{limit}: OOMKilled, exit code {code}"),

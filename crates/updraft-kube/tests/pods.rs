@@ -243,3 +243,30 @@ fn pods_pass_the_kubernetes_schemas() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!ok, "{text}");
 }
+
+#[test]
+fn a_template_that_is_not_a_pod_is_refused() {
+    let settings = PodSettings::default();
+    let attempt = |template: serde_json::Value| Attempt {
+        dag_id: "d",
+        run_id: "r",
+        task_id: "t",
+        map_index: -1,
+        try_number: 1,
+        command: vec!["true".into()],
+        env: BTreeMap::new(),
+        settings: &settings,
+        timeout: None,
+        template: Some(template),
+    };
+    let error = |template| pod(&attempt(template), &config()).unwrap_err().to_string();
+    assert_eq!(
+        error(serde_json::json!(["a", "list"])),
+        "the pod template is not a pod: expected a mapping, found a list"
+    );
+    assert_eq!(
+        error(serde_json::json!({"spec": {"containers": "task"}})),
+        "the pod template is not a pod: `spec.containers` is not a list"
+    );
+    assert_eq!(error(serde_json::json!({"metadata": 3})), "the pod template is not a pod: `metadata` is not a mapping");
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use updraft_core::alerts::AlertEvent;
+use updraft_core::mapping::instance_label;
 use updraft_core::{Dag, links};
 use updraft_store::{AlertOutcome, AlertRow, AlertTransition, DefinitionCache, NewAlert, OpsValue, Store, StoreError};
 
@@ -187,7 +188,7 @@ impl Producer {
             AlertEvent::Retry => (NoticeKind::TaskRetry, "failed; will retry"),
             _ => (NoticeKind::TaskSucceeded, "succeeded"),
         };
-        let label = if event.map_index >= 0 { format!("{task_id}[{}]", event.map_index) } else { task_id.to_string() };
+        let label = instance_label(task_id, event.map_index);
         let mut notice = Notice::new(notice_kind, format!("{}.{label} {verb}", event.dag_id), event.at);
         notice.dag_id = Some(event.dag_id.clone());
         notice.run_id = Some(event.run_id.clone());
@@ -248,13 +249,17 @@ impl Producer {
 
 /// The last lines of an attempt's log: from the store (remote workers ship
 /// theirs) or the file on this machine; `None` if neither has it.
-pub async fn log_tail(store: &Store, ti_pk: i64, try_number: u32, lines: usize) -> Option<String> {
+async fn log_tail(store: &Store, ti_pk: i64, try_number: u32, lines: usize) -> Option<String> {
     const READ: u64 = 16 * 1024;
     let attempts = store.task_attempts(ti_pk).await.ok()?;
     let attempt = attempts.into_iter().find(|attempt| attempt.try_number == try_number)?;
-    let data = match attempt.log_path.as_deref().map(|path| read_end(path, READ)) {
-        Some(Some(data)) => data,
-        _ => {
+    let local = match attempt.log_path.as_deref() {
+        Some(path) => read_end(path, READ).await,
+        None => None,
+    };
+    let data = match local {
+        Some(data) => data,
+        None => {
             let data = store.read_log(ti_pk, try_number, 0).await.ok()??;
             data[data.len().saturating_sub(READ as usize)..].to_vec()
         }
@@ -265,13 +270,14 @@ pub async fn log_tail(store: &Store, ti_pk: i64, try_number: u32, lines: usize) 
     (!tail.is_empty()).then(|| crate::message::last_chars(&tail.join("\n"), 2_800))
 }
 
-fn read_end(path: &str, limit: u64) -> Option<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).ok()?;
-    let size = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(size.saturating_sub(limit))).ok()?;
+/// The last `limit` bytes of a file on this machine.
+async fn read_end(path: &str, limit: u64) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    let size = file.metadata().await.ok()?.len();
+    file.seek(std::io::SeekFrom::Start(size.saturating_sub(limit))).await.ok()?;
     let mut data = Vec::new();
-    file.read_to_end(&mut data).ok()?;
+    file.read_to_end(&mut data).await.ok()?;
     Some(data)
 }
 

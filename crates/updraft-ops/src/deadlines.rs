@@ -3,6 +3,7 @@
 //! `deadline` likewise. A miss is recorded once per run (and task), counted in the
 //! metrics, and announced to the `on_deadline_miss` notifiers.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -10,7 +11,7 @@ use updraft_core::alerts::{AlertEvent, deadline_at, missed};
 use updraft_core::{Dag, RunState, TaskState, links};
 use updraft_store::{DefinitionCache, NewAlert, RunRow, Store, StoreError, TaskInstanceRow};
 
-use crate::message::{Notice, NoticeKind};
+use crate::message::{Notice, NoticeKind, short_time};
 
 /// Finished runs are looked at this long after they end (a miss found late,
 /// say after all schedulers were down, still counts).
@@ -20,6 +21,9 @@ pub struct Deadlines {
     store: Store,
     definitions: Arc<DefinitionCache>,
     ui_url: String,
+    /// Misses this process has seen recorded, `(run_pk, task_id or "")`: not
+    /// queued and inserted again every check while their runs stay recent.
+    known: HashSet<(i64, String)>,
 }
 
 /// A deadline missed, found by one check.
@@ -34,13 +38,15 @@ pub struct Miss {
 
 impl Deadlines {
     pub fn new(store: Store, definitions: Arc<DefinitionCache>, ui_url: &str) -> Deadlines {
-        Deadlines { store, definitions, ui_url: ui_url.trim_end_matches('/').to_string() }
+        Deadlines { store, definitions, ui_url: ui_url.trim_end_matches('/').to_string(), known: HashSet::new() }
     }
 
     /// Records the misses not recorded before; returns them.
-    pub async fn check(&self, now: Timestamp) -> Result<Vec<Miss>, StoreError> {
+    pub async fn check(&mut self, now: Timestamp) -> Result<Vec<Miss>, StoreError> {
         let mut found = Vec::new();
-        for run in self.store.recent_scheduled_runs(now - LOOK_BACK).await? {
+        let runs = self.store.recent_scheduled_runs(now - LOOK_BACK).await?;
+        self.known.retain(|(run_pk, _)| runs.iter().any(|run| run.run_pk == *run_pk));
+        for run in runs {
             let dag = match self.definitions.get(self.store.as_ref(), &run.dag_id, &run.version).await {
                 Ok(dag) => dag,
                 Err(error) => {
@@ -51,8 +57,11 @@ impl Deadlines {
             if let Some(deadline) = dag.spec().deadline {
                 let due = deadline_at(run.interval.end, deadline);
                 let succeeded = (run.state == RunState::Success).then_some(run.end_date).flatten();
-                if missed(due, now, succeeded) && self.miss(&run, &dag, None, due, now).await? {
-                    found.push(Miss { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: None, due });
+                if !self.known.contains(&(run.run_pk, String::new())) && missed(due, now, succeeded) {
+                    if self.miss(&run, &dag, None, due, now).await? {
+                        found.push(Miss { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: None, due });
+                    }
+                    self.known.insert((run.run_pk, String::new()));
                 }
             }
             // A task's instances are read only once one of its deadlines has passed.
@@ -61,7 +70,7 @@ impl Deadlines {
                 .tasks
                 .iter()
                 .filter_map(|task| Some((task, deadline_at(run.interval.end, task.deadline?))))
-                .filter(|(_, due)| *due < now)
+                .filter(|(task, due)| *due < now && !self.known.contains(&(run.run_pk, task.task_id.to_string())))
                 .collect();
             if passed.is_empty() {
                 continue;
@@ -69,9 +78,10 @@ impl Deadlines {
             let instances = self.store.task_instances(run.run_pk).await?;
             for (task, due) in passed {
                 let task_id = task.task_id.as_str();
-                if missed(due, now, succeeded_at(&instances, task_id))
-                    && self.miss(&run, &dag, Some(task_id), due, now).await?
-                {
+                if !missed(due, now, succeeded_at(&instances, task_id)) {
+                    continue;
+                }
+                if self.miss(&run, &dag, Some(task_id), due, now).await? {
                     found.push(Miss {
                         dag_id: run.dag_id.clone(),
                         run_id: run.run_id.clone(),
@@ -79,6 +89,7 @@ impl Deadlines {
                         due,
                     });
                 }
+                self.known.insert((run.run_pk, task_id.to_string()));
             }
         }
         Ok(found)
@@ -161,9 +172,4 @@ fn succeeded_at(instances: &[TaskInstanceRow], task_id: &str) -> Option<Timestam
         return None;
     }
     mine.iter().filter_map(|ti| ti.end_date).max()
-}
-
-/// `2026-01-02 03:04 UTC`.
-pub fn short_time(at: Timestamp) -> String {
-    at.strftime("%Y-%m-%d %H:%M UTC").to_string()
 }

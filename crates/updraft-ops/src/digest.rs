@@ -16,8 +16,7 @@ use updraft_store::{
     StuckTask,
 };
 
-use crate::deadlines::short_time;
-use crate::message::{Notice, NoticeKind, Section};
+use crate::message::{Notice, NoticeKind, Section, short_time};
 
 /// The last window a digest was made for (its end, in microseconds).
 pub const WINDOW: &str = "digest.window";
@@ -61,10 +60,6 @@ pub struct Digest {
 impl Digest {
     pub fn new(store: Store, config: DigestConfig) -> Digest {
         Digest { store, config }
-    }
-
-    pub fn config(&self) -> &DigestConfig {
-        &self.config
     }
 
     /// Queues the digest of the window that just closed, if no process did yet.
@@ -184,11 +179,7 @@ pub fn compose(facts: &Facts, config: &DigestConfig, now: Timestamp) -> Option<N
         .iter()
         .map(|task| {
             dags.insert(&task.dag_id);
-            let label = if task.map_index >= 0 {
-                format!("{}[{}]", task.task_id, task.map_index)
-            } else {
-                task.task_id.clone()
-            };
+            let label = updraft_core::mapping::instance_label(&task.task_id, task.map_index);
             let state = task.state.as_str();
             format!("{} — {} {label} {state} for {}", task.dag_id, task.run_id, human(now.duration_since(task.since)))
         })

@@ -112,10 +112,7 @@ impl Notice {
     /// The task as people name it: `load`, or `load[3]` for a mapped instance.
     pub fn task_label(&self) -> Option<String> {
         let task = self.task_id.as_deref()?;
-        Some(match self.map_index {
-            Some(index) if index >= 0 => format!("{task}[{index}]"),
-            _ => task.to_string(),
-        })
+        Some(updraft_core::mapping::instance_label(task, self.map_index.unwrap_or(updraft_core::mapping::UNMAPPED)))
     }
 
     /// Name/value pairs every rendering shows.
@@ -225,6 +222,11 @@ impl Notice {
     fn plain_title(&self) -> String {
         self.title.replace('\n', " ")
     }
+}
+
+/// `2026-01-02 03:04 UTC`: times in messages.
+pub fn short_time(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 /// Slack's mrkdwn treats `&`, `<` and `>` as markup.

@@ -57,7 +57,8 @@ pub async fn explain(
                 format!(" (its tasks: {})", names.join(", "))
             }
         };
-        let named = map_index.map_or_else(|| task_id.to_string(), |index| format!("{task_id}[{index}]"));
+        let named =
+            updraft_core::mapping::instance_label(task_id, map_index.unwrap_or(updraft_core::mapping::UNMAPPED));
         return Err(ExplainError::TaskNotFound { run_id: run_id.to_string(), task_id: named, hint });
     };
     let label = ti.label();

@@ -315,7 +315,7 @@ impl TaskInstanceRow {
 
     /// `task_id`, or `task_id[3]` for a mapped instance: for messages and pages.
     pub fn label(&self) -> String {
-        if self.map_index < 0 { self.task_id.clone() } else { format!("{}[{}]", self.task_id, self.map_index) }
+        updraft_core::mapping::instance_label(&self.task_id, self.map_index)
     }
 }
 

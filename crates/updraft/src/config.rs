@@ -397,6 +397,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
     let duration = |value: Option<(DurationSetting, Origin)>, default: u64| {
         value.map_or(Duration::from_secs(default), |(d, _)| d.0)
     };
+    let heartbeat_timeout = duration(pick!(scheduler.heartbeat_timeout), 60);
     // Notifiers come from the file only (a name cannot be an environment key).
     let notifiers = match layers.iter().rev().find_map(|layer| layer.config.parsed_notifiers.clone()) {
         Some(notifiers) => expand_env(notifiers, env, file.as_deref().map(|path| display(path, cwd)))?,
@@ -420,7 +421,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
                 every: duration(pick!(digest.every), 600).max(Duration::from_secs(60)),
                 late_after: duration(pick!(digest.late_after), 1800),
                 stuck_after: duration(pick!(digest.stuck_after), 900),
-                heartbeat_timeout: duration(pick!(scheduler.heartbeat_timeout), 60),
+                heartbeat_timeout,
                 send_when_quiet: pick!(digest.send_when_quiet).is_some_and(|(quiet, _)| quiet),
             })
         }
@@ -510,7 +511,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         parallelism: pick!(scheduler.parallelism).map_or(32, |(value, _)| value).max(1),
         scheduler_batch: pick!(scheduler.batch).map_or(64, |(value, _)| value).max(1),
         heartbeat_interval: duration(pick!(scheduler.heartbeat_interval), 5),
-        heartbeat_timeout: duration(pick!(scheduler.heartbeat_timeout), 60),
+        heartbeat_timeout,
         runner_slots: pick!(runner.slots).map_or(32, |(value, _)| value).max(1),
         kill_grace: duration(pick!(runner.kill_grace), 5),
         output_limit: pick!(runner.output_limit).map_or(updraft_runner::DEFAULT_OUTPUT_LIMIT, |(limit, _)| limit.0),
@@ -932,6 +933,46 @@ mod tests {
         assert_eq!(
             error_of(load_in(dir.path(), None, &[("UPDRAFT_WEBSERVER__PORT", "99999")])),
             "error: environment variable `UPDRAFT_WEBSERVER__PORT`: invalid value: integer `99999`, expected u16"
+        );
+    }
+
+    #[test]
+    fn notifiers_digest_and_clean_up_settings_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let slack = "[notifiers.team]\nkind = \"slack\"\nwebhook_url = \"https://hooks.slack.com/services/${HOOK}\"\n";
+        let config = load_in(
+            dir.path(),
+            Some(&format!("{slack}\n[digest]\nnotifier = \"team\"\nevery = \"5m\"\n")),
+            &[("HOOK", "T/B/X")],
+        )
+        .unwrap();
+        assert!(
+            matches!(&config.notifiers["team"], updraft_ops::NotifierConfig::Slack(s) if s.webhook_url == "https://hooks.slack.com/services/T/B/X")
+        );
+        let digest = config.digest.unwrap();
+        assert_eq!(
+            (digest.every, digest.late_after, digest.heartbeat_timeout),
+            (Duration::from_secs(300), Duration::from_secs(1800), config.heartbeat_timeout)
+        );
+        assert!(config.maintenance.enabled, "the clean-up is on by default");
+
+        assert_eq!(
+            error_of(load_in(dir.path(), Some(&format!("{slack}\n[digest]\nnotifier = \"ops\"\n")), &[("HOOK", "x")])),
+            "error: `digest.notifier` names `ops`, which is not configured\n\nhint: configured notifiers: team"
+        );
+        assert_eq!(
+            error_of(load_in(dir.path(), Some("[maintenance]\nretention = \"6h\"\n"), &[])),
+            "error: `maintenance.retention` is 6h: the clean-up would delete runs less than a day old\n\nhint: keep at least `1d` (the default is `180d`), or set `maintenance.clean = false`"
+        );
+        let email = "[notifiers.oncall]\nkind = \"email\"\nsmtp_host = \"smtp.example.com\"\nfrom = \"updraft@example.com\"\nto = []\n";
+        assert_eq!(
+            error_of(load_in(dir.path(), Some(email), &[])),
+            "error: updraft.toml:5:1: notifier `oncall`: `to` must name at least one address"
+        );
+        let half = email.replace("to = []", "to = [\"a@example.com\"]\nusername = \"u\"");
+        assert_eq!(
+            error_of(load_in(dir.path(), Some(&half), &[])),
+            "error: updraft.toml:6:1: notifier `oncall`: `username` and `password` go together"
         );
     }
 }
