@@ -205,6 +205,8 @@ struct TaskFields<'a> {
     alerts: Option<Alerts>,
     deadline: Option<Duration>,
     executor: Option<updraft_core::kubernetes::Executor>,
+    /// Where `executor:` was written, for errors about the task's type.
+    executor_span: Option<crate::yaml::Span>,
     kubernetes: Option<updraft_core::kubernetes::PodSettings>,
     kinds: Vec<(&'a str, &'a Node, &'a Node)>,
 }
@@ -527,7 +529,10 @@ impl FileParser<'_> {
                 "for_each_limit" => out.for_each_limit = self.number(value, "for_each_limit", 1),
                 "alerts" => out.alerts = self.alerts(value, false),
                 "deadline" => out.deadline = self.deadline(value),
-                "executor" => out.executor = self.executor(value),
+                "executor" => {
+                    out.executor = self.executor(value);
+                    out.executor_span = Some(value.span);
+                }
                 "kubernetes" => out.kubernetes = self.pod_settings(value),
                 kind if in_defaults => {
                     self.error(key.span, format!("task type `{kind}` cannot be a default; set it on each task"));
@@ -563,6 +568,18 @@ impl FileParser<'_> {
         let env = own.env.clone().or_else(|| defaults.env.clone()).unwrap_or_default();
         let cwd = own.cwd.clone().or_else(|| defaults.cwd.clone());
         let kind = kind?;
+        if own.executor == Some(updraft_core::kubernetes::Executor::Kubernetes)
+            && !matches!(kind, TaskKind::Shell { .. } | TaskKind::Python(_))
+            && let Some(span) = own.executor_span
+        {
+            self.error(
+                span,
+                format!(
+                    "`executor: kubernetes` runs `shell` and `python` tasks in pods; a `{}` task runs in the runner (remove `executor`)",
+                    kind.type_name()
+                ),
+            );
+        }
         let depends_on = own.depends_on.unwrap_or_default();
         if own.for_each_written {
             self.mapped.push(task_id.clone());

@@ -31,14 +31,7 @@ impl FileParser<'_> {
     pub(crate) fn executor(&mut self, node: &Node) -> Option<Executor> {
         match self.string(node, "executor")? {
             "local" => Some(Executor::Local),
-            "kubernetes" => {
-                // Until pods are launched, a task asking for one must not quietly run here.
-                self.error(
-                    node.span,
-                    "`executor: kubernetes` is not available yet: this version does not launch pods (`updraft tasks render DAG TASK --pod` shows the pod the task would be)",
-                );
-                None
-            }
+            "kubernetes" => Some(Executor::Kubernetes),
             other => {
                 let hint = did_you_mean(other, ["local", "kubernetes"])
                     .map_or(String::new(), |suggestion| format!(", did you mean `{suggestion}`?"));

@@ -52,6 +52,11 @@ pub struct KubeConfig {
     pub node_pools: BTreeMap<String, NodePool>,
     /// How long a pod may take to stop after it is asked to.
     pub kill_grace: Duration,
+    /// How long waits that may resolve by themselves (image pulls, scheduling)
+    /// last before they fail the attempt.
+    pub graces: status::Graces,
+    /// How long a failed pod is kept for debugging before it is deleted.
+    pub keep_failed: Duration,
 }
 
 impl Default for KubeConfig {
@@ -62,6 +67,8 @@ impl Default for KubeConfig {
             service_account: None,
             node_pools: BTreeMap::new(),
             kill_grace: Duration::from_secs(30),
+            graces: status::Graces::default(),
+            keep_failed: Duration::from_secs(3600),
         }
     }
 }
@@ -102,15 +109,16 @@ pub enum PodError {
 /// The pod's name: readable ids, then a hash of the whole attempt, at most 63
 /// characters and a valid DNS label.
 pub fn pod_name(attempt: &Attempt<'_>) -> String {
-    let hash = short_hash(&format!(
-        "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
-        attempt.dag_id, attempt.run_id, attempt.task_id, attempt.map_index, attempt.try_number
-    ));
-    let readable =
-        label_value(&format!("{}-{}", attempt.dag_id, attempt.task_id)).to_ascii_lowercase().replace(['_', '.'], "-");
+    name_of(attempt.dag_id, attempt.run_id, attempt.task_id, attempt.map_index, attempt.try_number)
+}
+
+/// [`pod_name`] from the attempt's ids alone (recovery has no rendered command).
+pub fn name_of(dag_id: &str, run_id: &str, task_id: &str, map_index: i32, try_number: u32) -> String {
+    let hash = short_hash(&format!("{dag_id}\u{0}{run_id}\u{0}{task_id}\u{0}{map_index}\u{0}{try_number}"));
+    let readable = label_value(&format!("{dag_id}-{task_id}")).to_ascii_lowercase().replace(['_', '.'], "-");
     let readable: String = readable.chars().take(63 - 1 - hash.len() - 4).collect();
     let readable = readable.trim_matches('-');
-    format!("{readable}-{hash}-t{}", attempt.try_number.min(99))
+    format!("{readable}-{hash}-t{}", try_number.min(99))
 }
 
 /// The labels that find an attempt's pod.

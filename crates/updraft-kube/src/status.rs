@@ -193,3 +193,21 @@ fn text(value: &Value) -> Option<&str> {
 fn waited(since: Option<Timestamp>, now: Timestamp, grace: Duration) -> bool {
     since.is_some_and(|since| now.duration_since(since).as_secs_f64() > grace.as_secs_f64())
 }
+
+/// When an ended pod (phase `Succeeded` or `Failed`) ended: its task container's
+/// finish, else the last change of its conditions, else its creation. `None`
+/// while it has not ended.
+pub fn finished_at(pod: &Value) -> Option<Timestamp> {
+    let status = &pod["status"];
+    if !matches!(status["phase"].as_str(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let finished = task_container(status).and_then(|c| timestamp(&c["state"]["terminated"]["finishedAt"]));
+    let changed = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|condition| timestamp(&condition["lastTransitionTime"]))
+        .max();
+    finished.or(changed).or_else(|| timestamp(&pod["metadata"]["creationTimestamp"]))
+}

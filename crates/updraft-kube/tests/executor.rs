@@ -8,7 +8,7 @@ use http::{Request, Response};
 use jiff::Timestamp;
 use kube::client::Body;
 use serde_json::{Value, json};
-use updraft_kube::executor::{ExecutorError, Pods};
+use updraft_kube::executor::{ExecutorError, Launched, Pods};
 use updraft_kube::status::{Failure, Graces, Progress};
 
 fn fixture(name: &str) -> Value {
@@ -74,8 +74,9 @@ async fn launch_creates_the_pod_or_adopts_the_one_there() {
         ),
     ]);
     let pods = Pods::new(client, "data-pipelines");
-    assert_eq!(pods.launch(&pod).await.unwrap(), "sales-daily-aggregate-351066265a-t1");
-    assert_eq!(pods.launch(&pod).await.unwrap(), "sales-daily-aggregate-351066265a-t1", "adopted");
+    let name = "sales-daily-aggregate-351066265a-t1".to_string();
+    assert_eq!(pods.launch(&pod).await.unwrap(), Launched { name: name.clone(), adopted: false });
+    assert_eq!(pods.launch(&pod).await.unwrap(), Launched { name, adopted: true });
     let refused = pods.launch(&pod).await.unwrap_err();
     assert!(refused.to_string().contains("cannot create resource"), "{refused}");
     let seen = recorder.await.unwrap();
@@ -94,9 +95,9 @@ async fn wait_follows_the_watch_to_the_exit_code() {
     let (client, recorder) = api(vec![(200, creating.to_string()), (200, watch)]);
     let pods = Pods::new(client, "data-pipelines");
     let mut reasons = Vec::new();
-    let ended = pods.wait(name, &Graces::default(), || at(20), |why| reasons.push(why.to_string())).await.unwrap();
+    let ended = pods.wait(name, &Graces::default(), || at(20), |seen| reasons.push(format!("{seen:?}"))).await.unwrap();
     assert_eq!(ended.progress, Progress::Exited { code: 3 });
-    assert_eq!(reasons, ["ContainerCreating"]);
+    assert_eq!(reasons, ["Waiting(\"ContainerCreating\")", "Running"]);
     let seen = recorder.await.unwrap();
     assert_eq!(seen[0].1, format!("/api/v1/namespaces/data-pipelines/pods/{name}"));
     // A watch from the version read, on this pod only — no polling.
@@ -185,6 +186,48 @@ async fn a_restarted_executor_finds_the_pods_of_a_task_instance_by_label() {
     assert!(query.contains("updraft.dev/dag=sales_daily") && query.contains("updraft.dev/task=aggregate"), "{query}");
     // Every try's pod, so older ones can be deleted.
     assert!(!query.contains("updraft.dev/try"), "{query}");
+}
+
+#[tokio::test]
+async fn a_superseded_pod_is_waited_for_until_its_deletion() {
+    let name = "sales-daily-aggregate-351066265a-t1";
+    let running = with_version(fixture("running"), "600");
+    let (client, recorder) = api(vec![(200, running.to_string()), (200, event("DELETED", &running))]);
+    assert!(Pods::new(client, "data-pipelines").gone(name, Duration::from_secs(40)).await.unwrap());
+    let seen = recorder.await.unwrap();
+    assert!(seen[1].1.contains("watch=true") && seen[1].1.contains("timeoutSeconds=40"), "{}", seen[1].1);
+
+    // Still there when the watch ends: not gone.
+    let (client, _) = api(vec![(200, running.to_string()), (200, String::new()), (200, running.to_string())]);
+    assert!(!Pods::new(client, "data-pipelines").gone(name, Duration::from_secs(1)).await.unwrap());
+    let (client, _) = api(vec![(404, status(404, "NotFound", "pods \"x\" not found"))]);
+    assert!(Pods::new(client, "data-pipelines").gone(name, Duration::from_secs(1)).await.unwrap());
+}
+
+#[tokio::test]
+async fn ended_pods_are_swept_after_they_were_kept() {
+    // exit_3 finished at 02:00:12; evicted has no container end (its creation counts).
+    let mut old = fixture("exit_3");
+    old["metadata"]["name"] = json!("old-failed");
+    let mut recent = fixture("exit_3");
+    recent["metadata"]["name"] = json!("recent-failed");
+    recent["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = json!("2026-01-02T02:50:00Z");
+    let mut running = fixture("running");
+    running["metadata"]["name"] = json!("still-running");
+    let list = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "700"}, "items": [old, recent, running]});
+    let (client, recorder) = api(vec![
+        (200, list.to_string()),
+        (200, json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "old-failed"}}).to_string()),
+    ]);
+    let deleted = Pods::new(client, "data-pipelines").sweep(Duration::from_secs(3600), at(3700)).await.unwrap();
+    assert_eq!(deleted, ["old-failed"]);
+    let seen = recorder.await.unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(percent_decode(&seen[0].1).contains("labelSelector=app.kubernetes.io/managed-by=updraft"), "{}", seen[0].1);
+    assert_eq!(
+        (seen[1].0.as_str(), seen[1].1.split('?').next().unwrap()),
+        ("DELETE", "/api/v1/namespaces/data-pipelines/pods/old-failed")
+    );
 }
 
 fn percent_decode(text: &str) -> String {

@@ -97,6 +97,7 @@ fn config() -> KubeConfig {
             ),
         ]),
         kill_grace: Duration::from_secs(30),
+        ..KubeConfig::default()
     }
 }
 

@@ -430,7 +430,7 @@ fn shown_args(args: &[String]) -> String {
 
 /// The one writer of an attempt's log: every line masked, shown to the observer,
 /// appended to the file; the log comes back when the senders are gone.
-fn spawn_writer(
+pub(crate) fn spawn_writer(
     mut lines: mpsc::Receiver<String>,
     mut log: LogFile,
     masker: Arc<crate::secrets::Masker>,
@@ -685,7 +685,12 @@ pub fn dag_folder(dags_folder: &Path, fileloc: &str) -> PathBuf {
     file.parent().map_or_else(|| dags_folder.to_path_buf(), Path::to_path_buf)
 }
 
-fn not_started(started: Instant, why: String, label: &AttemptLabel, observer: &dyn AttemptObserver) -> AttemptResult {
+pub(crate) fn not_started(
+    started: Instant,
+    why: String,
+    label: &AttemptLabel,
+    observer: &dyn AttemptObserver,
+) -> AttemptResult {
     let result = AttemptResult { ending: Ending::NotStarted(why), duration: started.elapsed(), output: None };
     observer.ended(label, &result);
     result
@@ -715,14 +720,14 @@ where
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }
 
-async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+pub(crate) async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     if cancel.wait_for(|stop| *stop).await.is_err() {
         // The sender is gone: nobody can cancel any more.
         std::future::pending::<()>().await;
@@ -781,14 +786,14 @@ async fn read_lines(stream: impl AsyncRead + Unpin, lines: mpsc::Sender<String>)
 /// The attempt's log file; without a path, lines go to observers only. Plain
 /// `std::fs`: appending to a local file takes microseconds, less than a hop to a
 /// blocking thread would.
-struct LogFile {
+pub(crate) struct LogFile {
     file: Option<std::io::BufWriter<std::fs::File>>,
     /// Every line, the task's and Updraft's own, passes through it.
     masker: Arc<crate::secrets::Masker>,
 }
 
 impl LogFile {
-    fn open(path: Option<&Path>, masker: Arc<crate::secrets::Masker>) -> Result<LogFile, String> {
+    pub(crate) fn open(path: Option<&Path>, masker: Arc<crate::secrets::Masker>) -> Result<LogFile, String> {
         let Some(path) = path else { return Ok(LogFile::closed(masker)) };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -802,7 +807,7 @@ impl LogFile {
         Ok(LogFile { file: Some(std::io::BufWriter::new(file)), masker })
     }
 
-    fn closed(masker: Arc<crate::secrets::Masker>) -> LogFile {
+    pub(crate) fn closed(masker: Arc<crate::secrets::Masker>) -> LogFile {
         LogFile { file: None, masker }
     }
 
@@ -818,7 +823,7 @@ impl LogFile {
     }
 
     /// A line of Updraft's own, marked so it stands apart from the task's output.
-    fn note(&mut self, text: &str) {
+    pub(crate) fn note(&mut self, text: &str) {
         self.write_line(&note_line(text), true);
     }
 }

@@ -10,6 +10,7 @@ pub mod attempt;
 pub mod http;
 pub mod load;
 pub mod objects;
+pub mod pods;
 pub mod procfs;
 pub mod recovery;
 pub mod remote;
@@ -24,6 +25,7 @@ pub use attempt::{
     AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, DEFAULT_OUTPUT_LIMIT, Ending, Quiet, container_command,
     execute,
 };
+pub use pods::PodExecutor;
 pub use recovery::{Recovered, Recovery, heartbeat_loop};
 pub use remote::ApiSource;
 pub use runner::{Runner, RunnerConfig, attempt_token, log_path};

@@ -14,7 +14,7 @@ use updraft_core::clock::Clock;
 use updraft_core::errors::chain;
 use updraft_core::retry::{AttemptOutcome, after_attempt};
 use updraft_store::{
-    AttemptEnd, DefinitionCache, LogChunk, ProcessRow, ProcessState, RunningAttempt, Store, StoreError,
+    AttemptEnd, Claimant, DefinitionCache, LogChunk, ProcessRow, ProcessState, RunningAttempt, Store, StoreError,
 };
 
 use crate::attempt::{append_note, note_line};
@@ -32,6 +32,25 @@ pub struct Recovery {
     /// How long a process on another machine may go without a heartbeat.
     pub heartbeat_timeout: Duration,
     pub clock: Arc<dyn Clock>,
+    /// Pods of lost attempts: their task's executor, and the cluster.
+    pub pods: Arc<crate::pods::PodExecutor>,
+    /// The runner of this process, which takes over the pods of dead runners; none:
+    /// their pods are deleted and the attempts fail (retried as usual).
+    pub adopter: Option<Arc<Runner>>,
+}
+
+/// What became of a lost attempt that ran as a pod.
+enum PodFate {
+    /// Not a pod attempt: settled like a local process.
+    NotAPod,
+    /// Handed to this process's runner, which follows its pod.
+    Adopted,
+    /// Taken over by another process meanwhile: nothing to do.
+    TakenElsewhere,
+    /// Its pod is gone (or never was): the attempt fails, with this said.
+    Gone(&'static str),
+    /// The cluster could not be asked, or the pod did not go: left for the next check.
+    Later,
 }
 
 /// One attempt settled by recovery.
@@ -74,15 +93,24 @@ impl Recovery {
         let cutoff = now.checked_sub(SignedDuration::try_from(self.heartbeat_timeout).unwrap_or(SignedDuration::MAX));
         let stale = self.store.stale_attempts(cutoff.unwrap_or(Timestamp::MIN)).await?;
         for attempt in stale {
+            // Its runner may be alive (cut off from the store): its pod is not adopted
+            // under it, but deleted before the attempt counts as failed.
+            let pod_note = match self.pod_fate(&attempt, None).await {
+                PodFate::NotAPod => None,
+                PodFate::Later | PodFate::Adopted | PodFate::TakenElsewhere => continue,
+                PodFate::Gone(note) => Some(note),
+            };
             let local = attempt.hostname.as_deref() == Some(self.hostname.as_str());
-            if local && !self.kill_attempt(attempt.process_id.unwrap_or_default(), &attempt).await {
+            if pod_note.is_none() && local && !self.kill_attempt(attempt.process_id.unwrap_or_default(), &attempt).await
+            {
                 continue;
             }
             let holder = attempt.hostname.as_deref().unwrap_or("an unknown host");
             let why = format!(
                 "attempt lost: its lease was not renewed for {}s (the runner on {holder} stopped sending heartbeats); \
-                 it counts as failed, and that runner kills it if it comes back",
-                self.heartbeat_timeout.as_secs()
+                 it counts as failed, and that runner kills it if it comes back{}",
+                self.heartbeat_timeout.as_secs(),
+                pod_note.unwrap_or_default()
             );
             if let Some(state) = self.fail(&attempt, why).await? {
                 recovered.push(Recovered {
@@ -108,21 +136,47 @@ impl Recovery {
     async fn settle(&self, process: &ProcessRow) -> Result<Vec<Recovered>, StoreError> {
         let mut recovered = Vec::new();
         for attempt in self.store.running_attempts(process.id).await? {
-            if process.hostname == self.hostname && !self.kill_attempt(process.id, &attempt).await {
+            let pod_note = match self.pod_fate(&attempt, Some(process.id)).await {
+                PodFate::NotAPod => None,
+                PodFate::Adopted => {
+                    recovered.push(Recovered {
+                        dag_id: attempt.dag_id.clone(),
+                        run_id: attempt.run_id.clone(),
+                        task_id: attempt.task_id.clone(),
+                        try_number: attempt.try_number,
+                        state: TaskState::Running,
+                    });
+                    continue;
+                }
+                PodFate::TakenElsewhere | PodFate::Later => continue,
+                PodFate::Gone(note) => Some(note),
+            };
+            if pod_note.is_none() && process.hostname == self.hostname && !self.kill_attempt(process.id, &attempt).await
+            {
                 tracing::error!(
                     dag_id = %attempt.dag_id, task_id = %attempt.task_id, pid = ?attempt.pid,
                     "cannot confirm a lost attempt's processes are gone; leaving it for the next check"
                 );
                 continue;
             }
-            let why = format!(
-                "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it; \
-                 its processes were killed and the attempt counts as failed",
-                process.kind.as_str(),
-                process.id,
-                process.hostname,
-                process.pid
-            );
+            let why = match pod_note {
+                Some(note) => format!(
+                    "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it{note}; \
+                     the attempt counts as failed",
+                    process.kind.as_str(),
+                    process.id,
+                    process.hostname,
+                    process.pid
+                ),
+                None => format!(
+                    "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it; \
+                     its processes were killed and the attempt counts as failed",
+                    process.kind.as_str(),
+                    process.id,
+                    process.hostname,
+                    process.pid
+                ),
+            };
             let state = self.fail(&attempt, why).await?;
             if let Some(state) = state {
                 recovered.push(Recovered {
@@ -136,6 +190,65 @@ impl Recovery {
         }
         self.store.fail_owned_runs(process.id, self.clock.now()).await?;
         Ok(recovered)
+    }
+
+    /// For an attempt that ran as a pod: adopt it (its runner, `from`, is dead and
+    /// this process has a runner), else delete its pod and wait until it is gone.
+    async fn pod_fate(&self, attempt: &RunningAttempt, from: Option<i64>) -> PodFate {
+        let Ok(dag) = self.definitions.get(self.store.as_ref(), &attempt.dag_id, &attempt.version).await else {
+            return PodFate::NotAPod;
+        };
+        if !dag.task(&attempt.task_id).is_some_and(|task| self.pods.runs_in_pod(task)) {
+            return PodFate::NotAPod;
+        }
+        let name = updraft_kube::name_of(
+            &attempt.dag_id,
+            &attempt.run_id,
+            &attempt.task_id,
+            attempt.map_index,
+            attempt.try_number,
+        );
+        let exists = match self.pods.exists(&name).await {
+            Ok(exists) => exists,
+            Err(error) => {
+                tracing::error!(pod = %name, error = %chain(&error), "cannot look for a lost attempt's pod; trying again later");
+                return PodFate::Later;
+            }
+        };
+        if !exists {
+            return PodFate::Gone(" (it had no pod: it was never created, or was deleted)");
+        }
+        if let (Some(runner), Some(from)) = (&self.adopter, from) {
+            let claimant = Claimant { process_id: self.process_id, hostname: self.hostname.clone(), queues: None };
+            return match self
+                .store
+                .adopt_attempt(attempt.ti_pk, attempt.try_number, from, &claimant, self.clock.now())
+                .await
+            {
+                Ok(Some(claimed)) => {
+                    tracing::warn!(pod = %name, dag_id = %attempt.dag_id, task_id = %attempt.task_id,
+                        try_number = attempt.try_number, "adopting the pod of an attempt whose runner died");
+                    runner.adopt(claimed);
+                    PodFate::Adopted
+                }
+                Ok(None) => PodFate::TakenElsewhere,
+                Err(error) => {
+                    tracing::error!(error = %chain(&error), "cannot take over a lost attempt; trying again later");
+                    PodFate::Later
+                }
+            };
+        }
+        match self.pods.remove(&name).await {
+            Ok(true) => PodFate::Gone(" (its pod was deleted)"),
+            Ok(false) => {
+                tracing::error!(pod = %name, "a lost attempt's pod is still stopping; trying again later");
+                PodFate::Later
+            }
+            Err(error) => {
+                tracing::error!(pod = %name, error = %chain(&error), "cannot delete a lost attempt's pod; trying again later");
+                PodFate::Later
+            }
+        }
     }
 
     /// Kills the attempt's process group (found by pid, or by its `UPDRAFT_ATTEMPT`

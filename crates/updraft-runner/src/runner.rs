@@ -35,6 +35,8 @@ pub struct RunnerConfig {
     pub backends: Arc<updraft_secrets::Backends>,
     /// The largest output a task may hand on, in bytes.
     pub output_limit: u64,
+    /// Tasks whose attempts are Kubernetes pods, and the cluster.
+    pub pods: Arc<crate::pods::PodExecutor>,
 }
 
 pub struct Runner {
@@ -51,6 +53,9 @@ pub struct Runner {
     attempts: std::sync::Mutex<HashMap<(i64, u32), watch::Sender<bool>>>,
     /// The database's variables and connections, read at most every [`SECRETS_FOR`].
     secrets: tokio::sync::Mutex<Option<(std::time::Instant, Arc<updraft_store::Secrets>)>>,
+    /// Attempts handed over by recovery (pods whose runner died), to follow.
+    adopted: mpsc::UnboundedSender<Adopted>,
+    adoptions: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Adopted>>>,
 }
 
 /// How long variables and connections are reused before they are read again: a
@@ -76,7 +81,10 @@ impl Runner {
         wake: Arc<Notify>,
         scheduler: Arc<Notify>,
     ) -> Runner {
+        let (adopted, adoptions) = mpsc::unbounded_channel();
         Runner {
+            adopted,
+            adoptions: std::sync::Mutex::new(Some(adoptions)),
             source,
             config,
             observer,
@@ -153,6 +161,14 @@ impl Runner {
         }
     }
 
+    /// Takes over a running attempt whose runner died (its lease is already this
+    /// process's): its pod is followed again, not launched twice.
+    pub fn adopt(&self, claimed: Claimed) {
+        let (stop, stopped) = watch::channel(false);
+        self.attempts.lock().expect("attempts lock").insert((claimed.ti_pk, claimed.try_number), stop);
+        let _ = self.adopted.send((claimed, stopped));
+    }
+
     /// Stops every attempt in flight.
     pub fn stop_all(&self, why: &str) {
         let lost = self.leases();
@@ -174,6 +190,7 @@ impl Runner {
             }
         };
         let long_polls = self.source.long_polls();
+        let mut adoptions = self.adoptions.lock().expect("adoptions lock").take();
         let mut backoff = Duration::from_millis(250);
         loop {
             if *shutdown.borrow() {
@@ -229,6 +246,9 @@ impl Runner {
             }
             tokio::select! {
                 () = self.wake.notified() => {}
+                Some((claimed, stopped)) = adopted(&mut adoptions) => {
+                    running.spawn(self.clone().attempt(claimed, stopped, outcomes.clone()));
+                }
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = shutdown.changed() => {}
                 Ok(()) = changed(&mut watcher) => {}
@@ -329,7 +349,14 @@ impl Runner {
             let waited = std::time::Duration::try_from(self.clock.now().duration_since(ready)).unwrap_or_default();
             updraft_metrics::timing(&catalog::TI_SCHEDULING_DELAY, &[&claimed.dag_id, &claimed.task_id], waited);
         }
-        let result = execute(&spec, &self.templates, self.observer.clone(), cancel, spawned_tx).await;
+        let result = match dag.task(&claimed.task_id) {
+            Some(task) if self.config.pods.runs_in_pod(task) => {
+                // No local process to record: the pod is found by its name.
+                drop(spawned_tx);
+                self.config.pods.execute(&spec, &self.templates, self.observer.clone(), cancel).await
+            }
+            _ => execute(&spec, &self.templates, self.observer.clone(), cancel, spawned_tx).await,
+        };
         let _ = ended_tx.send(());
         let process = record.await.ok().flatten();
         let end = match (&result.ending, dag.task(&claimed.task_id)) {
@@ -453,6 +480,13 @@ impl Runner {
     }
 }
 
+async fn adopted(adoptions: &mut Option<mpsc::UnboundedReceiver<Adopted>>) -> Option<Adopted> {
+    match adoptions {
+        Some(adoptions) => adoptions.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn changed(watcher: &mut Option<Box<dyn updraft_store::ChangeWatcher>>) -> updraft_store::Result<()> {
     match watcher {
         Some(watcher) => watcher.changed().await,
@@ -478,6 +512,9 @@ struct Outcome {
     end: AttemptEnd,
     logs: Vec<LogChunk>,
 }
+
+/// An attempt taken over from a dead runner, with its stop signal.
+type Adopted = (Claimed, watch::Receiver<bool>);
 
 /// Where attempts send how they ended.
 type Outcomes = mpsc::UnboundedSender<Outcome>;

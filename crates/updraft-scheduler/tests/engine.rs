@@ -90,6 +90,7 @@ impl Engine {
                 queues: None,
                 backends: Arc::default(),
                 output_limit: updraft_runner::DEFAULT_OUTPUT_LIMIT,
+                pods: Arc::new(updraft_runner::PodExecutor::new(Default::default(), Default::default())),
             },
             Arc::new(Quiet),
             clock,

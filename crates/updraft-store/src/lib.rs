@@ -198,6 +198,17 @@ pub trait MetadataStore: Send + Sync + 'static {
         Ok(self.finish_attempts(&ends, actor, now).await?.first().copied().unwrap_or(false))
     }
     async fn running_attempts(&self, process_id: i64) -> Result<Vec<RunningAttempt>>;
+    /// Hands a running attempt to `claimant`, keeping its try number, if it is still
+    /// held by `from` under that try: an executor that can reattach to the attempt's
+    /// work (a pod whose runner died) follows it instead of running it again.
+    async fn adopt_attempt(
+        &self,
+        ti_pk: i64,
+        try_number: u32,
+        from: i64,
+        claimant: &Claimant,
+        now: Timestamp,
+    ) -> Result<Option<Claimed>>;
     /// Running attempts whose lease was last renewed before `cutoff`: zombies.
     async fn stale_attempts(&self, cutoff: Timestamp) -> Result<Vec<RunningAttempt>>;
     /// Fails the unfinished `dags test` runs of a dead process.

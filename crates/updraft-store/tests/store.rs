@@ -440,6 +440,53 @@ async fn leases_are_fenced_by_the_try_number(store: Store) {
     assert!(!store.finish_attempt(ti_pk, try_number, &success, "runner", later).await.unwrap());
 }
 
+/// A dead runner's attempt (a pod still running) is handed to a live one with its
+/// try: once, only from its holder, and the new holder's heartbeats keep it.
+async fn attempts_are_adopted_from_their_holder_only(store: Store) {
+    let (chain, version) = dag(CHAIN);
+    let run_pk =
+        store.create_run(&new_run(&chain, &version, "r", RunType::Manual, NOW), "t", ts(NOW)).await.unwrap().unwrap();
+    queue_all(&store, run_pk).await;
+    let register = |host: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .register_process(
+                    &NewProcess { kind: ProcessKind::Scheduler, hostname: host.into(), pid: 1, pid_start: None },
+                    ts(NOW),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let (dead, alive, late) = (register("a").await, register("b").await, register("c").await);
+    let claimed = store
+        .claim(Scope::All, &Claimant { process_id: dead, hostname: "a".into(), queues: None }, 1, ts(NOW))
+        .await
+        .unwrap()
+        .remove(0);
+    let taker = Claimant { process_id: alive, hostname: "b".into(), queues: None };
+    let later = ts("2024-06-01T12:01:00Z");
+    // Not from a process that does not hold it, nor under another try.
+    assert!(store.adopt_attempt(claimed.ti_pk, claimed.try_number, late, &taker, later).await.unwrap().is_none());
+    assert!(store.adopt_attempt(claimed.ti_pk, claimed.try_number + 1, dead, &taker, later).await.unwrap().is_none());
+    let adopted = store.adopt_attempt(claimed.ti_pk, claimed.try_number, dead, &taker, later).await.unwrap().unwrap();
+    assert_eq!(
+        (adopted.ti_pk, adopted.try_number, adopted.task_id.as_str(), adopted.run_id.as_str(), adopted.version),
+        (claimed.ti_pk, claimed.try_number, claimed.task_id.as_str(), "r", claimed.version)
+    );
+    // Once: a second recovery finds it taken.
+    let other = Claimant { process_id: late, hostname: "c".into(), queues: None };
+    assert!(store.adopt_attempt(claimed.ti_pk, claimed.try_number, dead, &other, later).await.unwrap().is_none());
+    assert!(store.running_attempts(dead).await.unwrap().is_empty());
+    let held = store.running_attempts(alive).await.unwrap();
+    assert_eq!((held[0].ti_pk, held[0].hostname.as_deref()), (claimed.ti_pk, Some("b")));
+    let beat = store.heartbeat(alive, &[(claimed.ti_pk, claimed.try_number)], later).await.unwrap();
+    assert!(beat.lost.is_empty(), "{beat:?}");
+    let beat = store.heartbeat(dead, &[(claimed.ti_pk, claimed.try_number)], later).await.unwrap();
+    assert_eq!(beat.lost, vec![(claimed.ti_pk, claimed.try_number)]);
+}
+
 async fn logs_of_remote_attempts(store: Store) {
     let (chain, version) = dag(CHAIN);
     let run_pk =
@@ -864,6 +911,7 @@ mod sqlite {
         processes,
         workers_take_their_queues,
         leases_are_fenced_by_the_try_number,
+        attempts_are_adopted_from_their_holder_only,
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
         accounts,
@@ -1023,6 +1071,7 @@ mod postgres {
         processes,
         workers_take_their_queues,
         leases_are_fenced_by_the_try_number,
+        attempts_are_adopted_from_their_holder_only,
         logs_of_remote_attempts,
         operator_changes_are_all_or_nothing,
         accounts,

@@ -2,6 +2,7 @@
 //! run inside it (with a clean environment), a long-running `standalone` with its
 //! port, and filters that make output comparable across runs.
 
+pub mod kube;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader, Read};

@@ -73,6 +73,8 @@ pub struct Config {
     pub maintenance: updraft_ops::MaintenanceConfig,
     /// `[kubernetes]`: namespace, default image, node pools.
     pub kubernetes: updraft_kube::KubeConfig,
+    /// `[executor] kind`: where tasks that name no executor run.
+    pub executor: updraft_core::kubernetes::Executor,
 }
 
 impl Config {
@@ -112,6 +114,15 @@ struct FileConfig {
     digest: Option<DigestSection>,
     maintenance: Option<MaintenanceSection>,
     kubernetes: Option<KubernetesSection>,
+    executor: Option<ExecutorSection>,
+}
+
+/// Where tasks run unless they say.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutorSection {
+    /// `local` (processes of the runner) or `kubernetes` (a pod per attempt).
+    kind: Option<updraft_core::kubernetes::Executor>,
 }
 
 /// The Kubernetes executor's cluster side.
@@ -123,6 +134,12 @@ struct KubernetesSection {
     image: Option<String>,
     service_account: Option<String>,
     kill_grace: Option<DurationSetting>,
+    /// How long a failed pod is kept for `kubectl describe` / `logs` (0: not kept).
+    keep_failed_pods: Option<DurationSetting>,
+    /// How long an image may fail to pull before the attempt fails.
+    image_pull_grace: Option<DurationSetting>,
+    /// How long a pod may find no node before the attempt fails.
+    unschedulable_grace: Option<DurationSetting>,
     node_pools: Option<BTreeMap<String, NodePoolSection>>,
 }
 
@@ -456,6 +473,13 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
         image: pick!(kubernetes.image).map_or(kube_default.image, |(image, _)| image),
         service_account: pick!(kubernetes.service_account).map(|(account, _)| account).filter(|a| !a.is_empty()),
         kill_grace: pick!(kubernetes.kill_grace).map_or(kube_default.kill_grace, |(grace, _)| grace.0),
+        keep_failed: pick!(kubernetes.keep_failed_pods).map_or(kube_default.keep_failed, |(keep, _)| keep.0),
+        graces: updraft_kube::status::Graces {
+            image_pull: pick!(kubernetes.image_pull_grace).map_or(kube_default.graces.image_pull, |(grace, _)| grace.0),
+            unschedulable: pick!(kubernetes.unschedulable_grace)
+                .map_or(kube_default.graces.unschedulable, |(grace, _)| grace.0),
+            ..kube_default.graces
+        },
         node_pools: pick!(kubernetes.node_pools)
             .map(|(pools, _)| {
                 pools
@@ -471,6 +495,7 @@ pub fn load(explicit: Option<&Path>, cwd: &Path, env: &[(String, String)], overr
             .unwrap_or_default(),
     };
     Ok(Config {
+        executor: pick!(executor.kind).map(|(kind, _)| kind).unwrap_or_default(),
         kubernetes,
         base_url,
         notifiers,
@@ -974,5 +999,25 @@ mod tests {
             error_of(load_in(dir.path(), Some(&half), &[])),
             "error: updraft.toml:6:1: notifier `oncall`: `username` and `password` go together"
         );
+    }
+
+    #[test]
+    fn executor_kind_and_pod_lifetimes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load_in(dir.path(), None, &[]).unwrap();
+        assert_eq!(config.executor, updraft_core::kubernetes::Executor::Local);
+        assert_eq!(config.kubernetes.keep_failed, Duration::from_secs(3600));
+        let text = "[executor]\nkind = \"kubernetes\"\n[kubernetes]\nkeep_failed_pods = \"0s\"\nimage_pull_grace = \"2m\"\nunschedulable_grace = \"1h\"\n";
+        let config = load_in(dir.path(), Some(text), &[]).unwrap();
+        assert_eq!(config.executor, updraft_core::kubernetes::Executor::Kubernetes);
+        assert_eq!(config.kubernetes.keep_failed, Duration::ZERO);
+        assert_eq!(
+            (config.kubernetes.graces.image_pull, config.kubernetes.graces.unschedulable),
+            (Duration::from_secs(120), Duration::from_secs(3600))
+        );
+        let config = load_in(dir.path(), None, &[("UPDRAFT_EXECUTOR__KIND", "kubernetes")]).unwrap();
+        assert_eq!(config.executor, updraft_core::kubernetes::Executor::Kubernetes);
+        let error = error_of(load_in(dir.path(), Some("[executor]\nkind = \"kubernetis\"\n"), &[]));
+        assert!(error.starts_with("error: updraft.toml:2:8: unknown variant `kubernetis`"), "{error}");
     }
 }

@@ -8,7 +8,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use updraft_core::errors::chain;
 use updraft_runner::{
-    ApiSource, AttemptObserver, Quiet, Recovery, Runner, RunnerConfig, StoreSource, WorkSource, heartbeat_loop, procfs,
+    ApiSource, AttemptObserver, PodExecutor, Quiet, Recovery, Runner, RunnerConfig, StoreSource, WorkSource,
+    heartbeat_loop, procfs,
 };
 use updraft_scheduler::{DagSync, Scheduler, SchedulerConfig};
 use updraft_store::{DefinitionCache, NewProcess, ProcessKind, Scope, Store};
@@ -81,6 +82,32 @@ impl Engine {
         let mut tasks = JoinSet::new();
         let hostname = procfs::hostname();
 
+        let pods = Arc::new(PodExecutor::new(config.kubernetes.clone(), config.executor));
+        let mut runner = None;
+        if options.parts.runner {
+            let started = Arc::new(Runner::new(
+                source.clone(),
+                RunnerConfig {
+                    slots: config.runner_slots as usize,
+                    scope: options.scope,
+                    process_id,
+                    hostname: hostname.clone(),
+                    dags_folder: config.dags_folder.clone(),
+                    logs_folder: config.logs_folder(),
+                    kill_grace: config.kill_grace,
+                    // Next to a scheduler (standalone, dags test) every queue is ours.
+                    queues: (!options.parts.scheduler).then(|| config.worker_queues.clone()),
+                    backends: ctx.backends()?,
+                    output_limit: config.output_limit,
+                    pods: pods.clone(),
+                },
+                options.observer.clone(),
+                ctx.clock.clone(),
+                runner_wake.clone(),
+                scheduler_wake.clone(),
+            ));
+            runner = Some(started);
+        }
         // Recovery needs the store: a remote worker leaves it to the schedulers.
         let recovery = store.clone().map(|store| {
             Arc::new(Recovery {
@@ -91,6 +118,8 @@ impl Engine {
                 logs_folder: config.logs_folder(),
                 heartbeat_timeout: config.heartbeat_timeout,
                 clock: ctx.clock.clone(),
+                pods: pods.clone(),
+                adopter: runner.clone(),
             })
         });
         if let Some(recovery) = &recovery
@@ -143,30 +172,11 @@ impl Engine {
                 }
             });
         }
-        let mut runner = None;
-        if options.parts.runner {
-            let started = Arc::new(Runner::new(
-                source.clone(),
-                RunnerConfig {
-                    slots: config.runner_slots as usize,
-                    scope: options.scope,
-                    process_id,
-                    hostname: hostname.clone(),
-                    dags_folder: config.dags_folder.clone(),
-                    logs_folder: config.logs_folder(),
-                    kill_grace: config.kill_grace,
-                    // Next to a scheduler (standalone, dags test) every queue is ours.
-                    queues: (!options.parts.scheduler).then(|| config.worker_queues.clone()),
-                    backends: ctx.backends()?,
-                    output_limit: config.output_limit,
-                },
-                options.observer.clone(),
-                ctx.clock.clone(),
-                runner_wake.clone(),
-                scheduler_wake.clone(),
-            ));
-            tasks.spawn(started.clone().run(stopped.clone()));
-            runner = Some(started);
+        if let Some(runner) = &runner {
+            tasks.spawn(runner.clone().run(stopped.clone()));
+            if !options.test_mode {
+                tasks.spawn(pods.clone().sweep_loop(stopped.clone()));
+            }
         }
         {
             let source = source.clone();

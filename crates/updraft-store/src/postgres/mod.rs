@@ -1235,6 +1235,68 @@ impl MetadataStore for PgStore {
         rows.iter().map(running_attempt).collect()
     }
 
+    async fn adopt_attempt(
+        &self,
+        ti_pk: i64,
+        try_number: u32,
+        from: i64,
+        claimant: &Claimant,
+        now: Timestamp,
+    ) -> Result<Option<Claimed>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE task_instances SET process_id = $4, hostname = $5, heartbeat_at = $6, updated_at = $6
+             WHERE id = $1 AND try_number = $2 AND process_id = $3 AND state = 'running'
+             RETURNING run_pk, task_id, max_tries, map_index, map_item, scheduled_at",
+        )
+        .bind(ti_pk)
+        .bind(try_number as i32)
+        .bind(from)
+        .bind(claimant.process_id)
+        .bind(&claimant.hostname)
+        .bind(to_db(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let run_pk: i64 = row.try_get(0)?;
+        sqlx::query("UPDATE task_attempts SET process_id = $3, hostname = $4 WHERE ti_pk = $1 AND try_number = $2")
+            .bind(ti_pk)
+            .bind(try_number as i32)
+            .bind(claimant.process_id)
+            .bind(&claimant.hostname)
+            .execute(&mut *tx)
+            .await?;
+        let run = sqlx::query(RUN_SELECT_BY_PK).bind(run_pk).fetch_optional(&mut *tx).await?;
+        let run = run
+            .as_ref()
+            .map(run_row)
+            .transpose()?
+            .ok_or_else(|| StoreError::Corrupt(format!("task instance of missing run {run_pk}")))?;
+        tx.commit().await?;
+        let max_tries: i32 = row.try_get(2)?;
+        let ready_at: Option<i64> = row.try_get(5)?;
+        Ok(Some(Claimed {
+            ti_pk,
+            run_pk,
+            dag_id: run.dag_id,
+            run_id: run.run_id,
+            run_type: run.run_type,
+            task_id: row.try_get(1)?,
+            map_index: row.try_get(3)?,
+            map_item: row.try_get(4)?,
+            ready_at: ready_at.map(crate::time::from_db),
+            try_number,
+            max_tries: max_tries as u32,
+            version: run.version,
+            logical_date: run.logical_date,
+            interval: run.interval,
+            conf: run.conf,
+        }))
+    }
+
     async fn stale_attempts(&self, cutoff: Timestamp) -> Result<Vec<RunningAttempt>> {
         let rows = sqlx::query(RUNNING_ATTEMPTS_STALE).bind(to_db(cutoff)).fetch_all(&self.pool).await?;
         rows.iter().map(running_attempt).collect()

@@ -1197,6 +1197,65 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn adopt_attempt(
+        &self,
+        ti_pk: i64,
+        try_number: u32,
+        from: i64,
+        claimant: &Claimant,
+        now: Timestamp,
+    ) -> Result<Option<Claimed>> {
+        let claimant = claimant.clone();
+        self.write(move |tx| {
+            let taken = tx
+                .prepare_cached(
+                    "UPDATE task_instances SET process_id = ?4, hostname = ?5, heartbeat_at = ?6, updated_at = ?6
+                     WHERE id = ?1 AND try_number = ?2 AND process_id = ?3 AND state = 'running'
+                     RETURNING run_pk, task_id, max_tries, map_index, map_item, scheduled_at",
+                )?
+                .query_row(
+                    params![ti_pk, try_number, from, claimant.process_id, claimant.hostname, to_db(now)],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, u32>(2)?,
+                            row.get::<_, i32>(3)?,
+                            row.get::<_, Option<String>>(4)?,
+                            row.get::<_, Option<i64>>(5)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((run_pk, task_id, max_tries, map_index, map_item, ready_at)) = taken else { return Ok(None) };
+            tx.prepare_cached(
+                "UPDATE task_attempts SET process_id = ?3, hostname = ?4 WHERE ti_pk = ?1 AND try_number = ?2",
+            )?
+            .execute(params![ti_pk, try_number, claimant.process_id, claimant.hostname])?;
+            let run = all(tx, RUN_SELECT_BY_PK, params![run_pk], run_row)?
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt(format!("task instance of missing run {run_pk}")))?;
+            Ok(Some(Claimed {
+                ti_pk,
+                run_pk,
+                dag_id: run.dag_id,
+                run_id: run.run_id,
+                run_type: run.run_type,
+                task_id,
+                map_index,
+                map_item,
+                ready_at: ready_at.map(crate::time::from_db),
+                try_number,
+                max_tries,
+                version: run.version,
+                logical_date: run.logical_date,
+                interval: run.interval,
+                conf: run.conf,
+            }))
+        })
+        .await
+    }
+
     async fn stale_attempts(&self, cutoff: Timestamp) -> Result<Vec<RunningAttempt>> {
         self.read(move |tx| {
             all(

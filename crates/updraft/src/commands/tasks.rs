@@ -186,7 +186,7 @@ async fn explain(ctx: &Ctx, dag_id: &str, run_id: &str, task_id: &str, map_index
 /// `tasks render`: the task's templated fields rendered, or its pod.
 async fn render(ctx: &Ctx, on_date: &TaskOnDate, pod: bool, output: Output) -> Result<ExitCode> {
     let spec = attempt_spec(ctx, on_date).await?;
-    let (dag_id, task_id) = (on_date.dag_id.as_str(), on_date.task_id.as_str());
+    let task_id = on_date.task_id.as_str();
     let templates = updraft_runner::template::environment();
     let task = spec.dag.task(task_id).expect("found by attempt_spec");
     if !pod {
@@ -212,45 +212,14 @@ async fn render(ctx: &Ctx, on_date: &TaskOnDate, pod: bool, output: Output) -> R
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (command, env) = updraft_runner::container_command(&spec, &templates)
-        .map_err(|why| user_error(format!("task `{task_id}`: {why}"), None))?;
-    let settings = task.kubernetes.clone().unwrap_or_default();
-    let template = match &settings.pod_template {
-        Some(path) => Some(read_pod_template(ctx, &spec.dag, path)?),
-        None => None,
-    };
-    let attempt = updraft_kube::Attempt {
-        dag_id,
-        run_id: &spec.run.run_id,
-        task_id,
-        map_index: -1,
-        try_number: spec.try_number,
-        command,
-        env,
-        settings: &settings,
-        timeout: task.timeout.map(|timeout| timeout.to_std()),
-        template,
-    };
-    let pod = updraft_kube::pod(&attempt, &ctx.config.kubernetes).map_err(|error| {
-        user_error(format!("task `{task_id}`: {error}"), Some("see `[kubernetes]` in updraft.toml"))
+    let executor = updraft_runner::PodExecutor::new(ctx.config.kubernetes.clone(), ctx.config.executor);
+    let pod = executor.pod_for(&spec, &templates).map_err(|why| {
+        let hint = why.contains("node pool").then_some("see `[kubernetes]` in updraft.toml");
+        user_error(format!("task `{task_id}`: {why}"), hint)
     })?;
     match output {
         Output::Json => output::json(&pod),
         Output::Table => crate::outln!("{}", updraft_kube::yaml::to_yaml(&pod).trim_end()),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A `pod_template` file (relative to the DAG file's folder) as JSON.
-fn read_pod_template(ctx: &Ctx, dag: &updraft_core::Dag, path: &str) -> Result<serde_json::Value> {
-    let folder =
-        std::path::Path::new(&dag.spec().fileloc).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-    let file = ctx.config.dags_folder.join(folder).join(path);
-    let text = std::fs::read_to_string(&file)
-        .map_err(|error| user_error(format!("cannot read pod template `{}`: {error}", file.display()), None))?;
-    let tree = updraft_dagfile::yaml::parse(&text).map_err(|error| {
-        let (line, column) = updraft_dagfile::yaml::LineIndex::new(&text).line_col(error.span.start);
-        user_error(format!("{}:{line}:{column}: {}", file.display(), error.message), None)
-    })?;
-    Ok(tree.to_json())
 }

@@ -1,5 +1,11 @@
-//! Kubernetes, as far as this version goes: pod settings in DAG files, checked
-//! with positions, and `tasks render --pod` printing the pod an attempt becomes.
+//! Kubernetes: pod settings in DAG files, checked with positions; `tasks render
+//! --pod` printing the pod an attempt becomes; and the executor end to end
+//! against the stand-in API server (a test double, not Kubernetes).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use updraft_testkit::eventually;
 
 use crate::project;
 
@@ -71,14 +77,167 @@ fn pod_settings_are_checked_where_they_are_written() {
     let p = project();
     p.dag(
         "bad.yaml",
-        "dag: bad\ntasks:\n  t:\n    shell: 'true'\n    executor: kubernetes\n    kubernetes:\n      resources:\n        limits: {memory: 4GG}\n",
+        "dag: bad\ntasks:\n  t:\n    shell: 'true'\n    executor: kubernetes\n    kubernetes:\n      resources:\n        limits: {memory: 4GG}\n  call:\n    http: {url: 'http://127.0.0.1:1/'}\n    executor: kubernetes\n",
     );
     let output = p.run(&["dags", "validate"]);
     assert_eq!(output.code, 1);
-    assert!(output.stderr.contains("bad.yaml:5:15: `executor: kubernetes` is not available yet"), "{}", output.stderr);
+    assert!(
+        output.stderr.contains("bad.yaml:11:15: `executor: kubernetes` runs `shell` and `python` tasks in pods; a `http` task runs in the runner"),
+        "{}",
+        output.stderr
+    );
+    assert!(!output.stderr.contains("bad.yaml:5:"), "a shell task may run in a pod: {}", output.stderr);
     assert!(
         output.stderr.contains("bad.yaml:8:26: `kubernetes.resources.limits.memory`: `4GG`: unknown unit `GG`"),
         "{}",
         output.stderr
     );
+}
+
+/// A project whose Kubernetes is the stand-in API server of updraft-testkit
+/// (not Kubernetes: it runs each pod's command as a local process).
+fn with_standin(config: &str) -> (updraft_testkit::Project, updraft_testkit::kube::KubeStandIn) {
+    let mut p = project();
+    let standin = updraft_testkit::kube::KubeStandIn::start(p.path());
+    p.write("kubeconfig", &standin.kubeconfig());
+    let kubeconfig = p.path().join("kubeconfig").display().to_string();
+    p.env("KUBECONFIG", &kubeconfig);
+    p.write("updraft.toml", config);
+    (p, standin)
+}
+
+fn finished_run(p: &updraft_testkit::Project, dag_id: &str, limit: Duration) -> serde_json::Value {
+    eventually(limit, "the run to finish", || {
+        let runs: serde_json::Value =
+            serde_json::from_str(&p.run(&["dags", "list-runs", dag_id, "-o", "json"]).stdout).ok()?;
+        matches!(runs[0]["state"].as_str(), Some("success" | "failed")).then(|| runs[0].clone())
+    })
+}
+
+fn states(p: &updraft_testkit::Project, dag_id: &str, run_id: &str) -> BTreeMap<String, serde_json::Value> {
+    let output = p.run(&["tasks", "states-for-dag-run", dag_id, run_id, "-o", "json"]);
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&output.stdout).unwrap_or_else(|_| panic!("{}", output.stderr));
+    list.into_iter().map(|ti| (ti["task_id"].as_str().unwrap().to_string(), ti)).collect()
+}
+
+fn attempt_log(p: &updraft_testkit::Project, dag_id: &str, run_id: &str, task_id: &str, try_number: u32) -> String {
+    let path = p.path().join(format!(".updraft/logs/{dag_id}/{run_id}/{task_id}/{try_number}.log"));
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+const PODS_DAG: &str = r#"dag: pods
+tasks:
+  hello:
+    shell: 'echo "hello from $UPDRAFT_TASK_ID on {{ ds }}"; echo to-stderr >&2'
+    executor: kubernetes
+    kubernetes: {image: "busybox:1.36", resources: {limits: {memory: 64Mi}}}
+  skipped:
+    shell: 'exit 99'
+    executor: kubernetes
+    depends_on: [hello]
+  flaky:
+    shell: 'echo "try $UPDRAFT_TRY_NUMBER"; test "$UPDRAFT_TRY_NUMBER" = 2 || exit 3'
+    executor: kubernetes
+    retries: 1
+    retry_delay: 1s
+  slow:
+    shell: 'trap "echo got TERM; exit 143" TERM; echo sleeping; sleep 30 & wait'
+    executor: kubernetes
+    timeout: 2s
+  unpullable:
+    shell: 'true'
+    executor: kubernetes
+    kubernetes: {image: unpullable/etl:9}
+  here:
+    shell: 'echo "local $UPDRAFT_ATTEMPT"'
+"#;
+
+/// The executor end to end against the stand-in API server: each attempt a pod,
+/// its log streamed into the attempt's log, exit codes as for local processes,
+/// a timeout deleting the pod with the grace, an image that never pulls failing
+/// after its grace, the pod of a failed try deleted before the next try's is made.
+#[test]
+fn tasks_run_as_pods_against_the_stand_in_api_server() {
+    let (p, standin) = with_standin(
+        "[kubernetes]\nnamespace = \"e2e\"\nkill_grace = \"2s\"\nimage_pull_grace = \"2s\"\n[runner]\nkill_grace = \"2s\"\n",
+    );
+    p.dag("pods.yaml", PODS_DAG);
+    let standalone = p.standalone();
+    let run_id = p.run(&["dags", "trigger", "pods"]).stdout.trim().to_string();
+    // Seconds of work: a missed watch event would show as a 60 s wait.
+    let run = finished_run(&p, "pods", Duration::from_secs(30));
+    assert_eq!(run["state"], "failed", "{run}");
+    let tis = states(&p, "pods", &run_id);
+    let state = |task: &str| tis[task]["state"].as_str().unwrap().to_string();
+    assert_eq!(
+        ["hello", "skipped", "flaky", "slow", "unpullable", "here"].map(state),
+        ["success", "skipped", "success", "failed", "failed", "success"],
+        "{tis:?}"
+    );
+    assert_eq!(tis["flaky"]["try_number"], 2);
+
+    let hello = attempt_log(&p, "pods", &run_id, "hello", 1);
+    assert!(hello.contains("created in namespace `e2e` (image `busybox:1.36`)"), "{hello}");
+    assert!(hello.contains("hello from hello on 20"), "{hello}");
+    assert!(hello.contains("to-stderr"), "{hello}");
+    assert!(hello.contains(": exit code 0"), "{hello}");
+    let flaky = attempt_log(&p, "pods", &run_id, "flaky", 1);
+    assert!(flaky.contains("try 1") && flaky.contains("exit code 3"), "{flaky}");
+    assert!(flaky.contains("is kept for 1h for debugging (`kubectl -n e2e describe pod"), "{flaky}");
+    assert!(attempt_log(&p, "pods", &run_id, "flaky", 2).contains("try 2"));
+    let slow = attempt_log(&p, "pods", &run_id, "slow", 1);
+    assert!(slow.contains("sleeping") && slow.contains("got TERM"), "the pod had its grace: {slow}");
+    assert!(slow.contains("timed out after 2s"), "{slow}");
+    let unpullable = attempt_log(&p, "pods", &run_id, "unpullable", 1);
+    assert!(unpullable.contains("pulling `unpullable/etl:9` failed, retrying (ErrImagePull)"), "{unpullable}");
+    assert!(
+        unpullable.contains("image not pulled: cannot pull image `unpullable/etl:9` (ErrImagePull)"),
+        "{unpullable}"
+    );
+    // A local task beside them ran as a process of the runner.
+    assert!(attempt_log(&p, "pods", &run_id, "here", 1).contains("local "));
+
+    let created = standin.created();
+    assert_eq!(created.len(), 6, "one pod per attempt of the pod tasks: {created:?}");
+    let deleted = standin.deleted();
+    let grace_of = |prefix: &str, suffix: &str| {
+        deleted.iter().find(|(name, _)| name.starts_with(prefix) && name.ends_with(suffix)).map(|(_, grace)| *grace)
+    };
+    assert_eq!(grace_of("pods-hello-", "-t1"), Some(0), "a succeeded pod goes at once: {deleted:?}");
+    assert_eq!(grace_of("pods-slow-", "-t1"), Some(2), "a timed-out pod is deleted with the grace: {deleted:?}");
+    assert_eq!(grace_of("pods-flaky-", "-t1"), Some(2), "the failed try's pod made way for the next: {deleted:?}");
+    assert_eq!(grace_of("pods-unpullable-", "-t1"), None, "a failed pod is kept: {deleted:?}");
+    let (code, _) = standalone.interrupt();
+    assert_eq!(code, Some(0));
+}
+
+/// kill -9 of the runner while its pod runs: the restarted process adopts the
+/// pod (same try, no second pod) and records its outcome.
+#[test]
+fn a_restarted_runner_adopts_its_running_pod() {
+    let (p, standin) = with_standin("[executor]\nkind = \"kubernetes\"\n");
+    let started = p.path().join("started");
+    p.dag(
+        "long.yaml",
+        &format!(
+            "dag: long\ntasks:\n  work:\n    shell: 'echo started > {}; sleep 4; echo finished'\n    retries: 2\n",
+            started.display()
+        ),
+    );
+    let first = p.standalone();
+    let run_id = p.run(&["dags", "trigger", "long"]).stdout.trim().to_string();
+    eventually(Duration::from_secs(30), "the pod to start", || started.exists().then_some(()));
+    first.kill9();
+    let second = p.standalone();
+    let run = finished_run(&p, "long", Duration::from_secs(60));
+    assert_eq!(run["state"], "success", "{run}");
+    let tis = states(&p, "long", &run_id);
+    assert_eq!(tis["work"]["try_number"], 1, "adopted, not retried: {tis:?}");
+    assert_eq!(standin.created().len(), 1, "one pod: {:?}", standin.created());
+    let log = attempt_log(&p, "long", &run_id, "work", 1);
+    assert!(log.contains("was already there (made before this runner restarted)"), "{log}");
+    assert!(log.contains("finished"), "{log}");
+    let (code, _) = second.interrupt();
+    assert_eq!(code, Some(0));
 }
