@@ -241,3 +241,43 @@ fn a_restarted_runner_adopts_its_running_pod() {
     let (code, _) = second.interrupt();
     assert_eq!(code, Some(0));
 }
+
+/// The example DAG with tasks on different node pools validates, and the pods
+/// `tasks render --pod` prints for it pass the Kubernetes schemas
+/// (kubernetes-validate --strict, from PyPI).
+#[test]
+fn the_example_pods_validate_against_the_kubernetes_schemas() {
+    let p = project();
+    crate::with_examples(&p);
+    let config = ["--config", "examples/updraft.toml"];
+    let validated = p.run(&[&config[..], &["dags", "validate"]].concat());
+    assert_eq!(validated.code, 0, "{}{}", validated.stdout, validated.stderr);
+    let mut files = Vec::new();
+    for task in ["extract", "join_events", "train"] {
+        let pod = p.run(&[&config[..], &["tasks", "render", "nightly_features", task, "--pod", "-o", "json"]].concat());
+        assert_eq!(pod.code, 0, "{}", pod.stderr);
+        let value: serde_json::Value = serde_json::from_str(&pod.stdout).unwrap();
+        let pool = value["spec"]["nodeSelector"]["cloud.google.com/gke-nodepool"].as_str().map(str::to_string);
+        let memory = value["spec"]["containers"][0]["resources"]["requests"]["memory"].as_str().map(str::to_string);
+        match task {
+            "join_events" => assert_eq!((pool.as_deref(), memory.as_deref()), (Some("highmem"), Some("48Gi"))),
+            "train" => assert_eq!((pool.as_deref(), memory.as_deref()), (Some("gpu-l4"), Some("32Gi"))),
+            _ => assert_eq!((pool.as_deref(), memory.as_deref()), (None, Some("512Mi"))),
+        }
+        let path = p.path().join(format!("{task}.json"));
+        std::fs::write(&path, &pod.stdout).unwrap();
+        files.push(path);
+    }
+    let Ok(validate) = std::env::var("UPDRAFT_KUBERNETES_VALIDATE") else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "kubernetes-validate is missing under CI");
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("skipping the schema check: set UPDRAFT_KUBERNETES_VALIDATE to kubernetes-validate (PyPI)");
+        }
+        return;
+    };
+    let output = std::process::Command::new(validate).arg("--strict").args(&files).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches(" passed for resource pod/").count(), 3, "{text}");
+}
