@@ -82,6 +82,9 @@ pub enum Ending {
     TimedOut(updraft_core::Duration),
     /// Stopped because this process is shutting down.
     Interrupted,
+    /// Left running (a pod) when this process stopped following it: the attempt
+    /// stays `running` for another runner to adopt, and nothing is recorded.
+    Released,
     /// Never started: a template, working folder or log problem.
     NotStarted(String),
     /// Exited 0, but what it left in `$UPDRAFT_OUTPUT` cannot be handed on.
@@ -132,6 +135,7 @@ impl AttemptResult {
             Ending::Interrupted => {
                 Some("interrupted: updraft was stopped; it runs again without using a retry".to_string())
             }
+            Ending::Released => Some("released: its pod keeps running for another runner to adopt".to_string()),
             Ending::NotStarted(why) | Ending::BadOutput(why) | Ending::Failed(why) => Some(why.clone()),
             Ending::Rescheduled { next, .. } => Some(format!("rescheduled: nothing yet, looking again in {next}")),
         }

@@ -45,6 +45,9 @@ pub struct PodExecutor {
     pub config: KubeConfig,
     /// For tasks that name no executor (`[executor] kind`).
     pub default: Executor,
+    /// A stopped attempt's pod is left running for the next runner to adopt
+    /// (services), rather than deleted (`dags test`).
+    pub release_on_stop: bool,
     pods: OnceCell<Arc<Pods>>,
 }
 
@@ -60,12 +63,14 @@ impl std::fmt::Debug for PodExecutor {
 
 impl PodExecutor {
     pub fn new(config: KubeConfig, default: Executor) -> PodExecutor {
-        PodExecutor { config, default, pods: OnceCell::new() }
+        PodExecutor { config, default, release_on_stop: false, pods: OnceCell::new() }
     }
 
-    /// An executor talking to a given client (tests).
-    pub fn with_pods(config: KubeConfig, default: Executor, pods: Pods) -> PodExecutor {
-        PodExecutor { config, default, pods: OnceCell::new_with(Some(Arc::new(pods))) }
+    /// Leave the pods of stopped attempts running for adoption (see
+    /// [`PodExecutor::release_on_stop`]).
+    pub fn releasing(mut self) -> PodExecutor {
+        self.release_on_stop = true;
+        self
     }
 
     /// Whether this task's attempts are pods: `shell` and `python` tasks whose
@@ -248,8 +253,18 @@ impl PodExecutor {
                     Ending::TimedOut(timeout.expect("a deadline comes from a timeout"))
                 }
                 () = cancelled(&mut cancel) => {
-                    self.stop(&pods, &name, &lines_tx).await;
-                    Ending::Interrupted
+                    // Stopped because this process stops or lost the attempt's lease:
+                    // whoever holds the lease next adopts the pod, or deletes it
+                    // before the attempt counts as failed.
+                    if self.release_on_stop {
+                        let _ = lines_tx.try_send(note_line(&format!(
+                            "this runner stopped following pod `{name}`; it keeps running for another runner to adopt"
+                        )));
+                        Ending::Released
+                    } else {
+                        self.stop(&pods, &name, &lines_tx).await;
+                        Ending::Interrupted
+                    }
                 }
             }
         };
@@ -261,6 +276,7 @@ impl PodExecutor {
         drop(running_tx);
         let tail = match ending {
             Ending::TimedOut(_) | Ending::Interrupted => self.config.kill_grace + LOG_TAIL,
+            Ending::Released => Duration::ZERO,
             _ => LOG_TAIL,
         };
         let abort = follower.abort_handle();

@@ -56,6 +56,8 @@ pub struct Runner {
     /// Attempts handed over by recovery (pods whose runner died), to follow.
     adopted: mpsc::UnboundedSender<Adopted>,
     adoptions: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Adopted>>>,
+    /// Attempts left running (pods) when this process stopped following them.
+    released: std::sync::atomic::AtomicUsize,
 }
 
 /// How long variables and connections are reused before they are read again: a
@@ -83,6 +85,7 @@ impl Runner {
     ) -> Runner {
         let (adopted, adoptions) = mpsc::unbounded_channel();
         Runner {
+            released: std::sync::atomic::AtomicUsize::new(0),
             adopted,
             adoptions: std::sync::Mutex::new(Some(adoptions)),
             source,
@@ -167,6 +170,12 @@ impl Runner {
         let (stop, stopped) = watch::channel(false);
         self.attempts.lock().expect("attempts lock").insert((claimed.ti_pk, claimed.try_number), stop);
         let _ = self.adopted.send((claimed, stopped));
+    }
+
+    /// How many attempts (pods) were left running for adoption when they were
+    /// stopped.
+    pub fn released(&self) -> usize {
+        self.released.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops every attempt in flight.
@@ -359,6 +368,11 @@ impl Runner {
         };
         let _ = ended_tx.send(());
         let process = record.await.ok().flatten();
+        if result.ending == Ending::Released {
+            // Still running: its next holder records how it ends.
+            self.released.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
         let end = match (&result.ending, dag.task(&claimed.task_id)) {
             (Ending::Rescheduled { next, waiting_since }, Some(_)) => AttemptEnd {
                 state: TaskState::UpForRetry,

@@ -12,7 +12,7 @@ use updraft_runner::{
     heartbeat_loop, procfs,
 };
 use updraft_scheduler::{DagSync, Scheduler, SchedulerConfig};
-use updraft_store::{DefinitionCache, NewProcess, ProcessKind, Scope, Store};
+use updraft_store::{DefinitionCache, NewProcess, ProcessKind, ProcessState, Scope, Store};
 
 use crate::context::Ctx;
 
@@ -38,6 +38,9 @@ pub struct Engine {
     tasks: JoinSet<()>,
     /// Turns true if another process declared this one dead.
     pub lost: watch::Receiver<bool>,
+    store: Option<Store>,
+    runner: Option<Arc<Runner>>,
+    clock: Arc<dyn updraft_core::clock::Clock>,
 }
 
 pub struct EngineOptions {
@@ -82,7 +85,12 @@ impl Engine {
         let mut tasks = JoinSet::new();
         let hostname = procfs::hostname();
 
-        let pods = Arc::new(PodExecutor::new(config.kubernetes.clone(), config.executor));
+        let pods = PodExecutor::new(config.kubernetes.clone(), config.executor);
+        // A service on the store that stops leaves its pods running for the next
+        // process to adopt (recovery needs the store); `dags test` and remote
+        // workers delete theirs.
+        let release = !options.test_mode && store.is_some();
+        let pods = Arc::new(if release { pods.releasing() } else { pods });
         let mut runner = None;
         if options.parts.runner {
             let started = Arc::new(Runner::new(
@@ -172,6 +180,7 @@ impl Engine {
                 }
             });
         }
+        let kept_runner = runner.clone();
         if let Some(runner) = &runner {
             tasks.spawn(runner.clone().run(stopped.clone()));
             if !options.test_mode {
@@ -208,13 +217,26 @@ impl Engine {
                 }
             });
         }
-        Ok(Engine { source, process_id, stop, tasks, lost })
+        Ok(Engine { source, process_id, stop, tasks, lost, store, runner: kept_runner, clock: ctx.clock.clone() })
     }
 
-    /// Stops every part; running attempts are interrupted and requeued.
+    /// Stops every part; running attempts are interrupted and requeued, except
+    /// pods, which keep running: the process is then recorded as gone without
+    /// finishing them, so recovery hands them to a live runner.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+        let released = self.runner.as_ref().map_or(0, |runner| runner.released());
+        if released > 0
+            && let Some(store) = &self.store
+        {
+            tracing::info!(pods = released, "leaving running pods for the next runner to adopt");
+            let now = self.clock.now();
+            match store.set_process_state(self.process_id, ProcessState::Running, ProcessState::Dead, now).await {
+                Ok(_) => return,
+                Err(error) => tracing::warn!(error = %chain(&error), "cannot hand this process's pods over"),
+            }
+        }
         if let Err(error) = self.source.deregister(self.process_id).await {
             tracing::warn!(error = %chain(&error), "cannot record that this process stopped");
         }

@@ -64,7 +64,9 @@ pub async fn standalone(ctx: &Ctx) -> Result<ExitCode> {
         store.location()
     );
     wait_for_stop(&engine).await;
-    crate::errln!("stopping: running tasks are interrupted and will run again at the next start");
+    crate::errln!(
+        "stopping: running tasks are interrupted and will run again at the next start (pods keep running and are adopted)"
+    );
     let _ = stop_server.send(());
     engine.shutdown().await;
     let _ = server.await;
@@ -76,7 +78,10 @@ pub async fn scheduler(ctx: &Ctx) -> Result<ExitCode> {
     start_metrics(ctx, true)?;
     let store = ctx.store().await?;
     let process_id = Engine::register(ctx, &store, ProcessKind::Scheduler).await?;
-    let options = service_options(Parts { scheduler: true, runner: false });
+    // With the Kubernetes executor, schedulers launch and follow the pods (and run
+    // the built-in task types, which are I/O); workers are then optional.
+    let runner = ctx.config.executor == updraft_core::kubernetes::Executor::Kubernetes;
+    let options = service_options(Parts { scheduler: true, runner });
     let engine = Engine::start(ctx, Work::Store(store.clone()), process_id, options).await?;
     crate::errln!(
         "updraft scheduler running (DAGs: `{}`, store: `{}`)",

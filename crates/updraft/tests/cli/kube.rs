@@ -281,3 +281,76 @@ fn the_example_pods_validate_against_the_kubernetes_schemas() {
     assert!(output.status.success(), "{text}");
     assert_eq!(text.matches(" passed for resource pod/").count(), 3, "{text}");
 }
+
+/// A runner that stops cleanly (a rolling update) leaves its pods running; the
+/// next process adopts them instead of interrupting and rerunning the task.
+#[test]
+fn a_stopping_runner_hands_its_pods_over() {
+    let (p, standin) = with_standin("[executor]\nkind = \"kubernetes\"\n");
+    let started = p.path().join("started");
+    p.dag(
+        "long.yaml",
+        &format!(
+            "dag: long\ntasks:\n  work:\n    shell: 'echo started > {}; sleep 4; echo finished'\n",
+            started.display()
+        ),
+    );
+    let first = p.standalone();
+    let run_id = p.run(&["dags", "trigger", "long"]).stdout.trim().to_string();
+    eventually(Duration::from_secs(30), "the pod to start", || started.exists().then_some(()));
+    let (code, _) = first.interrupt();
+    assert_eq!(code, Some(0));
+    assert_eq!(standin.pods().len(), 1, "the pod kept running");
+    assert!(standin.deleted().is_empty(), "{:?}", standin.deleted());
+    let second = p.standalone();
+    let run = finished_run(&p, "long", Duration::from_secs(60));
+    assert_eq!(run["state"], "success", "{run}");
+    assert_eq!(states(&p, "long", &run_id)["work"]["try_number"], 1);
+    assert_eq!(standin.created().len(), 1, "{:?}", standin.created());
+    let log = attempt_log(&p, "long", &run_id, "work", 1);
+    assert!(log.contains("keeps running for another runner to adopt"), "{log}");
+    assert!(log.contains("was already there") && log.contains("finished"), "{log}");
+    let (code, _) = second.interrupt();
+    assert_eq!(code, Some(0));
+}
+
+/// A worker killed while its pod runs, recovered by a scheduler with no runner to
+/// adopt with: the pod is deleted, and gone, before the attempt counts as failed,
+/// so the retry's pod never runs beside it.
+#[test]
+fn a_lost_pod_is_deleted_before_its_retry_starts() {
+    let (p, standin) = with_standin("[kubernetes]\nkill_grace = \"1s\"\n");
+    let (events, lock) = (p.path().join("events"), p.path().join("lock"));
+    p.dag(
+        "lost.yaml",
+        &format!(
+            "dag: lost\ntasks:\n  work:\n    executor: kubernetes\n    retries: 1\n    retry_delay: 1s\n    shell: |\n      exec 9> {lock}\n      flock -n 9 || {{ echo OVERLAP >> {events}; exit 1; }}\n      echo start $UPDRAFT_TRY_NUMBER >> {events}\n      if [ $UPDRAFT_TRY_NUMBER = 1 ]; then sleep 30; fi\n      echo end $UPDRAFT_TRY_NUMBER >> {events}\n",
+            lock = lock.display(),
+            events = events.display()
+        ),
+    );
+    let scheduler = p.service(&["scheduler"], "updraft scheduler running");
+    let worker = p.service(&["worker"], "updraft worker running");
+    let run_id = p.run(&["dags", "trigger", "lost"]).stdout.trim().to_string();
+    eventually(Duration::from_secs(30), "the first try to start", || {
+        std::fs::read_to_string(&events).ok().filter(|text| text.starts_with("start 1"))
+    });
+    worker.kill9();
+    eventually(Duration::from_secs(60), "recovery to delete the lost pod", || {
+        standin.deleted().into_iter().find(|(name, _)| name.ends_with("-t1"))
+    });
+    let worker = p.service(&["worker"], "updraft worker running");
+    let run = finished_run(&p, "lost", Duration::from_secs(60));
+    assert_eq!(run["state"], "success", "{run}");
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(!text.contains("OVERLAP"), "two tries ran at once:\n{text}");
+    assert!(!text.contains("end 1") && text.contains("start 2") && text.contains("end 2"), "{text}");
+    assert_eq!(states(&p, "lost", &run_id)["work"]["try_number"], 2);
+    let log = attempt_log(&p, "lost", &run_id, "work", 1);
+    assert!(log.contains("attempt lost") && log.contains("(its pod was deleted)"), "{log}");
+    assert_eq!(standin.created().len(), 2, "{:?}", standin.created());
+    for service in [worker, scheduler] {
+        let (code, _) = service.interrupt();
+        assert_eq!(code, Some(0));
+    }
+}
