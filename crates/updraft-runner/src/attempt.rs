@@ -160,19 +160,9 @@ pub async fn execute(
     mut cancel: watch::Receiver<bool>,
     spawned: oneshot::Sender<(u32, Option<u64>)>,
 ) -> AttemptResult {
-    let started = Instant::now();
-    let label = AttemptLabel {
-        dag_id: spec.dag.dag_id().to_string(),
-        run_id: spec.run.run_id.clone(),
-        task_id: spec.task_id.clone(),
-        map_index: spec.run.mapped.as_ref().map_or(updraft_core::mapping::UNMAPPED, |mapped| mapped.index as i32),
-        try_number: spec.try_number,
-    };
-    observer.started(&label);
-    let masker = Arc::new(crate::secrets::Masker::new(&spec.secrets));
-    let mut log = match LogFile::open(spec.log_path.as_deref(), masker.clone()) {
-        Ok(log) => log,
-        Err(error) => return not_started(started, error, &label, observer.as_ref()),
+    let Opened { started, label, masker, mut log } = match open(spec, observer.as_ref()) {
+        Ok(opened) => opened,
+        Err(result) => return result,
     };
     let Some(task) = spec.dag.task(&spec.task_id) else {
         let why = format!("task `{}` is not in this version of DAG `{}`", spec.task_id, label.dag_id);
@@ -288,6 +278,32 @@ pub async fn execute(
     log.note(&format!("attempt ended after {:.2}s: {}", result.duration.as_secs_f64(), result.describe()));
     observer.ended(&label, &result);
     result
+}
+
+/// An attempt begun: who it is, told to the observer, with its log open.
+pub(crate) struct Opened {
+    pub started: Instant,
+    pub label: AttemptLabel,
+    pub masker: Arc<crate::secrets::Masker>,
+    pub log: LogFile,
+}
+
+/// Begins an attempt, or ends it at once if its log cannot be opened.
+pub(crate) fn open(spec: &AttemptSpec, observer: &dyn AttemptObserver) -> Result<Opened, AttemptResult> {
+    let started = Instant::now();
+    let label = AttemptLabel {
+        dag_id: spec.dag.dag_id().to_string(),
+        run_id: spec.run.run_id.clone(),
+        task_id: spec.task_id.clone(),
+        map_index: spec.run.mapped.as_ref().map_or(updraft_core::mapping::UNMAPPED, |mapped| mapped.index as i32),
+        try_number: spec.try_number,
+    };
+    observer.started(&label);
+    let masker = Arc::new(crate::secrets::Masker::new(&spec.secrets));
+    match LogFile::open(spec.log_path.as_deref(), masker.clone()) {
+        Ok(log) => Ok(Opened { started, label, masker, log }),
+        Err(error) => Err(not_started(started, error, &label, observer)),
+    }
 }
 
 /// The program a process-backed task runs, and its arguments: `/bin/sh -c` for

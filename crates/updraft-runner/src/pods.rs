@@ -25,8 +25,8 @@ use updraft_kube::status::{Failure, Progress};
 use updraft_kube::{KubeConfig, labels};
 
 use crate::attempt::{
-    AttemptLabel, AttemptObserver, AttemptResult, AttemptSpec, Ending, LogFile, cancelled, container_command,
-    not_started, note_line, sleep_until, spawn_writer,
+    AttemptObserver, AttemptResult, AttemptSpec, Ending, LogFile, Opened, cancelled, container_command, not_started,
+    note_line, open, sleep_until, spawn_writer,
 };
 
 /// How long API errors while following a pod are retried before the attempt
@@ -150,19 +150,9 @@ impl PodExecutor {
         observer: Arc<dyn AttemptObserver>,
         mut cancel: watch::Receiver<bool>,
     ) -> AttemptResult {
-        let started = Instant::now();
-        let label = AttemptLabel {
-            dag_id: spec.dag.dag_id().to_string(),
-            run_id: spec.run.run_id.clone(),
-            task_id: spec.task_id.clone(),
-            map_index: spec.run.mapped.as_ref().map_or(updraft_core::mapping::UNMAPPED, |mapped| mapped.index as i32),
-            try_number: spec.try_number,
-        };
-        observer.started(&label);
-        let masker = Arc::new(crate::secrets::Masker::new(&spec.secrets));
-        let mut log = match LogFile::open(spec.log_path.as_deref(), masker.clone()) {
-            Ok(log) => log,
-            Err(error) => return not_started(started, error, &label, observer.as_ref()),
+        let Opened { started, label, masker, mut log } = match open(spec, observer.as_ref()) {
+            Ok(opened) => opened,
+            Err(result) => return result,
         };
         log.note(&format!(
             "attempt {} of {} of `{}.{}` in run `{}` started",

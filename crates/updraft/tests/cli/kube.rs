@@ -212,10 +212,9 @@ fn tasks_run_as_pods_against_the_stand_in_api_server() {
     assert_eq!(code, Some(0));
 }
 
-/// kill -9 of the runner while its pod runs: the restarted process adopts the
-/// pod (same try, no second pod) and records its outcome.
-#[test]
-fn a_restarted_runner_adopts_its_running_pod() {
+/// `standalone` with the Kubernetes executor, once `long.work`'s pod (4 s, with
+/// retries) has started; the run's id.
+fn a_pod_running() -> (updraft_testkit::Project, updraft_testkit::kube::KubeStandIn, updraft_testkit::Service, String) {
     let (p, standin) = with_standin("[executor]\nkind = \"kubernetes\"\n");
     let started = p.path().join("started");
     p.dag(
@@ -228,6 +227,14 @@ fn a_restarted_runner_adopts_its_running_pod() {
     let first = p.standalone();
     let run_id = p.run(&["dags", "trigger", "long"]).stdout.trim().to_string();
     eventually(Duration::from_secs(30), "the pod to start", || started.exists().then_some(()));
+    (p, standin, first, run_id)
+}
+
+/// kill -9 of the runner while its pod runs: the restarted process adopts the
+/// pod (same try, no second pod) and records its outcome.
+#[test]
+fn a_restarted_runner_adopts_its_running_pod() {
+    let (p, standin, first, run_id) = a_pod_running();
     first.kill9();
     let second = p.standalone();
     let run = finished_run(&p, "long", Duration::from_secs(60));
@@ -286,18 +293,7 @@ fn the_example_pods_validate_against_the_kubernetes_schemas() {
 /// next process adopts them instead of interrupting and rerunning the task.
 #[test]
 fn a_stopping_runner_hands_its_pods_over() {
-    let (p, standin) = with_standin("[executor]\nkind = \"kubernetes\"\n");
-    let started = p.path().join("started");
-    p.dag(
-        "long.yaml",
-        &format!(
-            "dag: long\ntasks:\n  work:\n    shell: 'echo started > {}; sleep 4; echo finished'\n",
-            started.display()
-        ),
-    );
-    let first = p.standalone();
-    let run_id = p.run(&["dags", "trigger", "long"]).stdout.trim().to_string();
-    eventually(Duration::from_secs(30), "the pod to start", || started.exists().then_some(()));
+    let (p, standin, first, run_id) = a_pod_running();
     let (code, _) = first.interrupt();
     assert_eq!(code, Some(0));
     assert_eq!(standin.pods().len(), 1, "the pod kept running");
