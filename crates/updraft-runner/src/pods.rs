@@ -194,7 +194,7 @@ impl PodExecutor {
         log.note(&match launched.adopted {
             false => format!("pod `{name}` created in namespace `{}` (image `{image}`)", self.config.namespace),
             true => format!(
-                "pod `{name}` was already there (made before this runner restarted): following it, its log from the start"
+                "pod `{name}` was already there (made by a runner that stopped): following it, its log from the start"
             ),
         });
 

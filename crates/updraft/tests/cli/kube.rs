@@ -243,7 +243,7 @@ fn a_restarted_runner_adopts_its_running_pod() {
     assert_eq!(tis["work"]["try_number"], 1, "adopted, not retried: {tis:?}");
     assert_eq!(standin.created().len(), 1, "one pod: {:?}", standin.created());
     let log = attempt_log(&p, "long", &run_id, "work", 1);
-    assert!(log.contains("was already there (made before this runner restarted)"), "{log}");
+    assert!(log.contains("was already there (made by a runner that stopped)"), "{log}");
     assert!(log.contains("finished"), "{log}");
     let (code, _) = second.interrupt();
     assert_eq!(code, Some(0));
