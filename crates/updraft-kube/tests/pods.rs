@@ -101,6 +101,22 @@ fn config() -> KubeConfig {
     }
 }
 
+/// A first attempt of `d.t` running `true`.
+fn bare(settings: &PodSettings, template: Option<serde_json::Value>) -> Attempt<'_> {
+    Attempt {
+        dag_id: "d",
+        run_id: "r",
+        task_id: "t",
+        map_index: -1,
+        try_number: 1,
+        command: vec!["true".into()],
+        env: BTreeMap::new(),
+        settings,
+        timeout: None,
+        template,
+    }
+}
+
 fn pod_of(dag: &Dag, task_id: &str) -> Result<serde_json::Value, PodError> {
     let task = dag.task(task_id).unwrap();
     let command = match &task.kind {
@@ -150,18 +166,7 @@ fn a_pod_template_is_the_base_the_settings_go_into() {
         },
     });
     let settings = PodSettings { image: Some("etl:1".into()), ..Default::default() };
-    let attempt = Attempt {
-        dag_id: "d",
-        run_id: "r",
-        task_id: "t",
-        map_index: 2,
-        try_number: 3,
-        command: vec!["true".into()],
-        env: BTreeMap::new(),
-        settings: &settings,
-        timeout: None,
-        template: Some(template),
-    };
+    let attempt = Attempt { map_index: 2, try_number: 3, ..bare(&settings, Some(template)) };
     let pod = pod(&attempt, &config()).unwrap();
     insta::assert_snapshot!("pod_from_template", yaml::to_yaml(&pod));
 }
@@ -169,18 +174,7 @@ fn a_pod_template_is_the_base_the_settings_go_into() {
 #[test]
 fn an_unknown_node_pool_names_those_there_are() {
     let settings = PodSettings { node_pool: Some("huge".into()), ..Default::default() };
-    let attempt = Attempt {
-        dag_id: "d",
-        run_id: "r",
-        task_id: "t",
-        map_index: -1,
-        try_number: 1,
-        command: vec!["true".into()],
-        env: BTreeMap::new(),
-        settings: &settings,
-        timeout: None,
-        template: None,
-    };
+    let attempt = bare(&settings, None);
     assert_eq!(
         pod(&attempt, &config()).unwrap_err().to_string(),
         "node pool `huge` is not configured (configured: gpu, highmem)"
@@ -248,18 +242,7 @@ fn pods_pass_the_kubernetes_schemas() {
 #[test]
 fn a_template_that_is_not_a_pod_is_refused() {
     let settings = PodSettings::default();
-    let attempt = |template: serde_json::Value| Attempt {
-        dag_id: "d",
-        run_id: "r",
-        task_id: "t",
-        map_index: -1,
-        try_number: 1,
-        command: vec!["true".into()],
-        env: BTreeMap::new(),
-        settings: &settings,
-        timeout: None,
-        template: Some(template),
-    };
+    let attempt = |template: serde_json::Value| bare(&settings, Some(template));
     let error = |template| pod(&attempt(template), &config()).unwrap_err().to_string();
     assert_eq!(
         error(serde_json::json!(["a", "list"])),

@@ -310,40 +310,68 @@ pub(crate) fn open(spec: &AttemptSpec, observer: &dyn AttemptObserver) -> Result
 /// `shell`; the interpreter (or the virtualenv's) with the script or `-c` code,
 /// then the rendered `args`, for `python`.
 fn argv(task: &Task, prepared: &Prepared) -> Result<(PathBuf, Vec<String>), String> {
-    let python = match &task.kind {
-        TaskKind::Python(python) => python,
+    let mut argv = match &task.kind {
+        TaskKind::Python(python) => python_argv(python, prepared, Files::Here(&prepared.cwd_base))?,
         TaskKind::Spark(spark) => return spark_argv(spark, task, prepared),
-        _ => return Ok((PathBuf::from("/bin/sh"), vec!["-c".to_string(), prepared.command.clone()])),
+        _ => shell_argv(prepared),
     };
+    let program = PathBuf::from(argv.remove(0));
+    Ok((program, argv))
+}
+
+/// Where a task's files (a virtualenv, a script) are found.
+#[derive(Clone, Copy)]
+enum Files<'a> {
+    /// On this machine, relative to the DAG's folder: checked before starting.
+    Here(&'a Path),
+    /// In a container: as the DAG file writes them, from its working folder.
+    InContainer,
+}
+
+impl Files<'_> {
+    /// The path of `relative` (a `what`) for the process, or why it cannot start.
+    fn place(self, relative: &str, what: &str, hint: &str) -> Result<String, String> {
+        match self {
+            Files::Here(base) => {
+                let path = base.join(relative);
+                match path.is_file() {
+                    true => Ok(path.display().to_string()),
+                    false => Err(format!("cannot start: no {what} at `{}`{hint}", path.display())),
+                }
+            }
+            Files::InContainer => Ok(relative.to_string()),
+        }
+    }
+}
+
+fn shell_argv(prepared: &Prepared) -> Vec<String> {
+    vec!["/bin/sh".to_string(), "-c".to_string(), prepared.command.clone()]
+}
+
+fn python_argv(
+    python: &updraft_core::dag::PythonTask,
+    prepared: &Prepared,
+    files: Files<'_>,
+) -> Result<Vec<String>, String> {
     let program = match (&python.venv, &python.interpreter) {
-        (Some(venv), _) => {
-            let program = prepared.cwd_base.join(venv).join("bin/python");
-            if !program.is_file() {
-                return Err(format!(
-                    "cannot start: no interpreter at `{}` (is `venv` a virtualenv?)",
-                    program.display()
-                ));
-            }
-            program
-        }
-        (None, Some(interpreter)) => PathBuf::from(interpreter),
-        (None, None) => PathBuf::from("python3"),
+        (Some(venv), _) => files.place(
+            &format!("{}/bin/python", venv.trim_end_matches('/')),
+            "interpreter",
+            " (is `venv` a virtualenv?)",
+        )?,
+        (None, Some(interpreter)) => interpreter.clone(),
+        (None, None) => "python3".to_string(),
     };
-    let mut args = match (&python.script, &python.code) {
-        (Some(script), _) => {
-            let path = prepared.cwd_base.join(script);
-            if !path.is_file() {
-                return Err(format!("cannot start: no script at `{}`", path.display()));
-            }
-            vec![path.display().to_string()]
-        }
-        (None, Some(code)) => vec!["-c".to_string(), code.clone()],
-        (None, None) => Vec::new(),
-    };
-    args.extend(
+    let mut argv = vec![program];
+    match (&python.script, &python.code) {
+        (Some(script), _) => argv.push(files.place(script, "script", "")?),
+        (None, Some(code)) => argv.extend(["-c".to_string(), code.clone()]),
+        (None, None) => {}
+    }
+    argv.extend(
         prepared.rendered.iter().filter(|(field, _)| field.starts_with("python.args.")).map(|(_, arg)| arg.clone()),
     );
-    Ok((program, args))
+    Ok(argv)
 }
 
 /// What a pod runs for an attempt of a `shell` or `python` task: the program and
@@ -359,28 +387,8 @@ pub fn container_command(
         .ok_or_else(|| format!("task `{}` is not in DAG `{}`", spec.task_id, spec.dag.dag_id()))?;
     let prepared = prepare(spec, task, templates)?;
     let argv = match &task.kind {
-        TaskKind::Shell { .. } => vec!["/bin/sh".to_string(), "-c".to_string(), prepared.command.clone()],
-        TaskKind::Python(python) => {
-            let program = match (&python.venv, &python.interpreter) {
-                (Some(venv), _) => format!("{}/bin/python", venv.trim_end_matches('/')),
-                (None, Some(interpreter)) => interpreter.clone(),
-                (None, None) => "python3".to_string(),
-            };
-            let mut argv = vec![program];
-            match (&python.script, &python.code) {
-                (Some(script), _) => argv.push(script.clone()),
-                (None, Some(code)) => argv.extend(["-c".to_string(), code.clone()]),
-                (None, None) => {}
-            }
-            argv.extend(
-                prepared
-                    .rendered
-                    .iter()
-                    .filter(|(field, _)| field.starts_with("python.args."))
-                    .map(|(_, arg)| arg.clone()),
-            );
-            argv
-        }
+        TaskKind::Shell { .. } => shell_argv(&prepared),
+        TaskKind::Python(python) => python_argv(python, &prepared, Files::InContainer)?,
         _ => return Err(format!("a `{}` task does not run in a pod", task.kind.type_name())),
     };
     Ok((argv, prepared.env.into_iter().collect()))

@@ -233,14 +233,15 @@ impl PodExecutor {
 
         let timeout = spec.dag.task(&spec.task_id).and_then(|task| task.timeout);
         let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit.to_std());
-        let ending = {
+        // Whether the pod ended by itself and is still there (to delete, or keep).
+        let (ending, ended_here) = {
             let ended = self.follow(&pods, &name, &lines_tx, &running_tx);
             tokio::pin!(ended);
             tokio::select! {
                 ending = &mut ended => ending,
                 () = sleep_until(deadline) => {
                     self.stop(&pods, &name, &lines_tx).await;
-                    Ending::TimedOut(timeout.expect("a deadline comes from a timeout"))
+                    (Ending::TimedOut(timeout.expect("a deadline comes from a timeout")), false)
                 }
                 () = cancelled(&mut cancel) => {
                     // Stopped because this process stops or lost the attempt's lease:
@@ -250,10 +251,10 @@ impl PodExecutor {
                         let _ = lines_tx.try_send(note_line(&format!(
                             "this runner stopped following pod `{name}`; it keeps running for another runner to adopt"
                         )));
-                        Ending::Released
+                        (Ending::Released, false)
                     } else {
                         self.stop(&pods, &name, &lines_tx).await;
-                        Ending::Interrupted
+                        (Ending::Interrupted, false)
                     }
                 }
             }
@@ -281,9 +282,6 @@ impl PodExecutor {
         if let Ending::Failed(why) = &ending {
             log.note(why);
         }
-        // Timed-out and interrupted pods were deleted already; a pod gone by
-        // itself has nothing to keep.
-        let ended_here = matches!(ending, Ending::Exited(_) | Ending::Failed(_)) && !gone(&ending);
         let delete_now = match ending {
             Ending::Exited(code) if code == 0 || code == 99 => true,
             _ => self.config.keep_failed.is_zero(),
@@ -344,13 +342,14 @@ impl PodExecutor {
     }
 
     /// Follows the pod to its end; API errors are retried for [`API_PATIENCE`].
+    /// With the ending, whether the pod is still there.
     async fn follow(
         &self,
         pods: &Pods,
         name: &str,
         lines: &mpsc::Sender<String>,
         running: &watch::Sender<bool>,
-    ) -> Ending {
+    ) -> (Ending, bool) {
         let mut failing_since: Option<Instant> = None;
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -363,16 +362,21 @@ impl PodExecutor {
                 }
             };
             match pods.wait(name, &self.config.graces, Timestamp::now, seen).await {
-                Ok(ended) => return ending(ended.progress),
-                Err(ExecutorError::Gone(_)) => return Ending::Failed(format!("pod `{name}` {GONE}")),
+                Ok(ended) => return (ending(ended.progress), true),
+                Err(ExecutorError::Gone(_)) => {
+                    let why =
+                        format!("pod `{name}` was deleted before it ended (by someone else, or its node was drained)");
+                    return (Ending::Failed(why), false);
+                }
                 Err(error) => {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > API_PATIENCE {
-                        return Ending::Failed(format!(
+                        let why = format!(
                             "lost track of pod `{name}`: the Kubernetes API kept failing for {}s: {}",
                             API_PATIENCE.as_secs(),
                             chain(&error)
-                        ));
+                        );
+                        return (Ending::Failed(why), true);
                     }
                     let _ = lines.try_send(note_line(&format!(
                         "cannot follow pod `{name}` ({}); trying again in {}s",
@@ -404,13 +408,6 @@ impl PodExecutor {
         pods.stop(name, self.config.kill_grace).await?;
         pods.gone(name, self.config.kill_grace + Duration::from_secs(30)).await
     }
-}
-
-/// How a pod deleted under a running attempt is described.
-const GONE: &str = "was deleted before it ended (by someone else, or its node was drained)";
-
-fn gone(ending: &Ending) -> bool {
-    matches!(ending, Ending::Failed(why) if why.ends_with(GONE))
 }
 
 /// A pod's end in the runner's terms.

@@ -63,6 +63,18 @@ pub struct Recovered {
     pub state: TaskState,
 }
 
+impl Recovered {
+    fn of(attempt: &RunningAttempt, state: TaskState) -> Recovered {
+        Recovered {
+            dag_id: attempt.dag_id.clone(),
+            run_id: attempt.run_id.clone(),
+            task_id: attempt.task_id.clone(),
+            try_number: attempt.try_number,
+            state,
+        }
+    }
+}
+
 impl Recovery {
     /// Looks for dead processes and settles their attempts. Safe to run from several
     /// processes at once: declaring a process dead is compare-and-set, so one wins.
@@ -113,13 +125,7 @@ impl Recovery {
                 pod_note.unwrap_or_default()
             );
             if let Some(state) = self.fail(&attempt, why).await? {
-                recovered.push(Recovered {
-                    dag_id: attempt.dag_id.clone(),
-                    run_id: attempt.run_id.clone(),
-                    task_id: attempt.task_id.clone(),
-                    try_number: attempt.try_number,
-                    state,
-                });
+                recovered.push(Recovered::of(&attempt, state));
             }
         }
         Ok(recovered)
@@ -139,13 +145,7 @@ impl Recovery {
             let pod_note = match self.pod_fate(&attempt, Some(process.id)).await {
                 PodFate::NotAPod => None,
                 PodFate::Adopted => {
-                    recovered.push(Recovered {
-                        dag_id: attempt.dag_id.clone(),
-                        run_id: attempt.run_id.clone(),
-                        task_id: attempt.task_id.clone(),
-                        try_number: attempt.try_number,
-                        state: TaskState::Running,
-                    });
+                    recovered.push(Recovered::of(&attempt, TaskState::Running));
                     continue;
                 }
                 PodFate::TakenElsewhere | PodFate::Later => continue,
@@ -159,33 +159,21 @@ impl Recovery {
                 );
                 continue;
             }
-            let why = match pod_note {
-                Some(note) => format!(
-                    "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it{note}; \
-                     the attempt counts as failed",
-                    process.kind.as_str(),
-                    process.id,
-                    process.hostname,
-                    process.pid
-                ),
-                None => format!(
-                    "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it; \
-                     its processes were killed and the attempt counts as failed",
-                    process.kind.as_str(),
-                    process.id,
-                    process.hostname,
-                    process.pid
-                ),
+            let (note, killed) = match pod_note {
+                Some(note) => (note, ""),
+                None => ("", " its processes were killed and"),
             };
+            let why = format!(
+                "attempt lost: the process running it ({} {} on {}, pid {}) stopped without finishing it{note};{killed} \
+                 the attempt counts as failed",
+                process.kind.as_str(),
+                process.id,
+                process.hostname,
+                process.pid
+            );
             let state = self.fail(&attempt, why).await?;
             if let Some(state) = state {
-                recovered.push(Recovered {
-                    dag_id: attempt.dag_id.clone(),
-                    run_id: attempt.run_id.clone(),
-                    task_id: attempt.task_id.clone(),
-                    try_number: attempt.try_number,
-                    state,
-                });
+                recovered.push(Recovered::of(&attempt, state));
             }
         }
         self.store.fail_owned_runs(process.id, self.clock.now()).await?;

@@ -167,9 +167,16 @@ impl Runner {
     /// Takes over a running attempt whose runner died (its lease is already this
     /// process's): its pod is followed again, not launched twice.
     pub fn adopt(&self, claimed: Claimed) {
+        let stopped = self.register(&claimed);
+        let _ = self.adopted.send((claimed, stopped));
+    }
+
+    /// Puts an attempt in flight before it runs, so the next heartbeat renews its
+    /// lease; its stop signal comes back.
+    fn register(&self, claimed: &Claimed) -> watch::Receiver<bool> {
         let (stop, stopped) = watch::channel(false);
         self.attempts.lock().expect("attempts lock").insert((claimed.ti_pk, claimed.try_number), stop);
-        let _ = self.adopted.send((claimed, stopped));
+        stopped
     }
 
     /// How many attempts (pods) were left running for adoption when they were
@@ -229,12 +236,7 @@ impl Runner {
                     Ok(claimed) => {
                         backoff = Duration::from_millis(250);
                         for attempt in claimed {
-                            // Registered before it runs, so the next heartbeat renews it.
-                            let (stop, stopped) = watch::channel(false);
-                            self.attempts
-                                .lock()
-                                .expect("attempts lock")
-                                .insert((attempt.ti_pk, attempt.try_number), stop);
+                            let stopped = self.register(&attempt);
                             running.spawn(self.clone().attempt(attempt, stopped, outcomes.clone()));
                         }
                     }

@@ -91,9 +91,8 @@ impl Engine {
         // workers delete theirs.
         let release = !options.test_mode && store.is_some();
         let pods = Arc::new(if release { pods.releasing() } else { pods });
-        let mut runner = None;
-        if options.parts.runner {
-            let started = Arc::new(Runner::new(
+        let runner = match options.parts.runner {
+            true => Some(Arc::new(Runner::new(
                 source.clone(),
                 RunnerConfig {
                     slots: config.runner_slots as usize,
@@ -113,9 +112,9 @@ impl Engine {
                 ctx.clock.clone(),
                 runner_wake.clone(),
                 scheduler_wake.clone(),
-            ));
-            runner = Some(started);
-        }
+            ))),
+            false => None,
+        };
         // Recovery needs the store: a remote worker leaves it to the schedulers.
         let recovery = store.clone().map(|store| {
             Arc::new(Recovery {
@@ -180,7 +179,6 @@ impl Engine {
                 }
             });
         }
-        let kept_runner = runner.clone();
         if let Some(runner) = &runner {
             tasks.spawn(runner.clone().run(stopped.clone()));
             if !options.test_mode {
@@ -192,6 +190,7 @@ impl Engine {
             let interval = config.heartbeat_interval;
             let timeout = config.heartbeat_timeout;
             let stopped = stopped.clone();
+            let runner = runner.clone();
             tasks.spawn(async move {
                 if !heartbeat_loop(source, process_id, interval, timeout, runner, stopped).await {
                     let _ = lost_tx.send(true);
@@ -217,7 +216,7 @@ impl Engine {
                 }
             });
         }
-        Ok(Engine { source, process_id, stop, tasks, lost, store, runner: kept_runner, clock: ctx.clock.clone() })
+        Ok(Engine { source, process_id, stop, tasks, lost, store, runner, clock: ctx.clock.clone() })
     }
 
     /// Stops every part; running attempts are interrupted and requeued, except

@@ -350,3 +350,22 @@ fn a_lost_pod_is_deleted_before_its_retry_starts() {
         assert_eq!(code, Some(0));
     }
 }
+
+/// A pod task where no cluster can be found fails its attempt with that reason,
+/// not a hang or a panic.
+#[test]
+fn without_a_cluster_a_pod_task_fails_saying_so() {
+    let mut p = project();
+    let home = p.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    p.env("HOME", &home.display().to_string());
+    p.env("KUBECONFIG", &p.path().join("no-such-kubeconfig").display().to_string());
+    p.dag("pods.yaml", "dag: pods\ntasks:\n  work: {shell: 'true', executor: kubernetes}\n");
+    let output = p.run(&["dags", "test", "pods", "--date", "2026-01-02"]);
+    assert_eq!(output.code, 1, "{}{}", output.stdout, output.stderr);
+    assert!(
+        output.stdout.contains("cannot find a Kubernetes cluster (no kubeconfig, and not in a pod)"),
+        "{}",
+        output.stdout
+    );
+}
